@@ -18,7 +18,8 @@
 # Environment:
 #   FIFTYONE_CASS_VENV    where the venv lives (default <repo>/.venv)
 #   FIFTYONE_CASS_PYTHON  interpreter used to create the venv (default python3)
-#   FIFTYONE_DATABASE_URI if set, FiftyOne uses that MongoDB and the mongod check is skipped
+#   FIFTYONE_CASS_TEST_DATABASE_URI  if set, tests use that MongoDB (in a throw-away database)
+#                         instead of starting the bundled mongod, and the mongod check is skipped
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -135,8 +136,8 @@ fetch_libssl11() {
 }
 
 MONGOD="$(find "$VENV"/lib/python3*/site-packages/fiftyone/db/bin -name mongod -print -quit 2>/dev/null || true)"
-if [ -n "${FIFTYONE_DATABASE_URI:-}" ]; then
-    log "FIFTYONE_DATABASE_URI is set: FiftyOne uses that MongoDB; skipping the bundled mongod check"
+if [ -n "${FIFTYONE_CASS_TEST_DATABASE_URI:-}" ]; then
+    log "FIFTYONE_CASS_TEST_DATABASE_URI is set: tests use that MongoDB; skipping the bundled mongod check"
 elif [ -z "$MONGOD" ]; then
     die "no mongod found under $VENV (is $FODB_SPEC installed?)"
 else

@@ -1,0 +1,1 @@
+"""FiftyOne integrations: importers, evaluation, plugin operators (import submodules explicitly)."""

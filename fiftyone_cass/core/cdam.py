@@ -22,6 +22,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .entropy import entropy_range, threshold_from_entropy
+
 __all__ = [
     "CDAM_SCALES",
     "DEFAULT_JS_MEMORY_BUDGET",
@@ -327,12 +329,8 @@ def entropy_threshold(
     """
     if logits.dim() < 3:
         raise ValueError(f"logits must be (..., C, h, w), got shape {tuple(logits.shape)}")
-    pi = torch.softmax(logit_scale * logits, dim=-3).clamp_min(eps)
-    ent = -(pi * torch.log2(pi)).sum(dim=-3)  # (..., h, w)
-    ent = ent.flatten(-2)
-    denom = 0.5 * (ent.amin(dim=-1) + ent.amax(dim=-1))
-    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-    return torch.where(denom > 0, (thr_default * alpha) / safe, torch.zeros_like(denom))
+    hmin, hmax = entropy_range(logits, logit_scale, eps)
+    return threshold_from_entropy(hmin, hmax, thr_default, alpha)
 
 
 # --------------------------------------------------------------------------- G.6 / H.4

@@ -1,0 +1,17 @@
+"""Exceptions raised by fiftyone_cass. All input problems are ``ValueError`` subclasses."""
+
+
+class CassError(Exception):
+    """Base class of fiftyone_cass errors."""
+
+
+class InvalidInputError(CassError, ValueError):
+    """Bad user input (vocabulary, options, image)."""
+
+
+class ImageLoadError(InvalidInputError):
+    """An image could not be read or decoded; the message names the item."""
+
+
+class WeightsUnavailableError(CassError, RuntimeError):
+    """Model weights could not be found or downloaded; the message says how to provide them."""

@@ -1,0 +1,559 @@
+"""The segmenter pipeline: resize -> windows in batches -> last-block variants -> stitching ->
+class merging -> background. Batched over windows of several images (SPEC A, E, G, H)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core import cdam as cdam_ops
+from ..core.entropy import entropy_range, threshold_from_entropy
+from ..core.cass import CassOptions, attend_values, cass_attention, naclip_attention
+from ..core.graphs import resample_dino_keys
+from ..core.preprocess import clip_normalize
+from ..core.presence import (
+    adjust_text,
+    blend_logits,
+    cluster_leaders,
+    cluster_text,
+    labels_from_probabilities,
+    merge_synonyms,
+    queries_from_class_lines,
+)
+from ..core.windows import keep_ratio_size, sliding_windows, stitch_windows, upsample_logits
+from ..errors import ImageLoadError, InvalidInputError
+from ..images import describe, load_rgb
+from . import clip_visual as cv
+from .backbones import cached_models
+from .dino import dino_keys, dino_pixels_from_clip
+from .presets import FREE_VOCAB, Preset, cdam_aug_words, default_background_words, get_preset, preset_class_lines
+from .text import TextEmbedder
+
+METHODS = ("cass+cdam", "cass", "naclip+cdam", "naclip", "maskclip+cdam", "maskclip")
+DEFAULT_METHOD = "cass+cdam"
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class SegmenterOptions:
+    """Every constant and switch of the pipeline. Presets fill the dataset-specific ones; any
+    field can be overridden with a keyword of :class:`Segmenter`."""
+
+    # protocol (SPEC A)
+    short_side: int = 336
+    long_side: int = 2048
+    mode: str = "slide"  # "slide" | "whole"
+    crop: int = 224
+    stride: int = 112
+    global_prior: str = "image"  # "image" (whole resized image, once per image) | "crop"
+    pad_to_patch: bool = False  # whole mode: pad to a multiple of 16 instead of flooring (J.5)
+    dino_clean_input: bool = False  # A.6: correct ImageNet normalisation for DINO
+    # CASS (SPEC C, D, E)
+    gaussian_std: float = 5.0
+    k_eigen: int = 20
+    rank: int = 10
+    eigenscale: bool = True
+    beta: float = 10.0
+    paper_matching: bool = False
+    energy_rank: Optional[float] = None
+    spectral_dtype: str = "float64"  # "float64" (reference) | "float32" (faster on GPUs)
+    gamma: float = 0.25
+    alpha: float = 0.03
+    h_threshold: float = 0.10
+    top_k: int = 2
+    logit_scale: float = 40.0
+    prob_thd: float = 0.0
+    # CDAM (SPEC G, H)
+    cdam_temperature: float = 0.1
+    cdam_attn_temperature: float = 0.1
+    cdam_scales: Tuple[float, ...] = (0.25, 0.37, 0.5, 0.63, 0.75, 0.87)
+    cdam_similarity: str = "cass"  # "cass": (1-g) F[T';Taug] + g[g;gaug] | "raw": F[T;Taug]
+    cdam_row_normalize: bool = False
+    cdam_mix: float = 1.0
+    cdam_readjust_text: bool = True  # H.5: redo the E.3 adjustment on the re-predicted features
+    bg_rule: str = "entropy"  # with +cdam: "entropy" (G.7 once per image) | "cass_fixed" (prob_thd)
+    entropy_source: str = "image"  # "image" | "last_crop" (reference parity)
+    entropy_logit_scale: float = 50.0
+    entropy_thr_default: float = 0.5
+    entropy_alpha: float = 2.5
+
+
+@dataclass
+class SegmentationResult:
+    """One image's output."""
+
+    label_map: np.ndarray  # (H, W) at the original size; uint8, or uint16 for > 256 labels
+    presence: np.ndarray  # (num_labels,) softmax over classes of the global similarity (NaN: no query)
+    threshold: float  # background threshold that was applied (0 = none)
+    name: str = ""
+
+    def presence_dict(self, class_names: Sequence[str]) -> Dict[str, float]:
+        return {n: float(p) for n, p in zip(class_names, self.presence) if np.isfinite(p)}
+
+
+@dataclass
+class _Prepared:
+    index: int
+    name: str
+    original_size: Tuple[int, int]
+    image: torch.Tensor  # CLIP-normalised (3, H, W), possibly padded
+    size: Tuple[int, int]  # resized size before padding
+    windows: List[Tuple[int, int, int, int]] = field(default_factory=list)
+
+
+def parse_classes(classes: Union[str, Sequence[str]]) -> List[str]:
+    """Accepts "dog, frisbee" / "dog\\nfrisbee" / ["dog", "frisbee"]; entries may hold
+    ", "-separated synonyms only in the list form via ``|``? No: in the list form each entry is a
+    class line whose ", "-separated parts are synonyms."""
+    if isinstance(classes, str):
+        parts = classes.split("\n") if "\n" in classes else classes.split(",")
+        lines = [p.strip() for p in parts]
+    else:
+        lines = [str(c).strip() for c in classes]
+    return lines
+
+
+class Segmenter:
+    """Open-vocabulary semantic segmentation with CASS (+ CDAM) on CLIP ViT-B/16 + DINO ViT-B/8.
+
+    Args:
+        classes: class names (a list, or one string separated by commas or new lines). In a list,
+            an entry may hold synonyms separated by ", " (the class files' convention). Label id
+            0 is background; classes get ids 1..C in order.
+        preset: one of the published protocols (voc21, voc20, context60, context59, coco_object,
+            coco_stuff, ade20k, cityscapes): its class file, ids and constants.
+        method: ``cass+cdam`` (default), ``cass``, ``naclip[+cdam]``, ``maskclip[+cdam]``.
+        backbone: ``openai`` (published weights), ``tiny`` (random, for tests), ``random-base``.
+        clip_checkpoint / dino_checkpoint: local weight files for offline machines.
+        background: for a free vocabulary, ``None`` (no background words; background comes only
+            from the threshold) or ``"default"`` (the reference's 26 background words as class 0)
+            or a list of words.
+        device, batch_size (images per call chunk), window_batch (windows per forward),
+        precision (fp32 | fp16 | bf16, for the backbones), plus any :class:`SegmenterOptions` field.
+    """
+
+    def __init__(
+        self,
+        classes: Union[None, str, Sequence[str]] = None,
+        preset: Optional[str] = None,
+        method: str = DEFAULT_METHOD,
+        backbone: str = "openai",
+        device: Union[str, torch.device, None] = None,
+        batch_size: int = 4,
+        window_batch: int = 32,
+        precision: str = "fp32",
+        clip_checkpoint: Optional[str] = None,
+        dino_checkpoint: Optional[str] = None,
+        background: Union[None, str, Sequence[str]] = None,
+        models: Optional[Tuple[Any, Any, Any]] = None,
+        **overrides,
+    ):
+        if method not in METHODS:
+            raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if precision not in _DTYPES:
+            raise InvalidInputError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
+        if batch_size < 1 or window_batch < 1:
+            raise InvalidInputError("batch_size and window_batch must be >= 1")
+        self.method = method
+        self.base, _, cdam = method.partition("+")
+        self.use_cdam = cdam == "cdam"
+        self.batch_size = int(batch_size)
+        self.window_batch = int(window_batch)
+        self.precision = precision
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.backbone = backbone
+
+        self.preset: Preset
+        lines = self._class_lines(classes, preset, background)
+        self.options = self._options(overrides)
+        self.class_lines = lines
+        self.queries, owner = queries_from_class_lines(lines)
+        self.query_to_class = torch.tensor(owner, dtype=torch.long, device=self.device)
+        self.num_labels = len(lines)
+        self.has_queries = np.zeros(self.num_labels, dtype=bool)
+        self.has_queries[np.asarray(owner, dtype=np.int64)] = True
+        self.class_names = [
+            (line.split(",")[0].strip() if line.strip() else "background") for line in lines
+        ]
+        self.background_id = 0 if (self.preset.has_background) else None
+        self.mask_targets = {i: n for i, n in enumerate(self.class_names)}
+
+        # models
+        if models is None:
+            models = cached_models(backbone, clip_checkpoint, dino_checkpoint, self.device, self.base == "cass")
+        self.clip, self.dino, self.tokenizer = models
+        self.visual = self.clip.visual
+        if self.base == "cass" and self.dino is None:
+            raise InvalidInputError("method 'cass' needs a DINO model")
+        self.heads = cv.num_heads(self.visual)
+        self.head_dim = cv.width(self.visual) // self.heads
+        if self.dino is not None:
+            dh = self.dino.blocks[-1].attn.num_heads
+            dd = self.dino.embed_dim // dh
+            if (dh, dd) != (self.heads, self.head_dim):
+                raise InvalidInputError(
+                    f"DINO head geometry {dh}x{dd} differs from CLIP's {self.heads}x{self.head_dim} (SPEC J.3)"
+                )
+        # one text cache per CLIP model, shared by every Segmenter using it
+        self.embedder = getattr(self.clip, "_cass_text_embedder", None)
+        if self.embedder is None or self.embedder.device != self.device:
+            self.embedder = TextEmbedder(self.clip, self.tokenizer, self.device)
+            self.clip._cass_text_embedder = self.embedder
+        self._prepare_text()
+
+    # ------------------------------------------------------------------ configuration
+    def _class_lines(self, classes, preset, background) -> List[str]:
+        if preset is not None and classes is not None:
+            raise InvalidInputError("give either classes or preset, not both")
+        if preset is not None:
+            self.preset = get_preset(preset)
+            return preset_class_lines(self.preset)
+        if classes is None:
+            raise InvalidInputError("no classes given: pass classes=[...] or preset=...")
+        lines = parse_classes(classes)
+        if not lines or all(not line for line in lines):
+            raise InvalidInputError("the vocabulary is empty: give at least one class name")
+        if any(not line for line in lines):
+            raise InvalidInputError(f"empty class name in {list(lines)!r}")
+        seen: Dict[str, int] = {}
+        for i, line in enumerate(lines):
+            for name in (p.strip().lower() for p in line.split(",")):
+                if not name:
+                    raise InvalidInputError(f"empty synonym in class {line!r}")
+                if name in seen and seen[name] != i:
+                    raise InvalidInputError(f"duplicate class name {name!r} (classes {seen[name] + 1} and {i + 1})")
+                if name in seen:
+                    raise InvalidInputError(f"duplicate synonym {name!r} in class {line!r}")
+                seen[name] = i
+        if any(line.split(",")[0].strip().lower() == "background" for line in lines):
+            raise InvalidInputError("'background' is label 0 and cannot be a class; use background=[...] for words")
+        self.preset = FREE_VOCAB
+        if background is None:
+            bg = ""
+        elif background == "default":
+            bg = ", ".join(default_background_words())
+        else:
+            words = [background] if isinstance(background, str) else list(background)
+            bg = ", ".join(w.strip() for w in words if w.strip())
+        for w in (p.strip().lower() for p in bg.split(",") if p.strip()):
+            if w in seen:
+                raise InvalidInputError(f"background word {w!r} is also a class name")
+        return [bg] + lines
+
+    def _options(self, overrides) -> SegmenterOptions:
+        p = self.preset
+        base = dict(
+            short_side=p.short_side, long_side=p.long_side, mode=p.mode, prob_thd=p.prob_thd,
+            gamma=p.gamma, alpha=p.alpha, h_threshold=p.h_threshold, eigenscale=p.eigenscale,
+            global_prior=p.global_prior,
+        )
+        if self.base != "cass":
+            base["logit_scale"] = 50.0  # CDAM/MaskCLIP protocol
+        known = {f.name for f in dataclasses.fields(SegmenterOptions)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise InvalidInputError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        base.update(overrides)
+        opts = SegmenterOptions(**base)
+        if opts.mode not in ("slide", "whole"):
+            raise InvalidInputError(f"mode must be 'slide' or 'whole', got {opts.mode!r}")
+        if opts.global_prior not in ("image", "crop"):
+            raise InvalidInputError("global_prior must be 'image' or 'crop'")
+        if opts.bg_rule not in ("entropy", "cass_fixed", "none"):
+            raise InvalidInputError("bg_rule must be 'entropy', 'cass_fixed' or 'none'")
+        if opts.entropy_source not in ("image", "last_crop"):
+            raise InvalidInputError("entropy_source must be 'image' or 'last_crop'")
+        if opts.cdam_similarity not in ("cass", "raw"):
+            raise InvalidInputError("cdam_similarity must be 'cass' or 'raw'")
+        if opts.spectral_dtype not in ("float64", "float32"):
+            raise InvalidInputError("spectral_dtype must be 'float64' or 'float32'")
+        if opts.crop < 16 or opts.stride < 1:
+            raise InvalidInputError("crop must be >= 16 and stride >= 1")
+        return opts
+
+    def _prepare_text(self) -> None:
+        self.text = self.embedder(self.queries)  # (Q, E)
+        self.clusters = torch.from_numpy(cluster_text(self.text, self.options.h_threshold)).to(self.device)
+        if self.use_cdam:
+            self.aug_words = cdam_aug_words()
+            self.text_aug = self.embedder(self.aug_words)
+        o = self.options
+        self.cass_options = CassOptions(
+            gaussian_std=o.gaussian_std, k_eigen=o.k_eigen, rank=o.rank, eigenscale=o.eigenscale,
+            beta=o.beta, paper_matching=o.paper_matching, energy_rank=o.energy_rank,
+            spectral_dtype=torch.float64 if o.spectral_dtype == "float64" else torch.float32,
+        )
+
+    # ------------------------------------------------------------------ public API
+    def __call__(self, images: Sequence[Any], names: Optional[Sequence[str]] = None) -> List[SegmentationResult]:
+        """Segment a list of images (paths, PIL images, HxW[xC] arrays). Returns one result per
+        image, in order. Raises :class:`ImageLoadError` naming the first unreadable image; use
+        :meth:`segment_safe` to get per-image errors instead."""
+        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+            images = [images] if not isinstance(images, Iterable) or isinstance(images, (str, bytes)) else list(images)
+        names = list(names) if names is not None else [describe(im) for im in images]
+        results: List[SegmentationResult] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            rgbs = [load_rgb(im, n) for im, n in zip(chunk, names[start : start + self.batch_size])]
+            results.extend(self.segment_arrays(rgbs, names[start : start + self.batch_size]))
+        return results
+
+    segment = __call__
+
+    def segment_safe(self, images: Sequence[Any], names: Optional[Sequence[str]] = None):
+        """Like ``__call__`` but never raises for a bad image: returns ``(result | None, error | None)``
+        per image, so one bad sample does not stop a batch."""
+        names = list(names) if names is not None else [describe(im) for im in images]
+        out: List[Tuple[Optional[SegmentationResult], Optional[str]]] = [(None, None)] * len(images)
+        good, good_names, where = [], [], []
+        for i, (im, n) in enumerate(zip(images, names)):
+            try:
+                good.append(load_rgb(im, n))
+                good_names.append(n)
+                where.append(i)
+            except ImageLoadError as exc:
+                out[i] = (None, str(exc))
+        for start in range(0, len(good), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            try:
+                res = self.segment_arrays(good[sl], good_names[sl])
+                for i, r in zip(where[sl], res):
+                    out[i] = (r, None)
+            except Exception as exc:  # isolate the failing image by retrying one at a time
+                for i, arr, n in zip(where[sl], good[sl], good_names[sl]):
+                    try:
+                        out[i] = (self.segment_arrays([arr], [n])[0], None)
+                    except Exception as exc1:  # noqa: BLE001 - reported per image
+                        out[i] = (None, f"{n}: {type(exc1).__name__}: {exc1}")
+                del exc
+        return out
+
+    @torch.no_grad()
+    def segment_arrays(self, rgbs: Sequence[np.ndarray], names: Optional[Sequence[str]] = None) -> List[SegmentationResult]:
+        """Segment RGB uint8 arrays ``(H, W, 3)`` as one batch: all windows of all images go
+        through the backbones together (in chunks of ``window_batch``)."""
+        names = list(names) if names is not None else [f"image {i}" for i in range(len(rgbs))]
+        prepared = [self._prepare(i, a, n) for i, (a, n) in enumerate(zip(rgbs, names))]
+        if not prepared:
+            return []
+        o = self.options
+        # global prior v_glob once per image (SPEC E.1 [rec]); whole mode / crop prior: per window
+        vglob = None
+        if o.mode == "slide" and o.global_prior == "image":
+            vglob = self._global_embeddings(prepared)
+        # gather windows
+        crops, owners = [], []
+        for p in prepared:
+            for (y1, y2, x1, x2) in p.windows:
+                crops.append(p.image[:, y1:y2, x1:x2])
+                owners.append(p.index)
+        window_logits: List[torch.Tensor] = []
+        window_hrange: List[torch.Tensor] = []
+        window_g: List[torch.Tensor] = []
+        for start in range(0, len(crops), self.window_batch):
+            chunk = crops[start : start + self.window_batch]
+            own = owners[start : start + self.window_batch]
+            # windows of one size are batched together (whole mode may mix sizes)
+            groups: Dict[Tuple[int, int], List[int]] = {}
+            for j, c in enumerate(chunk):
+                groups.setdefault(tuple(c.shape[-2:]), []).append(j)
+            res: List[Any] = [None] * len(chunk)
+            for _, idx in groups.items():
+                batch = torch.stack([chunk[j] for j in idx])
+                vg = vglob[[own[j] for j in idx]] if vglob is not None else None
+                logits, hmin, hmax, g = self._forward_windows(batch, vg)
+                for k, j in enumerate(idx):
+                    res[j] = (logits[k], torch.stack([hmin[k], hmax[k]]), g[k])
+            for r in res:
+                window_logits.append(r[0])
+                window_hrange.append(r[1])
+                window_g.append(r[2])
+        results = []
+        cursor = 0
+        for p in prepared:
+            n = len(p.windows)
+            wl = window_logits[cursor : cursor + n]
+            hr = torch.stack(window_hrange[cursor : cursor + n])
+            g = torch.stack(window_g[cursor : cursor + n]).mean(0)
+            cursor += n
+            results.append(self._finish(p, wl, hr, g))
+        return results
+
+    # ------------------------------------------------------------------ stages
+    def _prepare(self, index: int, rgb: np.ndarray, name: str) -> _Prepared:
+        import cv2
+
+        h0, w0 = rgb.shape[:2]
+        if h0 < 1 or w0 < 1:
+            raise ImageLoadError(f"{name}: image has zero size {w0}x{h0}")
+        o = self.options
+        h, w = keep_ratio_size(h0, w0, o.long_side, o.short_side)
+        resized = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR) if (h, w) != (h0, w0) else rgb
+        img = clip_normalize(torch.from_numpy(np.ascontiguousarray(resized)).to(self.device).permute(2, 0, 1))
+        if o.mode == "slide":
+            # images smaller than a crop are zero-padded (0 = the CLIP mean colour) to one crop
+            ph, pw = max(h, o.crop), max(w, o.crop)
+            if (ph, pw) != (h, w):
+                img = F.pad(img, (0, pw - w, 0, ph - h))
+            windows = sliding_windows(ph, pw, o.crop, o.stride)
+        else:
+            ph, pw = h, w
+            if o.pad_to_patch or h < 16 or w < 16:
+                ph, pw = max(-(-h // 16) * 16, 16), max(-(-w // 16) * 16, 16)
+                img = F.pad(img, (0, pw - w, 0, ph - h))
+            windows = [(0, ph, 0, pw)]
+        return _Prepared(index, name, (h0, w0), img, (h, w), windows)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+
+    def _trunk(self, images: torch.Tensor):
+        with self._autocast():
+            x, grid = cv.trunk(self.visual, images)
+        return x.float(), grid
+
+    def _global_embeddings(self, prepared: List[_Prepared]) -> torch.Tensor:
+        """One unmodified CLIP forward per image on the whole resized image (E.1), batched over
+        images of the same size."""
+        out: List[Optional[torch.Tensor]] = [None] * len(prepared)
+        groups: Dict[Tuple[int, int], List[int]] = {}
+        for p in prepared:
+            groups.setdefault(p.size, []).append(p.index)
+        for size, idx in groups.items():
+            imgs = torch.stack([prepared[i].image[:, : size[0], : size[1]] for i in idx])
+            x, _ = self._trunk(imgs)
+            with self._autocast():
+                g = cv.global_embedding(self.visual, x)
+            for k, i in enumerate(idx):
+                out[i] = g[k].float()
+        return torch.stack(out)
+
+    def _dino_keys_on_grid(self, crops: torch.Tensor, grid) -> torch.Tensor:
+        pixels = dino_pixels_from_clip(crops, clean=self.options.dino_clean_input)
+        with self._autocast():
+            keys, dgrid = dino_keys(self.dino, pixels)
+        return resample_dino_keys(keys.float(), dgrid, grid)
+
+    def _cass_logits(self, feats: torch.Tensor, g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """E.3-E.4 on patch features ``(B, N, E)``: returns (logits (B, N, Q), adjusted text)."""
+        o = self.options
+        leaders = cluster_leaders(g, self.clusters)
+        text = adjust_text(self.text, feats, leaders, o.alpha, o.top_k)
+        return blend_logits(feats, text, g, o.gamma), text
+
+    def _forward_windows(self, crops: torch.Tensor, vglob: Optional[torch.Tensor]):
+        """All last-block work for a batch of same-size windows. Returns patch-resolution query
+        logits ``(B, Q, h, w)`` and each window's entropy range (G.7) ``(B,), (B,)``."""
+        o = self.options
+        x, grid = self._trunk(crops)
+        if vglob is None:
+            with self._autocast():
+                vglob = cv.global_embedding(self.visual, x).float()
+        g = vglob @ self.text.T  # (B, Q) raw cosine, unadjusted text (E.1)
+        b = x.shape[0]
+        n = grid[0] * grid[1]
+        scale = self.head_dim**-0.5
+        if self.base == "maskclip":
+            _, _, v_all = cv.last_block_qkv(self.visual, x, keep_cls=True)
+            vcat = v_all.permute(0, 2, 1, 3).reshape(b, n + 1, -1)
+            out = cv.residual_mlp(self.visual, x, cv.out_projection(self.visual, vcat))
+            feats = cv.project(self.visual, out)[:, 1:]
+        else:
+            _, k, v = cv.last_block_qkv(self.visual, x)
+            if self.base == "cass":
+                attn = cass_attention(k, self._dino_keys_on_grid(crops, grid), grid, scale, self.cass_options).attn
+            else:
+                attn = naclip_attention(k, grid, scale, o.gaussian_std)
+            feats = cv.project(self.visual, cv.out_projection(self.visual, attend_values(attn, v)))
+
+        if self.base == "cass":
+            logits, text_adj = self._cass_logits(feats, g)
+        else:
+            logits, text_adj = feats @ self.text.T, None
+
+        if self.use_cdam:
+            feats = self._cdam_refine(x, feats, g, vglob, text_adj, grid, v if self.base != "maskclip" else None,
+                                      attn if self.base != "maskclip" else None)
+            if self.base == "cass" and o.cdam_readjust_text:
+                logits, _ = self._cass_logits(feats, g)
+            elif self.base == "cass":
+                logits = blend_logits(feats, text_adj, g, o.gamma)
+            else:
+                logits = feats @ self.text.T
+        qlogits = logits.transpose(1, 2).reshape(b, -1, *grid)
+        # G.7 entropy range per window over the Q queries (before the synonym max, H.6)
+        hmin, hmax = entropy_range(qlogits, o.entropy_logit_scale)
+        return qlogits, hmin, hmax, g
+
+    def _cdam_refine(self, x, feats, g, vglob, text_adj, grid, v, attn):
+        """SPEC G.2-G.6 / H.2-H.4: CDAM map from the initial similarity, then re-prediction of the
+        base's last block with it. Returns the re-predicted unit patch features ``(B, N, E)``."""
+        o = self.options
+        b = feats.shape[0]
+        n = grid[0] * grid[1]
+        if self.base == "cass" and o.cdam_similarity == "cass":
+            t_all = torch.cat([text_adj, self.text_aug.unsqueeze(0).expand(b, -1, -1)], 1)
+            g_all = torch.cat([g, vglob @ self.text_aug.T], 1)
+            sim = blend_logits(feats, t_all, g_all, o.gamma)  # (B, N, Q+A)
+        else:
+            sim = feats @ torch.cat([self.text, self.text_aug]).T
+        sim = sim.transpose(1, 2).reshape(b, -1, *grid)
+        cd = cdam_ops.multiscale_cdam(sim, o.cdam_scales, o.cdam_temperature, o.cdam_attn_temperature)  # (B,N,N)
+        if self.base == "maskclip":
+            w = cdam_ops.reprediction_weights(cd)  # (B, N+1, N+1), zero CLS row/col
+            _, _, v_all = cv.last_block_qkv(self.visual, x, keep_cls=True)
+            attended = attend_values(w.unsqueeze(1), v_all)
+            out = cv.residual_mlp(self.visual, x, cv.out_projection(self.visual, attended))
+            return cv.project(self.visual, out)[:, 1:]
+        new_attn = cdam_ops.mix_attention(attn, cd.unsqueeze(1), o.cdam_mix, o.cdam_row_normalize)
+        # a (B, 1, N, N) map broadcasts over the heads: one CDAM for every head (G.6)
+        return cv.project(self.visual, cv.out_projection(self.visual, attend_values(new_attn, v)))
+
+    def _finish(self, p: _Prepared, window_logits: List[torch.Tensor], hrange: torch.Tensor, g: torch.Tensor) -> SegmentationResult:
+        o = self.options
+        h, w = p.size
+        if o.mode == "slide":
+            ph, pw = max(h, o.crop), max(w, o.crop)
+            canvas = stitch_windows(torch.stack(window_logits), p.windows, (ph, pw))[:, :h, :w]
+        else:
+            y1, y2, x1, x2 = p.windows[0]
+            lg = window_logits[0]
+            if o.pad_to_patch or y2 != h or x2 != w:
+                canvas = upsample_logits(lg, (y2, x2))[:, :h, :w]
+            else:
+                canvas = upsample_logits(lg, (h, w))  # floor grid stretched over H x W (J.5)
+        logits = upsample_logits(canvas, p.original_size)  # (Q, H0, W0)
+        probs = torch.softmax(o.logit_scale * logits, dim=0)
+        class_probs = merge_synonyms(probs, self.query_to_class, self.num_labels, dim=0)
+        thr = 0.0
+        if self.background_id is not None:
+            if self.use_cdam and o.bg_rule == "entropy":
+                if o.entropy_source == "last_crop":
+                    hmin, hmax = hrange[-1, 0], hrange[-1, 1]
+                else:
+                    hmin, hmax = hrange[:, 0].min(), hrange[:, 1].max()
+                thr = float(threshold_from_entropy(hmin, hmax, o.entropy_thr_default, o.entropy_alpha))
+            elif o.bg_rule != "none":
+                thr = o.prob_thd
+        labels = labels_from_probabilities(class_probs, thr, self.background_id or 0, dim=0)
+        dtype = np.uint8 if self.num_labels <= 256 else np.uint16
+        label_map = labels.to("cpu", torch.int64).numpy().astype(dtype)
+        return SegmentationResult(label_map, self.presence_scores(g), thr, p.name)
+
+    def presence_scores(self, g: torch.Tensor) -> np.ndarray:
+        """Object-presence prior per class: softmax over classes of ``logit_scale`` x the
+        per-class max (over synonyms) of the raw global image-text cosine ``g`` (E.1). Classes
+        without queries (an empty background line) get NaN."""
+        per_class = merge_synonyms(g, self.query_to_class, self.num_labels, dim=0)
+        probs = torch.softmax(self.options.logit_scale * per_class, dim=0)  # -inf -> 0
+        out = probs.to("cpu", torch.float32).numpy().copy()
+        out[~self.has_queries] = np.nan
+        return out

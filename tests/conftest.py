@@ -228,12 +228,12 @@ else:
 def _cleanup_session():
     # Registered before fiftyone connects, so it runs after fiftyone's own atexit hooks
     # (which delete non-persistent datasets and so still need mongod).
-    try:
-        fo = sys.modules.get("fiftyone.core.odm.database")
-        if fo is not None:
-            fo._disconnect()
-    except Exception:
-        pass
+    fodb = sys.modules.get("fiftyone.core.odm.database")
+    if fodb is not None:
+        try:
+            fodb._disconnect()  # close pymongo's client before its server goes away
+        except Exception:
+            pass
     MONGOD.stop()
     if _EXTERNAL_URI:
         try:
@@ -260,11 +260,14 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def fiftyone_database():
     """Waits until the session's MongoDB is up (fails, with mongod's log, if it cannot start)."""
+    error = None
     if not _EXTERNAL_URI:
         try:
             MONGOD.wait_ready()
         except RuntimeError as e:
-            pytest.fail(str(e), pytrace=False)
+            error = str(e)
+    if error:
+        pytest.fail(error, pytrace=False)
     return os.environ["FIFTYONE_DATABASE_URI"]
 
 

@@ -193,3 +193,140 @@ def test_evaluate_iou_without_mask_targets_uses_observed_values(seg_dataset):
     assert list(r.classes) == ["0", "1", "2"]
     assert r.mean_iou() == pytest.approx(expected.mIoU)
     assert math.isfinite(seg_dataset.first()["obs_iou"])
+
+
+# ------------------------------------------------------------------------------------------------
+# End-to-end protocol: import -> predict -> evaluate -> table
+# ------------------------------------------------------------------------------------------------
+class ConstantSegmenter:
+    """A stand-in model with the Segmenter call interface: predicts class ``value`` everywhere."""
+
+    method = "cass"
+
+    def __init__(self, num_classes, value=0):
+        self.mask_targets = {i: str(i) for i in range(num_classes)}
+        self.value = value
+        self.batch_size = 1
+        self.calls = 0
+
+    def __call__(self, paths):
+        from types import SimpleNamespace
+
+        self.calls += 1
+        out = []
+        for p in paths:
+            w, h = Image.open(p).size
+            out.append(SimpleNamespace(label_map=np.full((h, w), self.value, np.uint8)))
+        return out
+
+
+def _ade_layout(root):
+    base = root / "ADEChallengeData2016"
+    labels = [np.array([[0, 1, 1], [2, 2, 1]], np.uint8), np.array([[1, 1], [150, 0]], np.uint8)]
+    for i, lab in enumerate(labels):
+        stem = f"ADE_val_{i + 1:08d}"
+        (base / "images" / "validation").mkdir(parents=True, exist_ok=True)
+        (base / "annotations" / "validation").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros(lab.shape + (3,), np.uint8)).save(base / "images" / "validation" / f"{stem}.jpg")
+        Image.fromarray(lab).save(base / "annotations" / "validation" / f"{stem}.png")
+    return labels
+
+
+def test_run_protocol_end_to_end_with_exact_numbers(tmp_path, fiftyone_database):
+    import uuid
+
+    from fiftyone_cass.integrations.importers import reduce_zero_label
+    from fiftyone_cass.integrations.protocol import run_protocol
+
+    labels = _ade_layout(tmp_path)
+    seg = ConstantSegmenter(150, value=0)
+    name = f"proto-{uuid.uuid4().hex[:8]}"
+    try:
+        run = run_protocol("ade20k", tmp_path, segmenter=seg, name=name, masks_dir=str(tmp_path / "masks"), print_table=False)
+        acc = IoUAccumulator(num_classes=150)
+        for lab in labels:
+            acc.update(np.zeros(lab.shape, np.uint8), reduce_zero_label(lab))
+        exp = acc.compute()
+        # GT after reduce: ids 0, 1, 149 present; prediction = 0 everywhere -> only class 0 scores
+        assert run.metrics.mIoU == pytest.approx(exp.mIoU)
+        assert run.metrics.aAcc == pytest.approx(exp.aAcc)
+        assert run.eval_key == "eval_ade20k"
+        ds = run.dataset
+        assert ds.load_evaluation_results("eval_ade20k").mean_iou() == pytest.approx(exp.mIoU)
+        assert ds.mask_targets["predictions"] == ds.mask_targets["ground_truth"]
+        assert ds.first().predictions.mask_path.startswith(str(tmp_path / "masks" / "predictions"))
+        assert "paper (cass, full val set): mIoU 20.40" in run.table
+        assert f"{exp.mIoU * 100:.2f}" in run.table
+
+        with pytest.raises(InvalidInputError, match="3 classes"):
+            run_protocol("ade20k", dataset=ds, segmenter=ConstantSegmenter(3), print_table=False)
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+
+
+def test_protocol_command_with_a_tiny_random_segmenter(tmp_path, fiftyone_database, capsys):
+    """The CLI path with the real Segmenter (tiny random-weight backbones, CPU)."""
+    import uuid
+
+    from fiftyone_cass.integrations.protocol import main
+
+    base = tmp_path / "VOCdevkit" / "VOC2012"
+    (base / "JPEGImages").mkdir(parents=True)
+    (base / "SegmentationClass").mkdir()
+    (base / "ImageSets" / "Segmentation").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ids = []
+    for i, (h, w) in enumerate([(40, 56), (48, 36)]):
+        sid = f"2007_00000{i}"
+        ids.append(sid)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(base / "JPEGImages" / f"{sid}.jpg")
+        lab = np.zeros((h, w), np.uint8)
+        lab[5:20, 5:20] = 15
+        lab[0, :] = 255
+        Image.fromarray(lab).save(base / "SegmentationClass" / f"{sid}.png")
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    try:
+        rc = main(["voc20", str(tmp_path), "--backbone", "tiny", "--device", "cpu", "--batch-size", "2",
+                   "--name", name, "--masks-dir", str(tmp_path / "m")])
+        assert rc == 0
+        out = capsys.readouterr().out
+        assert "voc20 | cass+cdam | 2 images" in out and "mIoU" in out
+        ds = fo.load_dataset(name)
+        res = ds.load_evaluation_results("eval_voc20")
+        assert 0.0 <= res.mean_iou() <= 1.0
+        for s in ds:
+            assert s.predictions.get_mask().shape == s.ground_truth.get_mask().shape
+            assert s.predictions.get_mask().max() < 20
+            assert s["eval_voc20_iou"] is not None
+        # person = VOC id 15 -> voc20 id 14; row 0 is boundary (255) and stays ignored
+        gt = ds.first().ground_truth.get_mask()
+        assert gt[10, 10] == 14 and (gt[0] == 255).all() and gt[30, 30] == 255
+        assert main(["voc20", str(tmp_path / "missing"), "--backbone", "tiny", "--name", name + "x"]) == 2
+    finally:
+        for n in (name, name + "x"):
+            if fo.dataset_exists(n):
+                fo.delete_dataset(n)
+
+
+def test_evaluate_operator_form_offers_segmentation_fields_and_guards_the_key(seg_dataset):
+    from fiftyone.operators.executor import ExecutionContext
+
+    seg_dataset.add_sample_field("score", fo.FloatField)
+    op = foo.get_operator(EVALUATE_URI)
+
+    def form(params):
+        ctx = ExecutionContext(request_params={"dataset_name": seg_dataset.name, "params": params})
+        return op.resolve_input(ctx).type.properties
+
+    props = form({})
+    assert sorted(props["pred_field"].type.values) == ["ground_truth", "predictions"]
+    assert props["gt_field"].default == "ground_truth" and props["pred_field"].default == "predictions"
+    assert not props["eval_key"].invalid
+    evaluate_iou(seg_dataset, "predictions", eval_key="taken")
+    props = form({"eval_key": "taken"})
+    assert props["eval_key"].invalid and "overwrite" in props
+    assert not form({"eval_key": "taken", "overwrite": True})["eval_key"].invalid
+    assert form({"eval_key": "not valid"})["eval_key"].invalid

@@ -330,3 +330,25 @@ def test_evaluate_operator_form_offers_segmentation_fields_and_guards_the_key(se
     assert props["eval_key"].invalid and "overwrite" in props
     assert not form({"eval_key": "taken", "overwrite": True})["eval_key"].invalid
     assert form({"eval_key": "not valid"})["eval_key"].invalid
+
+
+def test_model_evaluation_panel_can_load_the_run(seg_dataset):
+    """The App's Model Evaluation panel code (shipped with fiftyone) reads our run: metrics with
+    mIoU, the mean_iou custom metric for its Summary table, and the clickable confusion matrix."""
+    from plugins.panels.model_evaluation import EvaluationPanel, _init_segmentation_results
+
+    expected, _ = _expected()
+    evaluate_iou(seg_dataset, "predictions", eval_key="panel")
+    info = seg_dataset.get_evaluation_info("panel")
+    assert info.config.type == "segmentation"
+    results = seg_dataset.load_evaluation_results("panel")
+    _init_segmentation_results(seg_dataset, results, "ground_truth")
+    panel = EvaluationPanel()
+    assert results.metrics()["mIoU"] == pytest.approx(expected.mIoU)
+    custom = panel.get_custom_metrics(results)
+    assert custom[MEAN_IOU_METRIC]["label"] == "mIoU"
+    assert custom[MEAN_IOU_METRIC]["value"] == pytest.approx(expected.mIoU)
+    cm = panel.get_confusion_matrix(results)
+    assert list(cm["classes"])[:3] == ["wall", "building", "sky"]
+    per_class = panel.get_per_class_metrics(info, results)
+    assert set(per_class) >= {"wall", "building", "sky"}

@@ -31,6 +31,7 @@ from ..images import describe, load_rgb
 from . import clip_visual as cv
 from .backbones import cached_models
 from .dino import dino_keys, dino_pixels_from_clip
+from .profiling import NO_STAGE, StageTimer
 from .presets import FREE_VOCAB, Preset, cdam_aug_words, default_background_words, get_preset, preset_class_lines
 from .text import TextEmbedder
 
@@ -136,6 +137,9 @@ class Segmenter:
         device, batch_size (images per call chunk), window_batch (windows per forward),
         precision (fp32 | fp16 | bf16, for the backbones), plus any :class:`SegmenterOptions` field.
     """
+
+    #: a :class:`~fiftyone_cass.models.profiling.StageTimer` to time the stages (None: off, free)
+    profiler: Optional[StageTimer] = None
 
     def __init__(
         self,
@@ -300,7 +304,8 @@ class Segmenter:
         results: List[SegmentationResult] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            rgbs = [load_rgb(im, n) for im, n in zip(chunk, names[start : start + self.batch_size])]
+            with self._stage("load"):
+                rgbs = [load_rgb(im, n) for im, n in zip(chunk, names[start : start + self.batch_size])]
             results.extend(self.segment_arrays(rgbs, names[start : start + self.batch_size]))
         return results
 
@@ -339,14 +344,16 @@ class Segmenter:
         """Segment RGB uint8 arrays ``(H, W, 3)`` as one batch: all windows of all images go
         through the backbones together (in chunks of ``window_batch``)."""
         names = list(names) if names is not None else [f"image {i}" for i in range(len(rgbs))]
-        prepared = [self._prepare(i, a, n) for i, (a, n) in enumerate(zip(rgbs, names))]
+        with self._stage("prepare"):
+            prepared = [self._prepare(i, a, n) for i, (a, n) in enumerate(zip(rgbs, names))]
         if not prepared:
             return []
         o = self.options
         # global prior v_glob once per image (SPEC E.1 [rec]); whole mode / crop prior: per window
         vglob = None
         if o.mode == "slide" and o.global_prior == "image":
-            vglob = self._global_embeddings(prepared)
+            with self._stage("clip_global"):
+                vglob = self._global_embeddings(prepared)
         # gather windows
         crops, owners = [], []
         for p in prepared:
@@ -382,10 +389,15 @@ class Segmenter:
             hr = torch.stack(window_hrange[cursor : cursor + n])
             g = torch.stack(window_g[cursor : cursor + n]).mean(0)
             cursor += n
-            results.append(self._finish(p, wl, hr, g))
+            with self._stage("stitch"):
+                results.append(self._finish(p, wl, hr, g))
         return results
 
     # ------------------------------------------------------------------ stages
+    def _stage(self, name: str):
+        """Context timing one pipeline stage when a profiler is attached; a shared no-op otherwise."""
+        return NO_STAGE if self.profiler is None else self.profiler(name)
+
     def _prepare(self, index: int, rgb: np.ndarray, name: str) -> _Prepared:
         import cv2
 
@@ -453,7 +465,8 @@ class Segmenter:
         """All last-block work for a batch of same-size windows. Returns patch-resolution query
         logits ``(B, Q, h, w)`` and each window's entropy range (G.7) ``(B,), (B,)``."""
         o = self.options
-        x, grid = self._trunk(crops)
+        with self._stage("clip"):
+            x, grid = self._trunk(crops)
         if vglob is None:
             with self._autocast():
                 vglob = cv.global_embedding(self.visual, x).float()
@@ -469,7 +482,10 @@ class Segmenter:
         else:
             _, k, v = cv.last_block_qkv(self.visual, x)
             if self.base == "cass":
-                attn = cass_attention(k, self._dino_keys_on_grid(crops, grid), grid, scale, self.cass_options).attn
+                with self._stage("dino"):
+                    dkeys = self._dino_keys_on_grid(crops, grid)
+                with self._stage("spectral"):
+                    attn = cass_attention(k, dkeys, grid, scale, self.cass_options).attn
             else:
                 attn = naclip_attention(k, grid, scale, o.gaussian_std)
             feats = cv.project(self.visual, cv.out_projection(self.visual, attend_values(attn, v)))
@@ -480,8 +496,9 @@ class Segmenter:
             logits, text_adj = feats @ self.text.T, None
 
         if self.use_cdam:
-            feats = self._cdam_refine(x, feats, g, vglob, text_adj, grid, v if self.base != "maskclip" else None,
-                                      attn if self.base != "maskclip" else None)
+            with self._stage("cdam"):
+                feats = self._cdam_refine(x, feats, g, vglob, text_adj, grid, v if self.base != "maskclip" else None,
+                                          attn if self.base != "maskclip" else None)
             if self.base == "cass" and o.cdam_readjust_text:
                 logits, _ = self._cass_logits(feats, g)
             elif self.base == "cass":

@@ -67,6 +67,8 @@ def cass_attention(
         )
     b, h, n, _ = clip_keys.shape
     sd = options.spectral_dtype
+    # contiguous inputs: the same window gives bit-identical graphs whatever batch it came in
+    clip_keys, dino_keys = clip_keys.contiguous(), dino_keys.contiguous()
     clip_graph = key_graph(clip_keys, scale)  # C_h
     dino_norm = normalize_dino_keys(dino_keys, clip_keys)  # D_h = scale * K~ K~^T
 

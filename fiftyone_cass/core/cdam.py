@@ -129,23 +129,22 @@ def js_divergence(
     out = 0.5 * (a.unsqueeze(-1) + a.unsqueeze(-2))  # (B, N, N)
 
     if chunk_size is not None:
-        rows, batches = min(chunk_size, N), 1
+        rows = min(chunk_size, N)
     else:
         per_row = 2 * max(N * K, 1) * p.element_size()  # two (N, K) temporaries per query row
-        rows = max(1, memory_budget // per_row)
-        if rows >= N:
-            batches, rows = max(1, rows // N), N
-        else:
-            batches = 1
+        rows = min(N, max(1, memory_budget // per_row))
 
-    for b0 in range(0, B, batches):
-        pb = p[b0 : b0 + batches]  # (b, N, K)
+    # One window at a time with a row split that depends only on (N, K): every window is computed
+    # by the same kernels in the same order whatever batch it arrives in (bit-identical results;
+    # CDAM's sharp temperatures would otherwise amplify reduction-order round-off).
+    for b0 in range(B):
+        pb = p[b0 : b0 + 1]  # (1, N, K)
         for r0 in range(0, N, rows):
-            m = pb[:, r0 : r0 + rows, None, :] + pb[:, None, :, :]  # (b, r, N, K)
+            m = pb[:, r0 : r0 + rows, None, :] + pb[:, None, :, :]  # (1, r, N, K)
             m.mul_(0.5)
             lg = m + eps
             lg.log_().mul_(m)
-            out[b0 : b0 + batches, r0 : r0 + rows] -= lg.sum(-1)
+            out[b0 : b0 + 1, r0 : r0 + rows] -= lg.sum(-1)
             del m, lg
     return out.squeeze(0) if squeeze else out
 

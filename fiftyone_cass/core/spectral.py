@@ -71,7 +71,12 @@ def match_heads(distance: torch.Tensor, paper_matching: bool = False) -> Tuple[t
 
     Returns ``(dino_index (B, H) long, weight (B, H))`` on ``distance``'s device/dtype.
     """
-    cost = (1.0 - distance).detach().to("cpu", torch.float64).numpy()
+    # Exact ties between assignments are common: when every DINO spectrum dominates every CLIP
+    # spectrum entry-wise, W(i, j) separates into a_i - b_j and all assignments cost the same.
+    # The solver then follows round-off, which differs with batch size and memory layout.
+    # Costs are rounded to 1e-6 (far below any real difference in W, far above fp32 noise),
+    # so ties are broken the same way (lowest column index) wherever they are computed.
+    cost = np.round((1.0 - distance).detach().to("cpu", torch.float64).numpy(), 6)
     b, h, _ = cost.shape
     sigma = np.empty((b, h), dtype=np.int64)
     for i in range(b):

@@ -23,11 +23,11 @@ def _batch_first(visual) -> bool:
 
 
 def patch_grid(visual, height: int, width: int) -> Tuple[int, int]:
-    ph, pw = _patch_size(visual)
+    ph, pw = patch_size(visual)
     return height // ph, width // pw
 
 
-def _patch_size(visual) -> Tuple[int, int]:
+def patch_size(visual) -> Tuple[int, int]:
     k = visual.conv1.kernel_size
     return (k, k) if isinstance(k, int) else tuple(k)
 

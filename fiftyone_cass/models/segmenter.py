@@ -76,6 +76,8 @@ class SegmenterOptions:
     cdam_similarity: str = "cass"  # "cass": (1-g) F[T';Taug] + g[g;gaug] | "raw": F[T;Taug]
     cdam_row_normalize: bool = False
     cdam_mix: float = 1.0
+    cdam_dtype: str = "float64"  # dtype of the CDAM map; its sharp temperatures (T = P = 0.1)
+    # amplify fp32 round-off ~1e4x, enough to make results depend on batch composition
     cdam_readjust_text: bool = True  # H.5: redo the E.3 adjustment on the re-predicted features
     bg_rule: str = "entropy"  # with +cdam: "entropy" (G.7 once per image) | "cass_fixed" (prob_thd)
     entropy_source: str = "image"  # "image" | "last_crop" (reference parity)
@@ -274,8 +276,8 @@ class Segmenter:
             raise InvalidInputError("entropy_source must be 'image' or 'last_crop'")
         if opts.cdam_similarity not in ("cass", "raw"):
             raise InvalidInputError("cdam_similarity must be 'cass' or 'raw'")
-        if opts.spectral_dtype not in ("float64", "float32"):
-            raise InvalidInputError("spectral_dtype must be 'float64' or 'float32'")
+        if opts.spectral_dtype not in ("float64", "float32") or opts.cdam_dtype not in ("float64", "float32"):
+            raise InvalidInputError("spectral_dtype and cdam_dtype must be 'float64' or 'float32'")
         if opts.crop < 16 or opts.stride < 1:
             raise InvalidInputError("crop must be >= 16 and stride >= 1")
         return opts
@@ -437,8 +439,10 @@ class Segmenter:
         images of the same size."""
         out: List[Optional[torch.Tensor]] = [None] * len(prepared)
         groups: Dict[Tuple[int, int], List[int]] = {}
+        ph, pw = cv.patch_size(self.visual)
         for p in prepared:
-            groups.setdefault(p.size, []).append(p.index)
+            # a side shorter than one patch uses the zero padding added by _prepare
+            groups.setdefault((max(p.size[0], ph), max(p.size[1], pw)), []).append(p.index)
         for size, idx in groups.items():
             imgs = torch.stack([prepared[i].image[:, : size[0], : size[1]] for i in idx])
             x, _ = self._trunk(imgs)
@@ -523,7 +527,9 @@ class Segmenter:
         else:
             sim = feats @ torch.cat([self.text, self.text_aug]).T
         sim = sim.transpose(1, 2).reshape(b, -1, *grid)
-        cd = cdam_ops.multiscale_cdam(sim, o.cdam_scales, o.cdam_temperature, o.cdam_attn_temperature)  # (B,N,N)
+        cdt = torch.float64 if o.cdam_dtype == "float64" else torch.float32
+        cd = cdam_ops.multiscale_cdam(sim.to(cdt), o.cdam_scales, o.cdam_temperature, o.cdam_attn_temperature)
+        cd = cd.to(feats.dtype)  # (B, N, N)
         if self.base == "maskclip":
             w = cdam_ops.reprediction_weights(cd)  # (B, N+1, N+1), zero CLS row/col
             _, _, v_all = cv.last_block_qkv(self.visual, x, keep_cls=True)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .entropy import entropy_range, threshold_from_entropy
+from .windows import upsample_logits  # noqa: F401  (G.6 bilinear up-sampling, shared)
 
 __all__ = [
     "CDAM_SCALES",
@@ -290,14 +291,6 @@ def multiscale_cdam(
 
 
 # --------------------------------------------------------------------------- G.6 / G.7
-
-
-def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """SPEC G.6: bilinear upsampling (align_corners=False, no antialias) of ``(B, C, h, w)`` or
-    ``(C, h, w)`` patch logits to ``size`` = (H, W) pixels."""
-    x, squeeze = _batched(logits, 3, "logits")
-    x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-    return x.squeeze(0) if squeeze else x
 
 
 def entropy_threshold(

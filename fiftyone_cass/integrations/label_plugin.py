@@ -1,0 +1,379 @@
+"""FiftyOne plugin operators for auto-labelling (thin shells over :mod:`.apply`).
+
+* ``@fiftyone-cass/cass/auto_label`` (:class:`AutoLabel`): Segmentation labels, presence scores and
+  concept tags for the dataset, the current view or the selected samples
+  (:func:`fiftyone_cass.integrations.apply.apply`). Immediate execution reports progress to the
+  App between batches (generator execution); delegated execution reports it through
+  ``ctx.set_progress``. From Python::
+
+      op = foo.get_operator("@fiftyone-cass/cass/auto_label")
+      op(dataset_or_view, classes=["dog", "frisbee"], delegate=True)   # queues a delegated run
+
+* ``@fiftyone-cass/cass/retag_presence`` (:class:`RetagPresence`): re-derives the concept tags from
+  the stored presence scores with a new threshold, without running the model
+  (:func:`fiftyone_cass.integrations.apply.retag`).
+
+The model stays loaded across calls in one process (FiftyOne App server or delegated worker):
+backbones are cached per process and :func:`~.apply.get_segmenter` keeps recent Segmenters.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional
+
+import fiftyone as fo
+import fiftyone.operators as foo
+from fiftyone.operators import types
+
+from ..models.presets import PRESETS
+from ..models.segmenter import DEFAULT_METHOD, METHODS
+from .apply import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, AutoLabelRun, default_tag_prefix, retag
+
+PLUGIN_NAME = "@fiftyone-cass/cass"
+AUTO_LABEL_URI = f"{PLUGIN_NAME}/auto_label"
+RETAG_URI = f"{PLUGIN_NAME}/retag_presence"
+BACKBONES = ("openai", "random-base", "tiny")
+#: immediate runs on larger targets default to delegated execution in the App
+DELEGATE_FROM = 100
+
+
+def _fields_of(collection, doc_type):
+    return sorted(collection.get_field_schema(embedded_doc_type=doc_type).keys())
+
+
+def _gt_fields(dataset):
+    """Segmentation fields whose (or the default) mask_targets have integer ids."""
+    out = []
+    for f in _fields_of(dataset, fo.Segmentation):
+        t = dataset.mask_targets.get(f) or dataset.default_mask_targets
+        if t and all(isinstance(k, int) for k in t):
+            out.append(f)
+    return out
+
+
+def _options(value) -> Dict[str, Any]:
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    try:
+        out = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"options must be a JSON object, e.g. {{\"mode\": \"whole\"}}: {exc}") from None
+    if not isinstance(out, dict):
+        raise ValueError("options must be a JSON object")
+    return out
+
+
+def _dropdown(inputs, name, values, default, label, description=None, required=False):
+    view = types.DropdownView()
+    for v in values:
+        view.add_choice(v, label=v)
+    return inputs.enum(name, view.values(), default=default, required=required, label=label,
+                       description=description, view=view)
+
+
+def auto_label_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Operator params -> :func:`~.apply.apply` keyword arguments."""
+    p = params
+    source = p.get("class_source") or ("gt_field" if p.get("gt_field") else "preset" if p.get("preset") else "classes")
+    kw: Dict[str, Any] = dict(
+        label_field=p.get("label_field") or "cass",
+        method=p.get("method") or DEFAULT_METHOD,
+        backbone=p.get("backbone") or "openai",
+        device=p.get("device") or None,
+        batch_size=int(p.get("batch_size") or 4),
+        masks=p.get("masks") or "auto",
+        mask_dir=p.get("mask_dir") or None,
+        skip_existing=bool(p.get("skip_existing", False)),
+        overwrite=bool(p.get("overwrite", False)),
+        presence_threshold=float(p.get("presence_threshold", DEFAULT_PRESENCE_THRESHOLD)),
+        clip_checkpoint=p.get("clip_checkpoint") or None,
+        dino_checkpoint=p.get("dino_checkpoint") or None,
+    )
+    if "presence_field" in p:
+        kw["presence_field"] = p["presence_field"] or None
+    if "tag_prefix" in p:
+        kw["tag_prefix"] = p["tag_prefix"] or None
+    if source == "gt_field":
+        kw["gt_field"] = p.get("gt_field")
+    elif source == "preset":
+        kw["preset"] = p.get("preset")
+    else:
+        classes = p.get("classes")
+        if isinstance(classes, str) and "\n" in classes:  # one class (with ", " synonyms) per line
+            classes = [line.strip() for line in classes.split("\n") if line.strip()]
+        kw["classes"] = classes
+    kw.update(_options(p.get("options")))
+    return kw
+
+
+class AutoLabel(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="auto_label",
+            label="Auto-label segmentations (CASS)",
+            description=(
+                "Training-free open-vocabulary semantic segmentation (CASS + CDAM): Segmentation "
+                "labels, per-class presence scores and concept tags"
+            ),
+            icon="auto_awesome",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_delegation(self, ctx):
+        d = ctx.params.get("delegate")
+        return None if d is None else bool(d)
+
+    def resolve_execution_options(self, ctx):
+        from fiftyone.operators.executor import ExecutionOptions
+
+        forced = self.resolve_delegation(ctx)
+        if forced is not None:
+            return super().resolve_execution_options(ctx)
+        try:
+            big = len(ctx.target_view(param_name="target")) >= DELEGATE_FROM
+        except Exception:  # noqa: BLE001 - options only
+            big = False
+        return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True,
+                                default_choice_to_delegated=big)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(
+            ctx,
+            name="target",
+            action_description="Label",
+            dataset_description="Label the entire dataset",
+            current_view_description="Label the current view",
+            selected_samples_description="Label the selected samples",
+            require_flat=True,
+        )
+        ds = ctx.dataset
+
+        radio = types.RadioGroup()
+        radio.add_choice("classes", label="Class names", description="Type the classes (comma or new-line separated)")
+        radio.add_choice("gt_field", label="Classes of a ground-truth field",
+                         description="Use the mask_targets of a Segmentation field, so that label ids match it")
+        radio.add_choice("preset", label="Preset", description="A published benchmark vocabulary and protocol")
+        inputs.enum("class_source", radio.values(), default="classes", label="Classes", view=radio)
+        source = ctx.params.get("class_source") or "classes"
+        if source == "classes":
+            prop = inputs.str("classes", required=True, label="Class names",
+                              description="e.g. dog, frisbee, person (one class per line to give synonyms: 'person, people')")
+            if ctx.params.get("classes") is not None and not str(ctx.params.get("classes")).strip():
+                prop.invalid = True
+                prop.error_message = "Type at least one class name"
+        elif source == "gt_field":
+            gts = _gt_fields(ds)
+            if not gts:
+                inputs.view("no_gt", types.Warning(label="No Segmentation field with integer mask_targets",
+                                                   description="Set dataset.mask_targets[field] first"))
+            else:
+                _dropdown(inputs, "gt_field", gts, gts[0], "Ground-truth field", required=True)
+        else:
+            _dropdown(inputs, "preset", sorted(PRESETS), "coco_object", "Preset", required=True)
+
+        label_field = ctx.params.get("label_field") or "cass"
+        prop = inputs.str("label_field", default="cass", required=True, label="Label field",
+                          description="Segmentation field to write")
+        if not label_field.isidentifier():
+            prop.invalid = True
+            prop.error_message = "The label field must be a valid identifier"
+        elif ds.has_sample_field(label_field):
+            inputs.bool("skip_existing", default=False, label="Skip samples that already have labels",
+                        description="Label only the samples without a valid label in this field")
+            inputs.bool("overwrite", default=False, label=f"Overwrite existing labels in '{label_field}'",
+                        description="Replace labels made with other settings (a run with the same settings resumes by itself)")
+            if not (ctx.params.get("overwrite") or ctx.params.get("skip_existing")):
+                inputs.view("field_exists", types.Notice(
+                    label=f"Field '{label_field}' exists: a run with its settings resumes it; "
+                          "other settings need 'overwrite' or 'skip samples that already have labels'"))
+
+        _dropdown(inputs, "method", list(METHODS), DEFAULT_METHOD, "Method")
+        _dropdown(inputs, "backbone", list(BACKBONES), "openai", "Backbone",
+                  description="openai: the published CLIP ViT-B/16 + DINO ViT-B/8 weights")
+        inputs.str("device", default="auto", label="Device", description="auto, cpu, cuda, cuda:1, ...")
+        inputs.int("batch_size", default=4, label="Batch size", description="Images per forward pass and per save")
+
+        masks = types.RadioGroup()
+        masks.add_choice("auto", label="Auto", description=f"On disk from {DISK_THRESHOLD} samples on, else in the database")
+        masks.add_choice("disk", label="On disk (PNG, mask_path)")
+        masks.add_choice("database", label="In the database")
+        inputs.enum("masks", masks.values(), default="auto", label="Where masks go", view=masks)
+        if (ctx.params.get("masks") or "auto") != "database":
+            inputs.str("mask_dir", label="Mask directory",
+                       description="Default: <default dataset dir>/fiftyone_cass_masks/<dataset>; files <dir>/<field>/<id>.png")
+
+        inputs.str("presence_field", default=f"{label_field}_presence", label="Presence score field",
+                   description="Classifications with every class's presence score (empty: none)")
+        inputs.str("tag_prefix", default=label_field, label="Tag prefix",
+                   description="Samples get tags <prefix>:<class> for classes above the threshold (empty: no tags)")
+        inputs.float("presence_threshold", default=DEFAULT_PRESENCE_THRESHOLD, label="Presence threshold")
+        inputs.str("options", label="Advanced options (JSON)",
+                   description='Segmenter options, e.g. {"mode": "whole", "precision": "fp16"}')
+        inputs.str("clip_checkpoint", label="CLIP checkpoint file (offline machines)")
+        inputs.str("dino_checkpoint", label="DINO checkpoint file (offline machines)")
+        return types.Property(inputs, view=types.View(label="Auto-label segmentations (CASS)"))
+
+    def execute(self, ctx):
+        run = AutoLabelRun(ctx.target_view(param_name="target", require_flat=True), **auto_label_kwargs(ctx.params))
+        if ctx.delegated or ctx.params.get("return_summary"):
+            return self._execute_plain(ctx, run)
+        return self._execute_streaming(ctx, run)
+
+    @staticmethod
+    def _label(done, total):
+        return f"Labeled {done} of {total} samples"
+
+    def _execute_plain(self, ctx, run):
+        """Delegated (and Python) execution: progress through ``ctx.set_progress`` (stored on the
+        delegated run), the summary as the result."""
+
+        def report(pb):
+            ctx.set_progress(progress=pb.progress, label=self._label(pb.iteration, pb.total))
+
+        summary = run.run(progress=fo.report_progress(report, dt=2.0))
+        ctx.set_progress(progress=1.0, label=self._label(summary.num_processed, summary.num_processed))
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        return summary.to_dict()
+
+    def _execute_streaming(self, ctx, run):
+        """Immediate execution from the App: a generator that updates the App's progress bar
+        after every batch, then shows the summary."""
+        for done, total in run.iter_progress():
+            yield ctx.trigger("set_progress", dict(progress=(done / total) if total else 1.0,
+                                                   label=self._label(done, total)))
+        yield ctx.trigger("reload_dataset")
+        yield ctx.trigger("show_output", dict(outputs=self._outputs().to_json(), results=run.summary.to_dict()))
+
+    def _outputs(self):
+        outputs = types.Object()
+        outputs.str("label_field", label="Label field")
+        outputs.int("num_labeled", label="Labeled")
+        outputs.int("num_already_done", label="Already done")
+        outputs.int("num_failed", label="Failed")
+        outputs.list("failure_reasons", types.List(types.String()), label="Failures by reason ([reason, count])",
+                     view=types.JSONView())
+        outputs.str("mask_dir", label="Mask directory")
+        return types.Property(outputs, view=types.View(label="Auto-labelling summary"))
+
+    def resolve_output(self, ctx):
+        return self._outputs()
+
+    def __call__(
+        self,
+        sample_collection,
+        classes=None,
+        preset: Optional[str] = None,
+        gt_field: Optional[str] = None,
+        label_field: str = "cass",
+        delegate: bool = False,
+        delegation_target: Optional[str] = None,
+        selected=None,
+        options: Optional[Dict[str, Any]] = None,
+        **kwargs,
+    ):
+        """Runs the operator from Python (``delegate=True`` queues a delegated operation).
+
+        Arguments as :func:`fiftyone_cass.integrations.apply.apply` (``options``: dict of Segmenter
+        options). ``selected``: sample ids to label within ``sample_collection``. Returns the
+        :class:`fiftyone.operators.executor.ExecutionResult` (``.result`` is the summary dict, or
+        the queued operation when delegated)."""
+        params: Dict[str, Any] = dict(kwargs, label_field=label_field, return_summary=True)
+        if sum(x is not None for x in (classes, preset, gt_field)) != 1:
+            raise ValueError("give exactly one of classes, preset or gt_field")
+        if gt_field is not None:
+            params.update(class_source="gt_field", gt_field=gt_field)
+        elif preset is not None:
+            params.update(class_source="preset", preset=preset)
+        else:
+            # a list travels as one class per line (so that ", " synonyms stay within their class)
+            params.update(class_source="classes", classes=classes if isinstance(classes, str) else "\n".join(classes) + "\n")
+        if options:
+            params["options"] = json.dumps(options)
+        return _call(self.uri, sample_collection, params, delegate, delegation_target, selected)
+
+
+def _call(uri, sample_collection, params, delegate, delegation_target, selected):
+    if isinstance(sample_collection, fo.Dataset):
+        ctx = dict(dataset=sample_collection)
+        target = "DATASET"
+    else:
+        ctx = dict(view=sample_collection)
+        target = "CURRENT_VIEW"
+    if selected:
+        ctx["selected"] = list(selected)
+        target = "SELECTED_SAMPLES"
+    params = dict(params, target=target)
+    return foo.execute_operator(uri, ctx, params=params, request_delegation=bool(delegate),
+                                delegation_target=delegation_target)
+
+
+class RetagPresence(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="retag_presence",
+            label="Re-tag concepts from presence scores (CASS)",
+            description="Recompute the <prefix>:<class> sample tags from stored presence scores with a new threshold",
+            icon="sell",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx, name="target", action_description="Re-tag",
+                           dataset_description="Re-tag the entire dataset",
+                           current_view_description="Re-tag the current view",
+                           selected_samples_description="Re-tag the selected samples", require_flat=True)
+        fields = _fields_of(ctx.dataset, fo.Classifications)
+        if not fields:
+            inputs.view("none", types.Warning(label="No presence scores",
+                                              description="Run auto_label first (it writes <field>_presence)"))
+            return types.Property(inputs, view=types.View(label="Re-tag concepts"))
+        default = next((f for f in fields if f.endswith("_presence")), fields[0])
+        _dropdown(inputs, "presence_field", fields, default, "Presence score field", required=True)
+        pf = ctx.params.get("presence_field") or default
+        inputs.float("threshold", default=DEFAULT_PRESENCE_THRESHOLD, required=True, label="Threshold",
+                     description="Classes scoring at least this get a tag")
+        inputs.str("tag_prefix", default=default_tag_prefix(pf), label="Tag prefix")
+        return types.Property(inputs, view=types.View(label="Re-tag concepts"))
+
+    def execute(self, ctx):
+        counts = retag(
+            ctx.target_view(param_name="target", require_flat=True),
+            presence_field=ctx.params["presence_field"],
+            threshold=float(ctx.params.get("threshold", DEFAULT_PRESENCE_THRESHOLD)),
+            tag_prefix=ctx.params.get("tag_prefix") or None,
+        )
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        changed = counts.pop("_samples_changed")
+        return {"samples_changed": changed, "tag_counts": counts}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("samples_changed", label="Samples whose tags changed")
+        outputs.obj("tag_counts", label="Samples per tag", view=types.JSONView())
+        return types.Property(outputs, view=types.View(label="Re-tagged"))
+
+    def __call__(self, sample_collection, presence_field="cass_presence", threshold=DEFAULT_PRESENCE_THRESHOLD,
+                 tag_prefix=None, delegate=False, delegation_target=None, selected=None):
+        params = dict(presence_field=presence_field, threshold=float(threshold))
+        if tag_prefix:
+            params["tag_prefix"] = tag_prefix
+        return _call(self.uri, sample_collection, params, delegate, delegation_target, selected)
+
+
+OPERATORS = [AutoLabel, RetagPresence]
+
+__all__ = ["AUTO_LABEL_URI", "AutoLabel", "OPERATORS", "RETAG_URI", "RetagPresence", "auto_label_kwargs"]

@@ -358,3 +358,13 @@ def test_memory_stays_flat_and_progress_is_reported(fo_dataset, tmp_path):
     assert peaks[1000] - peaks[100] < 900 * 1024, peaks
     big = [p for n, p in reports if n == 1000]
     assert big[-1] == 1.0 and big == sorted(big) and len(big) > 2
+
+
+def test_segmenters_stay_loaded_across_calls():
+    from fiftyone_cass.integrations.apply import get_segmenter
+
+    a = get_segmenter(classes=list(CLASSES), batch_size=2, **OPTS)
+    b = get_segmenter(classes=list(CLASSES), batch_size=5, **OPTS)
+    assert a is b and b.batch_size == 5  # same model, text embeddings and settings; batch size per call
+    c = get_segmenter(classes=["dog"], batch_size=2, **OPTS)
+    assert c is not a and c.clip is a.clip  # another vocabulary shares the loaded backbones

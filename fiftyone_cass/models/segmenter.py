@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -180,6 +181,7 @@ class Segmenter:
         self.class_lines = lines
         self.queries, owner = queries_from_class_lines(lines)
         self.query_to_class = torch.tensor(owner, dtype=torch.long, device=self.device)
+        self._owners_sorted = bool(np.all(np.diff(np.asarray(owner, dtype=np.int64)) >= 0))
         self.num_labels = len(lines)
         self.has_queries = np.zeros(self.num_labels, dtype=bool)
         self.has_queries[np.asarray(owner, dtype=np.int64)] = True
@@ -304,12 +306,33 @@ class Segmenter:
             images = [images] if not isinstance(images, Iterable) or isinstance(images, (str, bytes)) else list(images)
         names = list(names) if names is not None else [describe(im) for im in images]
         results: List[SegmentationResult] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            with self._stage("load"):
-                rgbs = [load_rgb(im, n) for im, n in zip(chunk, names[start : start + self.batch_size])]
+        starts = list(range(0, len(images), self.batch_size))
+        for start, rgbs in zip(starts, self._load_ahead(images, names, starts)):
             results.extend(self.segment_arrays(rgbs, names[start : start + self.batch_size]))
         return results
+
+    def _load_ahead(self, images: Sequence[Any], names: List[str], starts: List[int]) -> Iterator[List[np.ndarray]]:
+        """The decoded chunks, in order. While the caller segments one chunk, the next is decoded
+        in a background thread (decoding releases the GIL), so loading overlaps compute. An
+        unreadable image raises when its chunk is reached, as without the overlap. With a
+        profiler attached, chunks are loaded in line, so the stage times do not overlap."""
+        bs = self.batch_size
+
+        def load(start: int) -> List[np.ndarray]:
+            with self._stage("load"):
+                return [load_rgb(im, n) for im, n in zip(images[start : start + bs], names[start : start + bs])]
+
+        if len(starts) < 2 or self.profiler is not None:
+            for start in starts:
+                yield load(start)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cass-load") as pool:
+            pending = pool.submit(load, starts[0])
+            for i in range(len(starts)):
+                rgbs = pending.result()
+                if i + 1 < len(starts):
+                    pending = pool.submit(load, starts[i + 1])
+                yield rgbs
 
     segment = __call__
 
@@ -554,8 +577,6 @@ class Segmenter:
             else:
                 canvas = upsample_logits(lg, (h, w))  # floor grid stretched over H x W (J.5)
         logits = upsample_logits(canvas, p.original_size)  # (Q, H0, W0)
-        probs = torch.softmax(o.logit_scale * logits, dim=0)
-        class_probs = merge_synonyms(probs, self.query_to_class, self.num_labels, dim=0)
         thr = 0.0
         if self.background_id is not None:
             if self.use_cdam and o.bg_rule == "entropy":
@@ -566,10 +587,29 @@ class Segmenter:
                 thr = float(threshold_from_entropy(hmin, hmax, o.entropy_thr_default, o.entropy_alpha))
             elif o.bg_rule != "none":
                 thr = o.prob_thd
-        labels = labels_from_probabilities(class_probs, thr, self.background_id or 0, dim=0)
+        labels = self._labels(logits, thr)
         dtype = np.uint8 if self.num_labels <= 256 else np.uint16
         label_map = labels.to("cpu", torch.int64).numpy().astype(dtype)
         return SegmentationResult(label_map, self.presence_scores(g), thr, p.name)
+
+    def _labels(self, logits: torch.Tensor, thr: float) -> torch.Tensor:
+        """E.5 / G.8 on full-resolution query logits ``(Q, H, W)`` without materialising the
+        query and class probabilities (two Q x H x W tensors and a scatter): the softmax is
+        monotone, so the top class is the owner of the top query (queries are ordered by class,
+        so ties go to the lowest class id, as an argmax over classes does), and the top
+        probability is the softmax's value at the top query, computed only when a threshold
+        applies."""
+        if not self._owners_sorted:  # not produced by queries_from_class_lines: the plain path
+            probs = torch.softmax(self.options.logit_scale * logits, dim=0)
+            class_probs = merge_synonyms(probs, self.query_to_class, self.num_labels, dim=0)
+            return labels_from_probabilities(class_probs, thr, self.background_id or 0, dim=0)
+        x = self.options.logit_scale * logits
+        top, query = x.max(0)
+        labels = self.query_to_class[query]
+        if thr > 0:
+            top_prob = 1.0 / torch.exp(x - top).sum(0)  # = softmax(x)[query]
+            labels = torch.where(top_prob < thr, torch.full_like(labels, self.background_id or 0), labels)
+        return labels
 
     def presence_scores(self, g: torch.Tensor) -> np.ndarray:
         """Object-presence prior per class: softmax over classes of ``logit_scale`` x the

@@ -205,7 +205,8 @@ def test_presets_class_files():
 def test_preset_ids_follow_class_file():
     seg = _seg(method="cass", classes=None, preset="voc21")
     assert seg.num_labels == 21 and seg.background_id == 0
-    assert seg.class_names[0] == "sky" and seg.class_names[15] == "person"
+    assert seg.class_names[0] == "background" and seg.class_names[15] == "person"
+    assert seg.class_lines[0].startswith("sky, wall")
     assert len(seg.queries) == 56
     seg = _seg(method="cass", classes=None, preset="ade20k")
     assert seg.background_id is None and seg.num_labels == 150
@@ -215,7 +216,7 @@ def test_preset_ids_follow_class_file():
 def test_background_words_option():
     seg = _seg(method="cass", classes=["dog", "frisbee", "cat"], background="default")
     assert seg.class_lines[0].startswith("sky, wall")
-    assert seg.class_names[0] == "sky"
+    assert seg.class_names[0] == "background"
     assert len(seg.queries) == 26 + 3
     with pytest.raises(InvalidInputError, match="also a class"):
         _seg(method="cass", classes=["sky", "dog"], background="default")

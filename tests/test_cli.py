@@ -271,10 +271,17 @@ def test_app_command_serves_the_dataset(tmp_path, cleanup_datasets):
         assert body is not None, f"the App server did not answer; exit={proc.poll()}"
         assert "<html" in body.lower()
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # the command and the App server it started
+        proc.send_signal(signal.SIGTERM)  # stops like ctrl + c
         try:
-            out, _ = proc.communicate(timeout=30)
+            out, _ = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
+            raise AssertionError(f"fiftyone-cass app did not exit on SIGTERM:\n{out}")
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # anything the App left behind in its group
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == 0, out
     assert f"the App shows dataset '{name}'" in out

@@ -824,19 +824,18 @@ def _eval_protocol(args) -> int:
 def cmd_app(args) -> int:
     import fiftyone as fo
 
+    import signal
+
+    def _stop(signum, frame):  # SIGTERM (e.g. a service manager, or `kill`): exit like ctrl + c
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
     ds = _load_dataset(args.dataset)
     session = fo.launch_app(ds, port=args.port, address=args.address, remote=args.remote)
     print(f"the App shows dataset {ds.name!r} at {session.url}", flush=True)
     if os.environ.get("FIFTYONE_EXIT"):
         return EXIT_OK
     print("to exit, close the App or press ctrl + c", flush=True)
-
-    def _stop(signum, frame):  # SIGTERM (e.g. a service manager, or `kill`): exit like ctrl + c
-        raise KeyboardInterrupt
-
-    import signal
-
-    signal.signal(signal.SIGTERM, _stop)
     try:
         session.wait(-1 if args.remote else args.wait)
     except KeyboardInterrupt:

@@ -255,9 +255,10 @@ def test_app_command_serves_the_dataset(tmp_path, cleanup_datasets):
     ds.add_samples([fo.Sample(filepath=p) for p in make_images(tmp_path, 2)])
     ds.persistent = True
     port = _free_port()
-    proc = subprocess.Popen(entry_point() + ["app", name, "--remote", "--port", str(port), "--address", "127.0.0.1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
-                            start_new_session=True)
+    log = tmp_path / "app.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(entry_point() + ["app", name, "--remote", "--port", str(port), "--address", "127.0.0.1"],
+                                stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         body = None
@@ -268,20 +269,21 @@ def test_app_command_serves_the_dataset(tmp_path, cleanup_datasets):
                     break
             except OSError:
                 time.sleep(0.5)
-        assert body is not None, f"the App server did not answer; exit={proc.poll()}"
+        assert body is not None, f"the App server did not answer; exit={proc.poll()}: {log.read_text()}"
         assert "<html" in body.lower()
-    finally:
+        while time.monotonic() < deadline and "to exit" not in log.read_text(errors="replace"):
+            time.sleep(0.2)  # the command is now waiting on the session
         proc.send_signal(signal.SIGTERM)  # stops like ctrl + c
         try:
-            out, _ = proc.communicate(timeout=60)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-            raise AssertionError(f"fiftyone-cass app did not exit on SIGTERM:\n{out}")
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # anything the App left behind in its group
-            except ProcessLookupError:
-                pass
+            raise AssertionError(f"fiftyone-cass app did not exit on SIGTERM:\n{log.read_text()}") from None
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # anything the App left behind in its group
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    out = log.read_text(errors="replace")
     assert proc.returncode == 0, out
     assert f"the App shows dataset '{name}'" in out

@@ -475,9 +475,10 @@ def label_collection(view, shard=None, progress=None, chunk_size: int = SHARD_CH
     done_before = 0
     with fou.ProgressBar(total=total, progress=progress) as pb:
         for run in runs:
-            for done, _ in run.iter_progress():
+            run_total = 0
+            for done, run_total in run.iter_progress():
                 pb.set_iteration(done_before + done)
-            done_before += len(run._todo or ())
+            done_before += run_total
             report.add(run.summary)
     prefix = runs[0].tag_prefix
     if prefix:
@@ -551,7 +552,7 @@ def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
         kw["classes"] = args.classes
     elif args.classes_file:
         kw["classes"] = _read_classes_file(args.classes_file)
-    elif args.preset:
+    elif getattr(args, "preset", None):
         kw["preset"] = args.preset
     else:
         kw["gt_field"] = args.gt_field
@@ -586,6 +587,10 @@ def cmd_label(args) -> int:
     kw = _apply_kwargs(args)
     source = args.source
     is_dir = os.path.isdir(source)
+    if args.workers != 1 and not args.delegate:
+        raise UsageError("--workers goes with --delegate; to run workers yourself, start one command per --shard i/N")
+    if args.workers < 1:
+        raise UsageError("--workers must be >= 1")
     if is_dir and args.saved_view:
         raise UsageError("--saved-view applies to an existing dataset, not to a directory")
     if not is_dir:

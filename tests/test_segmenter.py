@@ -71,7 +71,7 @@ def test_sixteen_bit_uses_full_range(cass, images):
 
 def test_deterministic_and_batch_equals_single(images):
     seg = _seg(method="cass+cdam", batch_size=4, window_batch=7)
-    paths = [images["odd"], images["tall"], images["gray"]]
+    paths = [images["gray"], images["rgba"], images["deep16"]]  # 6 windows each
     batch = seg(paths)
     again = seg(paths)
     single = [seg([p])[0] for p in paths]

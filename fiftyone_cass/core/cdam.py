@@ -141,12 +141,16 @@ def js_divergence(
     for b0 in range(B):
         pb = p[b0 : b0 + 1]  # (1, N, K)
         for r0 in range(0, N, rows):
-            m = pb[:, r0 : r0 + rows, None, :] + pb[:, None, :, :]  # (1, r, N, K)
+            r1 = min(r0 + rows, N)
+            # the cross term is symmetric: only columns >= r0 are computed, then mirrored
+            m = pb[:, r0:r1, None, :] + pb[:, None, r0:, :]  # (1, r, N - r0, K)
             m.mul_(0.5)
             lg = m + eps
             lg.log_().mul_(m)
-            out[b0 : b0 + 1, r0 : r0 + rows] -= lg.sum(-1)
-            del m, lg
+            cross = lg.sum(-1)  # (1, r, N - r0)
+            out[b0 : b0 + 1, r0:r1, r0:] -= cross
+            out[b0 : b0 + 1, r1:, r0:r1] -= cross[:, :, r1 - r0 :].transpose(1, 2)
+            del m, lg, cross
     return out.squeeze(0) if squeeze else out
 
 

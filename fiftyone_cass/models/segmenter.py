@@ -434,7 +434,7 @@ class Segmenter:
         o = self.options
         h, w = keep_ratio_size(h0, w0, o.long_side, o.short_side)
         resized = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR) if (h, w) != (h0, w0) else rgb
-        img = clip_normalize(torch.from_numpy(np.ascontiguousarray(resized)).to(self.device).permute(2, 0, 1))
+        img = clip_normalize(torch.as_tensor(np.array(resized, copy=not resized.flags.writeable)).to(self.device).permute(2, 0, 1))
         if o.mode == "slide":
             # images smaller than a crop are zero-padded (0 = the CLIP mean colour) to one crop
             ph, pw = max(h, o.crop), max(w, o.crop)

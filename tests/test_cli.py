@@ -287,3 +287,31 @@ def test_app_command_serves_the_dataset(tmp_path, cleanup_datasets):
     out = log.read_text(errors="replace")
     assert proc.returncode == 0, out
     assert f"the App shows dataset '{name}'" in out
+
+
+def test_eval_protocol_runs_the_benchmark_pipeline(tmp_path, capsys, cleanup_datasets):
+    """``eval --protocol``: import a (tiny) VOC layout, predict with the preset, evaluate, print the table."""
+    base = tmp_path / "VOCdevkit" / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / d).mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    ids = []
+    for i, (h, w) in enumerate([(40, 56), (44, 36)]):
+        sid = f"2007_00000{i}"
+        ids.append(sid)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(base / "JPEGImages" / f"{sid}.jpg")
+        lab = np.zeros((h, w), np.uint8)
+        lab[4:20, 4:20] = 12  # dog
+        Image.fromarray(lab).save(base / "SegmentationClass" / f"{sid}.png")
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    name = f"cli-proto-{uuid.uuid4().hex[:8]}"
+    cleanup_datasets.append(name)
+    rc, out = run_cli("eval", "--protocol", "voc21", tmp_path, "--backbone", "tiny", "--device", "cpu",
+                      "--method", "cass", "--name", name, "--masks-dir", tmp_path / "m", capsys=capsys)
+    assert rc == 0, out.err
+    assert "voc21 | cass | 2 images" in out.out and "mIoU" in out.out
+    ds = fo.load_dataset(name)
+    assert "eval_voc21" in ds.list_evaluations() and len(ds.exists("predictions")) == 2
+    rc, out = run_cli("eval", "--protocol", "voc21", tmp_path / "missing", "--backbone", "tiny", "--device", "cpu",
+                      capsys=capsys)
+    assert rc == 2 and "check the dataset directory" in out.err

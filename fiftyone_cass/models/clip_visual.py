@@ -7,11 +7,12 @@ variants. Works with batch-first and sequence-first (LND) transformers (SPEC J.1
 
 from __future__ import annotations
 
-import math
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
+
+from ..core.positions import interpolate_position_table
 
 
 def _blocks(visual):
@@ -36,22 +37,9 @@ def interpolate_clip_pos(pos: torch.Tensor, grid: Tuple[int, int]) -> torch.Tens
     """A.5: position table ``(1 + g0^2, D)`` -> ``(1 + h*w, D)``; bicubic, align_corners=False,
     scale_factor=((h+0.1)/g0, (w+0.1)/g0), recompute_scale_factor=False. CLS row unchanged.
     Only interpolates when the token count differs."""
-    n0 = pos.shape[0] - 1
-    h, w = grid
-    if h * w == n0:
+    if grid[0] * grid[1] == pos.shape[0] - 1:
         return pos
-    g0 = int(math.isqrt(n0))
-    patch = pos[1:].reshape(1, g0, g0, -1).permute(0, 3, 1, 2)
-    patch = F.interpolate(
-        patch.float(),
-        scale_factor=((h + 0.1) / g0, (w + 0.1) / g0),
-        mode="bicubic",
-        align_corners=False,
-        recompute_scale_factor=False,
-    ).to(pos.dtype)
-    if patch.shape[-2:] != (h, w):  # float round-off in the size computation
-        raise RuntimeError(f"position interpolation gave {tuple(patch.shape[-2:])}, expected {(h, w)}")
-    return torch.cat([pos[:1], patch.permute(0, 2, 3, 1).reshape(h * w, -1)], 0)
+    return torch.cat([pos[:1], interpolate_position_table(pos[1:], grid)], 0)
 
 
 def embed(visual, images: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:

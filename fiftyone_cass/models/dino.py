@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..core.positions import interpolate_position_table
 from ..core.preprocess import CLIP_MEAN_255, CLIP_STD_255
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -65,16 +66,8 @@ def interpolate_dino_pos(pos: torch.Tensor, grid: Tuple[int, int], prefix: int =
     h, w = grid
     if (h, w) == (g0, g0):
         return pos
-    patch = pos[:, prefix:].reshape(1, g0, g0, -1).permute(0, 3, 1, 2)
-    patch = F.interpolate(
-        patch.float(),
-        scale_factor=((h + 0.1) / g0, (w + 0.1) / g0),
-        mode="bicubic",
-        align_corners=False,
-        recompute_scale_factor=False,
-    ).to(pos.dtype)
-    patch = patch.permute(0, 2, 3, 1).reshape(1, h * w, -1)
-    return torch.cat([pos[:, :prefix], patch], 1)
+    patch = interpolate_position_table(pos[0, prefix:], grid)
+    return torch.cat([pos[:, :prefix], patch[None]], 1)
 
 
 @torch.no_grad()

@@ -911,7 +911,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fiftyone-cass",
         description="Training-free open-vocabulary semantic segmentation (CASS + CDAM) for FiftyOne datasets.",
-        epilog="Exit status: 0 all samples labelled, 1 some samples failed, 2 usage/configuration error.",
+        epilog="Exit status: 0 all samples labelled, 1 some samples failed (listed, and in <field>_error), "
+               "2 usage/configuration error (bad arguments, missing weights, no database), 3 internal error, "
+               "130 interrupted (run the same command again to resume).",
     )
     from . import __version__
 

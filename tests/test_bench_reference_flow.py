@@ -93,6 +93,8 @@ def test_stage_timer_records_every_stage_and_is_off_by_default(image_paths, mode
     timed = seg(image_paths[:1])[0]
     assert set(seg.profiler.seconds) == set(bench.STAGES)
     assert all(v >= 0 for v in seg.profiler.seconds.values())
+    assert set(seg.profiler.cpu_seconds) == set(seg.profiler.seconds)
+    assert sum(seg.profiler.cpu_seconds.values()) > 0
     assert seg.profiler.calls["load"] == 1 and seg.profiler.calls["stitch"] == 1
     np.testing.assert_array_equal(plain.label_map, timed.label_map)
 

@@ -27,12 +27,15 @@ NO_STAGE = contextlib.nullcontext()
 
 
 class StageTimer:
-    """Accumulates device-synchronised wall time and call counts per stage name. Stages must
-    not nest (nested time would be counted twice)."""
+    """Accumulates device-synchronised wall time, process CPU time (all threads) and call counts
+    per stage name. Stages must not nest (nested time would be counted twice). CPU time is the
+    steadier figure on a machine shared with other jobs, where wall time includes waiting for a
+    core."""
 
     def __init__(self, device: Optional[torch.device] = None):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.seconds: Dict[str, float] = defaultdict(float)
+        self.cpu_seconds: Dict[str, float] = defaultdict(float)
         self.calls: Dict[str, int] = defaultdict(int)
 
     def _sync(self) -> None:
@@ -42,16 +45,18 @@ class StageTimer:
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         self._sync()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self._sync()
             self.seconds[name] += time.perf_counter() - start
+            self.cpu_seconds[name] += time.process_time() - cpu
             self.calls[name] += 1
 
     def reset(self) -> None:
         self.seconds.clear()
+        self.cpu_seconds.clear()
         self.calls.clear()
 
     def summary(self) -> Dict[str, float]:

@@ -40,12 +40,6 @@ def test_labels_equal_the_probability_path(seg, thr):
         assert (plain == 0).any() and (plain != 0).any()  # the threshold did something
 
 
-def test_labels_fall_back_when_queries_are_not_ordered_by_class(seg, monkeypatch):
-    monkeypatch.setattr(seg, "_owners_sorted", False)
-    logits = torch.randn(len(seg.queries), 8, 9)
-    assert torch.equal(seg._labels(logits, 0.1), _plain_labels(seg, logits, 0.1))
-
-
 def _write(tmp_path, name, seed, size=(150, 110)):
     rng = np.random.default_rng(seed)
     arr = (rng.random((size[1] // 10, size[0] // 10, 3)) * 255).astype(np.uint8)

@@ -22,7 +22,6 @@ from ..core.presence import (
     blend_logits,
     cluster_leaders,
     cluster_text,
-    labels_from_probabilities,
     merge_synonyms,
     queries_from_class_lines,
 )
@@ -181,7 +180,6 @@ class Segmenter:
         self.class_lines = lines
         self.queries, owner = queries_from_class_lines(lines)
         self.query_to_class = torch.tensor(owner, dtype=torch.long, device=self.device)
-        self._owners_sorted = bool(np.all(np.diff(np.asarray(owner, dtype=np.int64)) >= 0))
         self.num_labels = len(lines)
         self.has_queries = np.zeros(self.num_labels, dtype=bool)
         self.has_queries[np.asarray(owner, dtype=np.int64)] = True
@@ -601,10 +599,6 @@ class Segmenter:
         so ties go to the lowest class id, as an argmax over classes does), and the top
         probability is the softmax's value at the top query, computed only when a threshold
         applies."""
-        if not self._owners_sorted:  # not produced by queries_from_class_lines: the plain path
-            probs = torch.softmax(self.options.logit_scale * logits, dim=0)
-            class_probs = merge_synonyms(probs, self.query_to_class, self.num_labels, dim=0)
-            return labels_from_probabilities(class_probs, thr, self.background_id or 0, dim=0)
         x = self.options.logit_scale * logits
         top, query = x.max(0)
         labels = self.query_to_class[query]

@@ -32,7 +32,8 @@ MIB = 2**20
 
 
 def naive_js(P, eps=1e-8):
-    """SPEC G.3 written literally (reference for the benchmark only)."""
+    """SPEC G.3 written literally, materialising (B, N, N, K): the naive baseline of this benchmark
+    and the oracle of tests/test_cdam_core.py."""
     import torch
 
     pi = P[..., :, None, :]

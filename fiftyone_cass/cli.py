@@ -165,15 +165,12 @@ def path_shard(filepath: str, num_shards: int) -> int:
 
 def _parse_options(text: Optional[str], pairs: Sequence[str]) -> Dict[str, Any]:
     """``--options '{"mode": "whole"}'`` and ``-o key=value`` (values parsed as JSON if they can be)."""
-    out: Dict[str, Any] = {}
-    if text:
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--options must be a JSON object, e.g. '{{\"mode\": \"whole\"}}': {exc}") from None
-        if not isinstance(obj, dict):
-            raise UsageError("--options must be a JSON object")
-        out.update(obj)
+    from .models.segmenter import options_from_json
+
+    try:
+        out = options_from_json(text)
+    except ValueError as exc:
+        raise UsageError(f"--{exc}") from None
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from cdam_memory import naive_js  # noqa: E402  (SPEC G.3 written literally, materialising B x N x N x K)
 
 from fiftyone_cass.core.cdam import (
     CDAM_SCALES,
@@ -25,14 +30,6 @@ from fiftyone_cass.core.cdam import (
 )
 
 
-def naive_js(P: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """SPEC G.3 written literally: materialises (B, N, N, K)."""
-    pi = P[..., :, None, :]
-    pj = P[..., None, :, :]
-    m = (pi + pj) / 2
-    kl_i = (pi * (torch.log(pi + eps) - torch.log(m + eps))).sum(-1)
-    kl_j = (pj * (torch.log(pj + eps) - torch.log(m + eps))).sum(-1)
-    return 0.5 * (kl_i + kl_j)
 
 
 def rand_sim(*shape, dtype=torch.float64, seed=0):

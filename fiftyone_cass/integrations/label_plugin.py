@@ -27,7 +27,7 @@ import fiftyone.operators as foo
 from fiftyone.operators import types
 
 from ..models.presets import PRESETS
-from ..models.segmenter import DEFAULT_METHOD, METHODS
+from ..models.segmenter import DEFAULT_METHOD, METHODS, options_from_json
 from .apply import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, AutoLabelRun, default_tag_prefix, retag
 
 PLUGIN_NAME = "@fiftyone-cass/cass"
@@ -49,20 +49,6 @@ def _gt_fields(dataset):
         t = dataset.mask_targets.get(f) or dataset.default_mask_targets
         if t and all(isinstance(k, int) for k in t):
             out.append(f)
-    return out
-
-
-def _options(value) -> Dict[str, Any]:
-    if not value:
-        return {}
-    if isinstance(value, dict):
-        return dict(value)
-    try:
-        out = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"options must be a JSON object, e.g. {{\"mode\": \"whole\"}}: {exc}") from None
-    if not isinstance(out, dict):
-        raise ValueError("options must be a JSON object")
     return out
 
 
@@ -105,7 +91,7 @@ def auto_label_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
         if isinstance(classes, str) and "\n" in classes:  # one class (with ", " synonyms) per line
             classes = [line.strip() for line in classes.split("\n") if line.strip()]
         kw["classes"] = classes
-    kw.update(_options(p.get("options")))
+    kw.update(options_from_json(p.get("options")))
     return kw
 
 

@@ -86,6 +86,24 @@ class SegmenterOptions:
     entropy_alpha: float = 2.5
 
 
+def options_from_json(value) -> Dict[str, Any]:
+    """Segmenter options given as a JSON object string (CLI ``--options``, operator input) or a
+    dict. Raises :class:`InvalidInputError` unless it is a JSON object."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    import json
+
+    try:
+        out = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"options must be a JSON object, e.g. '{{\"mode\": \"whole\"}}': {exc}") from None
+    if not isinstance(out, dict):
+        raise InvalidInputError("options must be a JSON object")
+    return out
+
+
 @dataclass
 class SegmentationResult:
     """One image's output."""

@@ -59,11 +59,91 @@ def spectral_distance(p_dino: torch.Tensor, p_clip: torch.Tensor) -> torch.Tenso
     return (a.unsqueeze(-2) - b.unsqueeze(-3)).abs().sum(-1)
 
 
+TIE_TOLERANCE = 1e-6
+
+
+def assignment_duals(cost: np.ndarray, sigma: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Optimal dual potentials ``(u, v)`` of the linear assignment problem ``cost`` ``(B, H, H)``
+    given an optimal assignment ``sigma`` ``(B, H)`` (row i -> column sigma[i]).
+
+    They satisfy u_i + v_j <= cost_ij, with equality on the assignment. Found as shortest-path
+    distances (Bellman-Ford, vectorised over the batch) in the graph of the difference
+    constraints v_j - v_sigma(i) <= cost_ij - cost_i,sigma(i); it has no negative cycle because
+    sigma is optimal.
+    """
+    b, h, _ = cost.shape
+    on = np.take_along_axis(cost, sigma[..., None], -1)[..., 0]  # cost_i,sigma(i)
+    owner = np.argsort(sigma, -1)  # the row assigned to each column
+    # edge from column k to column j: cost[owner k, j] - cost[owner k, k]
+    weight = np.take_along_axis(cost, np.repeat(owner[..., None], h, -1), 1) - np.take_along_axis(on, owner, -1)[..., None]
+    v = np.zeros((b, h))
+    for _ in range(h):
+        v = np.minimum(v, (v[..., :, None] + weight).min(-2))
+    u = on - np.take_along_axis(v, sigma, -1)
+    return u, v
+
+
+def canonical_assignment(cost: np.ndarray, tolerance: float = TIE_TOLERANCE) -> np.ndarray:
+    """Minimum-cost assignment ``(B, H)`` of each ``(H, H)`` cost matrix, with ties broken the
+    same way wherever the costs were computed: among all optimal assignments, the
+    lexicographically smallest (row 0's column as small as possible, then row 1's, ...).
+
+    Ties are common and structural: where every DINO spectrum entry dominates the CLIP one, W(i, j)
+    separates into a_i - b_j on that block and any permutation inside it costs exactly the same.
+    A solver left alone picks among them by round-off, which differs with batch layout and with
+    precision (bf16 vs fp32 backbones), and each pick gives different fused attention. Here one
+    solve finds an optimum and its dual potentials; the edges whose reduced cost is within
+    ``tolerance`` are exactly those of the optimal assignments (complementary slackness), and a
+    second solve over those edges with base-H positional weights returns the smallest one.
+    """
+    b, h, _ = cost.shape
+    sigma = np.empty((b, h), dtype=np.int64)
+    for i in range(b):
+        rows, cols = linear_sum_assignment(cost[i])
+        sigma[i, rows] = cols
+    u, v = assignment_duals(cost, sigma)
+    tight = cost - u[..., :, None] - v[..., None, :] <= tolerance
+    # column j in row i weighs j * H^(H-1-i): the total is sigma read as a base-H number (exact in
+    # float64 for H <= 13), so its minimum is the lexicographically smallest permutation
+    if h <= 13:
+        lex = np.arange(h, dtype=np.float64)[None, :] * float(h) ** (h - 1 - np.arange(h, dtype=np.float64))[:, None]
+        barred = lex.max() * h * 2.0 + 1.0
+        for i in np.nonzero(tight.sum((-1, -2)) > h)[0]:  # more tight edges than the assignment: a tie
+            rows, cols = linear_sum_assignment(np.where(tight[i], lex, barred))
+            sigma[i, rows] = cols
+    else:  # beyond exact positional weights: the same idea row by row
+        for i in np.nonzero(tight.sum((-1, -2)) > h)[0]:
+            sigma[i] = _lexicographic_matching(tight[i])
+    return sigma
+
+
+def _lexicographic_matching(allowed: np.ndarray) -> np.ndarray:
+    """Lexicographically smallest perfect matching of a boolean ``(H, H)`` bipartite graph that
+    has one (row by row, the smallest column that still leaves a perfect matching)."""
+    h = allowed.shape[0]
+    barred = float(h + 1)
+    chosen = np.full(h, -1, dtype=np.int64)
+    mask = allowed.copy()
+    for r in range(h):
+        for c in np.nonzero(mask[r])[0]:
+            trial = mask.copy()
+            trial[r, :] = False
+            trial[:, c] = False
+            trial[r, c] = True
+            rows, cols = linear_sum_assignment(np.where(trial, 0.0, barred))
+            if np.all(trial[rows, cols]):
+                chosen[r] = c
+                mask = trial
+                break
+    return chosen
+
+
 def match_heads(distance: torch.Tensor, paper_matching: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """C.4-C.6: the DINO head and the fusion weight used by each CLIP head.
 
     ``distance``: ``(B, H, H)`` = W with rows DINO heads, columns CLIP heads. The cost
-    M = 1 - W is minimised with ``linear_sum_assignment`` (one small CPU call per window).
+    M = 1 - W is minimised with ``linear_sum_assignment`` (small CPU calls per window), ties
+    broken canonically (:func:`canonical_assignment`).
 
     Reference convention (default, SPEC C.6): CLIP head h uses DINO head sigma(h) with weight
     W[h, sigma(h)]. Paper convention: CLIP head j uses DINO head sigma^-1(j) with weight
@@ -71,18 +151,8 @@ def match_heads(distance: torch.Tensor, paper_matching: bool = False) -> Tuple[t
 
     Returns ``(dino_index (B, H) long, weight (B, H))`` on ``distance``'s device/dtype.
     """
-    # Exact ties between assignments are common: when every DINO spectrum dominates every CLIP
-    # spectrum entry-wise, W(i, j) separates into a_i - b_j and all assignments cost the same.
-    # The solver then follows round-off, which differs with batch size and memory layout.
-    # Costs are rounded to 1e-6 (far below any real difference in W, far above fp32 noise),
-    # so ties are broken the same way (lowest column index) wherever they are computed.
-    cost = np.round((1.0 - distance).detach().to("cpu", torch.float64).numpy(), 6)
-    b, h, _ = cost.shape
-    sigma = np.empty((b, h), dtype=np.int64)
-    for i in range(b):
-        rows, cols = linear_sum_assignment(cost[i])
-        sigma[i, rows] = cols
-    sigma_t = torch.from_numpy(sigma).to(distance.device)
+    cost = (1.0 - distance).detach().to("cpu", torch.float64).numpy()
+    sigma_t = torch.from_numpy(canonical_assignment(cost)).to(distance.device)
     if paper_matching:
         inverse = torch.argsort(sigma_t, dim=-1)  # sigma^-1(j)
         dino = inverse

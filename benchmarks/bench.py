@@ -33,7 +33,7 @@ Usage::
 Options: --methods cass,cass+cdam  --batch-sizes 1,4,16  --precisions fp32,fp16,bf16  --images N
 --sizes 640x480,500x375  --reference | --no-reference  --reference-images N  --preset coco_object
 --window-batch W  --backbone random-base  --repeats R  --spectral-dtype float32
---cdam-dtype float32  --threads T  --json out.json
+--cdam-dtype float32  --eigh-placement auto|device|cpu  --threads T  --json out.json
 """
 
 from __future__ import annotations
@@ -212,6 +212,8 @@ def build_segmenter(args, method: str, precision: str, batch_size: int, device: 
         extra["spectral_dtype"] = args.spectral_dtype
     if getattr(args, "cdam_dtype", None):
         extra["cdam_dtype"] = args.cdam_dtype
+    if getattr(args, "eigh_placement", None):
+        extra["eigh_placement"] = args.eigh_placement
     return Segmenter(
         preset=args.preset, method=method, backbone=args.backbone, device=device,
         batch_size=batch_size, window_batch=wb, precision=precision, bg_rule="none", prob_thd=0.0, **extra,
@@ -461,6 +463,16 @@ def eigh_probe(device: torch.device, matrices: int, n: int = 64) -> Dict[str, fl
         t0 = time.perf_counter()
         torch.linalg.eigh(gram.to(dtype))
         out[f"cpu_{str(dtype)[6:]}"] = 1000 * (time.perf_counter() - t0)
+        # what eigh_placement="cpu" does: device -> host, a thread pool over the cores, back
+        from fiftyone_cass.core.eigensolver import eigh_on_host
+
+        a = gram.to(device=device, dtype=dtype)
+        eigh_on_host(a)
+        sync(device)
+        t0 = time.perf_counter()
+        eigh_on_host(a)
+        sync(device)
+        out[f"cpu_pool_{str(dtype)[6:]}"] = 1000 * (time.perf_counter() - t0)
     return out
 
 
@@ -510,6 +522,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="timed passes per configuration; the best is reported")
     ap.add_argument("--spectral-dtype", default=None, help="float64 (engine default) | float32")
     ap.add_argument("--cdam-dtype", default=None, help="float64 (engine default) | float32")
+    ap.add_argument("--eigh-placement", default=None, help="auto (engine default) | device | cpu: where the 64x64 eigh run")
     ap.add_argument("--quick", action="store_true", help="1 image, batch 1, cass, fp32: a smoke run")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--json", default=None, help="write every figure to this file")
@@ -610,6 +623,13 @@ def main(argv=None) -> int:
 
     print_table(rows)
     report["runs"] = rows
+    from fiftyone_cass.core.eigensolver import placement_choices
+
+    choices = placement_choices()
+    if choices:
+        report["eigh_placement_auto"] = choices
+        print("\neigh_placement=auto measured and chose: " + "; ".join(
+            f"{k}: {v['choice']} (device {v['device_ms']:.1f} ms, cpu pool {v['cpu_ms']:.1f} ms)" for k, v in choices.items()))
 
     # ------------------------------------------------------------------ checks
     print("\n## checks")

@@ -31,6 +31,7 @@ class CassOptions:
     paper_matching: bool = False
     energy_rank: Optional[float] = None  # e.g. 0.95 for the paper's rule; None = fixed rank
     spectral_dtype: torch.dtype = torch.float64
+    eigh_placement: str = "auto"  # where the 64x64 eigen-decompositions run (core.eigensolver)
 
 
 @dataclass
@@ -74,8 +75,9 @@ def cass_attention(
 
     # C.1-C.3 spectra; one eigen-decomposition of every DINO graph serves both the spectrum and
     # the low rank. Both graphs are decomposed through their d x d Gram matrices (exact).
-    d_vals, d_vecs = graph_eigh(dino_norm, scale, sd)
-    c_vals, _ = graph_eigh(clip_keys, scale, sd)
+    # only the top ``rank`` DINO eigenvectors are used; CLIP's spectrum needs no vectors
+    d_vals, d_vecs = graph_eigh(dino_norm, scale, sd, top=options.rank, placement=options.eigh_placement)
+    c_vals = graph_eigh(clip_keys, scale, sd, vectors=False, placement=options.eigh_placement)
     p_d = normalize_spectrum(spectrum_with_zeros(d_vals, n, options.k_eigen))
     p_c = normalize_spectrum(spectrum_with_zeros(c_vals, n, options.k_eigen))
     dino_index, weight = match_heads(spectral_distance(p_d, p_c), options.paper_matching)

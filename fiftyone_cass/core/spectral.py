@@ -2,28 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from .eigensolver import symmetric_eigh
 
-def graph_eigh(keys: torch.Tensor, scale: float, dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
+
+def graph_eigh(
+    keys: torch.Tensor,
+    scale: float,
+    dtype: torch.dtype = torch.float64,
+    vectors: bool = True,
+    top: Optional[int] = None,
+    placement: str = "auto",
+):
     """Eigen-decomposition of the key graph G = scale * K K^T (``keys`` ``(..., N, d)``) without
     forming it when d < N: G and the Gram matrix scale * K^T K share their non-zero eigenvalues,
     and a Gram eigenvector u maps to the unit graph eigenvector K u sqrt(scale / lambda).
 
     Exact up to round-off, and (d/N)^3 cheaper (64x64 instead of 196x196 or 784x784).
-    Returns eigenvalues ascending ``(..., m)`` and eigenvectors ``(..., N, m)`` with m = min(N, d);
-    the graph's remaining N - m eigenvalues are 0.
+    Returns eigenvalues ascending ``(..., m)`` with m = min(N, d) (the graph's remaining N - m
+    eigenvalues are 0) and, with ``vectors``, eigenvectors ``(..., N, m)``, or only the last
+    (largest) ``top`` of them ``(..., N, top)``. Without ``vectors``, the eigenvalues alone
+    (``eigvalsh``: about half the work). ``placement``: where the small decompositions run
+    (:mod:`.eigensolver`).
     """
     k = keys.to(dtype)
     n, d = k.shape[-2:]
     if d >= n:
-        return torch.linalg.eigh(scale * k @ k.transpose(-1, -2))
-    vals, u = torch.linalg.eigh(scale * k.transpose(-1, -2) @ k)
-    norm = torch.sqrt(vals.clamp_min(torch.finfo(dtype).tiny) / scale)
+        out = symmetric_eigh(scale * k @ k.transpose(-1, -2), vectors, placement)
+        if vectors and top is not None:
+            return out[0], out[1][..., -min(top, n):]
+        return out
+    gram = scale * k.transpose(-1, -2) @ k
+    if not vectors:
+        return symmetric_eigh(gram, False, placement)
+    vals, u = symmetric_eigh(gram, True, placement)
+    if top is not None:
+        top = min(top, d)
+        sel_vals, u = vals[..., -top:], u[..., -top:]
+    else:
+        sel_vals = vals
+    norm = torch.sqrt(sel_vals.clamp_min(torch.finfo(dtype).tiny) / scale)
     return vals, (k @ u) / norm.unsqueeze(-2)
 
 

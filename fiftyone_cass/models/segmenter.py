@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import cdam as cdam_ops
+from ..core.eigensolver import PLACEMENTS
 from ..core.entropy import entropy_range, threshold_from_entropy
 from ..core.cass import CassOptions, attend_values, cass_attention, naclip_attention
 from ..core.graphs import resample_dino_keys
@@ -63,6 +64,7 @@ class SegmenterOptions:
     paper_matching: bool = False
     energy_rank: Optional[float] = None
     spectral_dtype: str = "float64"  # "float64" (reference) | "float32" (faster on GPUs)
+    eigh_placement: str = "auto"  # "auto" | "device" | "cpu": where the 64x64 eigh run (core.eigensolver)
     gamma: float = 0.25
     alpha: float = 0.03
     h_threshold: float = 0.10
@@ -298,6 +300,8 @@ class Segmenter:
             raise InvalidInputError("cdam_similarity must be 'cass' or 'raw'")
         if opts.spectral_dtype not in ("float64", "float32") or opts.cdam_dtype not in ("float64", "float32"):
             raise InvalidInputError("spectral_dtype and cdam_dtype must be 'float64' or 'float32'")
+        if opts.eigh_placement not in PLACEMENTS:
+            raise InvalidInputError(f"eigh_placement must be one of {', '.join(PLACEMENTS)}, got {opts.eigh_placement!r}")
         if opts.crop < 16 or opts.stride < 1:
             raise InvalidInputError("crop must be >= 16 and stride >= 1")
         return opts
@@ -313,6 +317,7 @@ class Segmenter:
             gaussian_std=o.gaussian_std, k_eigen=o.k_eigen, rank=o.rank, eigenscale=o.eigenscale,
             beta=o.beta, paper_matching=o.paper_matching, energy_rank=o.energy_rank,
             spectral_dtype=torch.float64 if o.spectral_dtype == "float64" else torch.float32,
+            eigh_placement=o.eigh_placement,
         )
 
     # ------------------------------------------------------------------ public API

@@ -334,11 +334,14 @@ class _FixedSegmenter:
 
         self.options = SegmenterOptions()
 
-    def segment_safe(self, paths, names=None):
+    def load_safe(self, paths, names=None):
+        return [(None, None)] * len(paths)  # nothing to decode
+
+    def segment_loaded(self, loaded, names):
         from fiftyone_cass.models.segmenter import SegmentationResult
 
         presence = np.array([np.nan, 0.7, 0.3], np.float32)
-        return [(SegmentationResult(np.full((64, 64), 1 + i % 2, np.uint8), presence, 0.0), None) for i in range(len(paths))]
+        return [(SegmentationResult(np.full((64, 64), 1 + i % 2, np.uint8), presence, 0.0), None) for i in range(len(loaded))]
 
 
 def test_memory_stays_flat_and_progress_is_reported(fo_dataset, tmp_path):
@@ -368,3 +371,82 @@ def test_segmenters_stay_loaded_across_calls():
     assert a is b and b.batch_size == 5  # same model, text embeddings and settings; batch size per call
     c = get_segmenter(classes=["dog"], batch_size=2, **OPTS)
     assert c is not a and c.clip is a.clip  # another vocabulary shares the loaded backbones
+
+
+class _HandshakeSegmenter(_FixedSegmenter):
+    """Segmenting batch i waits until the loader has started on batch i + 1 and the writer on
+    batch i - 1: without the overlap the waits time out and the test fails (no timing asserted)."""
+
+    def __init__(self, writing_started):
+        super().__init__()
+        self.loads = 0
+        self.segments = 0
+        self.loaded_next = {}
+        self.writing_started = writing_started
+        self.overlaps = []
+
+    def load_safe(self, paths, names=None):
+        import threading
+
+        self.loaded_next.setdefault(self.loads, threading.Event()).set()
+        self.loads += 1
+        return super().load_safe(paths, names)
+
+    def segment_loaded(self, loaded, names):
+        import threading
+
+        i = self.segments
+        self.segments += 1
+        load_ahead = self.loaded_next.setdefault(i + 1, threading.Event()).wait(10) if i + 1 < self.num_batches else None
+        write_behind = self.writing_started.setdefault(i - 1, threading.Event()).wait(10) if i >= 1 else None
+        self.overlaps.append((i, load_ahead, write_behind, threading.current_thread().name))
+        return super().segment_loaded(loaded, names)
+
+
+def test_loading_and_saving_overlap_segmenting(fo_dataset, tmp_path, monkeypatch):
+    import threading
+
+    ds = fo_dataset("overlap")
+    ds.add_samples([fo.Sample(filepath=f"/data/img{i}.jpg") for i in range(50)])
+    writing_started, writer_threads, saved_batches = {}, set(), []
+    original = AutoLabelRun._write_batch
+
+    def spy_write(self, batch, outputs):
+        writer_threads.add(threading.current_thread().name)
+        n = len(saved_batches)
+        writing_started.setdefault(n, threading.Event()).set()
+        count = original(self, batch, outputs)
+        saved_batches.append([sid for sid, _ in batch])
+        return count
+
+    monkeypatch.setattr(AutoLabelRun, "_write_batch", spy_write)
+    seg = _HandshakeSegmenter(writing_started)
+    seg.num_batches = 5
+    run = AutoLabelRun(ds, segmenter=seg, masks="disk", mask_dir=str(tmp_path), batch_size=10)
+    progress = list(run.iter_progress())
+    assert [o[1:3] for o in seg.overlaps] == [(True, None), (True, True), (True, True), (True, True), (None, True)]
+    assert all(o[3] == threading.current_thread().name for o in seg.overlaps)  # compute stays on the caller's thread
+    assert writer_threads and threading.current_thread().name not in writer_threads
+    assert progress == [(0, 50), (10, 50), (20, 50), (30, 50), (40, 50), (50, 50)]
+    assert saved_batches == [ds.values("id")[i : i + 10] for i in range(0, 50, 10)]  # in order
+    assert len(ds.exists("cass")) == 50 and run.summary.num_labeled == 50
+
+
+def test_a_failing_save_stops_the_run_with_earlier_batches_intact(fo_dataset, tmp_path, monkeypatch):
+    ds = fo_dataset("savefail")
+    ds.add_samples([fo.Sample(filepath=f"/data/img{i}.jpg") for i in range(30)])
+    original = AutoLabelRun._write_batch
+    calls = []
+
+    def failing_write(self, batch, outputs):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise OSError("database unavailable")
+        return original(self, batch, outputs)
+
+    monkeypatch.setattr(AutoLabelRun, "_write_batch", failing_write)
+    run = AutoLabelRun(ds, segmenter=_FixedSegmenter(), masks="database", batch_size=10)
+    with pytest.raises(OSError, match="database unavailable"):
+        list(run.iter_progress())
+    assert len(ds.exists("cass")) == 10  # the first batch, whole; nothing of the others
+    assert ds.exists("cass").values("id") == ds.values("id")[:10]

@@ -53,6 +53,7 @@ import re
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -615,15 +616,41 @@ class AutoLabelRun:
     # -------------------------------------------------------------- labelling
     def iter_progress(self) -> Iterator[Tuple[int, int]]:
         """Labels the planned samples batch by batch, yielding ``(done, total)`` after each batch
-        (plans first if :meth:`plan` was not called). :attr:`summary` is complete at the end."""
+        is saved (plans first if :meth:`plan` was not called). :attr:`summary` is complete at
+        the end.
+
+        Three stages overlap: while the engine segments batch i, a loader thread decodes batch
+        i + 1 and a writer thread saves batch i - 1 (PNG encoding and database writes). Batches
+        are saved in order, one at a time, each as before (masks, then the other fields, then
+        the label), so an interrupted run still leaves whole samples only. At most three batches
+        are in memory."""
         if self._todo is None:
             self.plan()
         todo = self._todo
         total = len(todo)
         yield 0, total
-        for start in range(0, total, self.batch_size):
-            self._label_batch(todo[start : start + self.batch_size])
-            yield min(start + self.batch_size, total), total
+        batches = [todo[start : start + self.batch_size] for start in range(0, total, self.batch_size)]
+        done = 0
+        if batches:
+            with ThreadPoolExecutor(1, thread_name_prefix="cass-load") as loader, ThreadPoolExecutor(
+                1, thread_name_prefix="cass-write"
+            ) as writer:
+                loading = loader.submit(self._load_batch, batches[0])
+                writing = None
+                for i, batch in enumerate(batches):
+                    loaded = loading.result()
+                    if i + 1 < len(batches):
+                        loading = loader.submit(self._load_batch, batches[i + 1])
+                    paths = [p for _, p in batch]
+                    outputs = self.segmenter.segment_loaded(loaded, paths)
+                    del loaded
+                    if writing is not None:
+                        done += writing.result()
+                        yield done, total
+                    writing = writer.submit(self._write_batch, batch, outputs)
+                    del outputs
+                done += writing.result()
+                yield done, total
         self.summary.seconds = time.monotonic() - self.started
         level = logging.WARNING if self.summary.num_failed else logging.INFO
         logger.log(level, "%s", self.summary)
@@ -637,11 +664,15 @@ class AutoLabelRun:
                 pb.set_iteration(done)
         return self.summary
 
-    def _label_batch(self, batch: List[Tuple[str, str]]):
-        seg, vocab, lf = self.segmenter, self.vocab, self.label_field
+    def _load_batch(self, batch: List[Tuple[str, str]]):
+        paths = [p for _, p in batch]
+        return self.segmenter.load_safe(paths, paths)
+
+    def _write_batch(self, batch: List[Tuple[str, str]], outputs) -> int:
+        """Saves one batch's results and errors; returns the number of samples processed."""
+        vocab, lf = self.vocab, self.label_field
         ids = [s for s, _ in batch]
         paths = [p for _, p in batch]
-        outputs = seg.segment_safe(paths, names=paths)
 
         labels: Dict[str, Any] = {}
         presence: Dict[str, Any] = {}
@@ -692,6 +723,7 @@ class AutoLabelRun:
             if self.tag_prefix:
                 self._write_tags(ids, new_tags)
         ds.set_values(lf, labels, key_field="id")
+        return len(batch)
 
     def _write_tags(self, ids: List[str], new_tags: Dict[str, List[str]]):
         prefix = self.tag_prefix + ":"

@@ -361,17 +361,35 @@ class Segmenter:
 
     def segment_safe(self, images: Sequence[Any], names: Optional[Sequence[str]] = None):
         """Like ``__call__`` but never raises for a bad image: returns ``(result | None, error | None)``
-        per image, so one bad sample does not stop a batch."""
+        per image, so one bad sample does not stop a batch. It is :meth:`load_safe` then
+        :meth:`segment_loaded`; callers that overlap loading with compute call the two apart."""
         names = list(names) if names is not None else [describe(im) for im in images]
-        out: List[Tuple[Optional[SegmentationResult], Optional[str]]] = [(None, None)] * len(images)
-        good, good_names, where = [], [], []
-        for i, (im, n) in enumerate(zip(images, names)):
+        return self.segment_loaded(self.load_safe(images, names), names)
+
+    def load_safe(self, images: Sequence[Any], names: Optional[Sequence[str]] = None):
+        """Decodes images to RGB uint8 arrays without raising: ``(array | None, error | None)``
+        per image. Thread-safe, and decoding releases the GIL: run it ahead in a thread."""
+        names = list(names) if names is not None else [describe(im) for im in images]
+        out: List[Tuple[Optional[np.ndarray], Optional[str]]] = []
+        for im, n in zip(images, names):
             try:
-                good.append(load_rgb(im, n))
+                out.append((load_rgb(im, n), None))
+            except ImageLoadError as exc:
+                out.append((None, str(exc)))
+        return out
+
+    def segment_loaded(self, loaded: Sequence[Tuple[Optional[np.ndarray], Optional[str]]], names: Sequence[str]):
+        """Segments the output of :meth:`load_safe` in batches of ``batch_size``; a failed load
+        stays an error, and a batch that raises is retried one image at a time so that only the
+        failing image is reported. Returns ``(result | None, error | None)`` per image."""
+        names = list(names)
+        out: List[Tuple[Optional[SegmentationResult], Optional[str]]] = [(None, err) for _, err in loaded]
+        good, good_names, where = [], [], []
+        for i, ((arr, _), n) in enumerate(zip(loaded, names)):
+            if arr is not None:
+                good.append(arr)
                 good_names.append(n)
                 where.append(i)
-            except ImageLoadError as exc:
-                out[i] = (None, str(exc))
         for start in range(0, len(good), self.batch_size):
             sl = slice(start, start + self.batch_size)
             try:

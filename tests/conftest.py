@@ -73,6 +73,8 @@ _FO_ENV = {
     "FIFTYONE_DEFAULT_DATASET_DIR": str(_SESSION_DIR / "datasets"),
     "FIFTYONE_DATASET_ZOO_DIR": str(_SESSION_DIR / "zoo" / "datasets"),
     "FIFTYONE_MODEL_ZOO_DIR": str(_SESSION_DIR / "zoo" / "models"),
+    # The text-embedding disk cache of this session, not the developer's ~/.cache.
+    "FIFTYONE_CASS_CACHE_DIR": str(_SESSION_DIR / "cass-cache"),
     # Tests never reach a model hub: fail fast instead of waiting on the network.
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",

@@ -35,3 +35,75 @@ def test_template_average_and_cache():
     assert torch.allclose(out.norm(dim=-1), torch.ones(2))
     assert emb(["cat"]).data_ptr() != out.data_ptr() and torch.equal(emb(["cat"])[0], out[1])
     assert set(emb._cache) == {"dog", "cat"}
+
+
+def _fail_if_encoding(*_a, **_k):
+    raise AssertionError("the text tower ran although the embeddings were on disk")
+
+
+def test_disk_cache_survives_the_process_and_is_keyed_by_weights(tmp_path, monkeypatch):
+    from fiftyone_cass.models.text import text_tower_fingerprint
+
+    tok = open_clip.get_tokenizer("ViT-B-16")
+    model = load_clip(BACKBONES["tiny"])
+    first = TextEmbedder(model, tok, cache_dir=str(tmp_path))
+    out = first(["dog", "cat"])
+    path = first.disk_path
+    assert path.exists() and path.parent == tmp_path / "text"
+
+    # a new embedder (as in a new process) reads them instead of running the model
+    again = TextEmbedder(model, tok, cache_dir=str(tmp_path))
+    monkeypatch.setattr(again, "_embed_names", _fail_if_encoding)
+    assert torch.equal(again(["cat", "dog"]), out[[1, 0]])
+    monkeypatch.undo()
+
+    # new names are added to the same file; old ones stay
+    third = TextEmbedder(model, tok, cache_dir=str(tmp_path))
+    third(["dog", "frisbee"])
+    stored = torch.load(path, weights_only=True)["embeddings"]
+    assert set(stored) == {"dog", "cat", "frisbee"}
+
+    # other text-tower weights: another file, recomputed
+    other = load_clip(BACKBONES["tiny"])
+    with torch.no_grad():
+        other.token_embedding.weight.add_(0.1 * torch.randn_like(other.token_embedding.weight))
+    assert text_tower_fingerprint(other) != text_tower_fingerprint(model)
+    emb_other = TextEmbedder(other, tok, cache_dir=str(tmp_path))
+    assert emb_other.disk_path != path
+    assert not torch.allclose(emb_other(["dog"])[0], out[0])
+    # image-tower weights do not matter to text embeddings: same file
+    vis = load_clip(BACKBONES["tiny"])
+    with torch.no_grad():
+        next(vis.visual.parameters()).add_(1.0)
+    assert TextEmbedder(vis, tok, cache_dir=str(tmp_path)).disk_path == path
+
+
+def test_disk_cache_off_and_broken_cache_are_handled(tmp_path, monkeypatch, caplog):
+    tok = open_clip.get_tokenizer("ViT-B-16")
+    model = load_clip(BACKBONES["tiny"])
+    monkeypatch.setenv("FIFTYONE_CASS_TEXT_CACHE", "0")
+    monkeypatch.setenv("FIFTYONE_CASS_CACHE_DIR", str(tmp_path / "off"))
+    off = TextEmbedder(model, tok)
+    off(["dog"])
+    assert off.disk_path is None and not (tmp_path / "off").exists()
+
+    monkeypatch.setenv("FIFTYONE_CASS_TEXT_CACHE", "1")
+    monkeypatch.setenv("FIFTYONE_CASS_CACHE_DIR", str(tmp_path / "on"))
+    on = TextEmbedder(model, tok)
+    good = on(["dog"])
+    assert on.disk_path.parent == tmp_path / "on" / "text"
+    on.disk_path.write_bytes(b"not a torch file")  # corrupted (e.g. disk full at some point)
+    fresh = TextEmbedder(model, tok)
+    with caplog.at_level("WARNING", logger="fiftyone_cass"):
+        again = fresh(["dog"])
+    assert torch.allclose(again, good, atol=1e-6)
+    assert "unreadable text-embedding cache" in caplog.text
+    assert torch.load(fresh.disk_path, weights_only=True)["version"] == 1  # rewritten whole
+
+    # an unwritable cache directory: a warning, and the embeddings still come back
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_text("x")
+    ro = TextEmbedder(model, tok, cache_dir=str(blocker))
+    with caplog.at_level("WARNING", logger="fiftyone_cass"):
+        assert torch.allclose(ro(["dog"]), good, atol=1e-6)
+    assert "could not write the text-embedding cache" in caplog.text

@@ -1,12 +1,60 @@
-"""Text embeddings with the 80 OpenAI ImageNet templates (SPEC F), cached per query."""
+"""Text embeddings with the 80 OpenAI ImageNet templates (SPEC F), cached per query in memory
+and on disk.
+
+The disk cache matters on CPUs: a vocabulary like COCO-Object's (113 names, plus CDAM's 80
+augmentation words) is ~15,000 sentences through CLIP's text tower, minutes on a small CPU, for
+every new process (each CLI run, each shard worker). Files are keyed by a SHA-256 of the text
+tower's weights, the tokenizer's output for the templates and :data:`TEXT_CACHE_VERSION`, so a
+different model or checkpoint never reads another's embeddings. Location: the directory in
+``FIFTYONE_CASS_CACHE_DIR`` (default ``$XDG_CACHE_HOME/fiftyone_cass`` or
+``~/.cache/fiftyone_cass``), under ``text/``; ``FIFTYONE_CASS_TEXT_CACHE=0`` turns it off. A
+cache that cannot be read or written is skipped with a warning: labelling never fails for it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import tempfile
 import threading
-from typing import Dict, Sequence
+from pathlib import Path
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+
+TEXT_CACHE_VERSION = 1  # bump when the embedding procedure changes
+logger = logging.getLogger("fiftyone_cass")
+
+
+def cache_root() -> Path:
+    """The project's cache directory (see the module docstring)."""
+    env = os.environ.get("FIFTYONE_CASS_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fiftyone_cass"
+
+
+def text_cache_enabled() -> bool:
+    return os.environ.get("FIFTYONE_CASS_TEXT_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def text_tower_fingerprint(model) -> str:
+    """SHA-256 of every parameter and buffer of ``model`` outside its image tower (names, shapes,
+    dtypes and bytes): what text embeddings depend on, whatever file or hub tag the weights came
+    from."""
+    h = hashlib.sha256()
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    for name, t in sorted(tensors, key=lambda kv: kv[0]):
+        if name.startswith("visual."):
+            continue
+        shape = t.shape
+        t = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 class TextEmbedder:
@@ -16,7 +64,9 @@ class TextEmbedder:
     normalise. Results are cached per name, so growing a vocabulary only embeds the new names.
     """
 
-    def __init__(self, model, tokenizer, device="cpu", batch_size: int = 640):
+    def __init__(self, model, tokenizer, device="cpu", batch_size: int = 640, cache_dir: Optional[str] = "auto"):
+        """``cache_dir``: directory of the disk cache; ``"auto"`` (default) = :func:`cache_root`
+        unless ``FIFTYONE_CASS_TEXT_CACHE=0``; ``None`` = memory only."""
         import open_clip
 
         self.model = model
@@ -26,6 +76,60 @@ class TextEmbedder:
         self.batch_size = batch_size
         self._cache: Dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
+        if cache_dir == "auto":
+            cache_dir = str(cache_root()) if text_cache_enabled() else None
+        self.cache_dir = cache_dir
+        self._disk_path: Optional[Path] = None
+        self._disk: Optional[Dict[str, torch.Tensor]] = None  # loaded on first use
+
+    # -------------------------------------------------------------- disk cache
+    @property
+    def disk_path(self) -> Optional[Path]:
+        """The cache file of this model and template set (None when the disk cache is off)."""
+        if self.cache_dir is None:
+            return None
+        if self._disk_path is None:
+            h = hashlib.sha256()
+            h.update(f"v{TEXT_CACHE_VERSION}".encode())
+            h.update(text_tower_fingerprint(self.model).encode())
+            for t in self.templates:  # the templates as the tokenizer sees them
+                h.update(self.tokenizer([t("{}")])[0].numpy().tobytes())
+            self._disk_path = Path(self.cache_dir) / "text" / f"{h.hexdigest()[:40]}.pt"
+        return self._disk_path
+
+    def _read_disk(self) -> Dict[str, torch.Tensor]:
+        path = self.disk_path
+        if path is None or not path.exists():
+            return {}
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            return {str(k): v.float() for k, v in data["embeddings"].items()}
+        except Exception as exc:  # noqa: BLE001 - a broken cache is skipped, never fatal
+            logger.warning("ignoring unreadable text-embedding cache %s: %s", path, exc)
+            return {}
+
+    def _write_disk(self, new: Dict[str, torch.Tensor]) -> None:
+        path = self.disk_path
+        if path is None or not new:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            merged = self._read_disk()  # another process may have added names meanwhile
+            merged.update({k: v.detach().to("cpu", torch.float32) for k, v in new.items()})
+            fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=str(path.parent))
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    torch.save({"version": TEXT_CACHE_VERSION, "embeddings": merged}, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+            self._disk = merged
+        except Exception as exc:  # noqa: BLE001 - e.g. read-only home: keep going without it
+            logger.warning("could not write the text-embedding cache %s: %s", path, exc)
 
     def _encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """``encode_text`` on the shortest context that holds every sentence of the batch.
@@ -63,9 +167,18 @@ class TextEmbedder:
         """``(len(names), E)`` float32 unit embeddings on the embedder's device."""
         with self._lock:
             missing = [n for n in dict.fromkeys(names) if n not in self._cache]
+            if missing and self.cache_dir is not None:
+                if self._disk is None:
+                    self._disk = self._read_disk()
+                for n in missing:
+                    if n in self._disk:
+                        self._cache[n] = self._disk[n].to(self.device)
+                missing = [n for n in missing if n not in self._cache]
             if missing:
-                for n, e in zip(missing, self._embed_names(missing)):
-                    self._cache[n] = e
+                computed = dict(zip(missing, self._embed_names(missing)))
+                self._cache.update(computed)
+                if self.cache_dir is not None:
+                    self._write_disk(computed)
             if not names:
                 return torch.zeros(0, 0, device=self.device)
             return torch.stack([self._cache[n] for n in names])

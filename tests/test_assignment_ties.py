@@ -84,7 +84,7 @@ def test_duals_are_feasible_and_tight_on_the_assignment():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_row_by_row_matching_agrees_with_positional_weights(seed):
-    """The fallback for more than 13 heads gives the same matching as the positional weights."""
+    """The fallback for more than 12 heads gives the same matching as the positional weights."""
     rng = np.random.default_rng(seed)
     h = 9
     perm = rng.permutation(h)

@@ -126,15 +126,16 @@ def canonical_assignment(cost: np.ndarray, tolerance: float = TIE_TOLERANCE) -> 
         sigma[i, rows] = cols
     u, v = assignment_duals(cost, sigma)
     tight = cost - u[..., :, None] - v[..., None, :] <= tolerance
-    # column j in row i weighs j * H^(H-1-i): the total is sigma read as a base-H number (exact in
-    # float64 for H <= 13), so its minimum is the lexicographically smallest permutation
-    if h <= 13:
+    # column j in row i weighs j * H^(H-1-i): the total is sigma read as a base-H number, so its
+    # minimum is the lexicographically smallest permutation. Up to 12 heads (ViT-B) every sum the
+    # solver forms, barred entries included (< 2^48), is exact in float64.
+    if h <= 12:
         lex = np.arange(h, dtype=np.float64)[None, :] * float(h) ** (h - 1 - np.arange(h, dtype=np.float64))[:, None]
         barred = lex.max() * h * 2.0 + 1.0
         for i in np.nonzero(tight.sum((-1, -2)) > h)[0]:  # more tight edges than the assignment: a tie
             rows, cols = linear_sum_assignment(np.where(tight[i], lex, barred))
             sigma[i, rows] = cols
-    else:  # beyond exact positional weights: the same idea row by row
+    else:  # beyond that: the same choice made row by row
         for i in np.nonzero(tight.sum((-1, -2)) > h)[0]:
             sigma[i] = _lexicographic_matching(tight[i])
     return sigma

@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
+from .fileio import atomic_write
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -560,12 +562,7 @@ def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
 def _write_summary_json(path: Optional[str], data: Dict[str, Any]) -> None:
     if not path:
         return
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, path)
+    atomic_write(os.path.abspath(path), lambda f: json.dump(data, f, indent=2, ensure_ascii=False), "w", encoding="utf-8")
 
 
 def _target_view(args, ds):

@@ -52,7 +52,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -66,6 +65,7 @@ import fiftyone.core.utils as fou
 from fiftyone import ViewField as F
 
 from ..errors import InvalidInputError
+from ..fileio import atomic_write
 from ..models.segmenter import DEFAULT_METHOD, METHODS, Segmenter
 
 logger = logging.getLogger(__name__)
@@ -127,26 +127,12 @@ def is_valid_png(path: Optional[str]) -> bool:
 
 
 def write_mask_png(path: str, label_map: np.ndarray) -> None:
-    """Writes ``label_map`` (uint8, or uint16 for > 256 labels) to ``path`` atomically: a hidden
-    temp file in the same directory, flushed to disk, then ``os.replace``."""
-    d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
+    """Writes ``label_map`` (uint8, or uint16 for > 256 labels) to ``path`` atomically
+    (:func:`fiftyone_cass.fileio.atomic_write`: hidden temp file, fsync, ``os.replace``)."""
     arr = np.ascontiguousarray(label_map)
     if arr.dtype not in (np.uint8, np.uint16):
         arr = arr.astype(np.uint16 if int(arr.max(initial=0)) > 255 else np.uint8)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            Image.fromarray(arr).save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: Image.fromarray(arr).save(f, format="PNG"))
 
 
 def mask_file_path(mask_dir: str, label_field: str, sample_id: str) -> str:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ..fileio import atomic_write
 
 TEXT_CACHE_VERSION = 1  # bump when the embedding procedure changes
 logger = logging.getLogger("fiftyone_cass")
@@ -113,20 +114,9 @@ class TextEmbedder:
         if path is None or not new:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             merged = self._read_disk()  # another process may have added names meanwhile
             merged.update({k: v.detach().to("cpu", torch.float32) for k, v in new.items()})
-            fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=str(path.parent))
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    torch.save({"version": TEXT_CACHE_VERSION, "embeddings": merged}, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            atomic_write(str(path), lambda f: torch.save({"version": TEXT_CACHE_VERSION, "embeddings": merged}, f))
             self._disk = merged
         except Exception as exc:  # noqa: BLE001 - e.g. read-only home: keep going without it
             logger.warning("could not write the text-embedding cache %s: %s", path, exc)

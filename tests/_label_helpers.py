@@ -74,3 +74,9 @@ def read_mask(label):
         return np.asarray(label.mask)
     with Image.open(label.mask_path) as im:
         return np.asarray(im)
+
+
+def all_scores(presence) -> Dict[str, float]:
+    """Every class's stored presence score (``all_labels``/``all_scores`` of a presence label);
+    classes without a score (an empty background line) are left out."""
+    return {n: s for n, s in zip(presence.all_labels, presence.all_scores) if s is not None}

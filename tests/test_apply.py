@@ -9,7 +9,8 @@ from PIL import Image
 
 import fiftyone as fo
 
-from _label_helpers import BATCH, CLASSES, OPTS, Reference, add_samples, make_bad_files, make_images, read_mask
+from _label_helpers import (BATCH, CLASSES, OPTS, Reference, add_samples, all_scores, make_bad_files, make_images,
+                            read_mask)
 from fiftyone_cass.errors import InvalidInputError
 from fiftyone_cass.integrations.apply import (
     CONFIG_ATTR,
@@ -78,9 +79,12 @@ def test_database_masks_equal_library_output_with_scores_tags_and_failures(fo_da
         assert mask.shape == Image.open(s.filepath).size[::-1]
         np.testing.assert_array_equal(mask, r.label_map)
         assert s.cass[CONFIG_ATTR] == summary.config_id
-        scores = {c.label: c.confidence for c in s.cass_presence.classifications}
+        scores = all_scores(s.cass_presence)
         assert scores == pytest.approx(r.presence_dict(["background"] + CLASSES))
         assert set(scores) == set(CLASSES)  # the empty background line has no score
+        # only the classes at or above the threshold are labels, best first, with their score
+        visible = [(c.label, c.confidence) for c in s.cass_presence.classifications]
+        assert visible == sorted(((c, v) for c, v in scores.items() if v >= 0.3), key=lambda x: -x[1])
         expected_tags = {f"cass:{c}" for c, v in scores.items() if v >= 0.3}
         assert {t for t in s.tags if t.startswith("cass:")} == expected_tags
     assert "keep-me" in ds.first().tags
@@ -200,7 +204,7 @@ def test_overwrite_guard_and_skip_existing(fo_dataset, images, reference):
     for smp, r in zip(ds, reference(images[:4], classes=other)):
         np.testing.assert_array_equal(read_mask(smp.cass), r.label_map)
         assert "cass:cat" not in smp.tags
-        assert {c.label for c in smp.cass_presence.classifications} == set(other)
+        assert set(all_scores(smp.cass_presence)) == set(other)
 
 
 def test_shards_are_disjoint_and_cover_the_target(fo_dataset, images):
@@ -290,11 +294,15 @@ def test_retag_from_stored_scores(fo_dataset, images):
     s0.tags.append("user")
     s0.save()
 
-    scores = {s.id: {c.label: c.confidence for c in s.cass_presence.classifications} for s in ds}
+    scores = {s.id: all_scores(s.cass_presence) for s in ds}
+    assert all(len(s.cass_presence.classifications) == len(CLASSES) for s in ds)  # threshold 0: all shown
     thr = float(np.median([v for d in scores.values() for v in d.values()]))
     counts = retag(ds, "cass_presence", threshold=thr)
     for s in ds:
         assert {t for t in s.tags if t.startswith("cass:")} == {f"cass:{c}" for c, v in scores[s.id].items() if v >= thr}
+        # the visible labels follow the new threshold, the full vector stays
+        assert {c.label for c in s.cass_presence.classifications} == {c for c, v in scores[s.id].items() if v >= thr}
+        assert all_scores(s.cass_presence) == scores[s.id]
     assert "user" in ds[s0.id].tags
     assert counts["_samples_changed"] >= 1
     assert sum(v for k, v in counts.items() if not k.startswith("_")) == sum(
@@ -334,10 +342,7 @@ class _FixedSegmenter:
 
         self.options = SegmenterOptions()
 
-    def load_safe(self, paths, names=None):
-        return [(None, None)] * len(paths)  # nothing to decode
-
-    def segment_loaded(self, loaded, names):
+    def segment_loaded(self, loaded, names, return_embeddings=None):  # the files need not exist
         from fiftyone_cass.models.segmenter import SegmentationResult
 
         presence = np.array([np.nan, 0.7, 0.3], np.float32)
@@ -385,14 +390,13 @@ class _HandshakeSegmenter(_FixedSegmenter):
         self.writing_started = writing_started
         self.overlaps = []
 
-    def load_safe(self, paths, names=None):
+    def started_loading(self):  # called by the spy on AutoLabelRun._load_batch
         import threading
 
         self.loaded_next.setdefault(self.loads, threading.Event()).set()
         self.loads += 1
-        return super().load_safe(paths, names)
 
-    def segment_loaded(self, loaded, names):
+    def segment_loaded(self, loaded, names, return_embeddings=None):
         import threading
 
         i = self.segments
@@ -419,7 +423,14 @@ def test_loading_and_saving_overlap_segmenting(fo_dataset, tmp_path, monkeypatch
         saved_batches.append([sid for sid, _ in batch])
         return count
 
+    original_load = AutoLabelRun._load_batch
+
+    def spy_load(self, batch):
+        self.segmenter.started_loading()
+        return original_load(self, batch)
+
     monkeypatch.setattr(AutoLabelRun, "_write_batch", spy_write)
+    monkeypatch.setattr(AutoLabelRun, "_load_batch", spy_load)
     seg = _HandshakeSegmenter(writing_started)
     seg.num_batches = 5
     run = AutoLabelRun(ds, segmenter=seg, masks="disk", mask_dir=str(tmp_path), batch_size=10)

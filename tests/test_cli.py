@@ -23,7 +23,7 @@ from PIL import Image
 
 import fiftyone as fo
 
-from _label_helpers import BATCH, CLASSES, Reference, make_bad_files, make_images, read_mask
+from _label_helpers import BATCH, CLASSES, Reference, all_scores, make_bad_files, make_images, read_mask
 from fiftyone_cass import cli
 from fiftyone_cass.integrations.apply import CONFIG_ATTR
 
@@ -108,7 +108,7 @@ def test_label_directory_then_resume_then_dataset_input(tmp_path, capsys, refere
             np.testing.assert_array_equal(read_mask(smp.cass), refs[smp.filepath].label_map)
             assert smp.cass_error is None and smp.cass[CONFIG_ATTR] == s["config_id"]
             assert {t for t in smp.tags if t.startswith("cass:")} == {
-                f"cass:{c.label}" for c in smp.cass_presence.classifications if c.confidence >= 0.1}
+                f"cass:{c}" for c, v in all_scores(smp.cass_presence).items() if v >= 0.1}
         else:
             assert smp.cass is None and os.path.basename(smp.filepath) in smp.cass_error
 
@@ -199,9 +199,9 @@ def test_demo_with_the_tiny_backbone_end_to_end(tmp_path, capsys, cleanup_datase
         with Image.open(smp.filepath) as im:
             w, h = im.size
         assert read_mask(smp.cass).shape == (h, w)
-        assert {c.label for c in smp.cass_presence.classifications} == set(cli.DEMO_CLASSES)
+        assert set(all_scores(smp.cass_presence)) == set(cli.DEMO_CLASSES)
         assert any(t.startswith("cass:") for t in smp.tags) == any(
-            c.confidence >= 0.1 for c in smp.cass_presence.classifications)
+            v >= 0.1 for v in all_scores(smp.cass_presence).values())
 
     rc, out = run_cli(*argv, capsys=capsys)  # again: everything is done already
     s = json.loads(summary.read_text())

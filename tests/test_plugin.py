@@ -17,7 +17,8 @@ import fiftyone.plugins as fop
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionRunState, execute_or_delegate_operator
 
-from _label_helpers import BATCH, CLASSES, OPTS, Reference, add_samples, make_bad_files, make_images, read_mask
+from _label_helpers import (BATCH, CLASSES, OPTS, Reference, add_samples, all_scores, make_bad_files, make_images,
+                            read_mask)
 from fiftyone_cass.integrations.apply import CONFIG_ATTR, apply
 
 PLUGIN = "@fiftyone-cass/cass"
@@ -68,10 +69,10 @@ def test_immediate_run_on_selected_samples_equals_the_library(fo_dataset, images
     for s in ds.select(chosen):
         np.testing.assert_array_equal(read_mask(s.auto), refs[s.filepath].label_map)
         assert isinstance(s.auto_presence, fo.Classifications)
-        assert {c.label for c in s.auto_presence.classifications} == set(CLASSES)
+        assert set(all_scores(s.auto_presence)) == set(CLASSES)
         assert {t for t in s.tags if t.startswith("auto:")} == {
-            f"auto:{c.label}" for c in s.auto_presence.classifications if c.confidence >= 0.1
-        }
+            f"auto:{c}" for c, v in all_scores(s.auto_presence).items() if v >= 0.1
+        } == {f"auto:{c.label}" for c in s.auto_presence.classifications}
     assert not any(t.startswith("auto:") for s in ds.exclude(chosen) for t in s.tags)
 
     # the field now exists: other settings are refused, the same settings resume (nothing to do)
@@ -181,11 +182,11 @@ def test_retag_operator_uses_stored_scores(fo_dataset, images):
     res = foo.get_operator(RETAG)(ds, presence_field="cass_presence", threshold=thr).result
     assert res["samples_changed"] >= 1
     for s in ds:
-        expected = {f"cass:{c.label}" for c in s.cass_presence.classifications if c.confidence >= thr}
+        expected = {f"cass:{c}" for c, v in all_scores(s.cass_presence).items() if v >= thr}
         assert {t for t in s.tags if t.startswith("cass:")} == expected
         assert f"cass:{top[s.id].label}" in s.tags
     assert sum(res["tag_counts"].values()) == sum(
-        len([c for c in s.cass_presence.classifications if c.confidence >= thr]) for s in ds
+        len([v for v in all_scores(s.cass_presence).values() if v >= thr]) for s in ds
     )
 
 
@@ -197,8 +198,10 @@ def test_preset_through_the_operator_names_background(fo_dataset, images):
     assert len(targets) == 21 and targets[0] == "background" and targets[1] == "aeroplane"
     s = ds.first()
     assert set(np.unique(read_mask(s.cass))) <= set(targets)
-    labels = {c.label for c in s.cass_presence.classifications}
+    labels = set(all_scores(s.cass_presence))
     assert labels == set(targets.values())  # the background words have a presence score too
+    # threshold 0: every class is a visible label, but background never is
+    assert {c.label for c in s.cass_presence.classifications} == set(targets.values()) - {"background"}
     tags = {t for t in s.tags if t.startswith("cass:")}
     assert len(tags) == 20 and "cass:background" not in tags  # ... but background is never a tag
 

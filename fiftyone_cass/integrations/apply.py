@@ -43,18 +43,15 @@ Vocabulary (``classes``, ``preset`` or ``gt_field``, exactly one):
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import re
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -66,20 +63,28 @@ from fiftyone import ViewField as F
 
 from ..errors import InvalidInputError
 from ..fileio import atomic_write
-from ..models.segmenter import DEFAULT_METHOD, METHODS, Segmenter
+from ..models.segmenter import DEFAULT_METHOD, Segmenter
+from .fo_model import (  # noqa: F401 - re-exported: the vocabulary and model cache live with the model
+    BACKGROUND_NAMES,
+    CONFIG_ATTR,
+    DEFAULT_PRESENCE_THRESHOLD,
+    IGNORE_NAMES,
+    CassModel,
+    Vocabulary,
+    clear_segmenter_cache,
+    get_segmenter,
+    load_item,
+    presence_label,
+    presence_tags,
+    replace_prefixed_tags,
+    stored_scores,
+    vocabulary_from_mask_targets,
+)
 
 logger = logging.getLogger(__name__)
 
 #: masks go to disk by default ("auto") from this many target samples on
 DISK_THRESHOLD = 1000
-#: default presence-score threshold for the concept tags
-DEFAULT_PRESENCE_THRESHOLD = 0.1
-#: names of a ground-truth id 0 that mean "background"
-BACKGROUND_NAMES = {"background", "bg", "_background_", "__background__", "unlabeled", "unlabelled", "none"}
-#: names of ground-truth ids that are never predicted (e.g. 255)
-IGNORE_NAMES = {"ignore", "ignored", "void", "unlabeled", "unlabelled", "_ignore_", "__ignore__"}
-#: attribute of each written Segmentation that identifies the settings that made it
-CONFIG_ATTR = "config_id"
 #: run key (``dataset.list_runs()``) under which the settings of a label field are recorded
 RUN_KEY_PREFIX = "cass_"
 _MAX_LISTED_FAILURES = 1000
@@ -154,121 +159,6 @@ def _format(template: Optional[str], label_field: str) -> Optional[str]:
     if template is None:
         return None
     return str(template).format(label_field=label_field)
-
-
-# ------------------------------------------------------------------------------------------------
-# Vocabulary
-# ------------------------------------------------------------------------------------------------
-@dataclass
-class Vocabulary:
-    """How the Segmenter's output relates to what is written.
-
-    ``names[j]`` is the name of Segmenter label ``j``; ``lut`` (or None = identity) maps Segmenter
-    label ``j`` to the written id ``lut[j]``; ``mask_targets`` names the written ids."""
-
-    names: List[str]
-    mask_targets: Dict[int, str]
-    lut: Optional[np.ndarray] = None
-    background_label: Optional[int] = None  # Segmenter label of background (not tagged)
-    source: str = "classes"
-
-    def map(self, label_map: np.ndarray) -> np.ndarray:
-        return label_map if self.lut is None else self.lut[label_map]
-
-
-def _norm_name(name: str) -> str:
-    return str(name).strip().lower()
-
-
-def vocabulary_from_mask_targets(mask_targets: Dict[Any, str], field_name: str = "ground truth"):
-    """Class lines and id mapping that make the predictions use the ids of ``mask_targets``.
-
-    Returns ``(classes, lut, background_id, mask_targets_out)``: ``classes`` for
-    ``Segmenter(classes=...)`` (GT classes in id order), ``lut`` mapping Segmenter label ``j``
-    (0 = background, ``k`` = ``classes[k-1]``) to the GT id, ``background_id`` the GT background id
-    or None (then the background threshold must be off), and the ``mask_targets`` of the output.
-    """
-    if not mask_targets:
-        raise InvalidInputError(
-            f"{field_name} has no mask_targets: set dataset.mask_targets[{field_name!r}] or pass classes=[...]"
-        )
-    targets: Dict[int, str] = {}
-    for k, v in mask_targets.items():
-        if isinstance(k, str) and k.lstrip("-").isdigit():
-            k = int(k)
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
-            raise InvalidInputError(
-                f"{field_name}: mask_targets key {k!r} is not an integer id (RGB mask targets are not supported)"
-            )
-        if int(k) < 0 or int(k) > 65535:
-            raise InvalidInputError(f"{field_name}: mask_targets id {k} is outside 0..65535")
-        targets[int(k)] = str(v)
-    background_id = 0 if (0 in targets and _norm_name(targets[0]) in BACKGROUND_NAMES) else None
-    classes, gt_ids = [], []
-    for k in sorted(targets):
-        if k == background_id:
-            continue
-        name = targets[k].strip()
-        if not name or _norm_name(name) in IGNORE_NAMES or _norm_name(name) == "background":
-            continue
-        classes.append(name)
-        gt_ids.append(k)
-    if not classes:
-        raise InvalidInputError(f"{field_name}: mask_targets {targets!r} name no class to predict")
-    top = max(gt_ids + [background_id or 0])
-    lut = np.zeros(len(classes) + 1, dtype=np.uint8 if top <= 255 else np.uint16)
-    lut[0] = background_id if background_id is not None else 0  # never produced without background
-    lut[1:] = gt_ids
-    out = {k: targets[k] for k in gt_ids}
-    if background_id is not None:
-        out[background_id] = targets[background_id]
-    return classes, lut, background_id, dict(sorted(out.items()))
-
-
-# ------------------------------------------------------------------------------------------------
-# Segmenters kept loaded across calls (the backbones themselves are cached per process too)
-# ------------------------------------------------------------------------------------------------
-_SEGMENTERS: "collections.OrderedDict[str, Segmenter]" = collections.OrderedDict()
-_SEGMENTERS_LOCK = threading.Lock()
-_MAX_SEGMENTERS = 4
-
-
-def get_segmenter(**kwargs) -> Segmenter:
-    """A :class:`Segmenter` for these arguments, reused across calls in this process (an LRU of
-    the last few configurations). ``batch_size`` is not part of the key."""
-    batch_size = int(kwargs.pop("batch_size", 4))
-    key = json.dumps(kwargs, sort_keys=True, default=repr)
-    with _SEGMENTERS_LOCK:
-        seg = _SEGMENTERS.get(key)
-        if seg is not None:
-            _SEGMENTERS.move_to_end(key)
-    if seg is None:
-        seg = Segmenter(batch_size=batch_size, **kwargs)
-        with _SEGMENTERS_LOCK:
-            _SEGMENTERS[key] = seg
-            while len(_SEGMENTERS) > _MAX_SEGMENTERS:
-                _SEGMENTERS.popitem(last=False)
-    if batch_size < 1:
-        raise InvalidInputError("batch_size must be >= 1")
-    seg.batch_size = batch_size
-    return seg
-
-
-def clear_segmenter_cache() -> None:
-    with _SEGMENTERS_LOCK:
-        _SEGMENTERS.clear()
-
-
-def _vocabulary_for(seg: Segmenter, source: str, gt=None) -> Vocabulary:
-    names = list(seg.class_names)
-    bg = seg.background_id
-    if source == "gt_field":
-        classes, lut, gt_bg, targets = gt
-        names = ["background"] + list(classes)
-        return Vocabulary(names, targets, lut, 0, source)
-    if bg is not None:
-        names[bg] = "background"  # the class line of background holds background *words*
-    return Vocabulary(names, {i: n for i, n in enumerate(names)}, None, bg, source)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -362,6 +252,7 @@ class AutoLabelRun:
         tag_prefix: Optional[str] = "{label_field}",
         presence_threshold: float = DEFAULT_PRESENCE_THRESHOLD,
         error_field: Optional[str] = "{label_field}_error",
+        embeddings_field: Optional[str] = "{label_field}_embedding",
         shard=None,
         clip_checkpoint: Optional[str] = None,
         dino_checkpoint: Optional[str] = None,
@@ -391,12 +282,15 @@ class AutoLabelRun:
         self.presence_field = _format(presence_field, label_field) or None
         self.tag_prefix = (_format(tag_prefix, label_field) or None) if self.presence_field else None
         self.error_field = _format(error_field, label_field) or None
-        for name, f in (("presence_field", self.presence_field), ("error_field", self.error_field)):
+        self.embeddings_field = _format(embeddings_field, label_field) or None
+        extra = (("presence_field", self.presence_field), ("error_field", self.error_field),
+                 ("embeddings_field", self.embeddings_field))
+        for name, f in extra:
             if f is not None and (not f.isidentifier() or f in _RESERVED_FIELDS or f == label_field):
                 raise InvalidInputError(f"{name} {f!r} is not a usable field name")
-        if self.presence_field and self.presence_field == self.error_field:
-            raise InvalidInputError("presence_field and error_field must differ")
-        self.presence_threshold = float(presence_threshold)
+        used = [f for _, f in extra if f]
+        if len(set(used)) != len(used):
+            raise InvalidInputError(f"presence_field, error_field and embeddings_field must differ, got {used}")
         self.skip_existing = bool(skip_existing)
         self.overwrite = bool(overwrite)
         self.shard = validate_shard(shard)
@@ -408,63 +302,30 @@ class AutoLabelRun:
             raise InvalidInputError("batch_size must be >= 1")
         self.batch_size = int(batch_size)
 
-        # vocabulary + segmenter (before any write: a bad vocabulary fails here)
+        # the model (before any write: a bad vocabulary or missing weights fail here)
         given = [x for x in (("classes", classes), ("preset", preset), ("gt_field", gt_field)) if x[1] is not None]
-        if segmenter is not None:
-            if given:
-                raise InvalidInputError("give either a segmenter or classes/preset/gt_field, not both")
-            self.segmenter = segmenter
-            segmenter.batch_size = self.batch_size
-            self.vocab = _vocabulary_for(segmenter, "segmenter")
-            checkpoints = (None, None)
-        else:
-            if len(given) != 1:
-                raise InvalidInputError(
-                    "give exactly one of classes=[...], preset='...' or gt_field='...' "
-                    f"(got {', '.join(g[0] for g in given) or 'none'})"
-                )
-            if method not in METHODS:
-                raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-            kw = dict(method=method, backbone=backbone, device=None if device in (None, "", "auto") else str(device),
-                      precision=precision, clip_checkpoint=clip_checkpoint, dino_checkpoint=dino_checkpoint,
-                      batch_size=self.batch_size)
-            gt = None
-            if preset is not None:
-                kw["preset"] = preset
-            elif classes is not None:
-                kw.update(classes=classes if isinstance(classes, str) else list(classes), background=background)
-            else:
-                if not self.dataset.has_sample_field(gt_field):
-                    raise InvalidInputError(f"gt_field {gt_field!r} is not a field of dataset {self.dataset.name!r}")
-                targets = self.dataset.mask_targets.get(gt_field) or self.dataset.default_mask_targets
-                gt = vocabulary_from_mask_targets(targets, gt_field)
-                kw.update(classes=gt[0], background=background)
-                if gt[2] is None:
-                    if options.get("bg_rule", "none") != "none":
-                        raise InvalidInputError(
-                            f"{gt_field}: its id 0 is a class, not background, so bg_rule must be 'none'"
-                        )
-                    options = {**options, "bg_rule": "none"}
-            try:
-                self.segmenter = get_segmenter(**kw, **options)
-            except InvalidInputError as exc:
-                where = f"gt_field {gt_field!r} mask_targets" if gt_field else "vocabulary"
-                raise InvalidInputError(f"{where}: {exc}") from exc
-            self.vocab = _vocabulary_for(self.segmenter, "gt_field" if gt_field else ("preset" if preset else "classes"), gt)
-            checkpoints = (clip_checkpoint, dino_checkpoint)
-        seg = self.segmenter
-        self.settings = {
-            "version": 1,
-            "class_lines": list(seg.class_lines),
-            "lut": None if self.vocab.lut is None else [int(x) for x in self.vocab.lut],
-            "method": seg.method,
-            "backbone": seg.backbone,
-            "precision": seg.precision,
-            "clip_checkpoint": checkpoints[0],
-            "dino_checkpoint": checkpoints[1],
-            "options": json.loads(json.dumps(dataclasses.asdict(seg.options), default=list)),
-        }
-        self.config_id = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
+        if segmenter is None and len(given) != 1:
+            raise InvalidInputError(
+                "give exactly one of classes=[...], preset='...' or gt_field='...' "
+                f"(got {', '.join(g[0] for g in given) or 'none'})"
+            )
+        gt_targets = None
+        if gt_field is not None:
+            if not self.dataset.has_sample_field(gt_field):
+                raise InvalidInputError(f"gt_field {gt_field!r} is not a field of dataset {self.dataset.name!r}")
+            gt_targets = self.dataset.mask_targets.get(gt_field) or self.dataset.default_mask_targets or {}
+        self.model = CassModel(
+            classes if (classes is None or isinstance(classes, str)) else list(classes),
+            preset=preset, mask_targets=gt_targets, mask_targets_name=f"gt_field {gt_field!r} mask_targets",
+            background=background, method=method, backbone=backbone, device=device, batch_size=self.batch_size,
+            precision=precision, clip_checkpoint=clip_checkpoint, dino_checkpoint=dino_checkpoint,
+            presence_threshold=presence_threshold, segmenter=segmenter, **options,
+        )
+        self.presence_threshold = self.model.presence_threshold
+        self.segmenter = self.model.segmenter
+        self.vocab = self.model.vocab
+        self.settings = self.model.settings
+        self.config_id = self.model.config_id
         self.summary = ApplySummary(label_field, self.config_id, mask_targets=dict(self.vocab.mask_targets),
                                     presence_field=self.presence_field, error_field=self.error_field,
                                     shard=self.shard)
@@ -507,6 +368,8 @@ class AutoLabelRun:
             self._check_field_type(self.presence_field, embedded=fo.Classifications)
         if self.error_field:
             self._check_field_type(self.error_field, ftype=fof.StringField)
+        if self.embeddings_field:
+            self._check_field_type(self.embeddings_field, ftype=fof.VectorField)
 
         ids = self.view.values("id")
         self.summary.num_target = len(ids)
@@ -561,6 +424,8 @@ class AutoLabelRun:
             self._declare(self.presence_field, ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Classifications)
         if self.error_field:
             self._declare(self.error_field, ftype=fof.StringField)
+        if self.embeddings_field:
+            self._declare(self.embeddings_field, ftype=fof.VectorField)
         if todo_ids:
             targets = dict(ds.mask_targets)
             if targets.get(lf) != self.vocab.mask_targets:
@@ -628,7 +493,7 @@ class AutoLabelRun:
                     if i + 1 < len(batches):
                         loading = loader.submit(self._load_batch, batches[i + 1])
                     paths = [p for _, p in batch]
-                    outputs = self.segmenter.segment_loaded(loaded, paths)
+                    outputs = self.model.segment(loaded, paths, embeddings=bool(self.embeddings_field))
                     del loaded
                     if writing is not None:
                         done += writing.result()
@@ -651,78 +516,59 @@ class AutoLabelRun:
         return self.summary
 
     def _load_batch(self, batch: List[Tuple[str, str]]):
-        paths = [p for _, p in batch]
-        return self.segmenter.load_safe(paths, paths)
+        return [load_item(p, p) for _, p in batch]
 
     def _write_batch(self, batch: List[Tuple[str, str]], outputs) -> int:
         """Saves one batch's results and errors; returns the number of samples processed."""
-        vocab, lf = self.vocab, self.label_field
+        model, lf = self.model, self.label_field
         ids = [s for s, _ in batch]
         paths = [p for _, p in batch]
 
         labels: Dict[str, Any] = {}
         presence: Dict[str, Any] = {}
+        embeddings: Dict[str, Any] = {}
         new_tags: Dict[str, List[str]] = {}
         errors: Dict[str, Optional[str]] = {}
         # 1. masks (files first, atomically)
         for sid, path, (res, err) in zip(ids, paths, outputs):
             if res is not None:
                 try:
-                    mask = vocab.map(res.label_map)
                     if self.mask_dir:
                         mpath = mask_file_path(self.mask_dir, lf, sid)
-                        write_mask_png(mpath, mask)
-                        labels[sid] = fo.Segmentation(mask_path=mpath, **{CONFIG_ATTR: self.config_id})
+                        write_mask_png(mpath, self.vocab.map(res.label_map))
+                        labels[sid] = model.segmentation_label(res, mask_path=mpath)
                     else:
-                        labels[sid] = fo.Segmentation(mask=mask, **{CONFIG_ATTR: self.config_id})
+                        labels[sid] = model.segmentation_label(res)
                 except Exception as exc:  # noqa: BLE001 - e.g. disk full: reported per sample
                     res, err = None, f"{path}: cannot write mask ({type(exc).__name__}: {exc})"
             if res is None:
                 err = err or f"{path}: unknown error"
                 errors[sid] = err
-                labels[sid] = None
-                presence[sid] = None
+                labels[sid] = presence[sid] = embeddings[sid] = None
                 new_tags[sid] = []
                 self._record_failure(sid, path, err)
                 continue
             errors[sid] = None
-            scores = res.presence
-            presence[sid] = fo.Classifications(
-                classifications=[
-                    fo.Classification(label=vocab.names[j], confidence=float(scores[j]))
-                    for j in range(len(scores)) if np.isfinite(scores[j])
-                ]
-            )
-            new_tags[sid] = [
-                f"{self.tag_prefix}:{vocab.names[j]}"
-                for j in range(len(scores))
-                if j != vocab.background_label and np.isfinite(scores[j]) and scores[j] >= self.presence_threshold
-            ]
+            presence[sid] = model.presence_label(res)
+            embeddings[sid] = res.embedding
+            if self.tag_prefix:
+                new_tags[sid] = presence_tags(self.tag_prefix, self.vocab.names, res.presence, self.presence_threshold,
+                                              skip=[self.vocab.names[self.vocab.background_label]]
+                                              if self.vocab.background_label is not None else ())
             self.summary.num_labeled += 1
 
         # 2. everything but the label, 3. the label (a sample is done once its label is saved)
         ds = self.dataset
         if self.error_field:
             ds.set_values(self.error_field, errors, key_field="id")
+        if self.embeddings_field:
+            ds.set_values(self.embeddings_field, embeddings, key_field="id")
         if self.presence_field:
             ds.set_values(self.presence_field, presence, key_field="id")
             if self.tag_prefix:
-                self._write_tags(ids, new_tags)
+                replace_prefixed_tags(ds, ids, self.tag_prefix, new_tags)
         ds.set_values(lf, labels, key_field="id")
         return len(batch)
-
-    def _write_tags(self, ids: List[str], new_tags: Dict[str, List[str]]):
-        prefix = self.tag_prefix + ":"
-        cur_ids, cur_tags = self.dataset.select(ids).values(["id", "tags"])
-        updates = {}
-        for sid, tags in zip(cur_ids, cur_tags):
-            tags = list(tags or [])
-            kept = [t for t in tags if not t.startswith(prefix)]
-            merged = kept + [t for t in new_tags.get(sid, []) if t not in kept]
-            if merged != tags:
-                updates[sid] = merged
-        if updates:
-            self.dataset.set_values("tags", updates, key_field="id")
 
     def _record_failure(self, sid: str, path: str, err: str):
         self.summary.num_failed += 1
@@ -785,7 +631,9 @@ def retag(
 ) -> Dict[str, int]:
     """Re-derives the ``<tag_prefix>:<class>`` sample tags of ``sample_collection`` from the stored
     presence scores (no model is run): tags with the prefix are removed from every sample with
-    scores, and each class whose score is at least ``threshold`` is tagged.
+    scores, and each class whose score is at least ``threshold`` is tagged. Where the full score
+    vector is stored (``all_labels``/``all_scores``), the visible presence labels are redone with
+    the new threshold too.
 
     ``tag_prefix`` defaults to ``presence_field`` without its ``_presence`` suffix. Returns
     ``{tag: number of samples}`` over the collection (plus ``"_samples_changed"``)."""
@@ -795,31 +643,39 @@ def retag(
     f = ds.get_field(presence_field)
     if not (isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, fo.Classifications)):
         raise InvalidInputError(f"field {presence_field!r} is not a Classifications field")
-    prefix = (tag_prefix or default_tag_prefix(presence_field)) + ":"
-    threshold = float(threshold)
+    prefix = tag_prefix or default_tag_prefix(presence_field)
+    try:
+        threshold = float(threshold)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"threshold must be a number, got {threshold!r}") from None
     skip = set(skip_labels or ())
     target = set(sample_collection.values("id"))
     # read from the dataset (the view may exclude the field), keep the collection's samples
-    ids, labels, confs, tags = ds.exists(presence_field).values(
-        ["id", f"{presence_field}.classifications.label", f"{presence_field}.classifications.confidence", "tags"]
-    )
-    updates: Dict[str, List[str]] = {}
+    ids, stored = ds.exists(presence_field).values(["id", presence_field])
+    new_tags: Dict[str, List[str]] = {}
+    relabel: Dict[str, Any] = {}
     counts: Dict[str, int] = {}
-    for sid, ls, cs, ts in zip(ids, labels, confs, tags):
+    for sid, label in zip(ids, stored):
         if sid not in target:
             continue
-        ts = list(ts or [])
-        kept = [t for t in ts if not t.startswith(prefix)]
-        new = [prefix + l for l, c in zip(ls or [], cs or []) if l not in skip and c is not None and c >= threshold]
-        for t in new:
+        pairs = stored_scores(label)
+        names = [n for n, _ in pairs]
+        scores = [np.nan if s is None else float(s) for _, s in pairs]
+        new_tags[sid] = presence_tags(prefix, names, scores, threshold, skip=skip)
+        for t in new_tags[sid]:
             counts[t] = counts.get(t, 0) + 1
-        merged = kept + [t for t in new if t not in kept]
-        if merged != ts:
-            updates[sid] = merged
-    if updates:
-        ds.set_values("tags", updates, key_field="id")
+        if label.has_field("all_scores"):  # the full vector is stored: the visible labels follow
+            bg = names.index("background") if "background" in names else None
+            new = presence_label(names, scores, threshold, bg)
+            if [(c.label, c.confidence) for c in new.classifications] != [
+                (c.label, c.confidence) for c in label.classifications or []
+            ]:
+                relabel[sid] = new
+    if relabel:
+        ds.set_values(presence_field, relabel, key_field="id")
+    changed = replace_prefixed_tags(ds, list(new_tags), prefix, new_tags) if new_tags else 0
     counts = dict(sorted(counts.items()))
-    counts["_samples_changed"] = len(updates)
+    counts["_samples_changed"] = changed
     return counts
 
 

@@ -114,6 +114,9 @@ class SegmentationResult:
     presence: np.ndarray  # (num_labels,) softmax over classes of the global similarity (NaN: no query)
     threshold: float  # background threshold that was applied (0 = none)
     name: str = ""
+    #: the global CLIP image embedding ``(E,)`` float32, unit norm, in the text embeddings' space
+    #: (the E.1 prior); None when the pipeline did not compute it (see ``Segmenter.return_embeddings``)
+    embedding: Optional[np.ndarray] = None
 
     def presence_dict(self, class_names: Sequence[str]) -> Dict[str, float]:
         return {n: float(p) for n, p in zip(class_names, self.presence) if np.isfinite(p)}
@@ -162,6 +165,10 @@ class Segmenter:
 
     #: a :class:`~fiftyone_cass.models.profiling.StageTimer` to time the stages (None: off, free)
     profiler: Optional[StageTimer] = None
+    #: attach the global image embedding to every result. Free in the slide protocol with the
+    #: image prior (the default: the prior *is* that embedding); with ``mode="whole"`` or
+    #: ``global_prior="crop"`` it costs one more CLIP forward per image, so it is off unless set
+    return_embeddings: bool = False
 
     def __init__(
         self,
@@ -378,10 +385,12 @@ class Segmenter:
                 out.append((None, str(exc)))
         return out
 
-    def segment_loaded(self, loaded: Sequence[Tuple[Optional[np.ndarray], Optional[str]]], names: Sequence[str]):
+    def segment_loaded(self, loaded: Sequence[Tuple[Optional[np.ndarray], Optional[str]]], names: Sequence[str],
+                       return_embeddings: Optional[bool] = None):
         """Segments the output of :meth:`load_safe` in batches of ``batch_size``; a failed load
         stays an error, and a batch that raises is retried one image at a time so that only the
-        failing image is reported. Returns ``(result | None, error | None)`` per image."""
+        failing image is reported. Returns ``(result | None, error | None)`` per image.
+        ``return_embeddings``: see :meth:`segment_arrays`."""
         names = list(names)
         out: List[Tuple[Optional[SegmentationResult], Optional[str]]] = [(None, err) for _, err in loaded]
         good, good_names, where = [], [], []
@@ -393,22 +402,26 @@ class Segmenter:
         for start in range(0, len(good), self.batch_size):
             sl = slice(start, start + self.batch_size)
             try:
-                res = self.segment_arrays(good[sl], good_names[sl])
+                res = self.segment_arrays(good[sl], good_names[sl], return_embeddings)
                 for i, r in zip(where[sl], res):
                     out[i] = (r, None)
             except Exception as exc:  # isolate the failing image by retrying one at a time
                 for i, arr, n in zip(where[sl], good[sl], good_names[sl]):
                     try:
-                        out[i] = (self.segment_arrays([arr], [n])[0], None)
+                        out[i] = (self.segment_arrays([arr], [n], return_embeddings)[0], None)
                     except Exception as exc1:  # noqa: BLE001 - reported per image
                         out[i] = (None, f"{n}: {type(exc1).__name__}: {exc1}")
                 del exc
         return out
 
     @torch.no_grad()
-    def segment_arrays(self, rgbs: Sequence[np.ndarray], names: Optional[Sequence[str]] = None) -> List[SegmentationResult]:
+    def segment_arrays(self, rgbs: Sequence[np.ndarray], names: Optional[Sequence[str]] = None,
+                       return_embeddings: Optional[bool] = None) -> List[SegmentationResult]:
         """Segment RGB uint8 arrays ``(H, W, 3)`` as one batch: all windows of all images go
-        through the backbones together (in chunks of ``window_batch``)."""
+        through the backbones together (in chunks of ``window_batch``). ``return_embeddings``
+        (None: :attr:`return_embeddings`) forces the global image embedding on every result."""
+        if return_embeddings is None:
+            return_embeddings = self.return_embeddings
         names = list(names) if names is not None else [f"image {i}" for i in range(len(rgbs))]
         with self._stage("prepare"):
             prepared = [self._prepare(i, a, n) for i, (a, n) in enumerate(zip(rgbs, names))]
@@ -417,9 +430,10 @@ class Segmenter:
         o = self.options
         # global prior v_glob once per image (SPEC E.1 [rec]); whole mode / crop prior: per window
         vglob = None
-        if o.mode == "slide" and o.global_prior == "image":
+        if (o.mode == "slide" and o.global_prior == "image") or return_embeddings:
             with self._stage("clip_global"):
                 vglob = self._global_embeddings(prepared)
+        per_image_prior = vglob if (o.mode == "slide" and o.global_prior == "image") else None
         # gather windows
         crops, owners = [], []
         for p in prepared:
@@ -439,7 +453,7 @@ class Segmenter:
             res: List[Any] = [None] * len(chunk)
             for _, idx in groups.items():
                 batch = torch.stack([chunk[j] for j in idx])
-                vg = vglob[[own[j] for j in idx]] if vglob is not None else None
+                vg = per_image_prior[[own[j] for j in idx]] if per_image_prior is not None else None
                 logits, hmin, hmax, g = self._forward_windows(batch, vg)
                 for k, j in enumerate(idx):
                     res[j] = (logits[k], torch.stack([hmin[k], hmax[k]]), g[k])
@@ -456,8 +470,26 @@ class Segmenter:
             g = torch.stack(window_g[cursor : cursor + n]).mean(0)
             cursor += n
             with self._stage("stitch"):
-                results.append(self._finish(p, wl, hr, g))
+                res = self._finish(p, wl, hr, g)
+            if vglob is not None:
+                res.embedding = vglob[p.index].to("cpu", torch.float32).numpy().copy()
+            results.append(res)
         return results
+
+    @torch.no_grad()
+    def embed_arrays(self, rgbs: Sequence[np.ndarray], names: Optional[Sequence[str]] = None) -> np.ndarray:
+        """The global CLIP image embeddings ``(B, E)`` (float32, unit norm) of RGB uint8 arrays:
+        the whole image resized by the protocol's rule, one unmodified CLIP forward (E.1), the
+        same vectors :attr:`SegmentationResult.embedding` holds. Comparable with
+        ``embedder(texts)``: the text embeddings of the 80-template ensemble."""
+        names = list(names) if names is not None else [f"image {i}" for i in range(len(rgbs))]
+        if not len(rgbs):
+            return np.zeros((0, self.text.shape[1]), np.float32)
+        with self._stage("prepare"):
+            prepared = [self._prepare(i, a, n) for i, (a, n) in enumerate(zip(rgbs, names))]
+        with self._stage("clip_global"):
+            emb = self._global_embeddings(prepared)
+        return emb.to("cpu", torch.float32).numpy()
 
     # ------------------------------------------------------------------ stages
     def _stage(self, name: str):

@@ -1,14 +1,73 @@
-"""FiftyOne plugin entry point of fiftyone_cass (FIFTYONE_PLUGINS_DIR -> this repository).
+"""This repository as a FiftyOne plugin and a remotely-sourced FiftyOne zoo model.
 
-Operators: ``@fiftyone-cass/cass/auto_label``, ``retag_presence`` (auto-labelling, see
-``fiftyone_cass/integrations/label_plugin.py``) and ``evaluate_iou``, ``mean_iou`` (evaluation,
-see ``fiftyone_cass/integrations/eval_plugin.py``).
+* Plugin (``fiftyone.yml``): operators ``@fiftyone-cass/cass/auto_label``, ``retag_presence``
+  (``fiftyone_cass/integrations/label_plugin.py``) and ``evaluate_iou``, ``mean_iou``
+  (``fiftyone_cass/integrations/eval_plugin.py``).
+* Zoo model (``manifest.json``): ``cass-vit-b16-torch``, through :func:`download_model` and
+  :func:`load_model` below, e.g.::
+
+      foz.register_zoo_model_source("https://github.com/fiftyone-cass/fiftyone_cass")
+      model = foz.load_zoo_model("cass-vit-b16-torch", classes=["dog", "frisbee"])
+
+Both import the package ``fiftyone_cass`` that sits next to this file, unless it is installed.
 """
+
+import json
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _import_package():
+    """Makes ``fiftyone_cass`` importable: the installed package, else the copy in this
+    directory (``fiftyone plugins download`` and ``register_zoo_model_source`` fetch the repository
+    without installing it)."""
+    try:
+        import fiftyone_cass  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, _HERE)
+        import fiftyone_cass  # noqa: F401
+    return fiftyone_cass
 
 
 def register(p):
+    _import_package()
     from fiftyone_cass.integrations.eval_plugin import OPERATORS as EVAL_OPERATORS
     from fiftyone_cass.integrations.label_plugin import OPERATORS as LABEL_OPERATORS
 
     for op in LABEL_OPERATORS + EVAL_OPERATORS:
         p.register(op)
+
+
+def download_model(model_name, model_path):
+    """Zoo hook. The weights are not files of this model: open_clip and timm fetch them into their
+    own caches when the model is first loaded (or read local files given as ``clip_checkpoint``
+    / ``dino_checkpoint``), so a machine without network can still load it from local files.
+    This writes ``model_path`` as a small JSON record of where the weights come from."""
+    _import_package()
+    from fiftyone_cass.integrations.fo_model import ZOO_MODEL_NAME
+
+    if model_name.split("@")[0] != ZOO_MODEL_NAME:
+        raise ValueError(f"unknown model {model_name!r}; this source provides {ZOO_MODEL_NAME!r}")
+    os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
+    record = {
+        "model": ZOO_MODEL_NAME,
+        "clip": "open_clip ViT-B-16, pretrained='openai' (QuickGELU); or clip_checkpoint=<file>",
+        "dino": "timm vit_base_patch8_224.dino; or dino_checkpoint=<file>",
+        "weights": "fetched by open_clip/timm into their caches on first load",
+    }
+    tmp = model_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(tmp, model_path)
+
+
+def load_model(model_name, model_path, **kwargs):
+    """Zoo hook: a :class:`fiftyone_cass.CassModel`; keyword arguments go to it (``classes``,
+    ``preset``, ``mask_targets``, ``method``, ``device``, ``precision``, checkpoints, any
+    Segmenter option). Unknown arguments and missing weights are clear errors."""
+    _import_package()
+    from fiftyone_cass.integrations.fo_model import load_cass_model
+
+    return load_cass_model(**kwargs)

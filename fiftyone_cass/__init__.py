@@ -12,4 +12,8 @@ def __getattr__(name):
         from .integrations import apply as _apply_mod
 
         return getattr(_apply_mod, name)
+    if name in ("CassModel", "load_cass_model"):
+        from .integrations import fo_model as _model_mod
+
+        return getattr(_model_mod, name)
     raise AttributeError(f"module 'fiftyone_cass' has no attribute {name!r}")

@@ -183,3 +183,46 @@ def test_model_interface_flags():
     assert gt.classes == ["cat", "dog"]
     label = gt.predict(np.zeros((40, 50, 3), np.uint8))
     assert set(np.unique(label.mask)) <= {0, 3, 7}
+
+
+def test_plugin_works_from_a_downloaded_copy_without_the_package_installed(tmp_path):
+    """What `fiftyone plugins download <url>` leaves: the repository's files in the plugins
+    directory, the package not installed. The operators must load from that copy, and
+    `fiftyone plugins requirements` must find the requirements."""
+    import subprocess
+    import sys
+
+    plugins = tmp_path / "plugins"
+    copy = plugins / "fiftyone_cass"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
+                           capture_output=True, text=True, check=True).stdout
+    for rel in files.split():
+        if rel.startswith(("__init__.py", "fiftyone.yml", "requirements.txt", "manifest.json", "fiftyone_cass/")):
+            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO_ROOT / rel, copy / rel)
+    code = f"""
+import sys
+# forget the editable install of this checkout: the plugin must bring its own package
+sys.meta_path = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+sys.path = [p for p in sys.path if p not in ("", {str(REPO_ROOT)!r}) and "__editable__" not in p]
+try:
+    import fiftyone_cass
+    raise SystemExit("fiftyone_cass is still importable from " + fiftyone_cass.__file__)
+except ImportError:
+    pass
+import fiftyone.operators as foo
+import fiftyone.plugins as fop
+print("REQS", fop.load_plugin_requirements("@fiftyone-cass/cass"))
+fop.ensure_plugin_requirements("@fiftyone-cass/cass", error_level=0)
+op = foo.get_operator("@fiftyone-cass/cass/auto_label")
+print("OP", op.config.name)
+print("PKG", sys.modules["fiftyone_cass"].__file__)
+"""
+    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(plugins), "PYTHONPATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=env, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "OP auto_label" in out.stdout
+    assert f"PKG {copy / 'fiftyone_cass' / '__init__.py'}" in out.stdout
+    reqs = out.stdout.split("REQS", 1)[1].splitlines()[0]
+    assert "open_clip_torch" in reqs and "timm" in reqs and "torch" in reqs

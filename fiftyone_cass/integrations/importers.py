@@ -448,7 +448,11 @@ def load_coco_object(
             )
 
     if source == "json":
-        from pycocotools.coco import COCO
+        try:
+            from pycocotools.coco import COCO
+        except ImportError:
+            raise InvalidInputError("COCO-Object from the instances JSON needs pycocotools: "
+                                    "pip install 'fiftyone_cass[coco]' (or pip install pycocotools)") from None
 
         if annotations_json is None:
             if base is None:

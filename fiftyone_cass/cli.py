@@ -538,6 +538,10 @@ def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
         kw["tag_prefix"] = None
     elif args.tag_prefix:
         kw["tag_prefix"] = args.tag_prefix
+    if args.no_embeddings:
+        kw["embeddings_field"] = None
+    elif args.embeddings_field:
+        kw["embeddings_field"] = args.embeddings_field
     if args.background is not None:
         b = args.background.strip()
         kw["background"] = None if b.lower() == "none" else "default" if b.lower() == "default" else [
@@ -676,7 +680,7 @@ def _queue_delegated(args, kw: Dict[str, Any], is_dir: bool) -> int:
 _OPERATOR_PARAMS = {
     "label_field", "method", "backbone", "device", "batch_size", "masks", "mask_dir", "skip_existing",
     "overwrite", "presence_threshold", "clip_checkpoint", "dino_checkpoint", "presence_field", "tag_prefix",
-    "classes", "preset", "gt_field",
+    "embeddings_field", "classes", "preset", "gt_field",
 }
 
 
@@ -685,7 +689,11 @@ _OPERATOR_PARAMS = {
 # ------------------------------------------------------------------------------------------------
 def demo_images(dest: str) -> List[str]:
     """Copies the demo images out of scikit-image's package data (no download) into ``dest``."""
-    import skimage.data
+    try:
+        import skimage.data
+    except ImportError:
+        raise UsageError("the demo's images come with scikit-image: pip install 'fiftyone_cass[demo]' "
+                         "(or pip install scikit-image)") from None
 
     os.makedirs(dest, exist_ok=True)
     out = []
@@ -820,6 +828,19 @@ def _eval_protocol(args) -> int:
 # ------------------------------------------------------------------------------------------------
 # App
 # ------------------------------------------------------------------------------------------------
+def cmd_release(args) -> int:
+    from .integrations.claims import field_claim, release_field
+
+    ds = _load_dataset(args.dataset)
+    claim = field_claim(ds, args.label_field)
+    if claim is None or not release_field(ds, args.label_field):
+        print(f"field {args.label_field!r} of dataset {ds.name!r} is not claimed: nothing to release")
+    else:
+        print(f"released the claim of settings {claim.get('config_id')} on field {args.label_field!r} "
+              f"of dataset {ds.name!r}")
+    return EXIT_OK
+
+
 def cmd_app(args) -> int:
     import fiftyone as fo
 
@@ -887,6 +908,9 @@ def _add_label_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     o.add_argument("--no-presence", action="store_true", help="write neither presence scores nor tags")
     o.add_argument("--tag-prefix", default=None, help="sample tags <prefix>:<class> (default <label-field>)")
     o.add_argument("--no-tags", action="store_true", help="no presence tags")
+    o.add_argument("--embeddings-field", default=None,
+                   help="field for the global CLIP image embedding, for text search (default <label-field>_embedding)")
+    o.add_argument("--no-embeddings", action="store_true", help="do not store image embeddings")
     o.add_argument("--presence-threshold", type=float, default=DEFAULT_PRESENCE_THRESHOLD,
                    help=f"presence score from which a class is tagged (default {DEFAULT_PRESENCE_THRESHOLD})")
     o.add_argument("--skip-existing", action="store_true", help="leave samples that have a label of any settings")
@@ -996,6 +1020,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for a new App connection before exiting once all are closed (-1: forever)")
     _add_common(p)
     p.set_defaults(func=cmd_app)
+
+    p = sub.add_parser("release", help="release a label field claimed by a run that died",
+                       description="A labelling run claims its label field so that runs with other settings cannot "
+                                   "write it at the same time. A run that died on this machine is recognised by the "
+                                   "next run; one that died on another machine keeps its claim until released here.")
+    p.add_argument("dataset")
+    p.add_argument("--label-field", default="cass", help="the claimed field (default cass)")
+    _add_common(p)
+    p.set_defaults(func=cmd_release)
     return parser
 
 

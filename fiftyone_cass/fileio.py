@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import uuid
-from typing import IO, Callable
+from typing import IO, Callable, List
+
+_HOST = re.sub(r"[^A-Za-z0-9_-]+", "_", socket.gethostname()) or "host"
+#: ``.<file name>.<host>.<pid>.<8 hex>.tmp``: the temp files of :func:`atomic_write`
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 
 
 def atomic_write(path: str, write: Callable[[IO], None], mode: str = "wb", **open_kwargs) -> None:
@@ -14,7 +20,7 @@ def atomic_write(path: str, write: Callable[[IO], None], mode: str = "wb", **ope
     the error re-raised."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, mode, **open_kwargs) as f:
             write(f)
@@ -27,3 +33,35 @@ def atomic_write(path: str, write: Callable[[IO], None], mode: str = "wb", **ope
         except OSError:
             pass
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_orphaned_temp_files(folder: str) -> List[str]:
+    """Removes the temp files that :func:`atomic_write` left in ``folder`` when its process was
+    killed between writing and renaming: those written on this host by a process that is gone
+    (a live writer's temp files, and other hosts', are left alone). Returns the removed paths."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TEMP.match(name)
+        if not m or m.group("host") != _HOST or _pid_alive(int(m.group("pid"))):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            os.remove(path)
+            removed.append(path)
+        except OSError:
+            pass
+    return removed

@@ -100,7 +100,8 @@ def test_disk_masks_are_valid_pngs_and_a_rerun_labels_nothing_twice(fo_dataset, 
     mtimes = {}
     for s, r in zip(ds, reference(images[:5])):
         path = s.cass.mask_path
-        assert path == mask_file_path(str(mask_dir), "cass", s.id) and s.cass.mask is None
+        assert path == mask_file_path(str(mask_dir), "cass", s.id, str(ds._doc.id), summary.config_id)
+        assert s.cass.mask is None
         assert is_valid_png(path)
         with Image.open(path) as im:
             im.verify()

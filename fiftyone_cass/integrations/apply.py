@@ -49,6 +49,7 @@ import logging
 import os
 import re
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -62,8 +63,9 @@ import fiftyone.core.utils as fou
 from fiftyone import ViewField as F
 
 from ..errors import InvalidInputError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, remove_orphaned_temp_files
 from ..models.segmenter import DEFAULT_METHOD, Segmenter
+from .claims import FieldClaim, FieldClaimedError, release_field  # noqa: F401 - re-exported
 from .fo_model import (  # noqa: F401 - re-exported: the vocabulary and model cache live with the model
     BACKGROUND_NAMES,
     CONFIG_ATTR,
@@ -140,9 +142,16 @@ def write_mask_png(path: str, label_map: np.ndarray) -> None:
     atomic_write(path, lambda f: Image.fromarray(arr).save(f, format="PNG"))
 
 
-def mask_file_path(mask_dir: str, label_field: str, sample_id: str) -> str:
-    """The deterministic mask location of a sample: ``<mask_dir>/<label_field>/<sample_id>.png``."""
-    return os.path.join(mask_dir, label_field, f"{sample_id}.png")
+def mask_file_path(mask_dir: str, label_field: str, sample_id: str, dataset_id: str, config_id: str) -> str:
+    """Where a sample's mask is written: ``<mask_dir>/<label_field>/<sample id>-<dataset id>-<config id>.png``.
+    The name holds everything that makes the mask unique, so a clone of the dataset (same sample
+    ids), another vocabulary or other settings never rewrite a file that a label points at."""
+    return os.path.join(mask_dir, label_field, f"{sample_id}-{dataset_id}-{config_id}.png")
+
+
+def _written_by(path: str, sample_id: str, dataset_id: str) -> bool:
+    """Whether ``path`` is a mask file this dataset's runs wrote for the sample (see :func:`mask_file_path`)."""
+    return os.path.basename(path).startswith(f"{sample_id}-{dataset_id}-")
 
 
 def default_mask_dir(dataset) -> str:
@@ -330,6 +339,7 @@ class AutoLabelRun:
                                     presence_field=self.presence_field, error_field=self.error_field,
                                     shard=self.shard)
         self._todo: Optional[List[Tuple[str, str]]] = None
+        self._claim: Optional[FieldClaim] = None
 
     # -------------------------------------------------------------- planning
     def _check_field_type(self, name: str, embedded=None, ftype=None):
@@ -363,6 +373,23 @@ class AutoLabelRun:
         ds = self.dataset
         ds.reload()  # fields/runs/mask_targets another process may have written
         lf = self.label_field
+        if self._claim is None or not self._claim.held:  # before looking at the field: check and claim are atomic
+            self._claim = FieldClaim(ds, lf, self.config_id)
+            self._claim.acquire()
+            self._release = weakref.finalize(self, self._claim.release)  # also if never run
+        try:
+            return self._plan()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Gives up this run's claim on the label field (done at the end of the run)."""
+        if self._claim is not None:
+            self._claim.release()
+
+    def _plan(self) -> int:
+        ds, lf = self.dataset, self.label_field
         exists = self._check_field_type(lf, embedded=fo.Segmentation)
         if self.presence_field:
             self._check_field_type(self.presence_field, embedded=fo.Classifications)
@@ -416,6 +443,8 @@ class AutoLabelRun:
             use_disk = self.masks == "disk"
         self.mask_dir = os.path.abspath(os.path.expanduser(self._mask_dir_arg or default_mask_dir(ds))) if use_disk else None
         self.summary.mask_dir = self.mask_dir
+        if self.mask_dir and todo_ids:
+            self._check_mask_dir()
 
         # schema, mask_targets, run record (idempotent: concurrent workers write the same)
         self._declare(lf, ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
@@ -441,6 +470,23 @@ class AutoLabelRun:
         else:
             self._todo = []
         return len(self._todo)
+
+    def _check_mask_dir(self) -> None:
+        """Fails once, before the model runs, when masks cannot be written (read-only or missing
+        permissions, not a directory, full); removes the temp files of killed runs."""
+        folder = os.path.join(self.mask_dir, self.label_field)
+        probe = os.path.join(folder, f".write-check-{os.getpid()}")
+        try:
+            atomic_write(probe, lambda f: f.write(b"\x00" * 4096))
+            os.remove(probe)
+        except OSError as exc:
+            raise InvalidInputError(
+                f"cannot write masks to {folder!r} ({type(exc).__name__}: {exc}); choose another mask "
+                "directory (mask_dir / --mask-dir) or keep masks in the database (masks='database')"
+            ) from None
+        removed = remove_orphaned_temp_files(folder)
+        if removed:
+            logger.info("%s: removed %d temp file(s) left by killed runs", folder, len(removed))
 
     def _record_run(self):
         key = run_key_for(self.label_field)
@@ -477,6 +523,12 @@ class AutoLabelRun:
         are in memory."""
         if self._todo is None:
             self.plan()
+        try:
+            yield from self._iter_batches()
+        finally:
+            self.release()
+
+    def _iter_batches(self) -> Iterator[Tuple[int, int]]:
         todo = self._todo
         total = len(todo)
         yield 0, total
@@ -529,12 +581,15 @@ class AutoLabelRun:
         embeddings: Dict[str, Any] = {}
         new_tags: Dict[str, List[str]] = {}
         errors: Dict[str, Optional[str]] = {}
-        # 1. masks (files first, atomically)
+        ds = self.dataset
+        ds_id = str(ds._doc.id)
+        old_paths = dict(zip(*ds.select(ids).values(["id", f"{lf}.mask_path"]))) if self.mask_dir else {}
+        # 1. masks (files first, atomically, each under a new name: nothing a label points at is rewritten)
         for sid, path, (res, err) in zip(ids, paths, outputs):
             if res is not None:
                 try:
                     if self.mask_dir:
-                        mpath = mask_file_path(self.mask_dir, lf, sid)
+                        mpath = mask_file_path(self.mask_dir, lf, sid, ds_id, self.config_id)
                         write_mask_png(mpath, self.vocab.map(res.label_map))
                         labels[sid] = model.segmentation_label(res, mask_path=mpath)
                     else:
@@ -558,7 +613,6 @@ class AutoLabelRun:
             self.summary.num_labeled += 1
 
         # 2. everything but the label, 3. the label (a sample is done once its label is saved)
-        ds = self.dataset
         if self.error_field:
             ds.set_values(self.error_field, errors, key_field="id")
         if self.embeddings_field:
@@ -568,7 +622,23 @@ class AutoLabelRun:
             if self.tag_prefix:
                 replace_prefixed_tags(ds, ids, self.tag_prefix, new_tags)
         ds.set_values(lf, labels, key_field="id")
+        # 4. the files the labels pointed at before, if this dataset wrote them and no label of it points there now
+        replaced = [p for sid, p in old_paths.items()
+                    if p and labels.get(sid) is not None and labels[sid].mask_path != p and _written_by(p, sid, ds_id)]
+        if replaced:
+            self._remove_unreferenced(replaced)
         return len(batch)
+
+    def _remove_unreferenced(self, paths: List[str]) -> None:
+        ds = self.dataset
+        referenced = set()
+        for f in ds.get_field_schema(embedded_doc_type=fo.Segmentation):
+            referenced.update(ds.match(F(f"{f}.mask_path").is_in(paths)).values(f"{f}.mask_path"))
+        for p in set(paths) - referenced:
+            try:
+                os.remove(p)
+            except OSError as exc:
+                logger.warning("could not remove the replaced mask file %s: %s", p, exc)
 
     def _record_failure(self, sid: str, path: str, err: str):
         self.summary.num_failed += 1

@@ -82,6 +82,8 @@ def auto_label_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
         kw["presence_field"] = p["presence_field"] or None
     if "tag_prefix" in p:
         kw["tag_prefix"] = p["tag_prefix"] or None
+    if "embeddings_field" in p:
+        kw["embeddings_field"] = p["embeddings_field"] or None
     if source == "gt_field":
         kw["gt_field"] = p.get("gt_field")
     elif source == "preset":
@@ -201,6 +203,8 @@ class AutoLabel(foo.Operator):
         inputs.str("tag_prefix", default=label_field, label="Tag prefix",
                    description="Samples get tags <prefix>:<class> for classes above the threshold (empty: no tags)")
         inputs.float("presence_threshold", default=DEFAULT_PRESENCE_THRESHOLD, label="Presence threshold")
+        inputs.str("embeddings_field", default=f"{label_field}_embedding", label="Image embedding field",
+                   description="The global CLIP image embedding, for text search with FiftyOne Brain (empty: none)")
         inputs.str("options", label="Advanced options (JSON)",
                    description='Segmenter options, e.g. {"mode": "whole", "precision": "fp16"}')
         inputs.str("clip_checkpoint", label="CLIP checkpoint file (offline machines)")

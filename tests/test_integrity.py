@@ -1,0 +1,231 @@
+"""Data integrity of labelling runs on the real MongoDB (tiny backbone, real processes where it is
+about concurrency): a run claims its label field, mask files are never shared or rewritten in
+place (clones, overwrite runs), temp files of killed runs are removed, and an unwritable mask
+directory fails once, before the model runs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fiftyone as fo
+
+from _label_helpers import BATCH, CLASSES, OPTS, add_samples, make_images, read_mask
+from fiftyone_cass import cli
+from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.integrations.apply import CONFIG_ATTR, AutoLabelRun, apply, is_valid_png
+from fiftyone_cass.integrations.claims import FieldClaim, FieldClaimedError, field_claim, release_field
+
+KW = dict(OPTS, batch_size=BATCH)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("images"), 6)
+
+
+@pytest.fixture
+def persistent(fo_dataset):
+    """A persistent dataset (other processes may open it), deleted after the test."""
+
+    def make(prefix, paths):
+        ds = add_samples(fo_dataset(prefix), paths)
+        ds.persistent = True
+        return ds
+
+    return make
+
+
+def _python(code: str, log: Path, env_extra=None) -> subprocess.Popen:
+    f = open(log, "ab")
+    env = {**os.environ, **(env_extra or {})}
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=f, stderr=subprocess.STDOUT, env=env)
+    f.close()
+    return p
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_two_concurrent_runs_with_different_classes_one_proceeds(persistent, images, tmp_path):
+    ds = persistent("claim", images)
+    go = tmp_path / "go"
+    script = """
+        import os, sys, time
+        import fiftyone as fo
+        from fiftyone_cass.integrations.apply import AutoLabelRun, apply
+        slow = AutoLabelRun._write_batch
+        def write(self, batch, outputs):  # long enough for the two runs to overlap
+            time.sleep(0.4)
+            return slow(self, batch, outputs)
+        AutoLabelRun._write_batch = write
+        ds = fo.load_dataset({name!r})
+        classes = sys.argv[1].split(",")
+        open({ready!r} + sys.argv[2], "w").close()
+        while not os.path.exists({go!r}):
+            time.sleep(0.02)
+        try:
+            s = apply(ds, classes, masks="disk", mask_dir={masks!r}, batch_size=1, **{opts!r})
+        except Exception as exc:
+            print("REFUSED", type(exc).__name__, exc)
+            sys.exit(2)
+        print("LABELLED", s.num_labeled, s.config_id)
+    """
+    code = script.format(name=ds.name, ready=str(tmp_path / "ready"), go=str(go), masks=str(tmp_path / "m"), opts=OPTS)
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), cls, tag],
+                              stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=os.environ.copy())
+             for cls, tag, log in ((",".join(CLASSES), "a", logs[0]), ("dog,cat", "b", logs[1]))]
+    deadline = time.monotonic() + 180
+    while not all((tmp_path / f"ready{t}").exists() for t in "ab"):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [l.read_text() for l in logs]
+        time.sleep(0.05)
+    go.touch()
+    codes = [p.wait(timeout=300) for p in procs]
+    outs = [l.read_text() for l in logs]
+    assert sorted(codes) == [0, 2], outs
+    winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
+    assert "LABELLED 6" in outs[winner]
+    assert "REFUSED FieldClaimedError" in outs[loser] and "being labelled by another run" in outs[loser]
+    assert "'cass'" in outs[loser] and ds.name in outs[loser]
+    ds.reload()
+    config = outs[winner].split()[-1]
+    assert set(ds.values(f"cass.{CONFIG_ATTR}")) == {config}  # one run's labels only
+    expected = {0: "background", **{i + 1: c for i, c in enumerate(CLASSES if winner == 0 else ["dog", "cat"])}}
+    assert ds.mask_targets["cass"] == expected
+    assert field_claim(ds, "cass") is None  # released at the end
+
+
+def test_same_settings_join_a_claim_and_other_settings_are_refused(fo_dataset, images):
+    ds = add_samples(fo_dataset("join"), images[:2])
+    first = AutoLabelRun(ds, CLASSES, masks="database", **KW)
+    first.plan()  # holds the claim until it has run
+    same = AutoLabelRun(ds, CLASSES, masks="database", **KW)
+    same.plan()  # same settings (e.g. another shard): joins
+    assert len(field_claim(ds, "cass")["holders"]) == 2
+    with pytest.raises(FieldClaimedError, match="fiftyone-cass release"):
+        AutoLabelRun(ds, ["dog"], masks="database", overwrite=True, **KW).plan()
+    list(first.iter_progress())
+    list(same.iter_progress())
+    assert field_claim(ds, "cass") is None
+    apply(ds, ["dog"], masks="database", overwrite=True, **KW)  # free again
+
+
+def test_a_claim_of_a_killed_run_is_recovered(fo_dataset, images, tmp_path):
+    ds = add_samples(fo_dataset("dead"), images[:2])
+    ds.persistent = True
+    # a process claims the field for other settings and is killed
+    code = f"""
+        import os, signal
+        import fiftyone as fo
+        from fiftyone_cass.integrations.claims import FieldClaim
+        FieldClaim(fo.load_dataset({ds.name!r}), "cass", "0123456789abcdef").acquire()
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+    p = _python(code, tmp_path / "k.log")
+    assert p.wait(timeout=120) == -9
+    assert field_claim(ds, "cass")["config_id"] == "0123456789abcdef"
+    s = apply(ds, CLASSES, masks="database", **KW)  # the dead holder (this host) is dropped
+    assert s.num_labeled == 2 and field_claim(ds, "cass") is None
+    # a holder that looks alive (another host) is released by hand, from Python or the CLI
+    claim = FieldClaim(ds, "cass", "fedcba9876543210")
+    claim.acquire()
+    with pytest.raises(FieldClaimedError):
+        apply(ds, ["dog"], masks="database", overwrite=True, **KW)
+    assert release_field(ds, "cass") and not release_field(ds, "cass")
+    claim.acquire()
+    assert cli.main(["release", ds.name, "--label-field", "cass"]) == 0
+    assert field_claim(ds, "cass") is None
+    assert cli.main(["release", ds.name, "--label-field", "cass"]) == 0  # nothing to release: fine
+
+
+def test_clone_and_overwrite_never_touch_the_originals_masks(fo_dataset, images, tmp_path):
+    masks = str(tmp_path / "masks")
+    ds = add_samples(fo_dataset("orig"), images[:4])
+    apply(ds, CLASSES, masks="disk", mask_dir=masks, **KW)
+    before = {s.id: (s.cass.mask_path, _digest(s.cass.mask_path), read_mask(s.cass).copy()) for s in ds}
+    clone = ds.clone(f"{ds.name}-clone")
+    try:
+        assert set(clone.values("id")) == set(ds.values("id"))  # clone keeps sample ids
+        s = apply(clone, ["dog", "cat"], masks="disk", mask_dir=masks, overwrite=True, **KW)
+        assert s.num_labeled == 4
+        for smp in clone:
+            assert smp.cass.mask_path not in {p for p, _, _ in before.values()}
+            assert is_valid_png(smp.cass.mask_path)
+    finally:
+        fo.delete_dataset(clone.name)
+    ds.reload()
+    for smp in ds:
+        path, digest, mask = before[smp.id]
+        assert smp.cass.mask_path == path and _digest(path) == digest  # byte-identical
+        np.testing.assert_array_equal(read_mask(smp.cass), mask)
+    again = apply(ds, CLASSES, masks="disk", mask_dir=masks, **KW)
+    assert (again.num_labeled, again.num_already_done) == (0, 4)
+
+
+def test_overwrite_writes_new_files_and_removes_only_unreferenced_old_ones(fo_dataset, images, tmp_path):
+    masks = tmp_path / "masks"
+    ds = add_samples(fo_dataset("ow"), images[:3])
+    apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
+    old = {s.id: s.cass.mask_path for s in ds}
+    # a second field that points at one of the old files keeps it alive
+    keep_id = ds.first().id
+    ds.add_sample_field("copy", fo.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
+    ds.set_values("copy", {keep_id: fo.Segmentation(mask_path=old[keep_id])}, key_field="id")
+    apply(ds, ["dog"], masks="disk", mask_dir=str(masks), overwrite=True, **KW)
+    for s in ds:
+        assert s.cass.mask_path != old[s.id] and is_valid_png(s.cass.mask_path)
+        assert os.path.exists(old[s.id]) == (s.id == keep_id)
+    assert sorted(os.listdir(masks / "cass")) == sorted(
+        [os.path.basename(s.cass.mask_path) for s in ds] + [os.path.basename(old[keep_id])])
+
+
+def test_a_kill_at_the_rename_leaves_no_file_behind_after_the_rerun(fo_dataset, images, tmp_path):
+    masks = tmp_path / "masks"
+    ds = add_samples(fo_dataset("rename"), images[:3])
+    ds.persistent = True
+    code = f"""
+        import os, signal
+        import fiftyone as fo
+        from fiftyone_cass.integrations.apply import apply
+        real = os.replace
+        def replace(src, dst):  # the process dies exactly between writing the temp file and renaming it
+            if src.endswith(".tmp") and dst.endswith(".png"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(src, dst)
+        os.replace = replace
+        apply(fo.load_dataset({ds.name!r}), {CLASSES!r}, masks="disk", mask_dir={str(masks)!r}, batch_size=1, **{OPTS!r})
+    """
+    p = _python(code, tmp_path / "r.log")
+    assert p.wait(timeout=180) == -9, (tmp_path / "r.log").read_text()
+    left = os.listdir(masks / "cass")
+    assert any(f.endswith(".tmp") for f in left) and not any(f.endswith(".png") for f in left)
+    s = apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
+    assert s.num_labeled == 3
+    files = os.listdir(masks / "cass")
+    assert not [f for f in files if not f.endswith(".png")]  # the orphan is gone
+    assert sorted(files) == sorted(os.path.basename(x.cass.mask_path) for x in ds)
+
+
+def test_an_unwritable_mask_directory_fails_before_the_model_runs(fo_dataset, images, tmp_path, monkeypatch):
+    ds = add_samples(fo_dataset("ro"), images[:3])
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the mask directory should be")
+    calls = []
+    from fiftyone_cass.integrations.fo_model import CassModel
+
+    original = CassModel.segment
+    monkeypatch.setattr(CassModel, "segment", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    with pytest.raises(InvalidInputError, match="cannot write masks to .*not-a-dir"):
+        apply(ds, CLASSES, masks="disk", mask_dir=str(blocker), **KW)
+    assert calls == [] and not ds.has_sample_field("cass")
+    assert field_claim(ds, "cass") is None

@@ -474,7 +474,7 @@ def eigh_probe(device: torch.device, matrices: int, n: int = 64) -> Dict[str, fl
                 try:
                     if lib == "magma":
                         torch.backends.cuda.preferred_linalg_library("magma")
-                    torch.linalg.eigh(a)
+                    torch.linalg.eigh(a[:8])  # warm-up (solver handles, workspaces), small: a loop is slow
                     sync(device)
                     t0 = time.perf_counter()
                     torch.linalg.eigh(a)
@@ -489,7 +489,7 @@ def eigh_probe(device: torch.device, matrices: int, n: int = 64) -> Dict[str, fl
         torch.linalg.eigh(gram.to(dtype))
         out[f"cpu_{name}"] = 1000 * (time.perf_counter() - t0)
         # what eigh_placement="cpu" does: device -> host, a thread pool over the cores, back
-        eigh_on_host(a)
+        eigh_on_host(a[: 2 * os.cpu_count()])  # warm-up: starts the pool
         sync(device)
         t0 = time.perf_counter()
         eigh_on_host(a)
@@ -693,10 +693,71 @@ def main(argv=None) -> int:
     from fiftyone_cass.core.eigensolver import placement_choices
 
     rows: List[Dict] = []
+    maps: Dict[tuple, List[np.ndarray]] = {}
+
+    def compute_checks(verbose: bool) -> None:
+        """Agreements and speed-ups from what has been measured so far (printed when ``verbose``):
+        computed after every configuration too, so a run cut short keeps them in its JSON."""
+        say = print if verbose else (lambda *a, **k: None)
+        checks = report["checks"]
+
+        def engine_row(method, prec, bs):
+            for r in rows:
+                if (r["mode"], r["method"], r["precision"], r["batch"]) == ("engine", method, prec, bs):
+                    return r
+            return None
+
+        for method in args.methods:
+            base = maps.get(("engine", method, "fp32", args.batch_sizes[0]))
+            if base is not None:
+                say(f"label maps {method} fp32: {label_stats(base)}")
+            for prec in args.precisions:
+                other = maps.get(("engine", method, prec, args.batch_sizes[0]))
+                if prec == "fp32" or base is None or other is None:
+                    continue
+                a = agreement(base, other)
+                checks[f"agreement_{method}_{prec}"] = a
+                say(f"agreement {method} {prec} vs fp32: {100 * a:.2f}% of pixels "
+                    f"(target >= {100 * TARGETS['agreement']:.0f}%) -> {'PASS' if a >= TARGETS['agreement'] else 'FAIL'}")
+            if len(args.batch_sizes) > 1 and base is not None:
+                for bs in args.batch_sizes[1:]:
+                    if ("engine", method, "fp32", bs) not in maps:
+                        continue
+                    a = agreement(base, maps[("engine", method, "fp32", bs)])
+                    checks[f"batch_agreement_{method}_fp32_b{bs}"] = a
+                    say(f"agreement {method} fp32 batch {bs} vs batch {args.batch_sizes[0]}: {100 * a:.3f}%")
+            if args.reference:
+                for prec in args.precisions:
+                    ref = maps.get(("reference", method, prec, 1))
+                    eng = maps.get(("engine", method, prec, args.batch_sizes[0]))
+                    if ref is None or eng is None:
+                        continue
+                    a = agreement(ref, eng)
+                    checks[f"reference_agreement_{method}_{prec}"] = a
+                    say(f"agreement {method} {prec} engine vs reference flow: {100 * a:.3f}% of pixels")
+
+        if args.reference:
+            for method in args.methods:
+                for prec in args.precisions:
+                    ref = next((r for r in rows if r["mode"] == "reference" and r["method"] == method and r["precision"] == prec), None)
+                    if ref is None:
+                        continue
+                    for bs in args.batch_sizes:
+                        e = engine_row(method, prec, bs)
+                        if e is None:
+                            continue
+                        ratio = e["images_per_s"] / ref["images_per_s"]
+                        cpu_ratio = ref["cpu_s_per_image"] / e["cpu_s_per_image"]
+                        checks[f"speedup_{method}_{prec}_b{bs}"] = ratio
+                        checks[f"cpu_time_ratio_{method}_{prec}_b{bs}"] = cpu_ratio
+                        say(f"speed-up {method} {prec} batch {bs} vs reference flow: {ratio:.2f}x wall clock, "
+                            f"{cpu_ratio:.2f}x CPU time")
 
     def save() -> None:
         """Everything measured so far, rewritten after every configuration (see the docstring)."""
         report["runs"] = rows
+        if maps:
+            compute_checks(verbose=False)
         report["eigh_placement_auto"] = placement_choices()
         report["seconds_so_far"] = time.perf_counter() - started
         if args.json:
@@ -721,7 +782,6 @@ def main(argv=None) -> int:
         print(f"  skipped {kind} {what} (time budget {args.time_budget:.0f}s)", flush=True)
         return False
 
-    maps: Dict[tuple, List[np.ndarray]] = {}
     for method in args.methods:
         for prec in args.precisions:
             for bs in args.batch_sizes:
@@ -772,59 +832,8 @@ def main(argv=None) -> int:
 
     # ------------------------------------------------------------------ checks
     print("\n## checks")
+    compute_checks(verbose=True)
     checks = report["checks"]
-
-    def engine_row(method, prec, bs):
-        for r in rows:
-            if (r["mode"], r["method"], r["precision"], r["batch"]) == ("engine", method, prec, bs):
-                return r
-        return None
-
-    for method in args.methods:
-        base = maps.get(("engine", method, "fp32", args.batch_sizes[0]))
-        if base is not None:
-            print(f"label maps {method} fp32: {label_stats(base)}")
-        for prec in args.precisions:
-            other = maps.get(("engine", method, prec, args.batch_sizes[0]))
-            if prec == "fp32" or base is None or other is None:
-                continue
-            a = agreement(base, other)
-            checks[f"agreement_{method}_{prec}"] = a
-            print(f"agreement {method} {prec} vs fp32: {100 * a:.2f}% of pixels "
-                  f"(target >= {100 * TARGETS['agreement']:.0f}%) -> {'PASS' if a >= TARGETS['agreement'] else 'FAIL'}")
-        if len(args.batch_sizes) > 1 and base is not None:
-            for bs in args.batch_sizes[1:]:
-                if ("engine", method, "fp32", bs) not in maps:
-                    continue
-                a = agreement(base, maps[("engine", method, "fp32", bs)])
-                checks[f"batch_agreement_{method}_fp32_b{bs}"] = a
-                print(f"agreement {method} fp32 batch {bs} vs batch {args.batch_sizes[0]}: {100 * a:.3f}%")
-        if args.reference:
-            for prec in args.precisions:
-                ref = maps.get(("reference", method, prec, 1))
-                eng = maps.get(("engine", method, prec, args.batch_sizes[0]))
-                if ref is None or eng is None:
-                    continue
-                a = agreement(ref, eng)
-                checks[f"reference_agreement_{method}_{prec}"] = a
-                print(f"agreement {method} {prec} engine vs reference flow: {100 * a:.3f}% of pixels")
-
-    if args.reference:
-        for method in args.methods:
-            for prec in args.precisions:
-                ref = next((r for r in rows if r["mode"] == "reference" and r["method"] == method and r["precision"] == prec), None)
-                if ref is None:
-                    continue
-                for bs in args.batch_sizes:
-                    e = engine_row(method, prec, bs)
-                    if e is None:
-                        continue
-                    ratio = e["images_per_s"] / ref["images_per_s"]
-                    cpu_ratio = ref["cpu_s_per_image"] / e["cpu_s_per_image"]
-                    checks[f"speedup_{method}_{prec}_b{bs}"] = ratio
-                    checks[f"cpu_time_ratio_{method}_{prec}_b{bs}"] = cpu_ratio
-                    print(f"speed-up {method} {prec} batch {bs} vs reference flow: {ratio:.2f}x wall clock, "
-                          f"{cpu_ratio:.2f}x CPU time")
 
     print("\n## targets")
     ratio = checks.get("speedup_cass_fp32_b1")

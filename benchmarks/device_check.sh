@@ -9,7 +9,7 @@
 #   bash benchmarks/device_check.sh --device cpu --quick   # the same steps on a CPU, tiny settings: try it first
 #
 # Options: --device cuda|cpu (default cuda)   --quick (tiny backbone, 1 image, batch 1, fp16+fp32)
-#          --budget SECONDS (whole run; default 420 = 7 min, quick 300)   --methods cass,cass+cdam
+#          --budget SECONDS (whole run; default 360 = 6 min, quick 300)   --methods cass,cass+cdam
 #          --wheels DIR (default .whl: the wheels of ../shared/device-wheels, carried)   --out DIR
 #
 # Output: $OUT (set by the device tool), else --out, else benchmarks/results/device-<UTC time>/:
@@ -36,7 +36,7 @@ WHEELS=".whl"
 OUT_DIR="${OUT:-}"
 PYTHON="${PYTHON:-python3}"
 
-usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 need() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "device_check.sh: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -51,7 +51,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$DEVICE" in cuda|cuda:*|cpu) ;; *) echo "device_check.sh: --device must be cuda or cpu, got '$DEVICE'" >&2; exit 2 ;; esac
-case "$BUDGET" in "") BUDGET=$([ "$QUICK" = 1 ] && echo 300 || echo 420) ;; *[!0-9]*) echo "device_check.sh: --budget takes whole seconds" >&2; exit 2 ;; esac
+case "$BUDGET" in "") BUDGET=$([ "$QUICK" = 1 ] && echo 300 || echo 360) ;; *[!0-9]*) echo "device_check.sh: --budget takes whole seconds" >&2; exit 2 ;; esac
 [ -n "$OUT_DIR" ] || OUT_DIR="benchmarks/results/device-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT_DIR" || exit 2
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
@@ -92,23 +92,23 @@ run_stage() {
         return 1
     fi
     echo "== $name (limit ${limit}s): $*"
-    t0=$(date +%s.%N)
+    t0=$(date +%s%N)
     timeout --kill-after=10 "$limit" "$@"
     rc=$?
-    t1=$(date +%s.%N)
+    t1=$(date +%s%N)
     case $rc in
         0) status=0 ;;
         124|137) status=timeout ;;
         *) status=$rc ;;
     esac
-    printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')" "$limit" >> "$STAGES"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$(( (t1 - t0) / 1000000000 )).$(( (t1 - t0) / 100000000 % 10 ))" "$limit" >> "$STAGES"
     [ "$status" = 0 ] || echo "== $name: ended with status $status"
     return $rc
 }
 
 main() {
     echo "# device check: device $DEVICE, quick $QUICK, budget ${BUDGET}s, methods $METHODS, out $OUT_DIR"
-    echo "# started $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), $(uname -m), $(nproc) cores"
+    echo "# started $(date -u +%Y-%m-%dT%H:%M:%SZ) on ${HOSTNAME:-?}, $(uname -m), $(nproc) cores"
     local failed=0
 
     # 1. the wheels, into a fresh folder ahead of everything else on the path

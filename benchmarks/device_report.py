@@ -159,7 +159,7 @@ def cmd_summary(args) -> int:
                                        for r in rows if r["mode"] == "engine" and r["batch"] == 16}
     report["targets"] = bench.gpu_targets(rows, checks, [m for m in ("cass", "cass+cdam") if m in methods] or ("cass", "cass+cdam"))
     report["complete"] = bool(report["bench"]) and all(v.get("complete") for v in report["bench"].values()) \
-        and all(s["status"] == "0" for s in report["stages"])
+        and all(s["status"] == "0" for s in report["stages"]) and not report["skipped"]
 
     print("\n# device check summary")
     if report["env"]:

@@ -25,14 +25,14 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 
+CALLER_DIR="$PWD"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT" || exit 2
 
 DEVICE=cuda
 QUICK=0
 BUDGET=""
 METHODS="cass,cass+cdam"
-WHEELS=".whl"
+WHEELS=""
 OUT_DIR="${OUT:-}"
 PYTHON="${PYTHON:-python3}"
 
@@ -52,7 +52,10 @@ while [ $# -gt 0 ]; do
 done
 case "$DEVICE" in cuda|cuda:*|cpu) ;; *) echo "device_check.sh: --device must be cuda or cpu, got '$DEVICE'" >&2; exit 2 ;; esac
 case "$BUDGET" in "") BUDGET=$([ "$QUICK" = 1 ] && echo 300 || echo 360) ;; *[!0-9]*) echo "device_check.sh: --budget takes whole seconds" >&2; exit 2 ;; esac
-[ -n "$OUT_DIR" ] || OUT_DIR="benchmarks/results/device-$(date -u +%Y%m%dT%H%M%SZ)"
+# relative --out / --wheels are the caller's; everything then runs from the repository root
+case "$OUT_DIR" in "") OUT_DIR="$ROOT/benchmarks/results/device-$(date -u +%Y%m%dT%H%M%SZ)" ;; /*) ;; *) OUT_DIR="$CALLER_DIR/$OUT_DIR" ;; esac
+case "$WHEELS" in "") WHEELS="$ROOT/.whl" ;; /*) ;; *) WHEELS="$CALLER_DIR/$WHEELS" ;; esac
+cd "$ROOT" || exit 2
 mkdir -p "$OUT_DIR" || exit 2
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 LOG="$OUT_DIR/device_check.log"
@@ -62,6 +65,8 @@ STAGES="$OUT_DIR/stages.tsv"
 START=$(date +%s)
 DEADLINE=$((START + BUDGET))
 RESERVE=25          # seconds kept for the summary
+HAVE_TIMEOUT=1
+command -v timeout > /dev/null || HAVE_TIMEOUT=0
 BENCH_MARGIN=25     # seconds of a bench stage's limit kept for start-up and the final JSON
 
 if [ "$QUICK" = 1 ]; then
@@ -93,7 +98,11 @@ run_stage() {
     fi
     echo "== $name (limit ${limit}s): $*"
     t0=$(date +%s%N)
-    timeout --kill-after=10 "$limit" "$@"
+    if [ "$HAVE_TIMEOUT" = 1 ]; then
+        timeout --kill-after=10 "$limit" "$@"
+    else
+        "$@"   # no coreutils timeout: bench.py's own --time-budget still bounds the bench stages
+    fi
     rc=$?
     t1=$(date +%s%N)
     case $rc in
@@ -109,6 +118,7 @@ run_stage() {
 main() {
     echo "# device check: device $DEVICE, quick $QUICK, budget ${BUDGET}s, methods $METHODS, out $OUT_DIR"
     echo "# started $(date -u +%Y-%m-%dT%H:%M:%SZ) on ${HOSTNAME:-?}, $(uname -m), $(nproc) cores"
+    [ "$HAVE_TIMEOUT" = 1 ] || echo "# WARNING: no 'timeout' command: stages run without a hard limit"
     local failed=0
 
     # 1. the wheels, into a fresh folder ahead of everything else on the path

@@ -87,13 +87,16 @@ class ReferenceFlow:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=_DTYPES[self.seg.precision])
 
-    def _timed(self, name: str, fn, *args):
+    def _sync(self) -> None:
+        """Waits for the device, so that a host clock read after it counts the work queued before."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def _timed(self, name: str, fn, *args):
+        self._sync()
         t0 = time.perf_counter()
         out = fn(*args)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self._sync()
         self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - t0
         return out
 
@@ -217,6 +220,7 @@ class ReferenceFlow:
         import cv2
 
         seg, o = self.seg, self.o
+        self._sync()
         t0 = time.perf_counter()
         h0, w0 = rgb.shape[:2]
         h, w = keep_ratio_size(h0, w0, o.long_side, o.short_side)
@@ -226,6 +230,7 @@ class ReferenceFlow:
         ph, pw = max(h, o.crop), max(w, o.crop)
         if (ph, pw) != (h, w):
             img = F.pad(img, (0, pw - w, 0, ph - h))
+        self._sync()  # on CUDA the copy and normalisation are queued: count them here, not in the next stage
         self.stage_seconds["prepare"] = self.stage_seconds.get("prepare", 0.0) + time.perf_counter() - t0
         canvas: Optional[torch.Tensor] = None
         count = torch.zeros(1, ph, pw, device=self.device)
@@ -236,11 +241,13 @@ class ReferenceFlow:
             q, hmin, hmax = self._window(crop, whole)
             hmins.append(hmin)
             hmaxs.append(hmax)
+            self._sync()
             t1 = time.perf_counter()
             if canvas is None:
                 canvas = torch.zeros(q.shape[0], ph, pw, device=self.device)
             canvas[:, y1:y2, x1:x2] += upsample_logits(q, (y2 - y1, x2 - x1))
             count[:, y1:y2, x1:x2] += 1
+            self._sync()
             self.stage_seconds["stitch"] = self.stage_seconds.get("stitch", 0.0) + time.perf_counter() - t1
         return self._timed("stitch", self._postprocess, canvas, count, (h, w), (h0, w0), hmins, hmaxs)
 

@@ -33,9 +33,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -166,21 +169,28 @@ def path_shard(filepath: str, num_shards: int) -> int:
 
 
 def _parse_options(text: Optional[str], pairs: Sequence[str]) -> Dict[str, Any]:
-    """``--options '{"mode": "whole"}'`` and ``-o key=value`` (values parsed as JSON if they can be)."""
-    from .models.segmenter import options_from_json
+    """``--options '{"mode": "whole"}'`` and ``-o key=value``, converted to the types of
+    :class:`~fiftyone_cass.models.segmenter.SegmenterOptions` and range-checked (``-o`` values are
+    strings: ``true``/``false``, numbers, ``0.25,0.5`` for lists)."""
+    from .errors import InvalidInputError
+    from .models.segmenter import SegmenterOptions, options_from_json
+    from .schema import coerce_settings
 
     try:
-        out = options_from_json(text)
-    except ValueError as exc:
-        raise UsageError(f"--{exc}") from None
+        out = coerce_settings(SegmenterOptions, options_from_json(text), what="--options")
+    except InvalidInputError as exc:
+        msg = str(exc)
+        raise UsageError(msg if msg.startswith("--") else f"--{msg}") from None
+    given = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"-o/--option takes key=value, got {pair!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
+        given[key.strip()] = value
+    try:
+        out.update(coerce_settings(SegmenterOptions, given, what="-o"))
+    except InvalidInputError as exc:
+        raise UsageError(str(exc)) from None
     return out
 
 
@@ -338,7 +348,9 @@ def open_or_create_dataset(name: str):
     import fiftyone as fo
 
     if fo.dataset_exists(name):
-        return fo.load_dataset(name)
+        ds = fo.load_dataset(name)
+        ds.reload()  # another process may have changed it since this process loaded it
+        return ds
     try:
         return fo.Dataset(name, persistent=True)
     except Exception:
@@ -383,7 +395,9 @@ def _load_dataset(name: str):
         known = fo.list_datasets()
         hint = f" (datasets: {', '.join(known[:20])}{' ...' if len(known) > 20 else ''})" if known else " (there are no datasets)"
         raise UsageError(f"{name!r} is neither a directory nor a FiftyOne dataset{hint}")
-    return fo.load_dataset(name)
+    ds = fo.load_dataset(name)
+    ds.reload()  # another process may have changed it since this process loaded it
+    return ds
 
 
 # ------------------------------------------------------------------------------------------------
@@ -563,10 +577,36 @@ def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
     return kw
 
 
-def _write_summary_json(path: Optional[str], data: Dict[str, Any]) -> None:
+def _json_safe(value):
+    """``value`` with NaN/infinite numbers as None (JSON has no NaN) and numpy scalars as Python's."""
+    import math
+
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_summary_json(path: Optional[str], data: Dict[str, Any]) -> bool:
+    """Writes ``--summary-json`` (strict JSON: undefined figures are null). A file that cannot be
+    written (a directory, no space, no permission) is a warning: the work is done and stored, so
+    the command's exit status stays the one of the work. Returns whether the file was written."""
     if not path:
-        return
-    atomic_write(os.path.abspath(path), lambda f: json.dump(data, f, indent=2, ensure_ascii=False), "w", encoding="utf-8")
+        return True
+    text = json.dumps(_json_safe(data), indent=2, ensure_ascii=False, allow_nan=False)
+    try:
+        atomic_write(os.path.abspath(path), lambda f: f.write(text), "w", encoding="utf-8")
+    except OSError as exc:
+        reason = f"{type(exc).__name__}: {exc.strerror or exc}"
+        print(f"fiftyone-cass: warning: could not write --summary-json {path} ({reason}); "
+              "the results are stored in the dataset", file=sys.stderr)
+        return False
+    return True
 
 
 def _target_view(args, ds):
@@ -791,7 +831,7 @@ def cmd_eval(args) -> int:
     results = evaluate_iou(
         view, args.pred_field, gt_field=args.gt_field, eval_key=eval_key,
         ignore_index=None if args.ignore_index < 0 else args.ignore_index,
-        resize="nearest" if args.resize_nearest else None, strict=not args.resize_nearest,
+        resize="nearest" if args.resize_nearest else None, strict=args.strict,
         skip_missing=args.skip_missing, progress=args.progress,
     )
     metrics = results.iou_metrics()
@@ -844,12 +884,6 @@ def cmd_release(args) -> int:
 def cmd_app(args) -> int:
     import fiftyone as fo
 
-    import signal
-
-    def _stop(signum, frame):  # SIGTERM (e.g. a service manager, or `kill`): exit like ctrl + c
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
     ds = _load_dataset(args.dataset)
     session = fo.launch_app(ds, port=args.port, address=args.address, remote=args.remote)
     print(f"the App shows dataset {ds.name!r} at {session.url}", flush=True)
@@ -986,6 +1020,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-key", default=None, help="evaluation key (default eval_<pred-field>; replaced if present)")
     p.add_argument("--ignore-index", type=int, default=255, help="GT id that is ignored (default 255; -1: none)")
     p.add_argument("--resize-nearest", action="store_true", help="resize mismatched predictions to the GT size")
+    p.add_argument("--ignore-undeclared", dest="strict", action="store_false",
+                   help="count ground-truth values that the GT field's mask_targets do not declare as ignored "
+                        "pixels (default: an error naming the sample and the values)")
     p.add_argument("--skip-missing", action="store_true", help="skip samples without prediction or ground truth")
     p.add_argument("--saved-view", default=None, help="evaluate only this saved view")
     p.add_argument("--tags", default=None, help="evaluate only samples with one of these tags (comma separated)")
@@ -1042,6 +1079,50 @@ def _is_database_error(exc: BaseException) -> bool:
         "ServiceListenTimeout", "ServiceExecutableNotFound", "DatabaseServiceError")
 
 
+_KWARG = re.compile(r"\b([a-z][a-z0-9]*(?:_[a-z0-9]+)+|[a-z]+)=(True|False|None|'[^']*'|\[\.\.\.\]|\{\.\.\.\}|\.\.\.|[\w.-]+)")
+_BARE = re.compile(r"(?<![\w.'\"/-])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w'\"=(/-])")
+
+
+def _flags_of(parser: argparse.ArgumentParser, command: Optional[str]) -> Dict[str, argparse.Action]:
+    """``{dest: action}`` of the options of ``command``'s sub-parser (with an option string)."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    p = sub.choices.get(command) if (sub is not None and command) else parser
+    return {a.dest: a for a in (p._actions if p else ()) if a.option_strings}
+
+
+def cli_message(message: str, flags: Dict[str, argparse.Action]) -> str:
+    """A library message in the command line's words: ``pass overwrite=True`` -> ``pass
+    --overwrite``, ``masks='database'`` -> ``--masks database``, ``mask_dir`` -> ``--mask-dir``
+    (only names that are options of this command)."""
+
+    def flag(a: argparse.Action) -> str:
+        return next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
+
+    def kwarg(m) -> str:
+        a = flags.get(m.group(1))
+        if a is None:
+            return m.group(0)
+        value = m.group(2)
+        if isinstance(a, argparse._StoreTrueAction):
+            return flag(a) if value == "True" else m.group(0)
+        if isinstance(a, argparse._StoreFalseAction):
+            return flag(a) if value == "False" else m.group(0)
+        if value in ("'...'", "[...]", "{...}", "...", "None"):
+            return flag(a)
+        return f"{flag(a)} {value.strip(chr(39))}"
+
+    def bare(m) -> str:
+        a = flags.get(m.group(1))
+        return flag(a) if a is not None else m.group(0)
+
+    out = _BARE.sub(bare, _KWARG.sub(kwarg, message))
+    return re.sub(r"(--[\w-]+) / \1\b", r"\1", out)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     prepare_environment()
     parser = build_parser()
@@ -1052,13 +1133,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _configure_logging(args.verbose)
     from .errors import InvalidInputError, WeightsUnavailableError
 
+    # SIGTERM (kill, service managers, batch schedulers) and SIGHUP (a closed terminal or ssh
+    # session) stop the command like ctrl + c: the run finishes its bookkeeping and says how to resume
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, _interrupt)
     try:
         return int(args.func(args))
-    except (UsageError, InvalidInputError, WeightsUnavailableError) as exc:
+    except UsageError as exc:
         print(f"fiftyone-cass {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (InvalidInputError, WeightsUnavailableError) as exc:
+        msg = cli_message(str(exc), _flags_of(parser, args.command))
+        print(f"fiftyone-cass {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"\nfiftyone-cass {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        try:
+            print(f"\nfiftyone-cass {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        except OSError:  # SIGHUP: the terminal may be gone
+            pass
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - last resort: a message, and the traceback for a report
         if _is_database_error(exc):
@@ -1072,6 +1166,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         traceback.print_exc()
         print(f"fiftyone-cass {args.command}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

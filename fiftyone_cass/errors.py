@@ -15,3 +15,8 @@ class ImageLoadError(InvalidInputError):
 
 class WeightsUnavailableError(CassError, RuntimeError):
     """Model weights could not be found or downloaded; the message says how to provide them."""
+
+
+class CheckpointError(InvalidInputError):
+    """A local checkpoint file that cannot be used (not a state dict, pickled objects, other model);
+    the message names the file and what was expected."""

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..errors import WeightsUnavailableError
+from ..errors import CheckpointError, WeightsUnavailableError
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -73,6 +73,41 @@ def _check_file(path, what: str) -> str:
     return str(p)
 
 
+def _checkpoint_problem(path: str, exc: BaseException) -> str:
+    """Why a checkpoint file could not be loaded, in a few words (never torch's advice to unpickle)."""
+    import re
+    import zipfile
+
+    name = type(exc).__name__
+    text = str(exc)
+    if isinstance(exc, OSError):
+        return f"it cannot be read ({exc.strerror or name})"
+    if "Error(s) in loading state_dict" in text or isinstance(exc, (StopIteration, KeyError)):
+        m = re.search(r'Missing key\(s\) in state_dict: ((?:"[^"]+"(?:, )?){1,3})', text)
+        return "its tensors do not match the model" + (f" (missing {m.group(1).rstrip(', ')}, ...)" if m else "")
+    if name == "SafetensorError" or str(path).endswith(".safetensors"):
+        return "it is not a valid safetensors file"
+    if "size mismatch" in text:
+        return "its tensors have other shapes than the model's"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        head = b""
+    if "weights_only" in text or "Unpickl" in name or "pickle" in text.lower():
+        if zipfile.is_zipfile(path) or head[:1] == b"\x80":
+            return "it holds pickled Python objects besides tensors, which are not loaded (unsafe)"
+        return "it is neither a safetensors file nor a torch checkpoint"
+    return f"it could not be loaded ({name})"
+
+
+def _bad_checkpoint(what: str, path: str, expected: str, exc: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"cannot use the {what} checkpoint {path}: {_checkpoint_problem(path, exc)}; expected a safetensors "
+        f"file or a weights-only torch state dict of {expected}"
+    )
+
+
 def load_clip(spec: BackboneSpec, checkpoint: Optional[str] = None, device="cpu"):
     """CLIP through ``open_clip.create_model`` (QuickGELU forced, as the OpenAI weights need).
 
@@ -98,7 +133,10 @@ def load_clip(spec: BackboneSpec, checkpoint: Optional[str] = None, device="cpu"
     except WeightsUnavailableError:
         raise
     except Exception as exc:  # network/hub errors surface as many types
-        if pretrained is None or checkpoint:
+        if checkpoint:
+            expected = f"open_clip {spec.clip_model}" + (f" ({spec.clip_pretrained} weights)" if spec.clip_pretrained else "")
+            raise _bad_checkpoint("CLIP", pretrained, expected, exc) from None
+        if pretrained is None:
             raise
         raise _offline_hint("CLIP", exc) from exc
     return model.eval()
@@ -120,7 +158,10 @@ def load_dino(spec: BackboneSpec, checkpoint: Optional[str] = None, device="cpu"
     try:
         model = timm.create_model(spec.dino_model, pretrained=pretrained, num_classes=0, **kwargs)
     except Exception as exc:
-        if not pretrained or checkpoint:
+        if checkpoint:
+            raise _bad_checkpoint("DINO", kwargs["pretrained_cfg_overlay"]["file"], f"timm {spec.dino_model}",
+                                  exc) from None
+        if not pretrained:
             raise
         raise _offline_hint("DINO", exc) from exc
     return model.to(device).eval()

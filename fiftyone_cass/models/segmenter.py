@@ -29,6 +29,7 @@ from ..core.presence import (
 from ..core.windows import keep_ratio_size, sliding_windows, stitch_windows, upsample_logits
 from ..errors import ImageLoadError, InvalidInputError
 from ..images import describe, load_rgb
+from ..schema import check_dataclass, setting
 from . import clip_visual as cv
 from .backbones import cached_models
 from .dino import dino_keys, dino_pixels_from_clip
@@ -47,45 +48,53 @@ class SegmenterOptions:
     field can be overridden with a keyword of :class:`Segmenter`."""
 
     # protocol (SPEC A)
-    short_side: int = 336
-    long_side: int = 2048
-    mode: str = "slide"  # "slide" | "whole"
-    crop: int = 224
-    stride: int = 112
-    global_prior: str = "image"  # "image" (whole resized image, once per image) | "crop"
-    pad_to_patch: bool = False  # whole mode: pad to a multiple of 16 instead of flooring (J.5)
-    dino_clean_input: bool = False  # A.6: correct ImageNet normalisation for DINO
+    short_side: int = setting(336, "shorter image side after resizing, in pixels", min=1, max=4096)
+    long_side: int = setting(2048, "cap of the longer image side after resizing, in pixels", min=1, max=8192)
+    mode: str = setting("slide", "slide: sliding windows; whole: the whole resized image at once",
+                        choices=("slide", "whole"))
+    crop: int = setting(224, "sliding-window size, in pixels", min=16, max=4096)
+    stride: int = setting(112, "sliding-window step, in pixels", min=1, max=4096)
+    global_prior: str = setting("image", "image: whole resized image, once per image; crop: per window",
+                                choices=("image", "crop"))
+    pad_to_patch: bool = setting(False, "whole mode: pad to a multiple of 16 instead of flooring (J.5)")
+    dino_clean_input: bool = setting(False, "A.6: correct ImageNet normalisation for DINO")
     # CASS (SPEC C, D, E)
-    gaussian_std: float = 5.0
-    k_eigen: int = 20
-    rank: int = 10
-    eigenscale: bool = True
-    beta: float = 10.0
-    paper_matching: bool = False
-    energy_rank: Optional[float] = None
-    spectral_dtype: str = "float64"  # "float64" (reference) | "float32" (faster on GPUs)
-    eigh_placement: str = "auto"  # "auto" | "device" | "cpu": where the 64x64 eigh run (core.eigensolver)
-    gamma: float = 0.25
-    alpha: float = 0.03
-    h_threshold: float = 0.10
-    top_k: int = 2
-    logit_scale: float = 40.0
-    prob_thd: float = 0.0
+    gaussian_std: float = setting(5.0, "std of the Gaussian window of the attention graphs", gt=0)
+    k_eigen: int = setting(20, "eigenvalues compared between the DINO and CLIP graphs", min=1, max=4096)
+    rank: int = setting(10, "rank of the low-rank DINO graph", min=1, max=4096)
+    eigenscale: bool = setting(True, "scale the eigenvectors by their eigenvalues")
+    beta: float = setting(10.0, "fusion strength of the graphs", min=0)
+    paper_matching: bool = setting(False, "head matching as written in the paper")
+    energy_rank: Optional[float] = setting(None, "energy share that picks the rank per head (none: fixed rank)",
+                                           gt=0, max=1)
+    spectral_dtype: str = setting("float64", "float64 (reference) or float32 (faster on GPUs)",
+                                  choices=("float64", "float32"))
+    eigh_placement: str = setting("auto", "where the 64x64 eigh runs (core.eigensolver)", choices=PLACEMENTS)
+    gamma: float = setting(0.25, "weight of the global image prior in the text adjustment", min=0, max=1)
+    alpha: float = setting(0.03, "weight of the patch features in the text adjustment", min=0, max=1)
+    h_threshold: float = setting(0.10, "distance threshold of the text clustering", min=0, max=2)
+    top_k: int = setting(2, "patches per class in the text adjustment", min=1, max=4096)
+    logit_scale: float = setting(40.0, "scale of the patch-text similarities", gt=0)
+    prob_thd: float = setting(0.0, "probability below which a pixel is background (0: none)", min=0, max=1)
     # CDAM (SPEC G, H)
-    cdam_temperature: float = 0.1
-    cdam_attn_temperature: float = 0.1
-    cdam_scales: Tuple[float, ...] = (0.25, 0.37, 0.5, 0.63, 0.75, 0.87)
-    cdam_similarity: str = "cass"  # "cass": (1-g) F[T';Taug] + g[g;gaug] | "raw": F[T;Taug]
-    cdam_row_normalize: bool = False
-    cdam_mix: float = 1.0
-    cdam_dtype: str = "float64"  # dtype of the CDAM map; its sharp temperatures (T = P = 0.1)
-    # amplify fp32 round-off ~1e4x, enough to make results depend on batch composition
-    cdam_readjust_text: bool = True  # H.5: redo the E.3 adjustment on the re-predicted features
-    bg_rule: str = "entropy"  # with +cdam: "entropy" (G.7 once per image) | "cass_fixed" (prob_thd)
-    entropy_source: str = "image"  # "image" | "last_crop" (reference parity)
-    entropy_logit_scale: float = 50.0
-    entropy_thr_default: float = 0.5
-    entropy_alpha: float = 2.5
+    cdam_temperature: float = setting(0.1, "CDAM similarity temperature", gt=0)
+    cdam_attn_temperature: float = setting(0.1, "CDAM attention temperature", gt=0)
+    cdam_scales: Tuple[float, ...] = setting((0.25, 0.37, 0.5, 0.63, 0.75, 0.87), "CDAM scales",
+                                             item_gt=0, item_max=1)
+    cdam_similarity: str = setting("cass", "cass: (1-g) F[T';Taug] + g[g;gaug]; raw: F[T;Taug]",
+                                   choices=("cass", "raw"))
+    cdam_row_normalize: bool = setting(False, "row-normalise the CDAM map")
+    cdam_mix: float = setting(1.0, "share of the CDAM map in the attention", min=0, max=1)
+    # dtype of the CDAM map; its sharp temperatures (T = P = 0.1) amplify fp32 round-off ~1e4x,
+    # enough to make results depend on batch composition
+    cdam_dtype: str = setting("float64", "dtype of the CDAM map", choices=("float64", "float32"))
+    cdam_readjust_text: bool = setting(True, "H.5: redo the E.3 adjustment on the re-predicted features")
+    bg_rule: str = setting("entropy", "with +cdam: entropy (G.7 once per image), cass_fixed (prob_thd) or none",
+                           choices=("entropy", "cass_fixed", "none"))
+    entropy_source: str = setting("image", "image, or last_crop (reference parity)", choices=("image", "last_crop"))
+    entropy_logit_scale: float = setting(50.0, "logit scale of the entropy rule", gt=0)
+    entropy_thr_default: float = setting(0.5, "threshold of the entropy rule when it is undecided", min=0, max=1)
+    entropy_alpha: float = setting(2.5, "slope of the entropy rule", min=0)
 
 
 def options_from_json(value) -> Dict[str, Any]:
@@ -294,7 +303,7 @@ class Segmenter:
         if unknown:
             raise InvalidInputError(f"unknown option(s): {', '.join(sorted(unknown))}")
         base.update(overrides)
-        opts = SegmenterOptions(**base)
+        opts = check_dataclass(SegmenterOptions(**base))  # types and ranges of the fields' metadata
         if opts.mode not in ("slide", "whole"):
             raise InvalidInputError(f"mode must be 'slide' or 'whole', got {opts.mode!r}")
         if opts.global_prior not in ("image", "crop"):

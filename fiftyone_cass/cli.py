@@ -68,7 +68,6 @@ DEMO_IMAGES = (
 DEMO_CLASSES = ("person", "cat", "cup", "rocket", "motorcycle", "sky")
 #: target samples per AutoLabelRun when a shard is selected client-side (bounds the $in list)
 SHARD_CHUNK = 20000
-_IMPORT_BATCH = 1000
 _MAX_PRINTED_FAILURES = 20
 
 logger = logging.getLogger("fiftyone_cass.cli")
@@ -323,23 +322,10 @@ def load_weights(backbone: str, method: str, device: str, clip_checkpoint=None, 
 # Datasets
 # ------------------------------------------------------------------------------------------------
 def list_images(directory: str, exclude: Iterable[str] = ()) -> List[str]:
-    """Image files under ``directory`` (recursively; hidden files/folders and ``exclude`` folders
-    skipped), as normalised absolute paths, sorted."""
-    import fiftyone.core.media as fom
+    """Image files under ``directory`` (see :func:`~fiftyone_cass.integrations.folders.scan_images`)."""
+    from .integrations.folders import scan_images
 
-    root = os.path.abspath(os.path.expanduser(directory))
-    excluded = [os.path.abspath(e) for e in exclude if e]
-    out = []
-    for d, dirs, files in os.walk(root):
-        dirs[:] = sorted(x for x in dirs if not x.startswith(".")
-                         and not any(os.path.join(d, x) == e or os.path.join(d, x).startswith(e + os.sep) for e in excluded))
-        for name in files:
-            if name.startswith("."):
-                continue
-            p = os.path.join(d, name)
-            if fom.get_media_type(p) == fom.IMAGE:
-                out.append(p)
-    return sorted(out)
+    return scan_images(directory, exclude)[0]
 
 
 def open_or_create_dataset(name: str):
@@ -359,26 +345,31 @@ def open_or_create_dataset(name: str):
         raise
 
 
-def import_directory(directory: str, dataset_name: str, shard=None, exclude: Iterable[str] = ()) -> Tuple[Any, int, int]:
+def import_directory(directory: str, dataset_name: str, shard=None, exclude: Iterable[str] = ()):
     """Adds the images of ``directory`` that are not in the dataset yet (of shard ``(i, N)`` only,
-    if given). Idempotent and safe to interrupt: a rerun adds what is missing.
+    if given). Idempotent, safe to interrupt and to run in several processes at once; paths that
+    cannot be imported are reported, not fatal. Returns an
+    :class:`~fiftyone_cass.integrations.folders.ImportReport`."""
+    import fiftyone.core.storage as fos
 
-    Returns ``(dataset, number added, number of image files found)``."""
-    import fiftyone as fo
+    from .integrations.folders import ImportReport, import_images, printable, scan_images
 
-    files = list_images(directory, exclude)
+    root = fos.normalize_path(directory)
+    if printable(root) != root:
+        raise UsageError(f"the folder name {printable(root)} is not valid UTF-8; FiftyOne stores file paths as UTF-8 text")
+    files, skipped = scan_images(root, exclude)
     if not files:
-        raise UsageError(f"no image files found under {directory}")
+        why = f" ({len(skipped)} path(s) skipped: {skipped[0].path}: {skipped[0].reason})" if skipped else ""
+        raise UsageError(f"no image files found under {directory}{why}")
     ds = open_or_create_dataset(dataset_name)
     if ds.media_type not in (None, "image"):
         raise UsageError(f"dataset {dataset_name!r} holds {ds.media_type} samples, not images")
     if not ds.persistent:
         ds.persistent = True
-    existing = set(ds.values("filepath"))
-    todo = [p for p in files if p not in existing and (shard is None or path_shard(p, shard[1]) == shard[0])]
-    for start in range(0, len(todo), _IMPORT_BATCH):
-        ds.add_samples([fo.Sample(filepath=p) for p in todo[start : start + _IMPORT_BATCH]], progress=False)
-    return ds, len(todo), len(files)
+    mine = [p for p in files if shard is None or path_shard(p, shard[1]) == shard[0]]
+    report = ImportReport(ds, found=len(files), skipped=skipped)
+    report.added = import_images(ds, mine)
+    return report
 
 
 def _directory_view(ds, directory: str):
@@ -426,6 +417,13 @@ class LabelReport:
     tags: Dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     error_field: Optional[str] = None
+    #: (path, reason) of the paths of an imported folder that could not be imported
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+
+    def add_import(self, imported) -> None:
+        if imported is not None:
+            self.imported, self.image_files = imported.added, imported.found
+            self.skipped = [(x.path, x.reason) for x in imported.skipped]
 
     def add(self, s) -> None:
         self.num_already_done += s.num_already_done
@@ -451,6 +449,7 @@ class LabelReport:
             shard=list(self.shard) if self.shard else None, imported=self.imported,
             image_files=self.image_files, tags=self.tags, seconds=round(self.seconds, 3),
             error_field=self.error_field,
+            skipped=[dict(path=p, reason=r) for p, r in self.skipped],
         )
 
 
@@ -515,6 +514,11 @@ def _print_report(report: LabelReport, out=None) -> None:
     )
     if report.tags:
         lines.append("presence tags: " + ", ".join(f"{t} ({n})" for t, n in report.tags.items()))
+    if report.skipped:
+        lines.append(f"{len(report.skipped)} path(s) of the folder could not be imported:")
+        lines += [f"  SKIPPED {p}: {r}" for p, r in report.skipped[:_MAX_PRINTED_FAILURES]]
+        if len(report.skipped) > _MAX_PRINTED_FAILURES:
+            lines.append(f"  ... and {len(report.skipped) - _MAX_PRINTED_FAILURES} more (--summary-json lists them all)")
     if report.num_failed:
         lines.append(f"{report.num_failed} sample(s) could not be labelled (error in the field '{report.error_field}'):")
         for _, path, err in report.failures[:_MAX_PRINTED_FAILURES]:
@@ -525,6 +529,13 @@ def _print_report(report: LabelReport, out=None) -> None:
             for reason, n in sorted(report.failure_reasons.items(), key=lambda x: -x[1]):
                 lines.append(f"    {n} x {reason}")
     print("\n".join(lines), file=out)
+
+
+def _print_skipped(skipped) -> None:
+    for x in skipped[:_MAX_PRINTED_FAILURES]:
+        print(f"fiftyone-cass: warning: SKIPPED {x.path}: {x.reason}", file=sys.stderr)
+    if len(skipped) > _MAX_PRINTED_FAILURES:
+        print(f"fiftyone-cass: warning: ... and {len(skipped) - _MAX_PRINTED_FAILURES} more paths skipped", file=sys.stderr)
 
 
 def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
@@ -641,18 +652,19 @@ def cmd_label(args) -> int:
     if is_dir:
         name = args.dataset or _default_dataset_name(source)
         exclude = [kw["mask_dir"]] if kw.get("mask_dir") else []
-        ds, added, found = import_directory(source, name, shard=args.shard, exclude=exclude)
+        imported = import_directory(source, name, shard=args.shard, exclude=exclude)
+        ds = imported.dataset
         view = _target_view(args, _directory_view(ds, source))
     else:
         ds = _load_dataset(source)
         view = _target_view(args, ds)
-        added = found = None
+        imported = None
     report = label_collection(view, shard=args.shard, progress=args.progress, **kw)
-    report.imported, report.image_files = added, found
+    report.add_import(imported)
     _print_report(report)
     print(f"open it with: fiftyone-cass app {_quote(ds.name)}")
     _write_summary_json(args.summary_json, report.to_dict())
-    return EXIT_FAILED if report.num_failed else EXIT_OK
+    return EXIT_FAILED if (report.num_failed or report.skipped) else EXIT_OK
 
 
 def _default_dataset_name(directory: str) -> str:
@@ -680,7 +692,9 @@ def _queue_delegated(args, kw: Dict[str, Any], is_dir: bool) -> int:
         raise UsageError("--delegate queues every shard itself (--workers N); do not combine it with --shard")
     if is_dir:
         name = args.dataset or _default_dataset_name(args.source)
-        ds, _, _ = import_directory(args.source, name, exclude=[kw["mask_dir"]] if kw.get("mask_dir") else [])
+        imported = import_directory(args.source, name, exclude=[kw["mask_dir"]] if kw.get("mask_dir") else [])
+        _print_skipped(imported.skipped)
+        ds = imported.dataset
         view = _directory_view(ds, args.source)
     else:
         ds = _load_dataset(args.source)
@@ -777,10 +791,11 @@ def cmd_demo(args) -> int:
     name = args.dataset
     images_dir = args.images_dir or os.path.join(fo.config.default_dataset_dir, name, "images")
     demo_images(images_dir)
-    ds, added, found = import_directory(images_dir, name)
+    imported = import_directory(images_dir, name)
+    ds = imported.dataset
     view = _directory_view(ds, images_dir)
     report = label_collection(view, progress=args.progress, **kw)
-    report.imported, report.image_files = added, found
+    report.add_import(imported)
     _print_report(report)
     lf = report.label_field
     shares = pixel_shares(view, lf)
@@ -801,7 +816,7 @@ def cmd_demo(args) -> int:
     data = report.to_dict()
     data["pixel_shares"] = shares
     _write_summary_json(args.summary_json, data)
-    return EXIT_FAILED if report.num_failed else EXIT_OK
+    return EXIT_FAILED if (report.num_failed or report.skipped) else EXIT_OK
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,189 @@
+"""Importing a folder of images into a FiftyOne dataset: every image file once, whatever else the
+folder holds and however many processes import it at the same time.
+
+* :func:`scan_images` lists the image files (FiftyOne's :func:`fiftyone.core.media.get_media_type`
+  decides what an image is) and reports, per path, what cannot be imported: folders that cannot be
+  read, names that are not valid UTF-8 (FiftyOne stores file paths as UTF-8 text), fifos, sockets,
+  devices, broken symbolic links, links to folders (not followed). Hidden files and folders are
+  skipped, as FiftyOne's own directory importers do.
+* :func:`import_images` adds the files that are not in the dataset yet. The dataset gets a unique
+  index on ``filepath`` (what FiftyOne's own ``merge_samples(key_field="filepath")`` creates), so
+  two processes importing the same folder at once add each file once: an insert that collides
+  with the other process's is dropped, and the rest of the batch is inserted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+logger = logging.getLogger(__name__)
+
+#: samples per ``add_samples`` call
+IMPORT_BATCH = 1000
+_DUPLICATE_KEY = 11000
+
+
+@dataclass
+class SkippedPath:
+    """A path under the folder that was not imported, and why. ``path`` is printable: bytes of
+    a name that is not valid UTF-8 appear as ``\\xNN``."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    dataset: object
+    added: int = 0
+    found: int = 0
+    skipped: List[SkippedPath] = field(default_factory=list)
+
+
+def printable(path: str) -> str:
+    """``path`` as text that can be printed and stored (undecodable bytes as ``\\xNN``)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _kind(mode: int) -> str:
+    for test, what in ((stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def scan_images(directory: str, exclude: Iterable[str] = ()) -> Tuple[List[str], List[SkippedPath]]:
+    """``(image files, skipped paths)`` under ``directory`` (recursively), the files as sorted,
+    normalised absolute paths. Folders in ``exclude`` (and below them) are left out silently."""
+    import fiftyone.core.media as fom
+    import fiftyone.core.storage as fos
+
+    root = fos.normalize_path(directory)
+    excluded = [fos.normalize_path(e) for e in exclude if e]
+    files: List[str] = []
+    skipped: List[SkippedPath] = []
+
+    def unreadable(exc: OSError) -> None:
+        where = exc.filename if isinstance(exc.filename, str) else root
+        skipped.append(SkippedPath(printable(where), f"folder cannot be read ({exc.strerror or type(exc).__name__})"))
+
+    for d, dirs, names in os.walk(root, onerror=unreadable):
+        keep = []
+        for x in sorted(dirs):
+            p = os.path.join(d, x)
+            if x.startswith(".") or any(p == e or p.startswith(e + os.sep) for e in excluded):
+                continue
+            if not _is_utf8(x):
+                skipped.append(SkippedPath(printable(p), "folder name is not valid UTF-8 (FiftyOne stores file "
+                                                         "paths as UTF-8 text); its files are not imported"))
+            elif os.path.islink(p):
+                skipped.append(SkippedPath(printable(p), "link to a folder (not followed)"))
+            else:
+                keep.append(x)
+        dirs[:] = keep
+        for name in names:
+            if name.startswith("."):
+                continue
+            p = os.path.join(d, name)
+            if not _is_utf8(name):
+                skipped.append(SkippedPath(printable(p), "file name is not valid UTF-8 (FiftyOne stores file paths "
+                                                         "as UTF-8 text); rename the file"))
+                continue
+            try:
+                st = os.stat(p)  # follows symbolic links
+            except FileNotFoundError:
+                skipped.append(SkippedPath(p, "broken symbolic link" if os.path.islink(p) else "vanished"))
+                continue
+            except OSError as exc:
+                skipped.append(SkippedPath(p, f"cannot be read ({exc.strerror or type(exc).__name__})"))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                skipped.append(SkippedPath(p, f"{_kind(st.st_mode)}, not an image file"))
+            elif fom.get_media_type(p) == fom.IMAGE:
+                files.append(p)
+    return sorted(files), skipped
+
+
+def ensure_unique_filepaths(dataset) -> bool:
+    """Gives ``dataset`` a unique index on ``filepath`` (FiftyOne converts its default index).
+    Returns False, with a warning, if the dataset already holds a file twice."""
+    def unique() -> bool:
+        info = dataset.get_index_information()
+        return bool(info.get("filepath", {}).get("unique"))
+
+    if unique():
+        return True
+    try:
+        dataset.create_index("filepath", unique=True)
+    except Exception as exc:  # noqa: BLE001 - duplicates, or another process converting it right now
+        if unique():
+            return True
+        logger.warning("dataset %r: no unique index on filepath (%s: %s); concurrent imports into it may add a "
+                       "file twice", dataset.name, type(exc).__name__, exc)
+        return False
+    return True
+
+
+def _duplicate_key_details(exc: BaseException) -> Optional[dict]:
+    """The ``BulkWriteError`` details behind FiftyOne's ``ValueError`` when only duplicate keys failed."""
+    cause = exc.__cause__
+    details = getattr(cause, "details", None)
+    if not isinstance(details, dict):
+        return None
+    errors = details.get("writeErrors") or []
+    if errors and all(e.get("code") == _DUPLICATE_KEY for e in errors):
+        return details
+    return None
+
+
+def _add_new(dataset, paths: Sequence[str]) -> int:
+    """Adds samples for ``paths``; a path that another process inserted meanwhile is dropped.
+    Returns how many samples this call added."""
+    import fiftyone as fo
+    from fiftyone import ViewField as F
+
+    added = 0
+    pending = list(paths)
+    while pending:
+        samples = [fo.Sample(filepath=p) for p in pending]
+        try:
+            dataset.add_samples(samples, progress=False)
+            return added + len(samples)
+        except ValueError as exc:
+            details = _duplicate_key_details(exc)
+            if details is None:
+                raise
+            # earlier batches of this call are in; of the failed batch, those before the duplicate
+            added += sum(1 for s in samples if s.in_dataset) + int(details.get("nInserted", 0))
+        present = set(dataset.match(F("filepath").is_in(pending)).values("filepath"))
+        pending = [p for p in pending if p not in present]
+    return added
+
+
+def import_images(dataset, paths: Sequence[str], batch: int = IMPORT_BATCH) -> int:
+    """Adds the image files ``paths`` that ``dataset`` does not hold yet; safe to run in several
+    processes at once. Returns how many this call added."""
+    ensure_unique_filepaths(dataset)
+    existing = set(dataset.values("filepath"))
+    todo = [p for p in paths if p not in existing]
+    added = 0
+    for start in range(0, len(todo), batch):
+        added += _add_new(dataset, todo[start : start + batch])
+    return added

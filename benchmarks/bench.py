@@ -196,12 +196,9 @@ def make_images(sizes: Sequence[tuple], count: int, folder: str, seed: int = 0) 
 def install_random_text(clip, tokenizer, device, names: Sequence[str]) -> None:
     """Gives ``clip`` a text cache holding a fixed random unit vector per name (seeded by the
     name), used by every Segmenter on this CLIP model instead of the text tower."""
-    from fiftyone_cass.models.text import TextEmbedder
+    from fiftyone_cass.models.text import text_embedder
 
-    emb = getattr(clip, "_cass_text_embedder", None)
-    if emb is None or emb.device != torch.device(device):
-        emb = TextEmbedder(clip, tokenizer, device)
-        clip._cass_text_embedder = emb
+    emb = text_embedder(clip, tokenizer, device)  # the one every Segmenter on this model uses
     dim = clip.visual.proj.shape[1] if clip.visual.proj is not None else clip.visual.output_dim
     for n in names:
         if n not in emb._cache:

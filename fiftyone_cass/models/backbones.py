@@ -179,7 +179,8 @@ _LOADED: Dict[tuple, Any] = {}
 def cached_models(name: str, clip_checkpoint=None, dino_checkpoint=None, device="cpu", need_dino: bool = True):
     """``(clip, dino | None, tokenizer)``, loaded once per process and reused by every
     :class:`Segmenter` asking for the same backbone/checkpoints/device (the FiftyOne operators
-    keep the model loaded across calls this way). Text embeddings are cached on the CLIP model."""
+    keep the model loaded across calls this way). Text embeddings are kept per CLIP model
+    (:func:`fiftyone_cass.models.text.text_embedder`)."""
     import open_clip
 
     spec = get_backbone_spec(name)

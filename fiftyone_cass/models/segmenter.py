@@ -35,7 +35,7 @@ from .backbones import cached_models
 from .dino import dino_keys, dino_pixels_from_clip
 from .profiling import NO_STAGE, StageTimer
 from .presets import FREE_VOCAB, Preset, cdam_aug_words, default_background_words, get_preset, preset_class_lines
-from .text import TextEmbedder
+from .text import text_embedder
 
 METHODS = ("cass+cdam", "cass", "naclip+cdam", "naclip", "maskclip+cdam", "maskclip")
 DEFAULT_METHOD = "cass+cdam"
@@ -244,10 +244,7 @@ class Segmenter:
                     f"DINO head geometry {dh}x{dd} differs from CLIP's {self.heads}x{self.head_dim} (SPEC J.3)"
                 )
         # one text cache per CLIP model, shared by every Segmenter using it
-        self.embedder = getattr(self.clip, "_cass_text_embedder", None)
-        if self.embedder is None or self.embedder.device != self.device:
-            self.embedder = TextEmbedder(self.clip, self.tokenizer, self.device)
-            self.clip._cass_text_embedder = self.embedder
+        self.embedder = text_embedder(self.clip, self.tokenizer, self.device)
         self._prepare_text()
 
     # ------------------------------------------------------------------ configuration

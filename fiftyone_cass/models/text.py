@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -172,3 +173,33 @@ class TextEmbedder:
             if not names:
                 return torch.zeros(0, 0, device=self.device)
             return torch.stack([self._cache[n] for n in names])
+
+
+# ------------------------------------------------------------------ one embedder per CLIP model
+#: the :class:`TextEmbedder` of each CLIP model (and its device), shared by every Segmenter on that
+#: model, kept beside the model instead of as an attribute on open_clip's object. Weak keys: an
+#: entry goes when its model does (the embedder refers to the model through a weak proxy, so the
+#: entry itself does not keep the model alive).
+_EMBEDDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_EMBEDDERS_LOCK = threading.Lock()
+
+
+def install_text_embedder(model, embedder: "TextEmbedder") -> "TextEmbedder":
+    """Makes ``embedder`` the one every Segmenter on CLIP ``model`` uses (e.g. a benchmark's
+    embedder pre-filled with random vectors). Returns it. From then on the embedder refers to
+    ``model`` weakly: it works as long as the model exists."""
+    embedder.model = weakref.proxy(model)
+    with _EMBEDDERS_LOCK:
+        _EMBEDDERS[model] = embedder
+    return embedder
+
+
+def text_embedder(model, tokenizer, device="cpu") -> "TextEmbedder":
+    """The :class:`TextEmbedder` shared by every user of CLIP ``model`` on ``device`` (made on
+    first use; a request for another device replaces it)."""
+    dev = torch.device(device)
+    with _EMBEDDERS_LOCK:
+        emb = _EMBEDDERS.get(model)
+        if emb is not None and emb.device == dev:
+            return emb
+    return install_text_embedder(model, TextEmbedder(model, tokenizer, dev))

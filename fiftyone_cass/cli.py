@@ -279,7 +279,9 @@ def load_weights(backbone: str, method: str, device: str, clip_checkpoint=None, 
 
     clip = clip_checkpoint or os.environ.get("FIFTYONE_CASS_CLIP_CHECKPOINT") or None
     dino = dino_checkpoint or os.environ.get("FIFTYONE_CASS_DINO_CHECKPOINT") or None
-    need_dino = method.partition("+")[0] == "cass"
+    from .methods import get_family
+
+    need_dino = get_family(method).needs_dino
     for what, path, opt in (("CLIP", clip, "--clip-checkpoint"), ("DINO", dino if need_dino else None, "--dino-checkpoint")):
         if path and not Path(path).expanduser().is_file():
             raise UsageError(f"{what} checkpoint not found: {path} ({opt} / FIFTYONE_CASS_{what}_CHECKPOINT)")

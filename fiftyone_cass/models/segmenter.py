@@ -15,20 +15,14 @@ import torch.nn.functional as F
 from ..core import cdam as cdam_ops
 from ..core.eigensolver import PLACEMENTS
 from ..core.entropy import entropy_range, threshold_from_entropy
-from ..core.cass import CassOptions, attend_values, cass_attention, naclip_attention
+from ..core.cass import CassOptions
 from ..core.graphs import resample_dino_keys
 from ..core.preprocess import clip_normalize
-from ..core.presence import (
-    adjust_text,
-    blend_logits,
-    cluster_leaders,
-    cluster_text,
-    merge_synonyms,
-    queries_from_class_lines,
-)
+from ..core.presence import cluster_text, merge_synonyms, queries_from_class_lines
 from ..core.windows import keep_ratio_size, sliding_windows, stitch_windows, upsample_logits
 from ..errors import ImageLoadError, InvalidInputError
 from ..images import describe, load_rgb
+from ..methods import get_family, method_names, split_method
 from ..schema import check_dataclass, setting
 from . import clip_visual as cv
 from .backbones import cached_models
@@ -37,7 +31,8 @@ from .profiling import NO_STAGE, StageTimer
 from .presets import FREE_VOCAB, Preset, cdam_aug_words, default_background_words, get_preset, preset_class_lines
 from .text import text_embedder
 
-METHODS = ("cass+cdam", "cass", "naclip+cdam", "naclip", "maskclip+cdam", "maskclip")
+#: the built-in methods (every registered family, alone and with +cdam): see :mod:`fiftyone_cass.methods`
+METHODS = tuple(method_names())
 DEFAULT_METHOD = "cass+cdam"
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -195,15 +190,13 @@ class Segmenter:
         models: Optional[Tuple[Any, Any, Any]] = None,
         **overrides,
     ):
-        if method not in METHODS:
-            raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        self.base, self.use_cdam = split_method(method)  # InvalidInputError on an unknown method
+        self.family = get_family(self.base)
         if precision not in _DTYPES:
             raise InvalidInputError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
         if batch_size < 1 or window_batch < 1:
             raise InvalidInputError("batch_size and window_batch must be >= 1")
         self.method = method
-        self.base, _, cdam = method.partition("+")
-        self.use_cdam = cdam == "cdam"
         self.batch_size = int(batch_size)
         self.window_batch = int(window_batch)
         self.precision = precision
@@ -229,11 +222,11 @@ class Segmenter:
 
         # models
         if models is None:
-            models = cached_models(backbone, clip_checkpoint, dino_checkpoint, self.device, self.base == "cass")
+            models = cached_models(backbone, clip_checkpoint, dino_checkpoint, self.device, self.family.needs_dino)
         self.clip, self.dino, self.tokenizer = models
         self.visual = self.clip.visual
-        if self.base == "cass" and self.dino is None:
-            raise InvalidInputError("method 'cass' needs a DINO model")
+        if self.family.needs_dino and self.dino is None:
+            raise InvalidInputError(f"method {self.base!r} needs a DINO model")
         self.heads = cv.num_heads(self.visual)
         self.head_dim = cv.width(self.visual) // self.heads
         if self.dino is not None:
@@ -293,8 +286,8 @@ class Segmenter:
             gamma=p.gamma, alpha=p.alpha, h_threshold=p.h_threshold, eigenscale=p.eigenscale,
             global_prior=p.global_prior,
         )
-        if self.base != "cass":
-            base["logit_scale"] = 50.0  # CDAM/MaskCLIP protocol
+        if self.family.logit_scale is not None:
+            base["logit_scale"] = self.family.logit_scale  # the family's protocol (CDAM/MaskCLIP: 50)
         known = {f.name for f in dataclasses.fields(SegmenterOptions)}
         unknown = set(overrides) - known
         if unknown:
@@ -560,16 +553,10 @@ class Segmenter:
             keys, dgrid = dino_keys(self.dino, pixels)
         return resample_dino_keys(keys.float(), dgrid, grid)
 
-    def _cass_logits(self, feats: torch.Tensor, g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """E.3-E.4 on patch features ``(B, N, E)``: returns (logits (B, N, Q), adjusted text)."""
-        o = self.options
-        leaders = cluster_leaders(g, self.clusters)
-        text = adjust_text(self.text, feats, leaders, o.alpha, o.top_k)
-        return blend_logits(feats, text, g, o.gamma), text
-
     def _forward_windows(self, crops: torch.Tensor, vglob: Optional[torch.Tensor]):
-        """All last-block work for a batch of same-size windows. Returns patch-resolution query
-        logits ``(B, Q, h, w)`` and each window's entropy range (G.7) ``(B,), (B,)``."""
+        """All last-block work for a batch of same-size windows, through the method family's hooks
+        (:mod:`fiftyone_cass.methods`). Returns patch-resolution query logits ``(B, Q, h, w)``,
+        each window's entropy range (G.7) ``(B,), (B,)`` and the raw global similarity."""
         o = self.options
         with self._stage("clip"):
             x, grid = self._trunk(crops)
@@ -578,69 +565,25 @@ class Segmenter:
                 vglob = cv.global_embedding(self.visual, x).float()
         g = vglob @ self.text.T  # (B, Q) raw cosine, unadjusted text (E.1)
         b = x.shape[0]
-        n = grid[0] * grid[1]
-        scale = self.head_dim**-0.5
-        if self.base == "maskclip":
-            _, _, v_all = cv.last_block_qkv(self.visual, x, keep_cls=True)
-            vcat = v_all.permute(0, 2, 1, 3).reshape(b, n + 1, -1)
-            out = cv.residual_mlp(self.visual, x, cv.out_projection(self.visual, vcat))
-            feats = cv.project(self.visual, out)[:, 1:]
-        else:
-            _, k, v = cv.last_block_qkv(self.visual, x)
-            if self.base == "cass":
-                with self._stage("dino"):
-                    dkeys = self._dino_keys_on_grid(crops, grid)
-                with self._stage("spectral"):
-                    attn = cass_attention(k, dkeys, grid, scale, self.cass_options).attn
-            else:
-                attn = naclip_attention(k, grid, scale, o.gaussian_std)
-            feats = cv.project(self.visual, cv.out_projection(self.visual, attend_values(attn, v)))
-
-        if self.base == "cass":
-            logits, text_adj = self._cass_logits(feats, g)
-        else:
-            logits, text_adj = feats @ self.text.T, None
-
+        family = self.family
+        out = family.features(self, x, crops, grid)
+        logits, text_adj = family.logits(self, out.feats, g)
         if self.use_cdam:
             with self._stage("cdam"):
-                feats = self._cdam_refine(x, feats, g, vglob, text_adj, grid, v if self.base != "maskclip" else None,
-                                          attn if self.base != "maskclip" else None)
-            if self.base == "cass" and o.cdam_readjust_text:
-                logits, _ = self._cass_logits(feats, g)
-            elif self.base == "cass":
-                logits = blend_logits(feats, text_adj, g, o.gamma)
-            else:
-                logits = feats @ self.text.T
+                cd = self._cdam_map(family.cdam_similarity(self, out.feats, g, vglob, text_adj), grid)
+                feats = family.repredict(self, x, out, cd.to(out.feats.dtype))
+            logits = family.relogits(self, feats, g, text_adj)
         qlogits = logits.transpose(1, 2).reshape(b, -1, *grid)
         # G.7 entropy range per window over the Q queries (before the synonym max, H.6)
         hmin, hmax = entropy_range(qlogits, o.entropy_logit_scale)
         return qlogits, hmin, hmax, g
 
-    def _cdam_refine(self, x, feats, g, vglob, text_adj, grid, v, attn):
-        """SPEC G.2-G.6 / H.2-H.4: CDAM map from the initial similarity, then re-prediction of the
-        base's last block with it. Returns the re-predicted unit patch features ``(B, N, E)``."""
+    def _cdam_map(self, sim: torch.Tensor, grid) -> torch.Tensor:
+        """SPEC G.2-G.5: the multi-scale CDAM map ``(B, N, N)`` of the similarity ``(B, N, Q + A)``."""
         o = self.options
-        b = feats.shape[0]
-        n = grid[0] * grid[1]
-        if self.base == "cass" and o.cdam_similarity == "cass":
-            t_all = torch.cat([text_adj, self.text_aug.unsqueeze(0).expand(b, -1, -1)], 1)
-            g_all = torch.cat([g, vglob @ self.text_aug.T], 1)
-            sim = blend_logits(feats, t_all, g_all, o.gamma)  # (B, N, Q+A)
-        else:
-            sim = feats @ torch.cat([self.text, self.text_aug]).T
-        sim = sim.transpose(1, 2).reshape(b, -1, *grid)
+        sim = sim.transpose(1, 2).reshape(sim.shape[0], -1, *grid)
         cdt = torch.float64 if o.cdam_dtype == "float64" else torch.float32
-        cd = cdam_ops.multiscale_cdam(sim.to(cdt), o.cdam_scales, o.cdam_temperature, o.cdam_attn_temperature)
-        cd = cd.to(feats.dtype)  # (B, N, N)
-        if self.base == "maskclip":
-            w = cdam_ops.reprediction_weights(cd)  # (B, N+1, N+1), zero CLS row/col
-            _, _, v_all = cv.last_block_qkv(self.visual, x, keep_cls=True)
-            attended = attend_values(w.unsqueeze(1), v_all)
-            out = cv.residual_mlp(self.visual, x, cv.out_projection(self.visual, attended))
-            return cv.project(self.visual, out)[:, 1:]
-        new_attn = cdam_ops.mix_attention(attn, cd.unsqueeze(1), o.cdam_mix, o.cdam_row_normalize)
-        # a (B, 1, N, N) map broadcasts over the heads: one CDAM for every head (G.6)
-        return cv.project(self.visual, cv.out_projection(self.visual, attend_values(new_attn, v)))
+        return cdam_ops.multiscale_cdam(sim.to(cdt), o.cdam_scales, o.cdam_temperature, o.cdam_attn_temperature)
 
     def _finish(self, p: _Prepared, window_logits: List[torch.Tensor], hrange: torch.Tensor, g: torch.Tensor) -> SegmentationResult:
         o = self.options

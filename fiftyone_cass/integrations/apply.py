@@ -7,11 +7,13 @@
   its mask in a PNG file (``mask_path``, ``<mask_dir>/<label_field>/<sample id>.png``) or in the
   database (``mask``); ``dataset.mask_targets[label_field]`` names the ids (0 = background for a
   free vocabulary);
-* ``<label_field>_presence``: ``fo.Classifications`` with every class's presence score (the
-  object-presence prior of CASS, a softmax over the classes of the global image-text similarity);
+* ``<label_field>_presence``: ``fo.Classifications`` of the classes whose presence score (the
+  object-presence prior of CASS, a softmax over the classes of the global image-text similarity)
+  is at least ``presence_threshold``, with every class's score in ``all_labels``/``all_scores``;
 * sample tags ``<tag_prefix>:<class>`` for the classes whose score is at least
   ``presence_threshold`` (re-tag from the stored scores with :func:`retag`);
-* ``<label_field>_error``: why the sample could not be labelled (cleared on success).
+* ``<label_field>_error``: why the sample could not be labelled (cleared on success);
+* ``<label_field>_embedding``: the global CLIP image embedding, for text search.
 
 Reliability (a run can be killed at any point and started again):
 
@@ -659,6 +661,10 @@ def apply(sample_collection, classes=None, *, progress=None, **kwargs) -> ApplyS
         tag_prefix ("{label_field}"): sample tags ``<prefix>:<class>`` (None: no tags)
         presence_threshold (0.1): score from which a class is tagged
         error_field ("{label_field}_error"): per-sample failure message (None: log only)
+        embeddings_field ("{label_field}_embedding"): the global CLIP image embedding (unit norm, in
+            the space of ``CassModel.embed_prompts``) for text search with FiftyOne Brain; free in
+            the default protocol (it is the presence prior), one more CLIP pass per image in
+            ``mode="whole"`` / ``global_prior="crop"`` (None: not stored)
         shard (None): ``(i, n)``: label only the samples of shard ``i`` of ``n``
         segmenter (None): a ready :class:`Segmenter` instead of classes/preset/gt_field
         progress (None): FiftyOne progress convention (bool or callable receiving the ProgressBar)

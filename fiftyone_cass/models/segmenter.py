@@ -4,6 +4,7 @@ class merging -> background. Batched over windows of several images (SPEC A, E, 
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -43,7 +44,7 @@ from .backbones import cached_models
 from .dino import dino_keys, dino_pixels_from_clip
 from .profiling import NO_STAGE, StageTimer
 from .presets import FREE_VOCAB, Preset, cdam_aug_words, default_background_words, get_preset, preset_class_lines
-from .text import TextEmbedder
+from .text import TextEmbedder, check_name_lengths
 
 METHODS = ("cass+cdam", "cass", "naclip+cdam", "naclip", "maskclip+cdam", "maskclip")
 DEFAULT_METHOD = "cass+cdam"
@@ -262,17 +263,32 @@ class Segmenter:
             raise InvalidInputError("the vocabulary is empty: give at least one class name")
         if any(not line for line in lines):
             raise InvalidInputError(f"empty class name in {list(lines)!r}")
-        seen: Dict[str, int] = {}
+        # names are compared as the tokenizer sees them: Unicode NFC (ftfy), lower case, runs of
+        # white space as one ("café" typed in NFC and in NFD is one name)
+        def key(name: str) -> str:
+            return " ".join(unicodedata.normalize("NFC", name).lower().split())
+
+        def same_text(a: str, b: str) -> str:
+            if a != b and unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b):
+                return " (the same text in two Unicode forms, NFC and NFD)"
+            return ""
+
+        seen: Dict[str, Tuple[int, str]] = {}
         for i, line in enumerate(lines):
-            for name in (p.strip().lower() for p in line.split(",")):
+            for raw in (p.strip() for p in line.split(",")):
+                name = key(raw)
                 if not name:
                     raise InvalidInputError(f"empty synonym in class {line!r}")
-                if name in seen and seen[name] != i:
-                    raise InvalidInputError(f"duplicate class name {name!r} (classes {seen[name] + 1} and {i + 1})")
+                if name in seen and seen[name][0] != i:
+                    j, other = seen[name]
+                    raise InvalidInputError(
+                        f"duplicate class name {raw!r} (classes {j + 1} and {i + 1}: {other!r} and {raw!r})"
+                        + same_text(other, raw)
+                    )
                 if name in seen:
-                    raise InvalidInputError(f"duplicate synonym {name!r} in class {line!r}")
-                seen[name] = i
-        if any(line.split(",")[0].strip().lower() == "background" for line in lines):
+                    raise InvalidInputError(f"duplicate synonym {raw!r} in class {line!r}" + same_text(seen[name][1], raw))
+                seen[name] = (i, raw)
+        if any(key(line.split(",")[0]) == "background" for line in lines):
             raise InvalidInputError("'background' is label 0 and cannot be a class; use background=[...] for words")
         self.preset = FREE_VOCAB
         if background is None:
@@ -282,9 +298,11 @@ class Segmenter:
         else:
             words = [background] if isinstance(background, str) else list(background)
             bg = ", ".join(w.strip() for w in words if w.strip())
-        for w in (p.strip().lower() for p in bg.split(",") if p.strip()):
-            if w in seen:
-                raise InvalidInputError(f"background word {w!r} is also a class name")
+        for w in (p.strip() for p in bg.split(",") if p.strip()):
+            if key(w) in seen:
+                raise InvalidInputError(f"background word {w!r} is also a class name" + same_text(seen[key(w)][1], w))
+        # every name must fit CLIP's context in each of the 80 template sentences
+        check_name_lengths([p.strip() for line in lines + [bg] for p in line.split(",") if p.strip()])
         return [bg] + lines
 
     def _options(self, overrides) -> SegmenterOptions:

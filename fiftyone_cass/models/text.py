@@ -15,6 +15,7 @@ an invalid one is logged, recomputed, and the file rewritten without it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -25,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidInputError
 from ..fileio import atomic_write
 
 TEXT_CACHE_VERSION = 1  # bump when the embedding procedure changes
@@ -60,6 +62,49 @@ def text_tower_fingerprint(model) -> str:
         h.update(f"{name}:{tuple(shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def default_tokenizer():
+    """open_clip's CLIP tokenizer (the one every backbone of this project uses)."""
+    import open_clip
+
+    return open_clip.get_tokenizer("ViT-B-16")
+
+
+def check_name_lengths(names: Sequence[str], tokenizer=None, templates=None) -> None:
+    """Raises :class:`InvalidInputError` naming the first name whose longest templated sentence
+    (open_clip's 80 ``OPENAI_IMAGENET_TEMPLATES``) does not fit the tokenizer's context (77
+    tokens for CLIP): the tokenizer would cut it silently, and two long names that differ only
+    after the cut would get the same embedding."""
+    if not names:
+        return
+    if tokenizer is None:
+        tokenizer = default_tokenizer()
+    if templates is None:
+        import open_clip
+
+        templates = open_clip.OPENAI_IMAGENET_TEMPLATES
+    ctx = int(getattr(tokenizer, "context_length", 77) or 77)
+    encode = getattr(tokenizer, "encode", None)
+    candidates = list(dict.fromkeys(names))
+    if encode is not None:  # cheap bound first: template words + name words (+ SOT/EOT, margin 3)
+        overhead = max(len(encode(t("x"))) - len(encode("x")) for t in templates)
+        candidates = [n for n in candidates if len(encode(n)) + overhead + 2 + 3 > ctx]
+    for name in candidates:
+        sentences = [t(name) for t in templates]
+        if encode is not None:
+            lengths = [len(encode(s)) + 2 for s in sentences]
+        else:  # a tokenizer without encode: one slot more than the context tells whether it fits
+            tokens = tokenizer(sentences, context_length=ctx + 1)
+            lengths = [ctx + 1 if int(row[-1]) != 0 else int((row != 0).sum()) for row in tokens]
+        worst = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[worst] > ctx:
+            raise InvalidInputError(
+                f"class name {name!r} is too long for CLIP's text encoder: the sentence {sentences[worst]!r} is "
+                f"{lengths[worst]} tokens and the context holds {ctx}, so it would be cut (two long names could "
+                "get the same embedding); shorten the name"
+            )
 
 
 class TextEmbedder:
@@ -221,6 +266,8 @@ class TextEmbedder:
                     if n in self._disk:
                         self._cache[n] = self._disk[n].to(self.device)
                 missing = [n for n in missing if n not in self._cache]
+            if missing:
+                check_name_lengths(missing, self.tokenizer, self.templates)
             computed = dict(zip(missing, self._embed_names(missing))) if missing else {}
             self._cache.update(computed)
             if self.cache_dir is not None and (computed or repair):

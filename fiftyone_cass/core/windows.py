@@ -229,7 +229,7 @@ def bilinear_variant(device) -> Optional[str]:
     return _VARIANTS[key]
 
 
-def row_bands(height: int, width: int, bytes_per_pixel: int, budget: int, align: int = 64) -> List[Tuple[int, int]]:
+def row_bands(height: int, width: int, bytes_per_pixel: int, budget: int, align: int = 32) -> List[Tuple[int, int]]:
     """Row bands ``[(start, stop), ...]`` covering ``height`` rows of ``width`` pixels such that
     a band holds at most ``budget`` bytes at ``bytes_per_pixel``, but at least the fewest rows
     whose pixel count is a multiple of ``align`` (so that PyTorch's vectorised loops and

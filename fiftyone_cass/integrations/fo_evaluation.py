@@ -115,7 +115,6 @@ def prediction_class_match(samples, gt_field, pred_field, gt_targets, mask_targe
             msg = (f"{lacks!r} has no mask_targets (class names) but {has!r} has: comparing pixel values "
                    f"of {pred_field!r} with those of {gt_field!r} as class ids, unchecked")
             logger.warning(msg)
-            warnings.warn(msg)
         check_ignore_collision(pred_targets, ignore_index, f"prediction field {pred_field!r}:")
         return None
     match = match_classes_by_name(gt_targets, pred_targets, ignore_index)
@@ -123,7 +122,6 @@ def prediction_class_match(samples, gt_field, pred_field, gt_targets, mask_targe
         msg = (f"{len(match.unmatched_pred)} predicted class(es) of {pred_field!r} have no class of that name in "
                f"{gt_field!r} (their pixels count as misses): {match.unmatched_pred[:20]}")
         logger.warning(msg)
-        warnings.warn(msg)
     if match.identity:
         return match
     logger.info("%r and %r name their classes with other ids: predictions mapped to ground-truth ids by name",

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -66,8 +65,6 @@ DEMO_IMAGES = (
     ("hubble_deep_field.jpg", "hubble_deep_field.jpg"),
 )
 DEMO_CLASSES = ("person", "cat", "cup", "rocket", "motorcycle", "sky")
-#: target samples per AutoLabelRun when a shard is selected client-side (bounds the $in list)
-SHARD_CHUNK = 20000
 _MAX_PRINTED_FAILURES = 20
 
 logger = logging.getLogger("fiftyone_cass.cli")
@@ -162,9 +159,10 @@ def parse_shard(text: Optional[str]) -> Optional[Tuple[int, int]]:
 
 
 def path_shard(filepath: str, num_shards: int) -> int:
-    """The shard (``0..num_shards-1``) of a file path: a stable hash, the same in every process and
-    on every machine that sees the file at the same path."""
-    return int(hashlib.md5(os.fsencode(filepath)).hexdigest()[:12], 16) % int(num_shards)
+    """The shard of a file path (:func:`fiftyone_cass.shards.shard_index`, the key of every entry point)."""
+    from .shards import shard_index
+
+    return shard_index(filepath, num_shards)
 
 
 def _parse_options(text: Optional[str], pairs: Sequence[str]) -> Dict[str, Any]:
@@ -455,7 +453,7 @@ class LabelReport:
         )
 
 
-def label_collection(view, shard=None, progress=None, chunk_size: int = SHARD_CHUNK, **apply_kwargs) -> LabelReport:
+def label_collection(view, shard=None, progress=None, **apply_kwargs) -> LabelReport:
     """Labels ``view`` (only the samples of ``shard=(i, N)`` by file path, if given) with
     :class:`~fiftyone_cass.integrations.apply.AutoLabelRun`, under one progress bar."""
     import fiftyone.core.utils as fou
@@ -471,30 +469,15 @@ def label_collection(view, shard=None, progress=None, chunk_size: int = SHARD_CH
         report.num_target = len(view)
         kw["masks"] = "disk" if (report.num_target >= DISK_THRESHOLD or kw.get("mask_dir")) else "database"
     report.masks = "database" if kw["masks"] in ("database", "db") else "disk"
-    if shard is None:
-        runs = [AutoLabelRun(view, **kw)]
-        report.num_target = report.num_target or None
-    else:
-        ids, paths = view.values(["id", "filepath"])
-        report.num_target = len(ids)
-        mine = [s for s, p in zip(ids, paths) if path_shard(p, shard[1]) == shard[0]]
-        report.num_in_shard = len(mine)
-        chunks = [mine[k : k + chunk_size] for k in range(0, len(mine), chunk_size)]
-        runs = [AutoLabelRun(view.select(c), **kw) for c in chunks] or [AutoLabelRun(view.limit(0), **kw)]
-    todo = [run.plan() for run in runs]
-    if shard is None:
-        report.num_target = runs[0].summary.num_target
-        report.num_in_shard = report.num_target
-    total = sum(todo)
-    done_before = 0
+    run = AutoLabelRun(view, shard=shard, **kw)
+    total = run.plan()
+    report.num_target = run.summary.num_target
+    report.num_in_shard = run.summary.num_in_shard
     with fou.ProgressBar(total=total, progress=progress) as pb:
-        for run in runs:
-            run_total = 0
-            for done, run_total in run.iter_progress():
-                pb.set_iteration(done_before + done)
-            done_before += run_total
-            report.add(run.summary)
-    prefix = runs[0].tag_prefix
+        for done, _ in run.iter_progress():
+            pb.set_iteration(done)
+    report.add(run.summary)
+    prefix = run.tag_prefix
     if prefix:
         counts = view.count_sample_tags()
         report.tags = {t: n for t, n in sorted(counts.items()) if t.startswith(prefix + ":")}

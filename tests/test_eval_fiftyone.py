@@ -199,25 +199,31 @@ def test_evaluate_iou_without_mask_targets_uses_observed_values(seg_dataset):
 # End-to-end protocol: import -> predict -> evaluate -> table
 # ------------------------------------------------------------------------------------------------
 class ConstantSegmenter:
-    """A stand-in model with the Segmenter call interface: predicts class ``value`` everywhere."""
+    """A stand-in model with the Segmenter interface that labelling runs use: predicts class
+    ``value`` everywhere, at each image's size."""
 
-    method = "cass"
+    method, backbone, precision = "cass", "constant", "fp32"
 
     def __init__(self, num_classes, value=0):
+        from fiftyone_cass.models.segmenter import SegmenterOptions
+
         self.mask_targets = {i: str(i) for i in range(num_classes)}
+        self.class_lines = [str(i) for i in range(num_classes)]
+        self.class_names = list(self.class_lines)
+        self.background_id = None
+        self.options = SegmenterOptions()
         self.value = value
         self.batch_size = 1
         self.calls = 0
 
-    def __call__(self, paths):
-        from types import SimpleNamespace
+    def segment_loaded(self, loaded, names, return_embeddings=None):
+        from fiftyone_cass.models.segmenter import SegmentationResult
 
         self.calls += 1
-        out = []
-        for p in paths:
-            w, h = Image.open(p).size
-            out.append(SimpleNamespace(label_map=np.full((h, w), self.value, np.uint8)))
-        return out
+        presence = np.full(len(self.class_names), 1.0 / len(self.class_names), np.float32)
+        return [(None, err) if arr is None else
+                (SegmentationResult(np.full(arr.shape[:2], self.value, np.uint8), presence, 0.0), None)
+                for arr, err in loaded]
 
 
 def _ade_layout(root):

@@ -107,3 +107,87 @@ def test_disk_cache_off_and_broken_cache_are_handled(tmp_path, monkeypatch, capl
     with caplog.at_level("WARNING", logger="fiftyone_cass"):
         assert torch.allclose(ro(["dog"]), good, atol=1e-6)
     assert "could not write the text-embedding cache" in caplog.text
+
+
+def _bad_cache_entries(good_dim):
+    """Entries that load fine but cannot be used, by name."""
+    unit = F.normalize(torch.randn(good_dim), dim=0)
+    return {
+        "dog": torch.randn(good_dim + 3),                     # wrong shape
+        "cat": torch.full((good_dim,), float("nan")),         # not finite
+        "grass": 5.0 * unit,                                  # not unit norm
+        "sky": unit.half(),                                   # wrong dtype
+        "tree": unit.reshape(1, -1),                          # wrong shape, right values
+        "road": [0.0] * good_dim,                             # not a tensor
+    }
+
+
+def test_invalid_cache_entries_are_recomputed_and_the_file_repaired(tmp_path, caplog):
+    tok = open_clip.get_tokenizer("ViT-B-16")
+    model = load_clip(BACKBONES["tiny"])
+    names = ["dog", "cat", "grass", "sky", "tree", "road", "person"]
+    want = TextEmbedder(model, tok, cache_dir=None)(names)  # freshly computed, no cache
+    dim = want.shape[1]
+
+    first = TextEmbedder(model, tok, cache_dir=str(tmp_path))
+    first(["person"])  # a valid entry the repair must keep
+    path = first.disk_path
+    stored = torch.load(path, weights_only=True)
+    stored["embeddings"].update(_bad_cache_entries(dim))
+    stored["embeddings"]["unasked"] = torch.zeros(dim)  # invalid and not requested: dropped too
+    torch.save(stored, path)
+
+    emb = TextEmbedder(model, tok, cache_dir=str(tmp_path))
+    with caplog.at_level("WARNING", logger="fiftyone_cass"):
+        got = emb(names)
+    assert torch.allclose(got, want, atol=1e-6)
+    for name, problem in [("dog", "shape"), ("cat", "non-finite"), ("grass", "norm"), ("sky", "dtype"),
+                          ("tree", "shape"), ("road", "not a tensor"), ("unasked", "norm")]:
+        line = next((l for l in caplog.text.splitlines() if f"invalid entry {name!r}" in l), None)
+        assert line is not None and problem in line, (name, caplog.text)
+
+    repaired = torch.load(path, weights_only=True)["embeddings"]
+    assert set(repaired) == set(names)
+    for i, n in enumerate(names):
+        assert repaired[n].dtype == torch.float32 and torch.allclose(repaired[n], want[i], atol=1e-6)
+
+    # the repaired file is read without a warning and without running the text tower
+    caplog.clear()
+    again = TextEmbedder(model, tok, cache_dir=str(tmp_path))
+    again._embed_names = _fail_if_encoding
+    with caplog.at_level("WARNING", logger="fiftyone_cass"):
+        assert torch.equal(again(names), got)
+    assert "invalid entry" not in caplog.text
+
+
+def test_segmenter_runs_on_a_cache_with_invalid_entries(tmp_path, monkeypatch, caplog):
+    import numpy as np
+
+    from fiftyone_cass import Segmenter
+
+    monkeypatch.setenv("FIFTYONE_CASS_CACHE_DIR", str(tmp_path))
+    classes = ["dog", "grass"]
+    img = (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
+    from fiftyone_cass.models.backbones import cached_models
+
+    clip = cached_models("tiny", device="cpu", need_dino=True)[0]
+    # every Segmenter on one CLIP model shares its embedder: start without one (as a new process)
+    from fiftyone_cass.models import text as text_mod
+
+    text_mod._EMBEDDERS.pop(clip, None)
+    seg = Segmenter(classes=classes, backbone="tiny", device="cpu", method="cass")
+    ref = seg([img])[0].label_map
+    path = seg.embedder.disk_path
+    assert path is not None and str(path).startswith(str(tmp_path))
+    stored = torch.load(path, weights_only=True)
+    for k in list(stored["embeddings"]):
+        stored["embeddings"][k] = torch.full_like(stored["embeddings"][k], float("nan"))
+    torch.save(stored, path)
+
+    text_mod._EMBEDDERS.pop(clip, None)
+    fresh = Segmenter(classes=classes, backbone="tiny", device="cpu", method="cass")
+    with caplog.at_level("WARNING", logger="fiftyone_cass"):
+        out = fresh([img])[0].label_map
+    assert "invalid entry" in caplog.text and "non-finite" in caplog.text
+    np.testing.assert_array_equal(out, ref)
+    assert all(torch.isfinite(v).all() for v in torch.load(path, weights_only=True)["embeddings"].values())

@@ -7,11 +7,13 @@
   its mask in a PNG file (``mask_path``, ``<mask_dir>/<label_field>/<sample id>.png``) or in the
   database (``mask``); ``dataset.mask_targets[label_field]`` names the ids (0 = background for a
   free vocabulary);
-* ``<label_field>_presence``: ``fo.Classifications`` with every class's presence score (the
-  object-presence prior of CASS, a softmax over the classes of the global image-text similarity);
+* ``<label_field>_presence``: ``fo.Classifications`` of the classes whose presence score (the
+  object-presence prior of CASS, a softmax over the classes of the global image-text similarity)
+  is at least ``presence_threshold``, with every class's score in ``all_labels``/``all_scores``;
 * sample tags ``<tag_prefix>:<class>`` for the classes whose score is at least
   ``presence_threshold`` (re-tag from the stored scores with :func:`retag`);
-* ``<label_field>_error``: why the sample could not be labelled (cleared on success).
+* ``<label_field>_error``: why the sample could not be labelled (cleared on success);
+* ``<label_field>_embedding``: the global CLIP image embedding, for text search.
 
 Reliability (a run can be killed at any point and started again):
 
@@ -22,7 +24,8 @@ Reliability (a run can be killed at any point and started again):
   with its end chunk, or a mask in the database). Running again with the same settings labels
   only the samples that are not done, so a killed run resumes and a finished run is a no-op;
   nothing is labelled twice and no sample points at a missing or truncated mask file;
-* ``shard=(i, n)`` keeps the samples whose id hashes to ``i`` modulo ``n``: ``n`` processes with
+* ``shard=(i, n)`` keeps the samples whose file path hashes to ``i`` modulo ``n``
+  (:mod:`fiftyone_cass.shards`, the key of every entry point): ``n`` processes with
   ``i = 0..n-1`` label one dataset concurrently without overlap;
 * an unreadable image is skipped with its error in ``<label_field>_error`` and the log; the
   returned :class:`ApplySummary` counts the failures by reason;
@@ -44,7 +47,6 @@ Vocabulary (``classes``, ``preset`` or ``gt_field``, exactly one):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import re
@@ -64,6 +66,7 @@ from fiftyone import ViewField as F
 
 from ..errors import InvalidInputError
 from ..fileio import atomic_write, remove_orphaned_temp_files
+from ..shards import shard_index, validate_shard  # noqa: F401 - re-exported
 from ..models.segmenter import DEFAULT_METHOD, Segmenter
 from .claims import FieldClaim, FieldClaimedError, release_field  # noqa: F401 - re-exported
 from .fo_model import (  # noqa: F401 - re-exported: the vocabulary and model cache live with the model
@@ -98,23 +101,6 @@ _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 # ------------------------------------------------------------------------------------------------
 # Small helpers (public: the CLI and the tests use them)
 # ------------------------------------------------------------------------------------------------
-def shard_index(sample_id: str, num_shards: int) -> int:
-    """The shard (``0..num_shards-1``) of a sample id: a stable hash, the same in every process."""
-    return int(hashlib.md5(str(sample_id).encode("ascii")).hexdigest()[:12], 16) % int(num_shards)
-
-
-def validate_shard(shard) -> Optional[Tuple[int, int]]:
-    if shard is None:
-        return None
-    try:
-        i, n = (int(x) for x in shard)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"shard must be a pair (index, count), got {shard!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise InvalidInputError(f"shard {shard!r}: need count >= 1 and 0 <= index < count")
-    return i, n
-
-
 def is_valid_png(path: Optional[str]) -> bool:
     """Cheap check that a mask file is present and complete: PNG signature and IEND trailer."""
     if not path:
@@ -429,9 +415,10 @@ class AutoLabelRun:
                     "labels in the old id space", ds.name, lf, old_targets, self.vocab.mask_targets,
                 )
 
-        if self.shard is not None:
+        if self.shard is not None:  # by file path, as every entry point (fiftyone_cass.shards)
             i, n = self.shard
-            ids = [s for s in ids if shard_index(s, n) == i]
+            paths = dict(zip(*self.view.values(["id", "filepath"])))
+            ids = [s for s in ids if shard_index(paths[s], n) == i]
         self.summary.num_in_shard = len(ids)
         self.summary.num_already_done = sum(1 for s in ids if s in done)
         todo_ids = set(s for s in ids if s not in done)
@@ -674,6 +661,10 @@ def apply(sample_collection, classes=None, *, progress=None, **kwargs) -> ApplyS
         tag_prefix ("{label_field}"): sample tags ``<prefix>:<class>`` (None: no tags)
         presence_threshold (0.1): score from which a class is tagged
         error_field ("{label_field}_error"): per-sample failure message (None: log only)
+        embeddings_field ("{label_field}_embedding"): the global CLIP image embedding (unit norm, in
+            the space of ``CassModel.embed_prompts``) for text search with FiftyOne Brain; free in
+            the default protocol (it is the presence prior), one more CLIP pass per image in
+            ``mode="whole"`` / ``global_prior="crop"`` (None: not stored)
         shard (None): ``(i, n)``: label only the samples of shard ``i`` of ``n``
         segmenter (None): a ready :class:`Segmenter` instead of classes/preset/gt_field
         progress (None): FiftyOne progress convention (bool or callable receiving the ProgressBar)

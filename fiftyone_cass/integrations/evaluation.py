@@ -32,14 +32,17 @@ keys of a FiftyOne ``mask_targets`` dict) into indices. Edge cases, decided expl
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import InvalidInputError
 
 IGNORE_INDEX = 255
+#: names that mark an id as "not evaluated" (e.g. ``{255: "ignore"}``), compared normalised
+IGNORE_NAMES = {"ignore", "ignored", "void", "unlabeled", "unlabelled", "_ignore_", "__ignore__"}
 
 __all__ = [
     "IGNORE_INDEX",
@@ -52,6 +55,10 @@ __all__ = [
     "resize_nearest",
     "align_prediction",
     "format_table",
+    "normalize_class_name",
+    "ClassMatch",
+    "match_classes_by_name",
+    "check_ignore_collision",
 ]
 
 
@@ -76,6 +83,98 @@ def _as_label_array(mask, what: str, sample=None) -> np.ndarray:
         else:
             raise InvalidInputError(f"{_name(sample)}: {what} must hold integer class ids, got dtype {a.dtype}")
     return a
+
+
+def normalize_class_name(name) -> str:
+    """The form in which two class names are the same class: Unicode NFC, case-folded, runs of
+    white space as one space, no leading/trailing space ("Traffic  Light" = "traffic light",
+    "café" in NFC = in NFD)."""
+    return " ".join(unicodedata.normalize("NFC", str(name)).casefold().split())
+
+
+def _is_ignore_name(name, ignore_index) -> bool:
+    n = normalize_class_name(name)
+    return n in IGNORE_NAMES or (ignore_index is not None and n == str(ignore_index))
+
+
+def check_ignore_collision(targets: Optional[Mapping[int, str]], ignore_index: Optional[int], what: str) -> None:
+    """Raises :class:`InvalidInputError` when ``targets`` name a real class (not ``ignore``,
+    ``void``, ...) at ``ignore_index``: its pixels would silently not be evaluated."""
+    if not targets or ignore_index is None or ignore_index not in targets:
+        return
+    name = targets[ignore_index]
+    if not _is_ignore_name(name, ignore_index):
+        raise InvalidInputError(
+            f"{what} class {name!r} has id {ignore_index}, the ignore value: its pixels would not be "
+            f"evaluated. Pass another ignore_index (or None), or give the class another id"
+        )
+
+
+@dataclass
+class ClassMatch:
+    """How predicted ids were matched to ground-truth ids (:func:`match_classes_by_name`).
+
+    ``pred_to_gt``: predicted id -> ground-truth id for every predicted class whose name the
+    ground truth has; ``unmatched_pred``: names of predicted classes absent from the ground truth
+    (their pixels count as misses); ``unmatched_gt``: ground-truth classes no predicted class
+    names (never predicted); ``identity``: the ids are compared as they are."""
+
+    pred_to_gt: Dict[int, int]
+    unmatched_pred: List[str]
+    unmatched_gt: List[str]
+    identity: bool
+
+    def lookup(self, miss_value: int) -> np.ndarray:
+        """A table ``t`` with ``t[pred] = gt id`` (``miss_value`` for unmatched or unnamed ids)."""
+        top = max(list(self.pred_to_gt) + [0])
+        t = np.full(max(top + 1, 65536), miss_value, dtype=np.int64)
+        for p, g in self.pred_to_gt.items():
+            t[p] = g
+        return t
+
+    def apply(self, pred: np.ndarray, table: np.ndarray, miss_value: int) -> np.ndarray:
+        """``pred`` in ground-truth ids (int64); identity when the ids already agree."""
+        if self.identity:
+            return pred
+        a = np.asarray(pred)
+        if a.dtype.kind in "ui" and a.size and int(a.min()) >= 0 and int(a.max()) < len(table):
+            return table[a]
+        uniq, inv = np.unique(a, return_inverse=True)
+        vals = np.array([self.pred_to_gt.get(int(u), miss_value) for u in uniq], dtype=np.int64)
+        return vals[inv].reshape(a.shape)
+
+
+def _names_by_key(targets: Mapping[int, str], ignore_index, what: str) -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    for v in sorted(targets):
+        name = targets[v]
+        if v == ignore_index and _is_ignore_name(name, ignore_index):
+            continue
+        k = normalize_class_name(name)
+        if k in out:
+            raise InvalidInputError(
+                f"{what} mask_targets name class {name!r} twice (ids {out[k]} and {v}, compared case-, space- "
+                "and Unicode-insensitively): classes cannot be matched by name"
+            )
+        out[k] = int(v)
+    return out
+
+
+def match_classes_by_name(
+    gt_targets: Mapping[int, str], pred_targets: Mapping[int, str], ignore_index: Optional[int] = IGNORE_INDEX
+) -> ClassMatch:
+    """Maps predicted ids to ground-truth ids through their class names (compared with
+    :func:`normalize_class_name`). When every id names the same class on both sides the ids are
+    compared as they are (``identity``)."""
+    gt = _names_by_key(gt_targets, ignore_index, "ground-truth")
+    pred = _names_by_key(pred_targets, ignore_index, "prediction")
+    pred_to_gt = {pv: gt[k] for k, pv in pred.items() if k in gt}
+    names_gt = {normalize_class_name(n): n for n in gt_targets.values()}
+    names_pred = {normalize_class_name(n): n for n in pred_targets.values()}
+    unmatched_pred = [names_pred[k] for k in pred if k not in gt]
+    unmatched_gt = [names_gt[k] for k in gt if k not in pred]
+    identity = all(p == g for p, g in pred_to_gt.items()) and not unmatched_pred
+    return ClassMatch(pred_to_gt, unmatched_pred, unmatched_gt, identity)
 
 
 def resize_nearest(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:

@@ -17,7 +17,10 @@ FiftyOne evaluation run:
 
 The class list comes from ``mask_targets`` (argument, else ``dataset.mask_targets[gt_field]``, else
 ``dataset.default_mask_targets``, else the values observed in the masks); the ``ignore_index``
-(255) is never a class even if ``mask_targets`` names it.
+(255) is never a class: ``mask_targets`` may name it ``ignore``/``void``/..., and naming a real
+class at that id is refused. When the prediction field's ``mask_targets`` differ from the
+ground truth's, predicted ids are mapped to ground-truth ids by class name
+(:func:`prediction_class_match`).
 """
 
 from __future__ import annotations
@@ -35,10 +38,13 @@ import fiftyone.utils.eval.segmentation as fous
 from ..errors import InvalidInputError
 from .evaluation import (
     IGNORE_INDEX,
+    ClassMatch,
     IoUAccumulator,
     IoUMetrics,
     LabelMapper,
+    check_ignore_collision,
     format_table,
+    match_classes_by_name,
     metrics_from_histogram,
     sample_scores,
 )
@@ -87,6 +93,40 @@ def _unique_names(values: Sequence[int], targets: Dict[int, str]) -> List[str]:
         seen[n] = seen.get(n, 0) + 1
     # FiftyOne keys confusion matrices by class name: make repeated names unique
     return [f"{n} ({v})" if seen[n] > 1 else n for n, v in zip(names, values)]
+
+
+def prediction_class_match(samples, gt_field, pred_field, gt_targets, mask_targets, ignore_index) -> Optional[ClassMatch]:
+    """How the prediction's ids become ground-truth ids (None: compared as they are).
+
+    Both fields have ``mask_targets`` (in ``dataset.mask_targets``) and they differ: predicted ids
+    are mapped to the ground-truth ids of the same class name (case, space and Unicode form
+    ignored); unmatched names are reported with a warning. One side without ``mask_targets``:
+    ids are compared, with a warning saying so. A class named at ``ignore_index`` is refused
+    where ids are compared (its pixels would silently not count)."""
+    check_ignore_collision(gt_targets, ignore_index, f"ground-truth field {gt_field!r}:")
+    if mask_targets is not None:  # given for the evaluation: both fields use them
+        return None
+    ds = samples._dataset
+    pred_targets = ds.mask_targets.get(pred_field) or ds.default_mask_targets or None
+    pred_targets = {int(k): str(v) for k, v in pred_targets.items()} if pred_targets else None
+    if not gt_targets or not pred_targets:
+        if gt_targets or pred_targets:
+            has, lacks = (gt_field, pred_field) if gt_targets else (pred_field, gt_field)
+            msg = (f"{lacks!r} has no mask_targets (class names) but {has!r} has: comparing pixel values "
+                   f"of {pred_field!r} with those of {gt_field!r} as class ids, unchecked")
+            logger.warning(msg)
+        check_ignore_collision(pred_targets, ignore_index, f"prediction field {pred_field!r}:")
+        return None
+    match = match_classes_by_name(gt_targets, pred_targets, ignore_index)
+    if match.unmatched_pred:
+        msg = (f"{len(match.unmatched_pred)} predicted class(es) of {pred_field!r} have no class of that name in "
+               f"{gt_field!r} (their pixels count as misses): {match.unmatched_pred[:20]}")
+        logger.warning(msg)
+    if match.identity:
+        return match
+    logger.info("%r and %r name their classes with other ids: predictions mapped to ground-truth ids by name",
+                pred_field, gt_field)
+    return match
 
 
 class IoUEvaluationConfig(fous.SegmentationEvaluationConfig):
@@ -170,6 +210,10 @@ class IoUEvaluation(fous.SegmentationEvaluation):
         if not values:
             raise InvalidInputError(f"no classes to evaluate for field {gt_field!r}")
         classes = _unique_names(values, targets)
+        # predictions in ground-truth ids, matched by class name where both fields name them
+        match = prediction_class_match(samples, gt_field, pred_field, targets or None, mask_targets, cfg.ignore_index)
+        miss_value = max(values + [cfg.ignore_index or 0]) + 1  # neither a class nor ignored: a miss
+        table = match.lookup(miss_value) if match is not None and not match.identity else None
 
         mapper = LabelMapper(values, ignore_index=cfg.ignore_index)
         acc = IoUAccumulator(mapper=mapper, class_names=classes, resize=cfg.resize, strict=cfg.strict)
@@ -199,6 +243,8 @@ class IoUEvaluation(fous.SegmentationEvaluation):
                 pred = pred_seg.get_mask()
             except Exception as e:
                 raise InvalidInputError(f"sample {_sample_name(sample)}: could not read a mask: {e}") from e
+            if table is not None:
+                pred = match.apply(pred, table, miss_value)
             h = acc.update(pred, gt, sample=_sample_name(sample))
             for i, j in zip(*np.nonzero(h[:, :C])):
                 matches.append((classes[i], classes[j], int(h[i, j]), gt_seg.id, pred_seg.id))
@@ -217,6 +263,12 @@ class IoUEvaluation(fous.SegmentationEvaluation):
             missing=None,
             missed_pixels=acc.hist[:, C],
             class_values=values,
+            class_match=None if match is None else {
+                "pred_to_gt": sorted([int(p), int(g)] for p, g in match.pred_to_gt.items()),
+                "unmatched_pred_classes": list(match.unmatched_pred),
+                "unmatched_gt_classes": list(match.unmatched_gt),
+                "mapped_by_name": not match.identity,
+            },
             backend=self,
         )
 
@@ -225,7 +277,9 @@ class IoUSegmentationResults(fous.SegmentationResults):
     """:class:`SegmentationResults` plus the mmseg IoU numbers.
 
     Extra attributes: ``missed_pixels`` (per GT class, pixels predicted with a value that is not a
-    class) and ``class_values`` (the pixel value of each class).
+    class), ``class_values`` (the pixel value of each class) and ``class_match`` (None when ids
+    were compared as they are; else ``pred_to_gt`` pairs, ``unmatched_pred_classes``,
+    ``unmatched_gt_classes`` and ``mapped_by_name``).
     """
 
     def __init__(
@@ -240,6 +294,7 @@ class IoUSegmentationResults(fous.SegmentationResults):
         custom_metrics=None,
         missed_pixels=None,
         class_values=None,
+        class_match=None,
         backend=None,
     ):
         super().__init__(
@@ -256,6 +311,7 @@ class IoUSegmentationResults(fous.SegmentationResults):
         n = len(self.pixel_confusion_matrix)
         self.missed_pixels = np.zeros(n, dtype=np.int64) if missed_pixels is None else np.asarray(missed_pixels, dtype=np.int64)
         self.class_values = list(range(n)) if class_values is None else [int(v) for v in class_values]
+        self.class_match = class_match
 
     @classmethod
     def _from_dict(cls, d, samples, config, eval_key, **kwargs):
@@ -266,6 +322,7 @@ class IoUSegmentationResults(fous.SegmentationResults):
             eval_key,
             missed_pixels=d.get("missed_pixels"),
             class_values=d.get("class_values"),
+            class_match=d.get("class_match"),
             **kwargs,
         )
 

@@ -41,6 +41,7 @@ from fiftyone.utils.torch import GetItem
 from ..errors import ImageLoadError, InvalidInputError
 from ..images import describe, load_rgb
 from ..models.segmenter import DEFAULT_METHOD, METHODS, SegmentationResult, Segmenter
+from .evaluation import IGNORE_NAMES  # names of ground-truth ids that are never predicted (e.g. 255)
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,6 @@ CONFIG_ATTR = "config_id"
 DEFAULT_PRESENCE_THRESHOLD = 0.1
 #: names of a ground-truth id 0 that mean "background"
 BACKGROUND_NAMES = {"background", "bg", "_background_", "__background__", "unlabeled", "unlabelled", "none"}
-#: names of ground-truth ids that are never predicted (e.g. 255)
-IGNORE_NAMES = {"ignore", "ignored", "void", "unlabeled", "unlabelled", "_ignore_", "__ignore__"}
 
 
 # ------------------------------------------------------------------------------------------------

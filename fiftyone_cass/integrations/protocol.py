@@ -25,11 +25,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
-import numpy as np
-from PIL import Image
 
 import fiftyone as fo
-import fiftyone.core.utils as fou
 
 from ..errors import InvalidInputError
 from .evaluation import IoUMetrics, format_table
@@ -61,47 +58,33 @@ class ProtocolRun:
     table: str
 
 
-def _write_prediction(label_map: np.ndarray, path: str, num_classes: int, where: str) -> None:
-    lm = np.asarray(label_map)
-    if lm.ndim != 2:
-        raise InvalidInputError(f"{where}: the segmenter returned a label map of shape {lm.shape}, expected (H, W)")
-    if lm.size and (lm.min() < 0 or lm.max() >= max(num_classes, 1)):
-        raise InvalidInputError(f"{where}: predicted ids outside 0..{num_classes - 1}")
-    Image.fromarray(np.ascontiguousarray(lm, dtype=np.uint8 if num_classes <= 256 else np.uint16)).save(path)
-
-
 def predict_dataset(
     dataset,
     segmenter,
     pred_field: str = "predictions",
     masks_dir: Optional[str] = None,
-    num_classes: Optional[int] = None,
     chunk_size: Optional[int] = None,
     progress=None,
-) -> None:
-    """Runs ``segmenter`` (``segmenter(list_of_paths) -> results with .label_map``) on every sample
-    and stores ``Segmentation(mask_path=...)`` PNGs in ``pred_field``."""
-    coll = dataset
-    ds = coll._dataset
-    masks_dir = os.path.abspath(masks_dir or os.path.join(fo.config.default_dataset_dir, "fiftyone_cass", ds.name, pred_field))
-    os.makedirs(masks_dir, exist_ok=True)
-    if num_classes is None:
-        num_classes = len(getattr(segmenter, "mask_targets", {}) or {}) or 256
-    chunk = int(chunk_size or getattr(segmenter, "batch_size", 4) or 4)
-    ids, paths = coll.values(["id", "filepath"])
-    with fou.ProgressBar(total=len(ids), progress=progress) as pb:
-        for start in range(0, len(ids), chunk):
-            cid, cpath = ids[start : start + chunk], paths[start : start + chunk]
-            results = segmenter(list(cpath))
-            if len(results) != len(cpath):
-                raise InvalidInputError(f"the segmenter returned {len(results)} results for {len(cpath)} images")
-            labels = {}
-            for sid, path, r in zip(cid, cpath, results):
-                out = os.path.join(masks_dir, f"{sid}.png")
-                _write_prediction(r.label_map, out, num_classes, path)
-                labels[sid] = fo.Segmentation(mask_path=out)
-            coll.set_values(pred_field, labels, key_field="id")
-            pb.update(len(cid))
+):
+    """Predicts every sample of ``dataset`` with ``segmenter`` (a :class:`fiftyone_cass.Segmenter`)
+    through the labelling run of :func:`fiftyone_cass.apply` (the one labelling path): masks as PNG
+    files under ``<masks_dir>/<pred_field>/``, written atomically, resumable (a rerun with the same
+    model predicts only what is missing; other settings are replaced). Raises
+    :class:`InvalidInputError` naming the images that could not be predicted, since an
+    evaluation without them would not be the protocol's. Returns the run's summary."""
+    from .apply import AutoLabelRun
+
+    run = AutoLabelRun(
+        dataset, segmenter=segmenter, label_field=pred_field, masks="disk", mask_dir=masks_dir, overwrite=True,
+        presence_field=None, embeddings_field=None, batch_size=int(chunk_size or getattr(segmenter, "batch_size", 4) or 4),
+    )
+    summary = run.run(progress=progress)
+    if summary.num_failed:
+        listed = "; ".join(err for _, _, err in summary.failures[:5])
+        raise InvalidInputError(
+            f"{summary.num_failed} image(s) could not be predicted (see the '{summary.error_field}' field): {listed}"
+        )
+    return summary
 
 
 def run_protocol(
@@ -176,14 +159,7 @@ def run_protocol(
             f"use Segmenter(preset={key!r})"
         )
 
-    predict_dataset(
-        dataset,
-        segmenter,
-        pred_field=pred_field,
-        masks_dir=os.path.join(masks_dir, pred_field) if masks_dir else None,
-        num_classes=preset.num_classes,
-        progress=progress,
-    )
+    predict_dataset(dataset, segmenter, pred_field=pred_field, masks_dir=masks_dir, progress=progress)
     targets = dict(dataset.mask_targets)
     targets[pred_field] = targets.get(gt_field) or protocol_mask_targets(key)
     dataset.mask_targets = targets

@@ -4,6 +4,7 @@ class merging -> background. Batched over windows of several images (SPEC A, E, 
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -19,7 +20,16 @@ from ..core.cass import CassOptions
 from ..core.graphs import resample_dino_keys
 from ..core.preprocess import clip_normalize
 from ..core.presence import cluster_text, merge_synonyms, queries_from_class_lines
-from ..core.windows import keep_ratio_size, sliding_windows, stitch_windows, upsample_logits
+from ..core.windows import (
+    SMALL_OUTPUT,
+    bilinear_variant,
+    keep_ratio_size,
+    row_bands,
+    sliding_windows,
+    stitch_windows,
+    upsample_logits,
+    upsample_rows,
+)
 from ..errors import ImageLoadError, InvalidInputError
 from ..images import describe, load_rgb
 from ..methods import get_family, method_names, split_method
@@ -29,7 +39,7 @@ from .backbones import cached_models
 from .dino import dino_keys, dino_pixels_from_clip
 from .profiling import NO_STAGE, StageTimer
 from .presets import FREE_VOCAB, Preset, cdam_aug_words, default_background_words, get_preset, preset_class_lines
-from .text import text_embedder
+from .text import check_name_lengths, text_embedder
 
 #: the built-in methods (every registered family, alone and with +cdam): see :mod:`fiftyone_cass.methods`
 METHODS = tuple(method_names())
@@ -90,6 +100,12 @@ class SegmenterOptions:
     entropy_logit_scale: float = setting(50.0, "logit scale of the entropy rule", gt=0)
     entropy_thr_default: float = setting(0.5, "threshold of the entropy rule when it is undecided", min=0, max=1)
     entropy_alpha: float = setting(2.5, "slope of the entropy rule", min=0)
+    # memory (not results): bytes allowed for the full-resolution logits of one image and the
+    # up-sampled windows being stitched; larger images are labelled in row bands (the same label
+    # maps). None = no bound (the whole image at once: Q x H x W floats, ~0.7 GB per megapixel
+    # with 171 names)
+    full_res_budget: Optional[int] = setting(256 * 2**20, "bytes for one image's full-resolution logits "
+                                             "(larger images go in row bands; none: no bound)", min=2**20)
 
 
 def options_from_json(value) -> Dict[str, Any]:
@@ -254,17 +270,32 @@ class Segmenter:
             raise InvalidInputError("the vocabulary is empty: give at least one class name")
         if any(not line for line in lines):
             raise InvalidInputError(f"empty class name in {list(lines)!r}")
-        seen: Dict[str, int] = {}
+        # names are compared as the tokenizer sees them: Unicode NFC (ftfy), lower case, runs of
+        # white space as one ("café" typed in NFC and in NFD is one name)
+        def key(name: str) -> str:
+            return " ".join(unicodedata.normalize("NFC", name).lower().split())
+
+        def same_text(a: str, b: str) -> str:
+            if a != b and unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b):
+                return " (the same text in two Unicode forms, NFC and NFD)"
+            return ""
+
+        seen: Dict[str, Tuple[int, str]] = {}
         for i, line in enumerate(lines):
-            for name in (p.strip().lower() for p in line.split(",")):
+            for raw in (p.strip() for p in line.split(",")):
+                name = key(raw)
                 if not name:
                     raise InvalidInputError(f"empty synonym in class {line!r}")
-                if name in seen and seen[name] != i:
-                    raise InvalidInputError(f"duplicate class name {name!r} (classes {seen[name] + 1} and {i + 1})")
+                if name in seen and seen[name][0] != i:
+                    j, other = seen[name]
+                    raise InvalidInputError(
+                        f"duplicate class name {raw!r} (classes {j + 1} and {i + 1}: {other!r} and {raw!r})"
+                        + same_text(other, raw)
+                    )
                 if name in seen:
-                    raise InvalidInputError(f"duplicate synonym {name!r} in class {line!r}")
-                seen[name] = i
-        if any(line.split(",")[0].strip().lower() == "background" for line in lines):
+                    raise InvalidInputError(f"duplicate synonym {raw!r} in class {line!r}" + same_text(seen[name][1], raw))
+                seen[name] = (i, raw)
+        if any(key(line.split(",")[0]) == "background" for line in lines):
             raise InvalidInputError("'background' is label 0 and cannot be a class; use background=[...] for words")
         self.preset = FREE_VOCAB
         if background is None:
@@ -274,9 +305,11 @@ class Segmenter:
         else:
             words = [background] if isinstance(background, str) else list(background)
             bg = ", ".join(w.strip() for w in words if w.strip())
-        for w in (p.strip().lower() for p in bg.split(",") if p.strip()):
-            if w in seen:
-                raise InvalidInputError(f"background word {w!r} is also a class name")
+        for w in (p.strip() for p in bg.split(",") if p.strip()):
+            if key(w) in seen:
+                raise InvalidInputError(f"background word {w!r} is also a class name" + same_text(seen[key(w)][1], w))
+        # every name must fit CLIP's context in each of the 80 template sentences
+        check_name_lengths([p.strip() for line in lines + [bg] for p in line.split(",") if p.strip()])
         return [bg] + lines
 
     def _options(self, overrides) -> SegmenterOptions:
@@ -310,6 +343,11 @@ class Segmenter:
             raise InvalidInputError(f"eigh_placement must be one of {', '.join(PLACEMENTS)}, got {opts.eigh_placement!r}")
         if opts.crop < 16 or opts.stride < 1:
             raise InvalidInputError("crop must be >= 16 and stride >= 1")
+        fb = opts.full_res_budget
+        if fb is not None and (isinstance(fb, bool) or not isinstance(fb, int) or fb < 2**20):
+            raise InvalidInputError(
+                f"full_res_budget must be a whole number of bytes >= 1048576 (1 MiB), or None for no bound; got {fb!r}"
+            )
         return opts
 
     def _prepare_text(self) -> None:
@@ -585,12 +623,23 @@ class Segmenter:
         cdt = torch.float64 if o.cdam_dtype == "float64" else torch.float32
         return cdam_ops.multiscale_cdam(sim.to(cdt), o.cdam_scales, o.cdam_temperature, o.cdam_attn_temperature)
 
+    _warned: set = set()
+
+    @classmethod
+    def _warn_once(cls, message: str) -> None:
+        if message not in cls._warned:
+            cls._warned.add(message)
+            import logging
+
+            logging.getLogger("fiftyone_cass").warning(message)
+
     def _finish(self, p: _Prepared, window_logits: List[torch.Tensor], hrange: torch.Tensor, g: torch.Tensor) -> SegmentationResult:
         o = self.options
         h, w = p.size
+        budget = o.full_res_budget
         if o.mode == "slide":
             ph, pw = max(h, o.crop), max(w, o.crop)
-            canvas = stitch_windows(torch.stack(window_logits), p.windows, (ph, pw))[:, :h, :w]
+            canvas = stitch_windows(torch.stack(window_logits), p.windows, (ph, pw), budget)[:, :h, :w]
         else:
             y1, y2, x1, x2 = p.windows[0]
             lg = window_logits[0]
@@ -598,7 +647,6 @@ class Segmenter:
                 canvas = upsample_logits(lg, (y2, x2))[:, :h, :w]
             else:
                 canvas = upsample_logits(lg, (h, w))  # floor grid stretched over H x W (J.5)
-        logits = upsample_logits(canvas, p.original_size)  # (Q, H0, W0)
         thr = 0.0
         if self.background_id is not None:
             if self.use_cdam and o.bg_rule == "entropy":
@@ -609,23 +657,48 @@ class Segmenter:
                 thr = float(threshold_from_entropy(hmin, hmax, o.entropy_thr_default, o.entropy_alpha))
             elif o.bg_rule != "none":
                 thr = o.prob_thd
-        labels = self._labels(logits, thr)
         dtype = np.uint8 if self.num_labels <= 256 else np.uint16
-        label_map = labels.to("cpu", torch.int64).numpy().astype(dtype)
+        h0, w0 = p.original_size
+        q = canvas.shape[0]
+        item = canvas.element_size()
+        # the whole-image computation holds up to four (Q, H0, W0) tensors (logits, scaled,
+        # shifted, exponentiated); row bands hold about (2 + source rows per row) per band
+        whole_fits = budget is None or 4 * q * h0 * w0 * item <= budget
+        small = h0 + w0 <= SMALL_OUTPUT or (w != w0 and h + w0 <= SMALL_OUTPUT)
+        if whole_fits or small:
+            labels = self._labels(upsample_logits(canvas, p.original_size), thr, inplace=True)  # (Q, H0, W0)
+            label_map = labels.to("cpu", torch.int64).numpy().astype(dtype)
+        else:
+            variant = bilinear_variant(canvas.device)
+            if variant is None:
+                variant = "addcmul"
+                self._warn_once(
+                    f"bilinear up-sampling on {canvas.device} matches none of the known roundings; "
+                    "label maps of images over full_res_budget may differ from an unbounded run at a few pixels"
+                )
+            per_pixel = q * item * (2 + -(-h // h0)) + 32  # + top, ids, labels per pixel
+            label_map = np.empty((h0, w0), dtype)
+            for a, b in row_bands(h0, w0, per_pixel, budget):
+                band = upsample_rows(canvas, p.original_size, a, b, variant)  # (Q, b - a, W0)
+                label_map[a:b] = self._labels(band, thr, inplace=True).to("cpu", torch.int64).numpy()
+                del band
         return SegmentationResult(label_map, self.presence_scores(g), thr, p.name)
 
-    def _labels(self, logits: torch.Tensor, thr: float) -> torch.Tensor:
+    def _labels(self, logits: torch.Tensor, thr: float, inplace: bool = False) -> torch.Tensor:
         """E.5 / G.8 on full-resolution query logits ``(Q, H, W)`` without materialising the
         query and class probabilities (two Q x H x W tensors and a scatter): the softmax is
         monotone, so the top class is the owner of the top query (queries are ordered by class,
         so ties go to the lowest class id, as an argmax over classes does), and the top
         probability is the softmax's value at the top query, computed only when a threshold
-        applies."""
-        x = self.options.logit_scale * logits
+        applies. ``inplace``: ``logits`` may be overwritten (no further Q x H x W tensor; the
+        same values, as in-place and out-of-place operations share their kernels)."""
+        scale = self.options.logit_scale
+        x = logits.mul_(scale) if inplace else scale * logits
         top, query = x.max(0)
         labels = self.query_to_class[query]
         if thr > 0:
-            top_prob = 1.0 / torch.exp(x - top).sum(0)  # = softmax(x)[query]
+            shifted = x.sub_(top) if inplace else x - top
+            top_prob = 1.0 / torch.exp_(shifted).sum(0) if inplace else 1.0 / torch.exp(shifted).sum(0)  # = softmax(x)[query]
             labels = torch.where(top_prob < thr, torch.full_like(labels, self.background_id or 0), labels)
         return labels
 

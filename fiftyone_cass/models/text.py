@@ -9,24 +9,30 @@ different model or checkpoint never reads another's embeddings. Location: the di
 ``FIFTYONE_CASS_CACHE_DIR`` (default ``$XDG_CACHE_HOME/fiftyone_cass`` or
 ``~/.cache/fiftyone_cass``), under ``text/``; ``FIFTYONE_CASS_TEXT_CACHE=0`` turns it off. A
 cache that cannot be read or written is skipped with a warning: labelling never fails for it.
+Every entry read is checked (a float32 tensor of the model's embedding size, finite, unit norm);
+an invalid one is logged, recomputed, and the file rewritten without it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import threading
 import weakref
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidInputError
 from ..fileio import atomic_write
 
 TEXT_CACHE_VERSION = 1  # bump when the embedding procedure changes
+# |norm - 1| allowed for a cached embedding; float32 normalisation is within ~1e-7
+UNIT_NORM_TOLERANCE = 1e-4
 logger = logging.getLogger("fiftyone_cass")
 
 
@@ -59,6 +65,49 @@ def text_tower_fingerprint(model) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def default_tokenizer():
+    """open_clip's CLIP tokenizer (the one every backbone of this project uses)."""
+    import open_clip
+
+    return open_clip.get_tokenizer("ViT-B-16")
+
+
+def check_name_lengths(names: Sequence[str], tokenizer=None, templates=None) -> None:
+    """Raises :class:`InvalidInputError` naming the first name whose longest templated sentence
+    (open_clip's 80 ``OPENAI_IMAGENET_TEMPLATES``) does not fit the tokenizer's context (77
+    tokens for CLIP): the tokenizer would cut it silently, and two long names that differ only
+    after the cut would get the same embedding."""
+    if not names:
+        return
+    if tokenizer is None:
+        tokenizer = default_tokenizer()
+    if templates is None:
+        import open_clip
+
+        templates = open_clip.OPENAI_IMAGENET_TEMPLATES
+    ctx = int(getattr(tokenizer, "context_length", 77) or 77)
+    encode = getattr(tokenizer, "encode", None)
+    candidates = list(dict.fromkeys(names))
+    if encode is not None:  # cheap bound first: template words + name words (+ SOT/EOT, margin 3)
+        overhead = max(len(encode(t("x"))) - len(encode("x")) for t in templates)
+        candidates = [n for n in candidates if len(encode(n)) + overhead + 2 + 3 > ctx]
+    for name in candidates:
+        sentences = [t(name) for t in templates]
+        if encode is not None:
+            lengths = [len(encode(s)) + 2 for s in sentences]
+        else:  # a tokenizer without encode: one slot more than the context tells whether it fits
+            tokens = tokenizer(sentences, context_length=ctx + 1)
+            lengths = [ctx + 1 if int(row[-1]) != 0 else int((row != 0).sum()) for row in tokens]
+        worst = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[worst] > ctx:
+            raise InvalidInputError(
+                f"class name {name!r} is too long for CLIP's text encoder: the sentence {sentences[worst]!r} is "
+                f"{lengths[worst]} tokens and the context holds {ctx}, so it would be cut (two long names could "
+                "get the same embedding); shorten the name"
+            )
+
+
 class TextEmbedder:
     """Embeds query names with open_clip's ``OPENAI_IMAGENET_TEMPLATES`` and tokenizer.
 
@@ -82,7 +131,8 @@ class TextEmbedder:
             cache_dir = str(cache_root()) if text_cache_enabled() else None
         self.cache_dir = cache_dir
         self._disk_path: Optional[Path] = None
-        self._disk: Optional[Dict[str, torch.Tensor]] = None  # loaded on first use
+        self._disk: Optional[Dict[str, torch.Tensor]] = None  # valid entries, loaded on first use
+        self._dim: Optional[int] = None
 
     # -------------------------------------------------------------- disk cache
     @property
@@ -99,23 +149,73 @@ class TextEmbedder:
             self._disk_path = Path(self.cache_dir) / "text" / f"{h.hexdigest()[:40]}.pt"
         return self._disk_path
 
-    def _read_disk(self) -> Dict[str, torch.Tensor]:
+    def _embedding_dim(self) -> int:
+        """The size of one text embedding (the text projection's output), found once."""
+        if self._dim is None:
+            proj = getattr(self.model, "text_projection", None)
+            if isinstance(proj, torch.nn.Linear):
+                self._dim = int(proj.out_features)
+            elif isinstance(proj, torch.Tensor) and proj.ndim == 2:
+                self._dim = int(proj.shape[1])
+            else:  # another text tower: ask it
+                with torch.no_grad():
+                    self._dim = int(self._encode(self.tokenizer(["a"]).to(self.device)).shape[-1])
+        return self._dim
+
+    def _entry_problem(self, value) -> Optional[str]:
+        """Why a cached embedding cannot be used (None when it can): it must be what
+        :meth:`_embed_names` writes, a finite float32 unit vector of the model's embedding size."""
+        if not isinstance(value, torch.Tensor):
+            return f"a {type(value).__name__}, not a tensor"
+        if value.dtype != torch.float32:
+            return f"dtype {value.dtype}, expected torch.float32"
+        dim = self._embedding_dim()
+        if tuple(value.shape) != (dim,):
+            return f"shape {tuple(value.shape)}, expected ({dim},)"
+        if not bool(torch.isfinite(value).all()):
+            return "non-finite values"
+        norm = float(value.double().norm())
+        if abs(norm - 1.0) > UNIT_NORM_TOLERANCE:
+            return f"norm {norm:.6g}, expected 1"
+        return None
+
+    def _read_disk(self, warn: bool = True) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+        """The valid entries of the cache file, and the names of the invalid ones (each logged
+        with its problem when ``warn``). An unreadable file counts as empty."""
         path = self.disk_path
         if path is None or not path.exists():
-            return {}
+            return {}, []
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
-            return {str(k): v.float() for k, v in data["embeddings"].items()}
+            stored = data["embeddings"]
+            if not isinstance(stored, dict):
+                raise TypeError(f"'embeddings' is a {type(stored).__name__}, not a dict")
         except Exception as exc:  # noqa: BLE001 - a broken cache is skipped, never fatal
-            logger.warning("ignoring unreadable text-embedding cache %s: %s", path, exc)
-            return {}
+            if warn:
+                logger.warning("ignoring unreadable text-embedding cache %s: %s", path, exc)
+            return {}, []
+        good: Dict[str, torch.Tensor] = {}
+        bad: List[str] = []
+        for key, value in stored.items():
+            problem = "the key is not a string" if not isinstance(key, str) else self._entry_problem(value)
+            if problem is None:
+                good[key] = value
+            else:
+                bad.append(str(key))
+                if warn:
+                    logger.warning(
+                        "text-embedding cache %s: invalid entry %r (%s); it is recomputed and the cache repaired",
+                        path, key, problem,
+                    )
+        return good, bad
 
     def _write_disk(self, new: Dict[str, torch.Tensor]) -> None:
+        """Adds ``new`` to the cache file, rewritten whole without any invalid entry."""
         path = self.disk_path
-        if path is None or not new:
+        if path is None:
             return
         try:
-            merged = self._read_disk()  # another process may have added names meanwhile
+            merged, _ = self._read_disk(warn=False)  # another process may have added names meanwhile
             merged.update({k: v.detach().to("cpu", torch.float32) for k, v in new.items()})
             atomic_write(str(path), lambda f: torch.save({"version": TEXT_CACHE_VERSION, "embeddings": merged}, f))
             self._disk = merged
@@ -158,18 +258,21 @@ class TextEmbedder:
         """``(len(names), E)`` float32 unit embeddings on the embedder's device."""
         with self._lock:
             missing = [n for n in dict.fromkeys(names) if n not in self._cache]
+            repair = False
             if missing and self.cache_dir is not None:
                 if self._disk is None:
-                    self._disk = self._read_disk()
+                    self._disk, bad = self._read_disk()
+                    repair = bool(bad)  # rewrite the file without them, even if none is asked for
                 for n in missing:
                     if n in self._disk:
                         self._cache[n] = self._disk[n].to(self.device)
                 missing = [n for n in missing if n not in self._cache]
             if missing:
-                computed = dict(zip(missing, self._embed_names(missing)))
-                self._cache.update(computed)
-                if self.cache_dir is not None:
-                    self._write_disk(computed)
+                check_name_lengths(missing, self.tokenizer, self.templates)
+            computed = dict(zip(missing, self._embed_names(missing))) if missing else {}
+            self._cache.update(computed)
+            if self.cache_dir is not None and (computed or repair):
+                self._write_disk(computed)
             if not names:
                 return torch.zeros(0, 0, device=self.device)
             return torch.stack([self._cache[n] for n in names])

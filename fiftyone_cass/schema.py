@@ -94,8 +94,6 @@ def _scalar(tp, value, meta: Mapping[str, Any]):
             raise _Bad
         if isinstance(value, numbers.Integral):
             out = int(value)
-        elif isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
-            out = int(value)
         elif isinstance(value, str):
             try:
                 out = int(value.strip())

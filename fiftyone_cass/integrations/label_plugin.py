@@ -20,6 +20,7 @@ backbones are cached per process and :func:`~.apply.get_segmenter` keeps recent 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Dict, Optional
 
 import fiftyone as fo
@@ -28,7 +29,10 @@ from fiftyone.operators import types
 
 from ..models.presets import PRESETS
 from ..models.segmenter import DEFAULT_METHOD, METHODS, options_from_json
+from .app_support import AUTO_LABEL_FIELDS, FormError, ensure_weights, form_message
 from .apply import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, AutoLabelRun, default_tag_prefix, retag
+
+logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "@fiftyone-cass/cass"
 AUTO_LABEL_URI = f"{PLUGIN_NAME}/auto_label"
@@ -208,36 +212,71 @@ class AutoLabel(foo.Operator):
         return types.Property(inputs, view=types.View(label="Auto-label segmentations (CASS)"))
 
     def execute(self, ctx):
-        run = AutoLabelRun(ctx.target_view(param_name="target", require_flat=True), **auto_label_kwargs(ctx.params))
         if ctx.delegated or ctx.params.get("return_summary"):
-            return self._execute_plain(ctx, run)
-        return self._execute_streaming(ctx, run)
+            return self._execute_plain(ctx)
+        return self._execute_streaming(ctx)
 
     @staticmethod
     def _label(done, total):
         return f"Labeled {done} of {total} samples"
 
-    def _execute_plain(self, ctx, run):
+    @staticmethod
+    def _prepare(ctx) -> AutoLabelRun:
+        """Weights first (fails fast, naming the form's checkpoint fields), then the run."""
+        kw = auto_label_kwargs(ctx.params)
+        ensure_weights(kw["backbone"], kw["method"], kw["device"], kw["clip_checkpoint"], kw["dino_checkpoint"])
+        return AutoLabelRun(ctx.target_view(param_name="target", require_flat=True), **kw)
+
+    def _execute_plain(self, ctx):
         """Delegated (and Python) execution: progress through ``ctx.set_progress`` (stored on the
-        delegated run), the summary as the result."""
+        delegated run), the summary as the result. Errors raise (a delegated run shows them in
+        the App's Runs list, in the form's words)."""
 
         def report(pb):
             ctx.set_progress(progress=pb.progress, label=self._label(pb.iteration, pb.total))
 
-        summary = run.run(progress=fo.report_progress(report, dt=2.0))
+        try:
+            run = self._prepare(ctx)
+            summary = run.run(progress=fo.report_progress(report, dt=2.0))
+        except Exception as exc:
+            if not ctx.delegated:
+                raise  # Python callers get the library's exception
+            raise FormError(form_message(exc, AUTO_LABEL_FIELDS)) from exc
         ctx.set_progress(progress=1.0, label=self._label(summary.num_processed, summary.num_processed))
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
         return summary.to_dict()
 
-    def _execute_streaming(self, ctx, run):
+    def _execute_streaming(self, ctx):
         """Immediate execution from the App: a generator that updates the App's progress bar
-        after every batch, then shows the summary."""
-        for done, total in run.iter_progress():
-            yield ctx.trigger("set_progress", dict(progress=(done / total) if total else 1.0,
-                                                   label=self._label(done, total)))
+        after every batch, then shows the summary. Any error, raised before or during the
+        streamed progress, ends the stream with an error notification and an error summary in
+        the form's words (FiftyOne drops exceptions raised inside a streamed generator: the App
+        would show nothing)."""
+        run = None
+        try:
+            yield ctx.trigger("set_progress", dict(progress=0.0, label="Loading the model"))
+            run = self._prepare(ctx)
+            for done, total in run.iter_progress():
+                yield ctx.trigger("set_progress", dict(progress=(done / total) if total else 1.0,
+                                                       label=self._label(done, total)))
+        except Exception as exc:  # noqa: BLE001 - reported to the App user below
+            msg = form_message(exc, AUTO_LABEL_FIELDS)
+            logger.warning("auto_label failed: %s", msg, exc_info=not isinstance(exc, ValueError))
+            if run is not None and run.summary.num_processed:
+                yield ctx.trigger("reload_dataset")
+            yield ctx.ops.notify(f"Auto-labelling failed: {msg}", variant="error")
+            yield ctx.trigger("show_output", dict(outputs=self._error_outputs(msg).to_json(), results={"error": msg}))
+            return
         yield ctx.trigger("reload_dataset")
         yield ctx.trigger("show_output", dict(outputs=self._outputs().to_json(), results=run.summary.to_dict()))
+
+    @staticmethod
+    def _error_outputs(msg):
+        outputs = types.Object()
+        outputs.view("error_notice", types.Error(label="Auto-labelling failed", description=msg))
+        outputs.str("error", label="Error")
+        return types.Property(outputs, view=types.View(label="Auto-labelling failed"))
 
     def _outputs(self):
         outputs = types.Object()
@@ -251,6 +290,11 @@ class AutoLabel(foo.Operator):
         return types.Property(outputs, view=types.View(label="Auto-labelling summary"))
 
     def resolve_output(self, ctx):
+        results = ctx.results or {}
+        if results.get("error"):
+            return self._error_outputs(results["error"])
+        if not results and not ctx.delegated:
+            return None  # immediate App runs show their summary themselves (show_output)
         return self._outputs()
 
     def __call__(

@@ -366,6 +366,7 @@ def import_directory(directory: str, dataset_name: str, shard=None, exclude: Ite
     todo = [p for p in files if p not in existing and (shard is None or path_shard(p, shard[1]) == shard[0])]
     for start in range(0, len(todo), _IMPORT_BATCH):
         ds.add_samples([fo.Sample(filepath=p) for p in todo[start : start + _IMPORT_BATCH]], progress=False)
+    ds.exists("metadata", False).compute_metadata(skip_failures=True, progress=False)  # width/height in the App
     return ds, len(todo), len(files)
 
 

@@ -196,9 +196,13 @@ def show_labels_in_app(dataset, label_field: str, mask_targets: Optional[Mapping
             return
         cfg = dataset.app_config
         scheme = cfg.color_scheme or fo.ColorScheme()
-        fields = [dict(f) for f in (scheme.fields or []) if f.get("path") != label_field]
-        fields.append({"path": label_field, "maskTargetsColors": class_colors(targets)})
-        scheme.fields = fields
+        colors = class_colors(targets)
+        old = next((f for f in (scheme.fields or []) if f.get("path") == label_field), None)
+        old_ids = sorted(c.get("intTarget") for c in (old or {}).get("maskTargetsColors") or [])
+        if old is None or old_ids != [c["intTarget"] for c in colors]:  # keep a user's colours for the same classes
+            fields = [dict(f) for f in (scheme.fields or []) if f.get("path") != label_field]
+            fields.append({"path": label_field, "maskTargetsColors": colors})
+            scheme.fields = fields
         scheme.color_by = "value"
         cfg.color_scheme = scheme
 

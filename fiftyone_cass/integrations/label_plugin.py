@@ -30,14 +30,17 @@ from fiftyone.operators import types
 from ..models.presets import PRESETS
 from ..models.segmenter import DEFAULT_METHOD, METHODS, options_from_json
 from .app_support import AUTO_LABEL_FIELDS, FormError, ensure_weights, form_message
-from .apply import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, AutoLabelRun, default_tag_prefix, retag
+from .apply import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, AutoLabelRun, default_tag_prefix, retag, run_key_for
 
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "@fiftyone-cass/cass"
 AUTO_LABEL_URI = f"{PLUGIN_NAME}/auto_label"
 RETAG_URI = f"{PLUGIN_NAME}/retag_presence"
-BACKBONES = ("openai", "random-base", "tiny")
+#: backbones offered in the form; the test-only ones ("tiny", "random-base": random weights) are
+#: accepted from Python/CLI but not offered
+BACKBONES = ("openai",)
+TEST_BACKBONES = ("random-base", "tiny")
 #: immediate runs on larger targets default to delegated execution in the App
 DELEGATE_FROM = 100
 
@@ -54,6 +57,23 @@ def _gt_fields(dataset):
         if t and all(isinstance(k, int) for k in t):
             out.append(f)
     return out
+
+
+def _default_gt_field(dataset, candidates, label_field):
+    """The ground truth to preselect: ``ground_truth`` if it is one, else the first field that no
+    auto_label run wrote (predictions are not ground truth), else the first."""
+    if "ground_truth" in candidates:
+        return "ground_truth"
+    runs = set(dataset.list_runs())
+    written = {f for f in candidates if run_key_for(f) in runs or f == label_field}
+    return next((f for f in candidates if f not in written), candidates[0])
+
+
+def _devices():
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(n)]
 
 
 def _dropdown(inputs, name, values, default, label, description=None, required=False):
@@ -165,7 +185,9 @@ class AutoLabel(foo.Operator):
                 inputs.view("no_gt", types.Warning(label="No Segmentation field with integer mask_targets",
                                                    description="Set dataset.mask_targets[field] first"))
             else:
-                _dropdown(inputs, "gt_field", gts, gts[0], "Ground-truth field", required=True)
+                default_gt = _default_gt_field(ds, gts, ctx.params.get("label_field") or "cass")
+                _dropdown(inputs, "gt_field", gts, default_gt, "Ground-truth field", required=True,
+                          description="Predicted ids will equal this field's mask_targets ids")
         else:
             _dropdown(inputs, "preset", sorted(PRESETS), "coco_object", "Preset", required=True)
 
@@ -186,9 +208,15 @@ class AutoLabel(foo.Operator):
                           "other settings need 'overwrite' or 'skip samples that already have labels'"))
 
         _dropdown(inputs, "method", list(METHODS), DEFAULT_METHOD, "Method")
-        _dropdown(inputs, "backbone", list(BACKBONES), "openai", "Backbone",
-                  description="openai: the published CLIP ViT-B/16 + DINO ViT-B/8 weights")
-        inputs.str("device", default="auto", label="Device", description="auto, cpu, cuda, cuda:1, ...")
+        chosen = ctx.params.get("backbone")
+        backbones = list(BACKBONES) + ([chosen] if chosen in TEST_BACKBONES else [])  # Python callers' test models
+        _dropdown(inputs, "backbone", backbones, "openai", "Backbone",
+                  description="The published CLIP ViT-B/16 (OpenAI) + DINO ViT-B/8 weights")
+        devices = _devices()
+        dev = ctx.params.get("device")
+        if dev and dev not in devices:
+            devices.append(dev)
+        _dropdown(inputs, "device", devices, "auto", "Device", description="auto: the first GPU if there is one, else the CPU")
         inputs.int("batch_size", default=4, label="Batch size", description="Images per forward pass and per save")
 
         masks = types.RadioGroup()
@@ -243,6 +271,7 @@ class AutoLabel(foo.Operator):
                 raise  # Python callers get the library's exception
             raise FormError(form_message(exc, AUTO_LABEL_FIELDS)) from exc
         ctx.set_progress(progress=1.0, label=self._label(summary.num_processed, summary.num_processed))
+        _compute_metadata(run.view)
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
         return summary.to_dict()
@@ -268,6 +297,7 @@ class AutoLabel(foo.Operator):
             yield ctx.ops.notify(f"Auto-labelling failed: {msg}", variant="error")
             yield ctx.trigger("show_output", dict(outputs=self._error_outputs(msg).to_json(), results={"error": msg}))
             return
+        _compute_metadata(run.view)
         yield ctx.trigger("reload_dataset")
         yield ctx.trigger("show_output", dict(outputs=self._outputs().to_json(), results=run.summary.to_dict()))
 
@@ -329,6 +359,14 @@ class AutoLabel(foo.Operator):
         if options:
             params["options"] = json.dumps(options)
         return _call(self.uri, sample_collection, params, delegate, delegation_target, selected)
+
+
+def _compute_metadata(view):
+    """Image width/height for the App's sidebar (samples without metadata only; never fails)."""
+    try:
+        view.exists("metadata", False).compute_metadata(skip_failures=True, warn_failures=False, progress=False)
+    except Exception as exc:  # noqa: BLE001 - cosmetic
+        logger.warning("could not compute metadata: %s", exc)
 
 
 def _call(uri, sample_collection, params, delegate, delegation_target, selected):

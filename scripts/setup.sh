@@ -163,6 +163,9 @@ tmp_env="$(mktemp "$CACHE/env.sh.XXXXXX")"
     printf 'export FIFTYONE_CASS_VENV=%q\n' "$VENV"
     printf 'export VIRTUAL_ENV=%q\n' "$VENV"
     printf 'case ":$PATH:" in *:%q/bin:*) ;; *) export PATH=%q/bin:"$PATH" ;; esac\n' "$VENV" "$VENV"
+    # FiftyOne's App offers "Schedule" (delegated runs for `fiftyone delegated launch`) only with this
+    # setting; keep a value the user exported
+    echo 'export FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS="${FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS:-true}"'
     if [ -n "$LIBDIR" ]; then
         printf 'export FIFTYONE_CASS_MONGO_LIBDIR=%q\n' "$LIBDIR"
         printf 'case ":${LD_LIBRARY_PATH:-}:" in *:%q:*) ;; *) export LD_LIBRARY_PATH=%q"${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;; esac\n' "$LIBDIR" "$LIBDIR"

@@ -225,3 +225,26 @@ def show_labels_in_app(dataset, label_field: str, mask_targets: Optional[Mapping
                 field.save()
     except Exception as exc:  # noqa: BLE001 - cosmetic only
         logger.warning("could not set the App colours of field %r: %s", label_field, exc)
+
+
+# ------------------------------------------------------------------------------------------------
+# Delegation ("Schedule" in the App's Execute menu)
+# ------------------------------------------------------------------------------------------------
+SCHEDULING_ENV = "FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"
+
+
+def enable_scheduling(environ=None) -> bool:
+    """Lets the App offer "Schedule" for delegated operations, run later by
+    ``fiftyone delegated launch``. Open-source FiftyOne (>= 1.x) offers it only with its config
+    ``allow_legacy_orchestrators`` (env ``FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS``); without it the
+    Execute menu shows "Schedule: NOT AVAILABLE" (orchestrator registration is an Enterprise
+    feature). Sets the variable unless the user set it (App servers started afterwards inherit
+    it) and this process's config. Returns whether scheduling is on."""
+    environ = os.environ if environ is None else environ
+    environ.setdefault(SCHEDULING_ENV, "true")
+    on = _is_on(environ.get(SCHEDULING_ENV))
+    if "fiftyone.core.config" in sys.modules:
+        import fiftyone as fo
+
+        fo.config.allow_legacy_orchestrators = on
+    return on

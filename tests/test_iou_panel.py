@@ -108,15 +108,16 @@ def test_panel_is_registered_and_its_events_work(evaluated):
     data = {}
     for p in calls.get("patch_panel_data", []):
         data.update(p.get("data", p))
-    assert state["eval_key"] == "ev" and state["summary"]["mIoU"] is not None
+    assert state["eval_key"] == "ev" and state["scores"]["mIoU"] is not None
     table = data["class_table"]
     assert [r["class"] for r in table] == state["rows_shown"]
     assert [r["iou"] for r in table] == sorted(r["iou"] for r in table)  # worst first by default
     chart = data["iou_chart"]
     assert chart[0]["name"] == "IoU (%)" and chart[0]["x"] == state["rows_shown"]
     rendered = calls["show_panel_output"][0]["output"]["type"]["properties"]
-    assert {"eval_key", "summary", "class_table", "iou_chart"} <= set(rendered)
-    assert "%" in str(rendered["summary"]) and "mIoU" in str(rendered["summary"])  # units shown
+    assert {"eval_key", "summary_md", "class_table", "iou_chart"} <= set(rendered)
+    assert not set(rendered) & set(state) - {"eval_key", "presence_field"}  # the App binds state keys to properties
+    assert "%" in str(rendered["summary_md"]) and "mIoU" in str(rendered["summary_md"])  # units shown
 
     # a click on the header "Class" sorts by class name
     _, calls = _panel(ds, "on_click_cell", state=state, row=-1, column=0)

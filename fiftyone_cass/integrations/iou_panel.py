@@ -226,7 +226,7 @@ class IoUPanel(foo.Panel):
             results = ds.load_evaluation_results(key)
             s = summary(ds, results)
             rows = sort_rows(class_rows(ds, results), ctx.panel.state.sort_by or "iou", bool(ctx.panel.state.descending))
-            ctx.panel.state.summary = s
+            ctx.panel.state.scores = s
             ctx.panel.state.rows_shown = [r["class"] for r in rows]
             ctx.panel.set_data("class_table", [{k: ("–" if v is None else v) for k, v in r.items()} for r in rows])
             names = [r["class"] for r in rows]
@@ -235,7 +235,7 @@ class IoUPanel(foo.Panel):
                 {"type": "bar", "name": "Accuracy (%)", "x": names, "y": [r["acc"] for r in rows]},
             ])
         else:
-            ctx.panel.state.summary = None
+            ctx.panel.state.scores = None
             ctx.panel.state.rows_shown = []
         pf = ctx.panel.state.presence_field
         if pf and ds.has_sample_field(pf):
@@ -259,7 +259,7 @@ class IoUPanel(foo.Panel):
             panel.md("No segmentation evaluation yet: run **Evaluate segmentations (mIoU)** "
                      "(`@fiftyone-cass/cass/evaluate_iou`).", name="no_eval")
         panel.btn("reload", label="Reload", icon="refresh", on_click=self.on_reload)
-        s = ctx.panel.state.summary
+        s = ctx.panel.state.scores  # (a state key named like a property would be its value)
         if s:
             def fmt(v):
                 return "–" if v is None else f"{v:.1f} %"
@@ -267,7 +267,7 @@ class IoUPanel(foo.Panel):
             panel.md(
                 f"**mIoU** {fmt(s['mIoU'])} · **aAcc** {fmt(s['aAcc'])} · **mAcc** {fmt(s['mAcc'])} "
                 f"— {s['num_classes']} classes, percent, dataset-level IoU (mmsegmentation protocol)",
-                name="summary",
+                name="summary_md",
             )
             sort_by = ctx.panel.state.sort_by or "iou"
             arrow = "descending" if ctx.panel.state.descending else "ascending"
@@ -280,7 +280,8 @@ class IoUPanel(foo.Panel):
             panel.list("class_table", types.Object(), view=table)
             panel.plot(
                 "iou_chart",
-                layout={"title": "Per-class IoU and accuracy (%)", "barmode": "group",
+                layout={"title": {"text": "Per-class IoU and accuracy (%)"}, "barmode": "group", "showlegend": True,
+                        "margin": {"t": 60},
                         "yaxis": {"title": "%", "range": [0, 100]}, "height": 360},
                 config={"displayModeBar": False},
                 on_click=self.on_click_bar,
@@ -294,7 +295,8 @@ class IoUPanel(foo.Panel):
                        view=view, on_change=self.on_change_presence)
             panel.plot(
                 "presence_chart",
-                layout={"title": "Presence scores per class (samples per bin)", "barmode": "overlay",
+                layout={"title": {"text": "Presence scores per class (samples per bin)"}, "barmode": "overlay",
+                        "showlegend": True, "margin": {"t": 60},
                         "xaxis": {"title": "presence score", "range": [0, 1]}, "yaxis": {"title": "samples"},
                         "height": 320},
                 config={"displayModeBar": False},

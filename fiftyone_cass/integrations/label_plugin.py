@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any, Dict, Optional
 
 import fiftyone as fo
@@ -204,12 +205,15 @@ class AutoLabel(foo.Operator):
                         description="Replace labels made with other settings (a run with the same settings resumes by itself)")
             if not (ctx.params.get("overwrite") or ctx.params.get("skip_existing")):
                 inputs.view("field_exists", types.Notice(
-                    label=f"Field '{label_field}' exists: a run with its settings resumes it; "
-                          "other settings need 'overwrite' or 'skip samples that already have labels'"))
+                    label=f"Field '{label_field}' exists: a run with its settings resumes it; other settings "
+                          "need “Overwrite existing labels” or “Skip samples that already have labels”"))
 
         _dropdown(inputs, "method", list(METHODS), DEFAULT_METHOD, "Method")
         chosen = ctx.params.get("backbone")
-        backbones = list(BACKBONES) + ([chosen] if chosen in TEST_BACKBONES else [])  # Python callers' test models
+        if os.environ.get("FIFTYONE_CASS_FORM_TEST_BACKBONES", "").lower() in ("1", "true", "yes", "on"):
+            backbones = list(BACKBONES) + list(TEST_BACKBONES)  # the browser test's server offers them
+        else:
+            backbones = list(BACKBONES) + ([chosen] if chosen in TEST_BACKBONES else [])  # Python callers' test models
         _dropdown(inputs, "backbone", backbones, "openai", "Backbone",
                   description="The published CLIP ViT-B/16 (OpenAI) + DINO ViT-B/8 weights")
         devices = _devices()
@@ -299,13 +303,17 @@ class AutoLabel(foo.Operator):
             return
         _compute_metadata(run.view)
         yield ctx.trigger("reload_dataset")
-        yield ctx.trigger("show_output", dict(outputs=self._outputs().to_json(), results=run.summary.to_dict()))
+        active = list(ctx.active_fields or [])
+        if active and run.label_field not in active:  # the user's own ticks win over the dataset's defaults
+            yield ctx.ops.set_active_fields(active + [run.label_field])
+        results = run.summary.to_dict()
+        results["mask_dir"] = results.get("mask_dir") or "none: masks are in the database"
+        yield ctx.trigger("show_output", dict(outputs=self._outputs().to_json(), results=results))
 
     @staticmethod
     def _error_outputs(msg):
         outputs = types.Object()
         outputs.view("error_notice", types.Error(label="Auto-labelling failed", description=msg))
-        outputs.str("error", label="Error")
         return types.Property(outputs, view=types.View(label="Auto-labelling failed"))
 
     def _outputs(self):

@@ -9,7 +9,9 @@ ground truth. The tests run in file order on that page, as a user would:
 3. ``auto_label`` runs from its form on two selected samples, and its labels land in the database
    (the Execute menu also offers "Schedule");
 4. an error (other settings on a labelled field) is shown with its message in the form's words;
-5. the plugin's panel shows per-class IoU, and a click on a class filters the grid.
+5. ``evaluate_iou`` runs from its form and shows mIoU in percent;
+6. the plugin's panel shows per-class IoU of the newest evaluation, and a click on a class filters
+   the grid.
 
 Screenshots go to ``tests/artifacts/browser/`` (git-ignored). Chromium is Debian's
 (``scripts/setup.sh`` installs it); set ``FIFTYONE_CASS_CHROMIUM`` to use another binary.
@@ -232,11 +234,12 @@ def test_auto_label_runs_from_the_form_on_selected_samples(app, page):
         page.wait_for_timeout(1000)
     assert set(ds.exists("browser_lbl").values("id")) == {ids[0], ids[2]}  # exactly the selection
     assert ds.mask_targets["browser_lbl"] == {0: "background", 1: "dog", 2: "cat"}
-    page.get_by_text("Labeled:", exact=False).first.wait_for()
-    summary = page.locator(".MuiDialog-root").first.inner_text()
+    output = page.locator(".MuiDialog-root").filter(has_text="Labeled:").last
+    output.get_by_role("button", name="Done").wait_for()
+    summary = output.inner_text()
     _shot(page, "3b_auto_label_summary")
-    assert "browser_lbl" in summary and "2" in summary
-    page.get_by_role("button", name="Done").click()
+    assert "browser_lbl" in summary and "Labeled:\n\n2" in summary
+    output.get_by_role("button", name="Done").click()
     page.wait_for_timeout(1500)
     assert "Mui-checked" in page.locator("[data-cy=checkbox-browser_lbl]").get_attribute("class")
 
@@ -260,9 +263,32 @@ def test_an_error_is_shown_with_its_message(app, page):
         np.testing.assert_array_equal(s.browser_lbl.mask, before[s.id])
 
 
+def test_evaluation_from_the_form_shows_percent(app, page):
+    ds = app["dataset"]
+    dialog = _open_operator(page, "Evaluate seg", "Evaluate segmentations (mIoU)")
+    dialog.get_by_text("Evaluate the entire dataset", exact=True).click()
+    _choose(page, dialog, "Predictions", "cass")
+    page.wait_for_timeout(1500)
+    form = dialog.inner_text()
+    assert "eval_cass_iou" in form  # the default key eval_<predictions> names the per-sample fields
+    _input(dialog, "Evaluation key").fill("eval_form")
+    page.wait_for_timeout(1500)
+    dialog.get_by_role("button", name="Execute").click()
+    output = page.locator(".MuiDialog-root").filter(has_text="mIoU (%)").last
+    output.get_by_role("button", name="Close").wait_for(timeout=120_000)
+    text = output.inner_text()
+    _shot(page, "5_evaluation_result")
+    ds.reload()
+    assert "eval_form" in ds.list_evaluations() and ds.has_sample_field("eval_form_iou")
+    miou = 100 * ds.load_evaluation_results("eval_form").mean_iou()
+    assert f"{miou:.2f}".rstrip("0").rstrip(".") in text
+    output.get_by_role("button", name="Close").click()
+    page.wait_for_timeout(800)
+
+
 def test_panel_shows_per_class_iou(app, page):
     ds = app["dataset"]
-    results = ds.load_evaluation_results("eval_cass")
+    results = ds.load_evaluation_results("eval_form")  # the newest evaluation is preselected
     rows = [r for r in class_rows(ds, results) if r["iou"] is not None]
     assert rows
     page.locator("[data-cy=new-panel-btn]").click()
@@ -270,7 +296,7 @@ def test_panel_shows_per_class_iou(app, page):
     page.get_by_text("Segmentation IoU (CASS)", exact=True).first.click()
     page.get_by_text("IoU (%)", exact=False).first.wait_for(timeout=120_000)
     page.wait_for_timeout(2000)
-    _shot(page, "5a_iou_panel")
+    _shot(page, "6a_iou_panel")
     table = page.locator("table").last
     header = table.locator("thead").inner_text()
     assert "Class" in header and "IoU (%)" in header and "Accuracy (%)" in header
@@ -290,4 +316,4 @@ def test_panel_shows_per_class_iou(app, page):
     )
     page.locator("[data-cy=looker]").first.wait_for()
     page.wait_for_timeout(3000)
-    _shot(page, "5b_worst_samples")
+    _shot(page, "6b_worst_samples")

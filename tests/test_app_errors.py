@@ -287,3 +287,10 @@ def test_default_eval_key_gives_readable_field_names(eval_dataset):
     out = _eval(eval_dataset, resize_nearest=True, eval_key=key)
     assert out["eval_key"] == "eval_predictions"
     assert eval_dataset.has_sample_field("eval_predictions_iou")
+
+
+def test_python_callers_get_the_keyword_names(fo_dataset, images, tmp_path):
+    ds = add_samples(fo_dataset("ckpt_py"), images[:1])
+    with pytest.raises(Exception, match=r"FormError: CLIP checkpoint file not found: .*Fix clip_checkpoint= "):
+        foo.get_operator(AUTO)(ds, classes=["dog"], backbone="openai", clip_checkpoint=str(tmp_path / "no.pt"))
+    assert not ds.has_sample_field("cass")

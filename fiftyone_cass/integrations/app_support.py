@@ -115,11 +115,12 @@ def _go_offline() -> None:
 
 
 def ensure_weights(backbone: str, method: str, device: Optional[str] = None, clip_checkpoint=None,
-                   dino_checkpoint=None, hub_check_timeout: float = 3.0) -> None:
+                   dino_checkpoint=None, hub_check_timeout: float = 3.0, wording: str = "form") -> None:
     """Loads (into the per-process cache the Segmenter reuses) the backbones of a run, before any
     dataset work, and raises :class:`FormError` naming the form's checkpoint fields when weights
     are missing. Where the model hub cannot be reached, Hugging Face's offline mode is switched on
-    first (as the CLI does), so a missing cache fails in seconds instead of minutes of retries."""
+    first (as the CLI does), so a missing cache fails in seconds instead of minutes of retries.
+    ``wording="python"`` names the keyword arguments instead (for Python callers of the operator)."""
     import torch
 
     from ..cli import _hub_reachable
@@ -130,10 +131,10 @@ def ensure_weights(backbone: str, method: str, device: Optional[str] = None, cli
     need_dino = (method or "").partition("+")[0] == "cass"
     for what, path in (("CLIP", clip), ("DINO", dino if need_dino else None)):
         if path and not Path(path).expanduser().is_file():
-            raise FormError(
-                f"{what} checkpoint file not found: {path}. Fix the form's “{what} checkpoint file” field "
-                f"(or FIFTYONE_CASS_{what}_CHECKPOINT on the server)."
-            )
+            where = (f"the form's “{what} checkpoint file” field" if wording == "form"
+                     else f"{what.lower()}_checkpoint=")
+            raise FormError(f"{what} checkpoint file not found: {path}. Fix {where} "
+                            f"(or FIFTYONE_CASS_{what}_CHECKPOINT on the server).")
     hub_unreachable = False
     if backbone == "openai" and not (clip and (dino or not need_dino)):
         if not _is_on(os.environ.get("HF_HUB_OFFLINE")) and not _hub_reachable(hub_check_timeout):
@@ -158,8 +159,10 @@ def ensure_weights(backbone: str, method: str, device: Optional[str] = None, cli
         raise FormError(
             f"The {what} weights of the '{backbone}' backbone are missing: {why}. Download them elsewhere "
             "(CLIP: open_clip_model.safetensors from timm/vit_base_patch16_clip_224.openai; DINO: "
-            "dino_vitbase8_pretrain.pth), copy them to the server and give their paths in the form's "
-            "“CLIP checkpoint file” and “DINO checkpoint file” fields."
+            "dino_vitbase8_pretrain.pth), copy them to the server and give their paths "
+            + ("in the form's “CLIP checkpoint file” and “DINO checkpoint file” fields." if wording == "form"
+               else "as clip_checkpoint= and dino_checkpoint= (or FIFTYONE_CASS_CLIP_CHECKPOINT / "
+                    "FIFTYONE_CASS_DINO_CHECKPOINT).")
         ) from None
     finally:
         root.setLevel(old_level)

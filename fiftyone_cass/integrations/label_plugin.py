@@ -254,9 +254,12 @@ class AutoLabel(foo.Operator):
 
     @staticmethod
     def _prepare(ctx) -> AutoLabelRun:
-        """Weights first (fails fast, naming the form's checkpoint fields), then the run."""
+        """Weights first (fails fast, naming the form's checkpoint fields, or the keyword arguments
+        for Python callers), then the run."""
         kw = auto_label_kwargs(ctx.params)
-        ensure_weights(kw["backbone"], kw["method"], kw["device"], kw["clip_checkpoint"], kw["dino_checkpoint"])
+        python = bool(ctx.params.get("return_summary")) and not ctx.delegated
+        ensure_weights(kw["backbone"], kw["method"], kw["device"], kw["clip_checkpoint"], kw["dino_checkpoint"],
+                       wording="python" if python else "form")
         return AutoLabelRun(ctx.target_view(param_name="target", require_flat=True), **kw)
 
     def _execute_plain(self, ctx):

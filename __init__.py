@@ -2,7 +2,8 @@
 
 * Plugin (``fiftyone.yml``): operators ``@fiftyone-cass/cass/auto_label``, ``retag_presence``
   (``fiftyone_cass/integrations/label_plugin.py``) and ``evaluate_iou``, ``mean_iou``
-  (``fiftyone_cass/integrations/eval_plugin.py``).
+  (``fiftyone_cass/integrations/eval_plugin.py``); panel ``cass_iou`` (per-class IoU and presence
+  scores, ``fiftyone_cass/integrations/iou_panel.py``).
 * Zoo model (``manifest.json``): ``cass-vit-b16-torch``, through :func:`download_model` and
   :func:`load_model` below, e.g.::
 
@@ -34,9 +35,10 @@ def _import_package():
 def register(p):
     _import_package()
     from fiftyone_cass.integrations.eval_plugin import OPERATORS as EVAL_OPERATORS
+    from fiftyone_cass.integrations.iou_panel import PANELS
     from fiftyone_cass.integrations.label_plugin import OPERATORS as LABEL_OPERATORS
 
-    for op in LABEL_OPERATORS + EVAL_OPERATORS:
+    for op in LABEL_OPERATORS + EVAL_OPERATORS + PANELS:
         p.register(op)
 
 

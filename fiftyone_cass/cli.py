@@ -884,6 +884,9 @@ def cmd_release(args) -> int:
 def cmd_app(args) -> int:
     import fiftyone as fo
 
+    from .integrations.app_support import enable_scheduling
+
+    enable_scheduling()  # the App's Execute menu offers "Schedule" (run by `fiftyone delegated launch`)
     ds = _load_dataset(args.dataset)
     session = fo.launch_app(ds, port=args.port, address=args.address, remote=args.remote)
     print(f"the App shows dataset {ds.name!r} at {session.url}", flush=True)

@@ -12,12 +12,14 @@
 #      libssl.so.1.1 / libcrypto.so.1.1 (e.g. Debian 12, Ubuntu 22.04+), it fetches Debian 11's
 #      libssl1.1 package with apt-get (private lists dir, system apt state untouched) and unpacks
 #      it into <repo>/.cache/mongo-libs/ -- nothing is installed system-wide.
-#   3. writes <repo>/.cache/env.sh: `source` it to get the venv on PATH and LD_LIBRARY_PATH set
+#   3. installs Debian's chromium (apt-get) for the App's browser test, unless it is there;
+#   4. writes <repo>/.cache/env.sh: `source` it to get the venv on PATH and LD_LIBRARY_PATH set
 #      so that FiftyOne's embedded MongoDB starts (scripts/test.sh does this for you).
 #
 # Environment:
 #   FIFTYONE_CASS_VENV    where the venv lives (default <repo>/.venv)
 #   FIFTYONE_CASS_PYTHON  interpreter used to create the venv (default python3)
+#   FIFTYONE_CASS_CHROMIUM  the Chromium binary of tests/test_browser.py (default /usr/bin/chromium)
 #   FIFTYONE_CASS_TEST_DATABASE_URI  if set, tests use that MongoDB (in a throw-away database)
 #                         instead of starting the bundled mongod, and the mongod check is skipped
 set -euo pipefail
@@ -156,13 +158,37 @@ else
     fi
 fi
 
-# ---------------------------------------------------------------- 3. env file
+# ---------------------------------------------------------------- 3. browser for tests/test_browser.py
+# Playwright (pip, in the test extra) drives Debian's chromium: Playwright's own browser download
+# needs hosts that are not reachable everywhere. Skipped when a chromium is already there.
+CHROMIUM="${FIFTYONE_CASS_CHROMIUM:-/usr/bin/chromium}"
+if [ -x "$CHROMIUM" ]; then
+    log "browser for the App test: $CHROMIUM"
+elif command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" != "0" ]; then
+        command -v sudo >/dev/null 2>&1 && SUDO="sudo -n" || die "installing chromium (for tests/test_browser.py) needs root: run 'apt-get install chromium' as root, or set FIFTYONE_CASS_CHROMIUM"
+    fi
+    log "installing Debian's chromium for the App's browser test (apt-get)"
+    $SUDO apt-get update -q >"$CACHE/apt-chromium.log" 2>&1 || { cat "$CACHE/apt-chromium.log" >&2; die "apt-get update failed"; }
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium >>"$CACHE/apt-chromium.log" 2>&1 \
+        || { tail -20 "$CACHE/apt-chromium.log" >&2; die "apt-get install chromium failed"; }
+    [ -x "$CHROMIUM" ] || die "chromium was installed but $CHROMIUM does not exist (set FIFTYONE_CASS_CHROMIUM)"
+    log "installed $("$CHROMIUM" --version 2>/dev/null | head -1)"
+else
+    die "tests/test_browser.py needs Chromium: install it (Debian/Ubuntu: apt-get install chromium) or set FIFTYONE_CASS_CHROMIUM to its binary"
+fi
+
+# ---------------------------------------------------------------- 4. env file
 tmp_env="$(mktemp "$CACHE/env.sh.XXXXXX")"
 {
     echo "# Written by scripts/setup.sh -- source it: . $ENV_FILE"
     printf 'export FIFTYONE_CASS_VENV=%q\n' "$VENV"
     printf 'export VIRTUAL_ENV=%q\n' "$VENV"
     printf 'case ":$PATH:" in *:%q/bin:*) ;; *) export PATH=%q/bin:"$PATH" ;; esac\n' "$VENV" "$VENV"
+    # FiftyOne's App offers "Schedule" (delegated runs for `fiftyone delegated launch`) only with this
+    # setting; keep a value the user exported
+    echo 'export FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS="${FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS:-true}"'
     if [ -n "$LIBDIR" ]; then
         printf 'export FIFTYONE_CASS_MONGO_LIBDIR=%q\n' "$LIBDIR"
         printf 'case ":${LD_LIBRARY_PATH:-}:" in *:%q:*) ;; *) export LD_LIBRARY_PATH=%q"${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;; esac\n' "$LIBDIR" "$LIBDIR"

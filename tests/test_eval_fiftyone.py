@@ -79,7 +79,7 @@ def test_evaluate_iou_operator_stores_loadable_results(seg_dataset):
             "params": {"pred_field": "predictions", "gt_field": "ground_truth", "eval_key": "ev", "target": "DATASET"},
         },
     )
-    assert res.result["mIoU"] == pytest.approx(expected.mIoU)
+    assert res.result["mIoU"] == pytest.approx(100 * expected.mIoU, abs=0.005)  # percent, as the CLI prints
 
     assert "ev" in seg_dataset.list_evaluations()
     loaded = seg_dataset.load_evaluation_results("ev")
@@ -352,7 +352,7 @@ def test_model_evaluation_panel_can_load_the_run(seg_dataset):
     panel = EvaluationPanel()
     assert results.metrics()["mIoU"] == pytest.approx(expected.mIoU)
     custom = panel.get_custom_metrics(results)
-    assert custom[MEAN_IOU_METRIC]["label"] == "mIoU"
+    assert custom[MEAN_IOU_METRIC]["label"] == "mIoU (0-1)"  # the panel shows fractions: say so
     assert custom[MEAN_IOU_METRIC]["value"] == pytest.approx(expected.mIoU)
     cm = panel.get_confusion_matrix(results)
     assert list(cm["classes"])[:3] == ["wall", "building", "sky"]

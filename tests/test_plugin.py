@@ -107,7 +107,7 @@ def test_app_style_immediate_run_streams_progress(fo_dataset, images):
     messages = [m.body.to_json() for m in result.result]
     progress = [m["params"]["progress"] for m in messages if m["operator_uri"] == "set_progress"]
     assert progress[0] == 0.0 and progress[-1] == 1.0 and progress == sorted(progress)
-    assert len(progress) == 1 + 3  # start + ceil(5 / 2) batches
+    assert len(progress) == 2 + 3  # model loading + start + ceil(5 / 2) batches
     assert [m["operator_uri"] for m in messages][-2:] == ["reload_dataset", "show_output"]
     shown = messages[-1]["params"]["results"]
     assert shown["num_labeled"] == 5
@@ -212,11 +212,11 @@ def test_synonyms_in_a_class_list_stay_one_class(fo_dataset, images):
     assert r["mask_targets"] == {"0": "background", "1": "person"}
 
 
-def _form(ds, uri, params, target="inputs"):
+def _form(ds, uri, params, target="inputs", results=None):
     from fiftyone.operators.executor import resolve_type
     from fiftyone.operators.registry import OperatorRegistry
 
-    request = dict(dataset_name=ds.name, view=ds.view()._serialize(), params=params, target=target)
+    request = dict(dataset_name=ds.name, view=ds.view()._serialize(), params=params, target=target, results=results)
     prop = asyncio.run(resolve_type(OperatorRegistry(), uri, request))
     assert not hasattr(prop, "error") or prop.error is None, getattr(prop, "error", None)
     return prop.to_json()["type"]["properties"]
@@ -243,7 +243,7 @@ def test_forms_the_app_renders(fo_dataset, images):
     retag_form = _form(ds, RETAG, {})
     assert retag_form["presence_field"]["default"] == "cass_presence"
     assert retag_form["tag_prefix"]["default"] == "cass"
-    outputs = _form(ds, AUTO, {}, target="outputs")
+    outputs = _form(ds, AUTO, {}, target="outputs", results={"num_labeled": 2})
     assert {"num_labeled", "num_failed", "failure_reasons"} <= set(outputs)
 
     request = dict(dataset_name=ds.name, view=ds.view()._serialize(), params={})

@@ -64,6 +64,7 @@ import fiftyone.core.fields as fof
 import fiftyone.core.utils as fou
 from fiftyone import ViewField as F
 
+from .app_support import show_labels_in_app
 from ..errors import InvalidInputError
 from ..fileio import atomic_write, remove_orphaned_temp_files
 from ..shards import shard_index, validate_shard  # noqa: F401 - re-exported
@@ -449,6 +450,7 @@ class AutoLabelRun:
                 ds.mask_targets = targets
                 ds.save()
             self._record_run()
+            show_labels_in_app(ds, lf, self.vocab.mask_targets)  # one colour per class, field ticked
 
         # (id, filepath) of the samples to label, in the order of the target collection
         if todo_ids:

@@ -12,10 +12,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import fiftyone as fo
 import fiftyone.operators as foo
 from fiftyone.operators import types
 
+from .app_support import EVALUATE_FIELDS, FormError, form_message
 from .evaluation import IGNORE_INDEX, metrics_from_histogram
 from .fo_evaluation import (
     METHOD,
@@ -25,6 +28,8 @@ from .fo_evaluation import (
     mean_iou_metric_available,
     per_sample_iou_from_matches,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def _segmentation_fields(collection):
@@ -79,9 +84,12 @@ class EvaluateIoU(foo.Operator):
         inputs.enum("gt_field", choices.values(), default=default_gt, required=True,
                     label="Ground truth", description="Ground-truth Segmentation field", view=choices)
 
-        eval_key = ctx.params.get("eval_key") or "eval_iou"
-        prop = inputs.str("eval_key", default="eval_iou", required=True, label="Evaluation key",
-                          description="Name of the evaluation run (and prefix of the per-sample fields)")
+        pred = ctx.params.get("pred_field") or default_pred
+        key_default = default_eval_key(pred)
+        eval_key = ctx.params.get("eval_key") or key_default
+        prop = inputs.str("eval_key", default=key_default, required=True, label="Evaluation key",
+                          description=(f"Name of the evaluation run; samples get {eval_key}_iou and "
+                                       f"{eval_key}_pixel_acc (fractions 0-1)"))
         if not eval_key.isidentifier():
             prop.invalid = True
             prop.error_message = "The evaluation key must be a valid identifier"
@@ -89,7 +97,8 @@ class EvaluateIoU(foo.Operator):
             inputs.bool("overwrite", default=False, label=f"Overwrite the existing evaluation '{eval_key}'")
             if not ctx.params.get("overwrite", False):
                 prop.invalid = True
-                prop.error_message = f"An evaluation with key '{eval_key}' exists"
+                prop.error_message = (f"An evaluation with key '{eval_key}' exists: tick “Overwrite the existing "
+                                      "evaluation” or choose another key")
 
         inputs.int("ignore_index", default=IGNORE_INDEX, label="Ignore index",
                    description="Ground-truth value that is not evaluated")
@@ -101,41 +110,74 @@ class EvaluateIoU(foo.Operator):
         return types.Property(inputs, view=types.View(label="Evaluate segmentations (mIoU)"))
 
     def execute(self, ctx):
+        """Errors reach the App user as a notification and an error summary in the form's words
+        (delegated runs raise them, in the same words); nothing of a failed run is kept."""
+        try:
+            return self._evaluate(ctx)
+        except Exception as exc:
+            msg = form_message(exc, EVALUATE_FIELDS)
+            if ctx.delegated or ctx.params.get("raise_errors"):
+                raise FormError(msg) from exc
+            logger.warning("evaluate_iou failed: %s", msg, exc_info=not isinstance(exc, ValueError))
+            ctx.ops.notify(f"Evaluation failed: {msg}", variant="error")
+            return {"error": msg}
+
+    def _evaluate(self, ctx):
         view = ctx.target_view(param_name="target", require_flat=True)
-        eval_key = ctx.params.get("eval_key") or "eval_iou"
-        if eval_key in ctx.dataset.list_evaluations():
-            if not ctx.params.get("overwrite", False):
-                raise ValueError(f"An evaluation with key '{eval_key}' exists; pass overwrite=True")
-            ctx.dataset.delete_evaluation(eval_key)
+        pred_field = ctx.params.get("pred_field")
+        gt_field = ctx.params.get("gt_field")
+        if not pred_field or not gt_field:
+            raise FormError("Choose a “Predictions” and a “Ground truth” Segmentation field")
+        if pred_field == gt_field:
+            raise FormError(f"“Predictions” and “Ground truth” are the same field ({pred_field!r}): choose two fields")
+        eval_key = ctx.params.get("eval_key") or default_eval_key(pred_field)
+        overwrite = bool(ctx.params.get("overwrite", False))
+        if eval_key in ctx.dataset.list_evaluations() and not overwrite:
+            raise FormError(f"An evaluation with key '{eval_key}' exists: tick “Overwrite the existing evaluation” "
+                            "or choose another “Evaluation key”")
         ignore_index = ctx.params.get("ignore_index", IGNORE_INDEX)
         results = evaluate_iou(
             view,
-            ctx.params["pred_field"],
-            gt_field=ctx.params["gt_field"],
+            pred_field,
+            gt_field=gt_field,
             eval_key=eval_key,
             ignore_index=None if ignore_index is None else int(ignore_index),
             resize="nearest" if ctx.params.get("resize_nearest", False) else None,
             skip_missing=bool(ctx.params.get("skip_missing", False)),
             progress=False,
+            overwrite=overwrite,
         )
         m = results.iou_metrics()
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
         return {
             "eval_key": eval_key,
-            "mIoU": _finite(m.mIoU),
-            "mAcc": _finite(m.mAcc),
-            "aAcc": _finite(m.aAcc),
+            "mIoU": _percent(m.mIoU),
+            "mAcc": _percent(m.mAcc),
+            "aAcc": _percent(m.aAcc),
             "num_classes": len(m.iou),
         }
 
     def resolve_output(self, ctx):
         outputs = types.Object()
+        if (ctx.results or {}).get("error"):
+            outputs.view("error_notice", types.Error(label="Evaluation failed", description=ctx.results["error"]))
+            return types.Property(outputs, view=types.View(label="Evaluation failed"))
         outputs.str("eval_key", label="Evaluation key")
-        outputs.float("mIoU", label="mIoU")
-        outputs.float("mAcc", label="mAcc")
-        outputs.float("aAcc", label="Pixel accuracy (aAcc)")
+        outputs.float("mIoU", label="mIoU (%)")
+        outputs.float("mAcc", label="mAcc (%)")
+        outputs.float("aAcc", label="Pixel accuracy aAcc (%)")
+        outputs.int("num_classes", label="Classes")
         return types.Property(outputs, view=types.View(label="mIoU evaluation"))
+
+
+def default_eval_key(pred_field: str) -> str:
+    """``eval_<pred_field>`` (as the CLI's ``eval``), so per-sample fields read ``eval_cass_iou``."""
+    return f"eval_{pred_field}" if pred_field else "eval"
+
+
+def _percent(x):
+    return None if x is None or x != x else round(100.0 * float(x), 2)
 
 
 def _finite(x):
@@ -147,8 +189,8 @@ class MeanIoU(foo.EvaluationMetric):
     def config(self):
         cfg = foo.EvaluationMetricConfig(
             name="mean_iou",
-            label="mIoU",
-            description="Mean IoU over classes (mmsegmentation protocol: dataset-level IoU, 255 ignored, nan-mean)",
+            label="mIoU (0-1)",
+            description="Mean IoU as a fraction 0-1 over classes (mmsegmentation protocol: dataset-level IoU, 255 ignored, nan-mean)",
             eval_types=["segmentation"],
             aggregate_key="mIoU",
             lower_is_better=False,

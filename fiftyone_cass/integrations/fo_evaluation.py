@@ -26,6 +26,7 @@ ground truth's, predicted ids are mapped to ground-truth ids by class name
 from __future__ import annotations
 
 import logging
+import uuid
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -385,29 +386,73 @@ def evaluate_iou(
     skip_missing: bool = False,
     custom_metric: Optional[bool] = None,
     progress=None,
+    overwrite: bool = False,
 ) -> IoUSegmentationResults:
     """Evaluates ``pred_field`` against ``gt_field`` with mmseg ``IoUMetric`` semantics.
 
     With an ``eval_key`` the run is saved (``load_evaluation_results(eval_key)``) and the per-sample
     fields ``<eval_key>_iou`` / ``<eval_key>_pixel_acc`` are written. ``custom_metric``: attach the
     plugin's ``mean_iou`` metric for the Model Evaluation panel (None = when the plugin is found).
+
+    All or nothing: a run that fails leaves no evaluation record and none of the fields it
+    created. ``overwrite=True`` replaces an existing evaluation of that key only once the new one
+    has succeeded (it is computed under a temporary key, then renamed); without it an existing
+    key is an error, as in FiftyOne.
     """
     if custom_metric is None:
         custom_metric = eval_key is not None and mean_iou_metric_available()
     custom_metrics = [MEAN_IOU_METRIC] if custom_metric else None
-    return samples.evaluate_segmentations(
-        pred_field,
-        gt_field=gt_field,
-        eval_key=eval_key,
-        mask_targets=mask_targets,
-        method=IoUEvaluationConfig,
-        custom_metrics=custom_metrics,
-        progress=progress,
-        ignore_index=ignore_index,
-        resize=resize,
-        strict=strict,
-        skip_missing=skip_missing,
-    )
+
+    def run(key):
+        return samples.evaluate_segmentations(
+            pred_field,
+            gt_field=gt_field,
+            eval_key=key,
+            mask_targets=mask_targets,
+            method=IoUEvaluationConfig,
+            custom_metrics=custom_metrics,
+            progress=progress,
+            ignore_index=ignore_index,
+            resize=resize,
+            strict=strict,
+            skip_missing=skip_missing,
+        )
+
+    if eval_key is None:
+        return run(None)
+    ds = samples._dataset
+    if not (overwrite and eval_key in ds.list_evaluations()):
+        return _all_or_nothing(ds, eval_key, lambda: run(eval_key))
+    tmp = f"{eval_key}_new_{uuid.uuid4().hex[:8]}"
+    _all_or_nothing(ds, tmp, lambda: run(tmp))
+    ds.delete_evaluation(eval_key)
+    ds.rename_evaluation(tmp, eval_key)
+    return ds.load_evaluation_results(eval_key)
+
+
+def _all_or_nothing(dataset, eval_key: str, fn):
+    """Runs ``fn()``; if it raises, deletes the evaluation ``eval_key`` it registered and the
+    ``<eval_key>_*`` fields it created (an evaluation of that key that existed before is kept)."""
+    existed = eval_key in dataset.list_evaluations()
+    fields_before = set(dataset.get_field_schema())
+    try:
+        return fn()
+    except BaseException:
+        try:
+            dataset.reload()
+            if not existed and eval_key in dataset.list_evaluations():
+                dataset.delete_evaluation(eval_key)
+            created = [
+                f for f in dataset.get_field_schema()
+                if f not in fields_before and (f == eval_key or f.startswith(eval_key + "_"))
+            ]
+            if created:
+                dataset.delete_sample_fields(created, error_level=1)
+            if not existed:
+                dataset._delete_empty_sidebar_group(eval_key)
+        except Exception as cleanup_error:  # noqa: BLE001 - the original error matters more
+            logger.warning("could not clean up the failed evaluation %r: %s", eval_key, cleanup_error)
+        raise
 
 
 # ------------------------------------------------------------------------------------------------

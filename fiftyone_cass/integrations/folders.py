@@ -186,4 +186,6 @@ def import_images(dataset, paths: Sequence[str], batch: int = IMPORT_BATCH) -> i
     added = 0
     for start in range(0, len(todo), batch):
         added += _add_new(dataset, todo[start : start + batch])
+    # width/height for the App's grid and the sidebar; unreadable files keep metadata None
+    dataset.exists("metadata", False).compute_metadata(skip_failures=True, progress=False)
     return added

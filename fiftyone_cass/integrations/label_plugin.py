@@ -20,6 +20,8 @@ backbones are cached per process and :func:`~.apply.get_segmenter` keeps recent 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from typing import Any, Dict, Optional
 
 import fiftyone as fo
@@ -28,12 +30,18 @@ from fiftyone.operators import types
 
 from ..models.presets import PRESETS
 from ..models.segmenter import DEFAULT_METHOD, METHODS, options_from_json
-from .apply import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, AutoLabelRun, default_tag_prefix, retag
+from .app_support import AUTO_LABEL_FIELDS, FormError, ensure_weights, form_message
+from .apply import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, AutoLabelRun, default_tag_prefix, retag, run_key_for
+
+logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "@fiftyone-cass/cass"
 AUTO_LABEL_URI = f"{PLUGIN_NAME}/auto_label"
 RETAG_URI = f"{PLUGIN_NAME}/retag_presence"
-BACKBONES = ("openai", "random-base", "tiny")
+#: backbones offered in the form; the test-only ones ("tiny", "random-base": random weights) are
+#: accepted from Python/CLI but not offered
+BACKBONES = ("openai",)
+TEST_BACKBONES = ("random-base", "tiny")
 #: immediate runs on larger targets default to delegated execution in the App
 DELEGATE_FROM = 100
 
@@ -50,6 +58,23 @@ def _gt_fields(dataset):
         if t and all(isinstance(k, int) for k in t):
             out.append(f)
     return out
+
+
+def _default_gt_field(dataset, candidates, label_field):
+    """The ground truth to preselect: ``ground_truth`` if it is one, else the first field that no
+    auto_label run wrote (predictions are not ground truth), else the first."""
+    if "ground_truth" in candidates:
+        return "ground_truth"
+    runs = set(dataset.list_runs())
+    written = {f for f in candidates if run_key_for(f) in runs or f == label_field}
+    return next((f for f in candidates if f not in written), candidates[0])
+
+
+def _devices():
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(n)]
 
 
 def _dropdown(inputs, name, values, default, label, description=None, required=False):
@@ -163,7 +188,9 @@ class AutoLabel(foo.Operator):
                 inputs.view("no_gt", types.Warning(label="No Segmentation field with integer mask_targets",
                                                    description="Set dataset.mask_targets[field] first"))
             else:
-                _dropdown(inputs, "gt_field", gts, gts[0], "Ground-truth field", required=True)
+                default_gt = _default_gt_field(ds, gts, ctx.params.get("label_field") or "cass")
+                _dropdown(inputs, "gt_field", gts, default_gt, "Ground-truth field", required=True,
+                          description="Predicted ids will equal this field's mask_targets ids")
         else:
             _dropdown(inputs, "preset", sorted(PRESETS), "coco_object", "Preset", required=True)
 
@@ -180,13 +207,22 @@ class AutoLabel(foo.Operator):
                         description="Replace labels made with other settings (a run with the same settings resumes by itself)")
             if not (ctx.params.get("overwrite") or ctx.params.get("skip_existing")):
                 inputs.view("field_exists", types.Notice(
-                    label=f"Field '{label_field}' exists: a run with its settings resumes it; "
-                          "other settings need 'overwrite' or 'skip samples that already have labels'"))
+                    label=f"Field '{label_field}' exists: a run with its settings resumes it; other settings "
+                          "need “Overwrite existing labels” or “Skip samples that already have labels”"))
 
         _dropdown(inputs, "method", list(METHODS), DEFAULT_METHOD, "Method")
-        _dropdown(inputs, "backbone", list(BACKBONES), "openai", "Backbone",
-                  description="openai: the published CLIP ViT-B/16 + DINO ViT-B/8 weights")
-        inputs.str("device", default="auto", label="Device", description="auto, cpu, cuda, cuda:1, ...")
+        chosen = ctx.params.get("backbone")
+        if os.environ.get("FIFTYONE_CASS_FORM_TEST_BACKBONES", "").lower() in ("1", "true", "yes", "on"):
+            backbones = list(BACKBONES) + list(TEST_BACKBONES)  # the browser test's server offers them
+        else:
+            backbones = list(BACKBONES) + ([chosen] if chosen in TEST_BACKBONES else [])  # Python callers' test models
+        _dropdown(inputs, "backbone", backbones, "openai", "Backbone",
+                  description="The published CLIP ViT-B/16 (OpenAI) + DINO ViT-B/8 weights")
+        devices = _devices()
+        dev = ctx.params.get("device")
+        if dev and dev not in devices:
+            devices.append(dev)
+        _dropdown(inputs, "device", devices, "auto", "Device", description="auto: the first GPU if there is one, else the CPU")
         inputs.int("batch_size", default=4, label="Batch size", description="Images per forward pass and per save")
 
         masks = types.RadioGroup()
@@ -212,36 +248,80 @@ class AutoLabel(foo.Operator):
         return types.Property(inputs, view=types.View(label="Auto-label segmentations (CASS)"))
 
     def execute(self, ctx):
-        run = AutoLabelRun(ctx.target_view(param_name="target", require_flat=True), **auto_label_kwargs(ctx.params))
         if ctx.delegated or ctx.params.get("return_summary"):
-            return self._execute_plain(ctx, run)
-        return self._execute_streaming(ctx, run)
+            return self._execute_plain(ctx)
+        return self._execute_streaming(ctx)
 
     @staticmethod
     def _label(done, total):
         return f"Labeled {done} of {total} samples"
 
-    def _execute_plain(self, ctx, run):
+    @staticmethod
+    def _prepare(ctx) -> AutoLabelRun:
+        """Weights first (fails fast, naming the form's checkpoint fields, or the keyword arguments
+        for Python callers), then the run."""
+        kw = auto_label_kwargs(ctx.params)
+        python = bool(ctx.params.get("return_summary")) and not ctx.delegated
+        ensure_weights(kw["backbone"], kw["method"], kw["device"], kw["clip_checkpoint"], kw["dino_checkpoint"],
+                       wording="python" if python else "form")
+        return AutoLabelRun(ctx.target_view(param_name="target", require_flat=True), **kw)
+
+    def _execute_plain(self, ctx):
         """Delegated (and Python) execution: progress through ``ctx.set_progress`` (stored on the
-        delegated run), the summary as the result."""
+        delegated run), the summary as the result. Errors raise (a delegated run shows them in
+        the App's Runs list, in the form's words)."""
 
         def report(pb):
             ctx.set_progress(progress=pb.progress, label=self._label(pb.iteration, pb.total))
 
-        summary = run.run(progress=fo.report_progress(report, dt=2.0))
+        try:
+            run = self._prepare(ctx)
+            summary = run.run(progress=fo.report_progress(report, dt=2.0))
+        except Exception as exc:
+            if not ctx.delegated:
+                raise  # Python callers get the library's exception
+            raise FormError(form_message(exc, AUTO_LABEL_FIELDS)) from exc
         ctx.set_progress(progress=1.0, label=self._label(summary.num_processed, summary.num_processed))
+        _compute_metadata(run.view)
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
         return summary.to_dict()
 
-    def _execute_streaming(self, ctx, run):
+    def _execute_streaming(self, ctx):
         """Immediate execution from the App: a generator that updates the App's progress bar
-        after every batch, then shows the summary."""
-        for done, total in run.iter_progress():
-            yield ctx.trigger("set_progress", dict(progress=(done / total) if total else 1.0,
-                                                   label=self._label(done, total)))
+        after every batch, then shows the summary. Any error, raised before or during the
+        streamed progress, ends the stream with an error notification and an error summary in
+        the form's words (FiftyOne drops exceptions raised inside a streamed generator: the App
+        would show nothing)."""
+        run = None
+        try:
+            yield ctx.trigger("set_progress", dict(progress=0.0, label="Loading the model"))
+            run = self._prepare(ctx)
+            for done, total in run.iter_progress():
+                yield ctx.trigger("set_progress", dict(progress=(done / total) if total else 1.0,
+                                                       label=self._label(done, total)))
+        except Exception as exc:  # noqa: BLE001 - reported to the App user below
+            msg = form_message(exc, AUTO_LABEL_FIELDS)
+            logger.warning("auto_label failed: %s", msg, exc_info=not isinstance(exc, ValueError))
+            if run is not None and run.summary.num_processed:
+                yield ctx.trigger("reload_dataset")
+            yield ctx.ops.notify(f"Auto-labelling failed: {msg}", variant="error")
+            yield ctx.trigger("show_output", dict(outputs=self._error_outputs(msg).to_json(), results={"error": msg}))
+            return
+        _compute_metadata(run.view)
         yield ctx.trigger("reload_dataset")
-        yield ctx.trigger("show_output", dict(outputs=self._outputs().to_json(), results=run.summary.to_dict()))
+        active = list(ctx.active_fields or [])
+        if active and run.label_field not in active:  # the user's own ticks win over the dataset's defaults
+            yield ctx.ops.set_active_fields(active + [run.label_field])
+        results = run.summary.to_dict()
+        results["mask_dir"] = results.get("mask_dir") or "none: masks are in the database"
+        yield ctx.trigger("show_output", dict(outputs=self._outputs().to_json(), results=results))
+
+    @staticmethod
+    def _error_outputs(msg):
+        outputs = types.Object()
+        outputs.view("error_notice", types.Error(label="Auto-labelling failed", description=msg))
+        return types.Property(outputs, view=types.View(label="Auto-labelling failed"))
 
     def _outputs(self):
         outputs = types.Object()
@@ -255,6 +335,11 @@ class AutoLabel(foo.Operator):
         return types.Property(outputs, view=types.View(label="Auto-labelling summary"))
 
     def resolve_output(self, ctx):
+        results = ctx.results or {}
+        if results.get("error"):
+            return self._error_outputs(results["error"])
+        if not results and not ctx.delegated:
+            return None  # immediate App runs show their summary themselves (show_output)
         return self._outputs()
 
     def __call__(
@@ -289,6 +374,14 @@ class AutoLabel(foo.Operator):
         if options:
             params["options"] = json.dumps(options)
         return _call(self.uri, sample_collection, params, delegate, delegation_target, selected)
+
+
+def _compute_metadata(view):
+    """Image width/height for the App's sidebar (samples without metadata only; never fails)."""
+    try:
+        view.exists("metadata", False).compute_metadata(skip_failures=True, warn_failures=False, progress=False)
+    except Exception as exc:  # noqa: BLE001 - cosmetic
+        logger.warning("could not compute metadata: %s", exc)
 
 
 def _call(uri, sample_collection, params, delegate, delegation_target, selected):

@@ -1,0 +1,319 @@
+"""The plugin in FiftyOne's App, driven in a real browser (headless Chromium through Playwright).
+
+One App server (``python -m fiftyone.server.main`` on 127.0.0.1) and one page serve the whole
+module, on a small dataset labelled with the tiny random-weight backbone and evaluated against a
+ground truth. The tests run in file order on that page, as a user would:
+
+1. the grid draws the labelled masks (the field is ticked, and its pixels change the tile);
+2. the operator browser lists the plugin's operators;
+3. ``auto_label`` runs from its form on two selected samples, and its labels land in the database
+   (the Execute menu also offers "Schedule");
+4. an error (other settings on a labelled field) is shown with its message in the form's words;
+5. ``evaluate_iou`` runs from its form and shows mIoU in percent;
+6. the plugin's panel shows per-class IoU of the newest evaluation, and a click on a class filters
+   the grid.
+
+Screenshots go to ``tests/artifacts/browser/`` (git-ignored). Chromium is Debian's
+(``scripts/setup.sh`` installs it); set ``FIFTYONE_CASS_CHROMIUM`` to use another binary.
+"""
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import sync_playwright
+
+import fiftyone as fo
+
+from _label_helpers import CLASSES, OPTS, make_images
+from fiftyone_cass.integrations.apply import apply
+from fiftyone_cass.integrations.fo_evaluation import evaluate_iou
+from fiftyone_cass.integrations.iou_panel import class_rows, worst_class_samples
+
+ART = Path(__file__).resolve().parent / "artifacts" / "browser"
+CHROMIUM = os.environ.get("FIFTYONE_CASS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SEG_OPTIONS = json.dumps({k: v for k, v in OPTS.items() if k not in ("backbone", "device")})
+# the App's first load compiles and caches a lot: minutes on a 2-core machine
+APP_TIMEOUT_S = 420
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, fiftyone_database):
+    """A dataset (4 images: 'cass' labelled by the tiny model, a ground truth, an evaluation
+    'eval_cass') and an App server for it."""
+    tmp = tmp_path_factory.mktemp("browser")
+    name = f"browser-{os.getpid()}"
+    ds = fo.Dataset(name)
+    ds.persistent = True  # the server process reads it
+    ds.add_samples([fo.Sample(filepath=p) for p in make_images(tmp / "images", 4)])
+    ds.compute_metadata()
+    apply(ds, CLASSES, masks="database", batch_size=2, **OPTS)
+    for s in ds:
+        gt = s.cass.mask.copy()
+        gt[: gt.shape[0] // 3] = 1  # the top third is "dog": a ground truth that differs
+        s["ground_truth"] = fo.Segmentation(mask=gt)
+        s.save()
+    ds.mask_targets = dict(ds.mask_targets, ground_truth=ds.mask_targets["cass"])
+    ds.save()
+    evaluate_iou(ds, "cass", "ground_truth", eval_key="eval_cass")
+
+    port = _free_port()
+    env = dict(os.environ, FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS="true", FIFTYONE_CASS_FORM_TEST_BACKBONES="1")
+    log_path = tmp / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "fiftyone.server.main", "--port", str(port),
+                                 "--address", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + APP_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the App server exited ({proc.returncode}):\n{log_path.read_text(errors='replace')}")
+            try:
+                urllib.request.urlopen(url, timeout=5).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the App server did not answer:\n{log_path.read_text(errors='replace')}")
+                time.sleep(1)
+        yield dict(url=url, dataset=ds, log=log_path)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        fo.delete_dataset(name)
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    if ART.exists():
+        shutil.rmtree(ART)
+    ART.mkdir(parents=True)
+    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} not found: run scripts/setup.sh (it installs Debian's chromium)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(120_000)
+        page.goto(f"{app['url']}/datasets/{app['dataset'].name}", timeout=APP_TIMEOUT_S * 1000)
+        page.locator("[data-cy=looker]").first.wait_for(timeout=APP_TIMEOUT_S * 1000)
+        page.wait_for_timeout(3000)
+        dismiss = page.get_by_text("Dismiss", exact=True)  # the "Explore Enterprise" pop-up
+        if dismiss.count():
+            dismiss.first.click()
+        try:
+            yield page
+        finally:
+            page.screenshot(path=str(ART / "last.png"))
+            browser.close()
+
+
+def _shot(page, name):
+    page.screenshot(path=str(ART / f"{name}.png"))
+
+
+def _tile(page, i):
+    return np.asarray(Image.open(io.BytesIO(page.locator("[data-cy=looker]").nth(i).screenshot())).convert("RGB"),
+                      dtype=np.float64)
+
+
+def _open_operator(page, query, label):
+    page.mouse.move(700, 800)
+    page.locator("[data-cy=action-browse-operations]").click()
+    page.wait_for_timeout(1000)
+    page.keyboard.type(query)
+    page.wait_for_timeout(1000)
+    page.get_by_text(label, exact=True).first.click()
+    dialog = page.locator(".MuiDialog-root").first
+    dialog.get_by_role("button", name="Execute").wait_for()
+    page.wait_for_timeout(1500)
+    return dialog
+
+
+def _input(dialog, label):
+    """The text input of a form field, found by its label (the last element with that text)."""
+    return dialog.locator(f"xpath=(.//*[normalize-space(text())='{label}'])[last()]"
+                          "/following::input[not(@type='radio') and not(@type='checkbox')][1]")
+
+
+def _choose(page, dialog, label, option):
+    dialog.locator(f"xpath=(.//*[normalize-space(text())='{label}'])[last()]/following::*[@role='combobox'][1]").click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_timeout(800)
+
+
+def _fill_auto_label(page, dialog, classes, label_field):
+    _input(dialog, "Class names").fill(classes)
+    page.wait_for_timeout(800)
+    _input(dialog, "Label field").fill(label_field)
+    page.wait_for_timeout(1500)  # the form re-resolves (existing field -> overwrite options)
+    _choose(page, dialog, "Backbone", "tiny")
+    _input(dialog, "Advanced options (JSON)").fill(SEG_OPTIONS)
+    page.wait_for_timeout(1500)
+
+
+def test_grid_draws_the_labelled_masks(app, page):
+    checkbox = page.locator("[data-cy=checkbox-cass]")
+    assert "Mui-checked" in checkbox.get_attribute("class")  # ticked after labelling, no colour-scheme fiddling
+    _shot(page, "1_grid_masks")
+    with_masks = _tile(page, 0)
+    checkbox.click()
+    page.wait_for_timeout(2500)
+    without = _tile(page, 0)
+    checkbox.click()
+    page.wait_for_timeout(2500)
+    again = _tile(page, 0)
+    assert np.abs(with_masks - without).mean() > 5  # the masks change the drawn pixels
+    assert np.abs(again - without).mean() > 5
+
+
+def test_operator_list_shows_the_plugin(page):
+    page.locator("[data-cy=action-browse-operations]").click()
+    page.wait_for_timeout(1000)
+    page.keyboard.type("CASS")
+    page.wait_for_timeout(1500)
+    listed = page.locator(".MuiDialog-root").first.inner_text()
+    _shot(page, "2_operator_list")
+    for label in ("Auto-label segmentations (CASS)", "Re-tag concepts from presence scores (CASS)",
+                  "Evaluate segmentations (mIoU)"):
+        assert label in listed
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(800)
+
+
+def test_auto_label_runs_from_the_form_on_selected_samples(app, page):
+    ds = app["dataset"]
+    ids = ds.values("id")
+    lookers = page.locator("[data-cy=looker]")
+    for i in (0, 2):  # select two samples in the grid
+        lookers.nth(i).hover()
+        page.wait_for_timeout(300)
+        lookers.nth(i).locator("[data-cy^=looker-checkbox-]").first.click()
+        page.wait_for_timeout(500)
+    dialog = _open_operator(page, "Auto-label", "Auto-label segmentations (CASS)")
+    form = dialog.inner_text()
+    assert "Current selection" in form
+    _fill_auto_label(page, dialog, "dog, cat", "browser_lbl")
+    # the Execute menu offers scheduling (delegation) in this setup
+    dialog.locator("xpath=.//button[normalize-space(.)='Execute']/following-sibling::*[1]").first.click()
+    page.wait_for_timeout(800)
+    menu = " ".join(page.locator("li").all_inner_texts())
+    _shot(page, "3a_execute_menu")
+    assert "Schedule" in menu and "NOT AVAILABLE" not in menu.upper()
+    page.locator("li").filter(has_text="Run this operation synchronously").first.click()
+    page.wait_for_timeout(800)
+    dialog.get_by_role("button", name="Execute").click()
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        ds.reload()
+        if ds.has_sample_field("browser_lbl") and len(ds.exists("browser_lbl")) == 2:
+            break
+        page.wait_for_timeout(1000)
+    assert set(ds.exists("browser_lbl").values("id")) == {ids[0], ids[2]}  # exactly the selection
+    assert ds.mask_targets["browser_lbl"] == {0: "background", 1: "dog", 2: "cat"}
+    output = page.locator(".MuiDialog-root").filter(has_text="Labeled:").last
+    output.get_by_role("button", name="Done").wait_for()
+    summary = output.inner_text()
+    _shot(page, "3b_auto_label_summary")
+    assert "browser_lbl" in summary and "Labeled:\n\n2" in summary
+    output.get_by_role("button", name="Done").click()
+    page.wait_for_timeout(1500)
+    assert "Mui-checked" in page.locator("[data-cy=checkbox-browser_lbl]").get_attribute("class")
+
+
+def test_an_error_is_shown_with_its_message(app, page):
+    ds = app["dataset"]
+    before = {s.id: s.browser_lbl.mask.copy() for s in ds.exists("browser_lbl")}
+    dialog = _open_operator(page, "Auto-label", "Auto-label segmentations (CASS)")
+    _fill_auto_label(page, dialog, "frisbee", "browser_lbl")  # other settings on a labelled field
+    dialog.get_by_role("button", name="Execute").click()
+    page.get_by_text("Auto-labelling failed", exact=True).first.wait_for(timeout=120_000)
+    page.wait_for_timeout(1000)
+    text = page.locator("body").inner_text()
+    _shot(page, "4_error_message")
+    assert "already holds labels of other settings" in text
+    assert "“Overwrite existing labels”" in text and "overwrite=True" not in text and "Traceback" not in text
+    page.get_by_role("button", name="Done").click()
+    page.wait_for_timeout(800)
+    ds.reload()
+    for s in ds.exists("browser_lbl"):  # nothing was rewritten
+        np.testing.assert_array_equal(s.browser_lbl.mask, before[s.id])
+
+
+def test_evaluation_from_the_form_shows_percent(app, page):
+    ds = app["dataset"]
+    dialog = _open_operator(page, "Evaluate seg", "Evaluate segmentations (mIoU)")
+    dialog.get_by_text("Evaluate the entire dataset", exact=True).click()
+    _choose(page, dialog, "Predictions", "cass")
+    page.wait_for_timeout(1500)
+    form = dialog.inner_text()
+    assert "eval_cass_iou" in form  # the default key eval_<predictions> names the per-sample fields
+    _input(dialog, "Evaluation key").fill("eval_form")
+    page.wait_for_timeout(1500)
+    dialog.get_by_role("button", name="Execute").click()
+    output = page.locator(".MuiDialog-root").filter(has_text="mIoU (%)").last
+    output.get_by_role("button", name="Close").wait_for(timeout=120_000)
+    text = output.inner_text()
+    _shot(page, "5_evaluation_result")
+    ds.reload()
+    assert "eval_form" in ds.list_evaluations() and ds.has_sample_field("eval_form_iou")
+    miou = 100 * ds.load_evaluation_results("eval_form").mean_iou()
+    assert f"{miou:.2f}".rstrip("0").rstrip(".") in text
+    output.get_by_role("button", name="Close").click()
+    page.wait_for_timeout(800)
+
+
+def test_panel_shows_per_class_iou(app, page):
+    ds = app["dataset"]
+    results = ds.load_evaluation_results("eval_form")  # the newest evaluation is preselected
+    rows = [r for r in class_rows(ds, results) if r["iou"] is not None]
+    assert rows
+    page.locator("[data-cy=new-panel-btn]").click()
+    page.wait_for_timeout(1000)
+    page.get_by_text("Segmentation IoU (CASS)", exact=True).first.click()
+    page.get_by_text("IoU (%)", exact=False).first.wait_for(timeout=120_000)
+    page.wait_for_timeout(2000)
+    _shot(page, "6a_iou_panel")
+    table = page.locator("table").last
+    header = table.locator("thead").inner_text()
+    assert "Class" in header and "IoU (%)" in header and "Accuracy (%)" in header
+    body = [[c.strip() for c in line.split("\t")] for line in table.locator("tbody").inner_text().splitlines()]
+    shown = {cells[0]: cells[1] for cells in body if len(cells) > 1}
+    for r in rows:
+        assert float(shown[r["class"]]) == pytest.approx(r["iou"], abs=0.05)
+    text = page.locator("body").inner_text()
+    assert "mIoU" in text and "%" in text
+
+    worst = min(rows, key=lambda r: r["iou"])["class"]
+    expected = len(worst_class_samples(ds, results, worst))
+    table.get_by_role("cell", name=worst, exact=True).first.click()
+    page.wait_for_function(
+        "n => document.querySelector('[data-cy=entry-counts]').innerText.startsWith(n + ' ')",
+        arg=str(expected), timeout=60_000,
+    )
+    page.locator("[data-cy=looker]").first.wait_for()
+    page.wait_for_timeout(3000)
+    _shot(page, "6b_worst_samples")

@@ -524,38 +524,13 @@ def _print_skipped(skipped) -> None:
 
 
 def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
-    """The :func:`~fiftyone_cass.integrations.apply.apply` arguments of the ``label``/``demo`` options."""
-    kw: Dict[str, Any] = dict(
-        label_field=args.label_field,
-        method=args.method,
-        backbone=args.backbone,
-        device=args.device_resolved,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        masks=args.masks,
-        mask_dir=args.mask_dir,
-        skip_existing=args.skip_existing,
-        overwrite=args.overwrite,
-        presence_threshold=args.presence_threshold,
-        clip_checkpoint=args.clip_checkpoint,
-        dino_checkpoint=args.dino_checkpoint,
-    )
-    if args.no_presence:
-        kw["presence_field"] = None
-    elif args.presence_field:
-        kw["presence_field"] = args.presence_field
-    if args.no_tags:
-        kw["tag_prefix"] = None
-    elif args.tag_prefix:
-        kw["tag_prefix"] = args.tag_prefix
-    if args.no_embeddings:
-        kw["embeddings_field"] = None
-    elif args.embeddings_field:
-        kw["embeddings_field"] = args.embeddings_field
-    if args.background is not None:
-        b = args.background.strip()
-        kw["background"] = None if b.lower() == "none" else "default" if b.lower() == "default" else [
-            w.strip() for w in b.split(",") if w.strip()]
+    """The :func:`~fiftyone_cass.integrations.apply.apply` arguments of the ``label``/``demo``
+    flags: every settings flag's (already checked) value, the vocabulary, the Segmenter options."""
+    from .settings import label_setting_names
+
+    kw: Dict[str, Any] = {n: getattr(args, n) for n in label_setting_names()
+                          if hasattr(args, n) and n not in ("classes", "preset", "gt_field", "shard")}
+    kw["device"] = args.device_resolved
     sources = [x for x in ("classes", "classes_file", "preset", "gt_field") if getattr(args, x, None)]
     if classes is not None and not sources:
         kw["classes"] = list(classes)
@@ -696,7 +671,9 @@ def _queue_delegated(args, kw: Dict[str, Any], is_dir: bool) -> int:
 
         kw["masks"] = "disk" if (len(view) >= DISK_THRESHOLD or kw.get("mask_dir")) else "database"
     params = dict(kw)
-    options = {k: params.pop(k) for k in list(params) if k not in _OPERATOR_PARAMS}
+    from .settings import label_setting_names
+
+    options = {k: params.pop(k) for k in list(params) if k not in label_setting_names()}
     classes = params.pop("classes", None)
     preset = params.pop("preset", None)
     gt_field = params.pop("gt_field", None)
@@ -715,12 +692,6 @@ def _queue_delegated(args, kw: Dict[str, Any], is_dir: bool) -> int:
     return EXIT_OK
 
 
-#: apply() arguments that the auto_label operator takes as parameters (others go in its "options")
-_OPERATOR_PARAMS = {
-    "label_field", "method", "backbone", "device", "batch_size", "masks", "mask_dir", "skip_existing",
-    "overwrite", "presence_threshold", "clip_checkpoint", "dino_checkpoint", "presence_field", "tag_prefix",
-    "embeddings_field", "classes", "preset", "gt_field",
-}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -903,56 +874,63 @@ def cmd_app(args) -> int:
 # ------------------------------------------------------------------------------------------------
 # Parser
 # ------------------------------------------------------------------------------------------------
+def add_settings_arguments(p: argparse.ArgumentParser, names: Sequence[str], titles: Dict[str, str]):
+    """Flags for the :class:`~fiftyone_cass.settings.LabelSettings` fields ``names``, generated from
+    their declarations: ``--batch-size`` for ``batch_size``, choices, help text and default from
+    the field, the field's ``off_flag`` (``--no-tags``) setting it to None. Each value is checked
+    by the settings' own checker as it is parsed (a bad one ends in a usage error naming the flag).
+    Returns ``{group name: argument group}``."""
+    from .schema import choices_of, coerce_settings, setting_fields, setting_type
+    from .settings import LabelSettings
+
+    fields = setting_fields(LabelSettings)
+    groups: Dict[str, Any] = {}
+    for group in ("vocabulary", "model", "output", "run"):  # the help's order
+        if any(fields[n].metadata.get("group") == group for n in names):
+            groups[group] = p.add_argument_group(titles.get(group, group))
+    for name in names:
+        f = fields[name]
+        meta = f.metadata
+        group = meta.get("group", "options")
+        g = groups.get(group) or groups.setdefault(group, p.add_argument_group(titles.get(group, group)))
+        flag = "--" + name.replace("_", "-")
+        shown = str(f.default).replace("{label_field}", "<label-field>")
+        default = f" (default {shown})" if f.default not in (None, False) else ""
+        help_text = argparse.SUPPRESS if meta.get("hidden") else ((meta.get("help") or "") + default).replace("%", "%%")
+
+        def check(text, name=name):
+            from .errors import InvalidInputError
+
+            try:
+                return coerce_settings(LabelSettings, {name: text})[name]
+            except InvalidInputError as exc:  # argparse prints "argument --flag: <this>"
+                raise argparse.ArgumentTypeError(f"{text!r} is not allowed: {str(exc).partition(' is not allowed: ')[2]}") from None
+
+        if setting_type(LabelSettings, name) is bool:
+            g.add_argument(flag, dest=name, action="store_true", default=f.default, help=help_text)
+        else:
+            choices = choices_of(meta)
+            g.add_argument(flag, dest=name, type=check, default=f.default, help=help_text,
+                           choices=list(choices) if choices else None, metavar=meta.get("metavar"))
+        if meta.get("off_flag"):
+            g.add_argument(meta["off_flag"], dest=name, action="store_const", const=None,
+                           help=meta.get("off_help"))
+    return groups
+
+
 def _add_label_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
-    from .integrations.apply import DEFAULT_PRESENCE_THRESHOLD
-    from .models.presets import PRESETS
-    from .models.segmenter import DEFAULT_METHOD, METHODS
+    from .settings import label_setting_names
 
-    voc = p.add_argument_group("vocabulary" + (" (default: the demo classes)" if demo else " (exactly one)"))
-    voc.add_argument("--classes", help='class names, comma separated: "dog, frisbee, person"')
-    voc.add_argument("--classes-file", metavar="FILE",
-                     help="one class per line; a line may list synonyms: 'person, people'")
-    if not demo:
-        voc.add_argument("--preset", choices=sorted(PRESETS), help="a published benchmark vocabulary and protocol")
-        voc.add_argument("--gt-field", metavar="FIELD",
-                         help="use the mask_targets of this ground-truth Segmentation field (predicted ids = GT ids)")
-    voc.add_argument("--background", default=None, metavar="none|default|WORDS",
-                     help="background words of a free vocabulary: none (threshold only, default), default "
-                          "(the reference's 26 words) or comma-separated words")
-
-    m = p.add_argument_group("model")
-    m.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
-    m.add_argument("--backbone", default="openai", help=argparse.SUPPRESS)  # tiny/random-base: tests, smoke runs
-    m.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    m.add_argument("--batch-size", type=int, default=4, help="images per forward pass and per save (default 4)")
-    m.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    m.add_argument("--clip-checkpoint", metavar="FILE", default=None,
-                   help="local open_clip ViT-B-16 OpenAI weights (offline machines; or FIFTYONE_CASS_CLIP_CHECKPOINT)")
-    m.add_argument("--dino-checkpoint", metavar="FILE", default=None,
-                   help="local DINO ViT-B/8 weights (offline machines; or FIFTYONE_CASS_DINO_CHECKPOINT)")
-    m.add_argument("--options", metavar="JSON", default=None,
-                   help='Segmenter options as a JSON object, e.g. \'{"mode": "whole", "short_side": 448}\'')
-    m.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="one Segmenter option (repeatable), e.g. -o mode=whole")
-
-    o = p.add_argument_group("output")
-    o.add_argument("--label-field", default="cass", help="Segmentation field to write (default cass)")
-    o.add_argument("--masks", default="auto", choices=["auto", "disk", "database"],
-                   help="PNG files (mask_path) or in the database; auto: files from 1000 target samples on")
-    o.add_argument("--mask-dir", default=None, metavar="DIR",
-                   help="root of the mask files (default <fiftyone default_dataset_dir>/fiftyone_cass_masks/<dataset>)")
-    o.add_argument("--presence-field", default=None, help="presence scores field (default <label-field>_presence)")
-    o.add_argument("--no-presence", action="store_true", help="write neither presence scores nor tags")
-    o.add_argument("--tag-prefix", default=None, help="sample tags <prefix>:<class> (default <label-field>)")
-    o.add_argument("--no-tags", action="store_true", help="no presence tags")
-    o.add_argument("--embeddings-field", default=None,
-                   help="field for the global CLIP image embedding, for text search (default <label-field>_embedding)")
-    o.add_argument("--no-embeddings", action="store_true", help="do not store image embeddings")
-    o.add_argument("--presence-threshold", type=float, default=DEFAULT_PRESENCE_THRESHOLD,
-                   help=f"presence score from which a class is tagged (default {DEFAULT_PRESENCE_THRESHOLD})")
-    o.add_argument("--skip-existing", action="store_true", help="leave samples that have a label of any settings")
-    o.add_argument("--overwrite", action="store_true", help="replace labels made with other settings")
-    o.add_argument("--summary-json", metavar="FILE", default=None, help="also write the summary as JSON")
+    skip = {"preset", "gt_field", "shard"} if demo else set()
+    titles = {"vocabulary": "vocabulary" + (" (default: the demo classes)" if demo else " (exactly one)")}
+    groups = add_settings_arguments(p, [n for n in label_setting_names() if n not in skip], titles)
+    groups["vocabulary"].add_argument("--classes-file", metavar="FILE",
+                                      help="one class per line; a line may list synonyms: 'person, people'")
+    groups["model"].add_argument("--options", metavar="JSON", default=None,
+                                 help='Segmenter options as a JSON object, e.g. \'{"mode": "whole", "short_side": 448}\'')
+    groups["model"].add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                                 help="one Segmenter option (repeatable), e.g. -o mode=whole")
+    groups["output"].add_argument("--summary-json", metavar="FILE", default=None, help="also write the summary as JSON")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -987,9 +965,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="dataset to import a directory into (default: the directory's name)")
     p.add_argument("--saved-view", default=None, help="label only this saved view of the dataset")
     p.add_argument("--tags", default=None, help="label only samples with one of these tags (comma separated)")
-    p.add_argument("--shard", type=parse_shard, default=None, metavar="i/N",
-                   help="this worker's part: the files whose path hashes to i mod N (import and labelling); "
-                        "run N workers with i = 0..N-1 on one dataset")
     p.add_argument("--delegate", action="store_true",
                    help="queue FiftyOne delegated operations instead of running here (see --workers)")
     p.add_argument("--workers", type=int, default=1, help="with --delegate: queue one operation per shard (default 1)")

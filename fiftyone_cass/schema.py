@@ -14,8 +14,12 @@ allowed. One function for every entry point (Python keywords, ``--options`` JSON
 the operator's options), so they accept and refuse the same values.
 
 Metadata keys: ``help`` (text), ``min``/``max`` (inclusive bounds), ``gt`` (exclusive lower
-bound), ``choices`` (allowed values), ``item_min``/``item_max``/``item_gt`` (bounds of each
-element of a tuple). Floats must be finite (NaN and infinities are refused).
+bound), ``choices`` (allowed values, or a function returning them: registries that grow),
+``item_min``/``item_max``/``item_gt`` (bounds of each element of a tuple), ``parse`` (a function
+that converts and checks a value itself, raising ``ValueError``; ``allowed`` then says in words
+what it accepts). Floats must be finite (NaN and infinities are refused). For an ``Optional``
+field, ``None``, ``""``, ``"none"`` and ``"null"`` mean None. Other keys are free for the entry
+points that present the settings (labels of the App's form, flags of the command line).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from .errors import InvalidInputError
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
-_NONE = ("none", "null")
+_NONE = ("none", "null", "")
 
 
 def setting(default: Any, help: str = "", **limits) -> Any:
@@ -53,14 +57,22 @@ def _type_hints(cls) -> Dict[str, Any]:
     return _HINTS[cls]
 
 
+def choices_of(meta: Mapping[str, Any]) -> Optional[Tuple[Any, ...]]:
+    """The allowed values of a setting's metadata (None: any value of its type)."""
+    choices = meta.get("choices")
+    return tuple(choices() if callable(choices) else choices) if choices is not None else None
+
+
 def _describe(tp, meta: Mapping[str, Any]) -> str:
     """What a setting allows, in words: 'an integer from 1 to 4096', 'a number > 0', ..."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if meta.get("allowed"):
+        return meta["allowed"]
     if origin is typing.Union and type(None) in args:
         inner = [a for a in args if a is not type(None)][0]
         return _describe(inner, meta) + " or none"
-    if meta.get("choices") is not None:
-        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    if choices_of(meta) is not None:
+        return "one of " + ", ".join(repr(c) for c in choices_of(meta))
     if tp is bool:
         return "a boolean (true/false, yes/no, 1/0)"
     if origin in (tuple, Tuple):
@@ -121,7 +133,7 @@ def _scalar(tp, value, meta: Mapping[str, Any]):
         out = value.strip()
     else:  # a type without coercion rules: taken as given
         return value
-    choices = meta.get("choices")
+    choices = choices_of(meta)
     if choices is not None and out not in choices:
         raise _Bad
     lo, hi, gt = meta.get("min"), meta.get("max"), meta.get("gt")
@@ -135,6 +147,12 @@ def _coerce(tp, value, meta: Mapping[str, Any]):
     if origin is typing.Union and type(None) in args:
         if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
             return None
+    if meta.get("parse") is not None:
+        try:
+            return meta["parse"](value)
+        except (ValueError, TypeError):
+            raise _Bad from None
+    if origin is typing.Union and type(None) in args:
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, meta)
     if origin in (tuple, Tuple):
@@ -190,3 +208,39 @@ def describe_settings(cls) -> Dict[str, Dict[str, Optional[str]]]:
                  "default": repr(f.default)}
         for f in dataclasses.fields(cls)
     }
+
+
+def setting_fields(cls) -> Dict[str, "dataclasses.Field"]:
+    """``{name: dataclasses.Field}`` of a settings dataclass, in declaration order."""
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def setting_type(cls, name: str):
+    """The declared type of field ``name`` without ``Optional`` (``int``, ``str``, ``typing.Any``...)."""
+    tp = _type_hints(cls)[name]
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union and type(None) in args:
+        tp = [a for a in args if a is not type(None)][0]
+    return tp
+
+
+def make_settings(cls, values: Mapping[str, Any], what: str = "option"):
+    """An instance of settings dataclass ``cls`` from ``values`` (a subset of its fields; the
+    others keep their defaults), every given value coerced and checked (:func:`coerce_settings`)."""
+    return cls(**coerce_settings(cls, values, what))
+
+
+def split_settings(cls, values: Mapping[str, Any], what: str = "option"):
+    """``(settings, rest)``: an instance of ``cls`` made from the names of ``values`` that are its
+    fields (:func:`make_settings`), and a dict of the other names (for the next layer to check)."""
+    names = setting_fields(cls)
+    mine = {k: v for k, v in values.items() if k in names}
+    return make_settings(cls, mine, what), {k: v for k, v in values.items() if k not in names}
+
+
+def settings_doc(cls, indent: str = "    ") -> str:
+    """The fields of ``cls`` as docstring lines: ``name (default): help; allowed values``."""
+    lines = []
+    for name, d in describe_settings(cls).items():
+        lines.append(f"{indent}{name} ({d['default']}): {d['help'] or ''}; {d['allowed']}")
+    return "\n".join(lines)

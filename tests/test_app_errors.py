@@ -106,10 +106,17 @@ def test_unexpected_error_after_some_batches_is_shown_and_names_the_log(fo_datas
 
 def test_error_before_the_stream_is_shown_in_the_forms_words(fo_dataset, images):
     ds = add_samples(fo_dataset("early"), images[:1])
-    result, messages = _app_run(ds, AUTO, dict(FORM, presence_field="bad name"))
-    assert result.error is None
-    (msg,) = _errors(messages)
-    assert msg == "Auto-labelling failed: “Presence score field” 'bad name' is not a usable field name"
+    # a value outside the setting's declaration: the form refuses it (the input is marked invalid
+    # with this message, and FiftyOne's validation stops the run before it starts)
+    from fiftyone.operators.executor import ExecutionError
+
+    with pytest.raises(ExecutionError) as err:
+        _app_run(ds, AUTO, dict(FORM, presence_field="bad name"))
+    assert "Path: presence_field" in str(err.value)
+    assert "“Presence score field” 'bad name' is not allowed: a plain field name or none" in str(err.value)
+    with pytest.raises(ExecutionError) as err:
+        _app_run(ds, AUTO, dict(FORM, batch_size=0))
+    assert "Path: batch_size" in str(err.value) and "“Batch size” 0 is not allowed" in str(err.value)
     _, messages = _app_run(ds, AUTO, dict(FORM, options="{not json"))
     (msg,) = _errors(messages)
     assert "options must be a JSON object" in msg

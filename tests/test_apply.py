@@ -277,9 +277,9 @@ def test_bad_arguments_fail_before_writing(fo_dataset, images):
         apply(ds, ["dog", "Dog"], **KW)
     with pytest.raises(InvalidInputError, match="gt_field 'nope'"):
         apply(ds, gt_field="nope", **KW)
-    with pytest.raises(InvalidInputError, match="reserved"):
+    with pytest.raises(InvalidInputError, match="label_field='filepath' is not allowed: a plain field name, not a reserved"):
         apply(ds, CLASSES, label_field="filepath", **KW)
-    with pytest.raises(InvalidInputError, match="masks must be"):
+    with pytest.raises(InvalidInputError, match="option masks='s3' is not allowed: auto, disk or database"):
         apply(ds, CLASSES, masks="s3", **KW)
     ds.add_sample_field("taken", fo.StringField)
     with pytest.raises(InvalidInputError, match="not a Segmentation field"):

@@ -66,7 +66,7 @@ def test_zoo_model_is_listed_and_loads_with_keyword_arguments(zoo_source):
     assert other.segmenter.method == "cass" and len(other.mask_targets) == 21
     with pytest.raises(InvalidInputError, match=r"unknown argument\(s\) 'clases'"):
         foz.load_zoo_model(ZOO_MODEL_NAME, clases=CLASSES, **OPTS)
-    with pytest.raises(InvalidInputError, match="unknown method"):
+    with pytest.raises(InvalidInputError, match=r"option method='nope' is not allowed: one of 'cass\+cdam'"):
         foz.load_zoo_model(ZOO_MODEL_NAME, classes=CLASSES, method="nope", **OPTS)
 
 

@@ -139,8 +139,11 @@ def test_presence_histograms_of_a_labelled_field(fo_dataset, tmp_path):
     apply(ds, CLASSES, masks="database", batch_size=3, **OPTS)
     scores = presence_scores(ds, "cass_presence")
     assert set(scores) == set(CLASSES) and all(len(v) == 3 for v in scores.values())
-    first = ds.first().cass_presence.classifications
-    assert [scores[c.label][0] for c in first] == pytest.approx([c.confidence for c in first])
+    first = ds.first().cass_presence  # the full vector, not only the classes shown (>= threshold)
+    full = [(c, v) for c, v in zip(first.all_labels, first.all_scores) if v is not None]  # background: no score
+    assert [c for c, _ in full] == CLASSES
+    assert [scores[c][0] for c, _ in full] == pytest.approx([v for _, v in full])
+    assert len(first.classifications) <= len(CLASSES)
     _, calls = _panel(ds, "on_load")
     data = {}
     for p in calls.get("patch_panel_data", []):

@@ -19,31 +19,19 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional
 
 from ..errors import CassError, WeightsUnavailableError
+from ..models.segmenter import SegmenterOptions
+from ..schema import setting_fields
+from ..settings import LabelSettings
 
 logger = logging.getLogger(__name__)
 
-#: Python keyword -> label of the auto_label form
+#: Python keyword -> label of the auto_label form (the labels declared with the settings; the
+#: Segmenter options are typed in the JSON input)
 AUTO_LABEL_FIELDS: Dict[str, str] = {
-    "overwrite": "Overwrite existing labels",
-    "skip_existing": "Skip samples that already have labels",
-    "classes": "Class names",
-    "preset": "Preset",
-    "gt_field": "Ground-truth field",
-    "label_field": "Label field",
-    "presence_field": "Presence score field",
-    "error_field": "Label field",
-    "tag_prefix": "Tag prefix",
-    "presence_threshold": "Presence threshold",
-    "batch_size": "Batch size",
-    "device": "Device",
-    "method": "Method",
-    "backbone": "Backbone",
-    "masks": "Where masks go",
-    "mask_dir": "Mask directory",
-    "clip_checkpoint": "CLIP checkpoint file",
-    "dino_checkpoint": "DINO checkpoint file",
+    **{name: f.metadata.get("label", name) for name, f in setting_fields(LabelSettings).items()},
+    "error_field": "Label field",  # derived from the label field in the form
     "options": "Advanced options (JSON)",
-    "precision": "Advanced options (JSON)",
+    **{name: "Advanced options (JSON)" for name in setting_fields(SegmenterOptions)},
 }
 
 #: Python keyword -> label of the evaluate_iou form
@@ -79,6 +67,12 @@ def form_message(exc: BaseException, fields: Mapping[str, str], action: str = "T
 
     msg = re.sub(r"(pass )?\b([a-z_]+)=True\b", on_true, msg)
 
+    # the settings' checker: "option batch_size=0 is not allowed: ..." -> "“Batch size” 0 is not allowed: ..."
+    def on_option(m):
+        name = m.group(1)
+        return f"{label(name)} {m.group(2)} is not allowed" if name in fields else m.group(0)
+
+    msg = re.sub(r"\boption ([a-z_]+)=('[^']*'|\[[^\]]*\]|\"[^\"]*\"|\S+) is not allowed", on_option, msg)
     # "resize='nearest'" / "classes=[...]" -> the field's label
     def on_value(m):
         name = m.group(2)

@@ -68,7 +68,9 @@ from .app_support import show_labels_in_app
 from ..errors import InvalidInputError
 from ..fileio import atomic_write, remove_orphaned_temp_files
 from ..shards import shard_index, validate_shard  # noqa: F401 - re-exported
-from ..models.segmenter import DEFAULT_METHOD, Segmenter
+from ..models.segmenter import Segmenter
+from ..schema import setting_fields, settings_doc, split_settings
+from ..settings import DISK_THRESHOLD, RESERVED_FIELDS, LabelSettings, ModelSettings, format_field  # noqa: F401
 from .claims import FieldClaim, FieldClaimedError, release_field  # noqa: F401 - re-exported
 from .fo_model import (  # noqa: F401 - re-exported: the vocabulary and model cache live with the model
     BACKGROUND_NAMES,
@@ -89,12 +91,9 @@ from .fo_model import (  # noqa: F401 - re-exported: the vocabulary and model ca
 
 logger = logging.getLogger(__name__)
 
-#: masks go to disk by default ("auto") from this many target samples on
-DISK_THRESHOLD = 1000
 #: run key (``dataset.list_runs()``) under which the settings of a label field are recorded
 RUN_KEY_PREFIX = "cass_"
 _MAX_LISTED_FAILURES = 1000
-_RESERVED_FIELDS = {"id", "_id", "filepath", "tags", "metadata", "media_type", "created_at", "last_modified_at"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
@@ -149,12 +148,6 @@ def default_mask_dir(dataset) -> str:
 
 def run_key_for(label_field: str) -> str:
     return RUN_KEY_PREFIX + label_field
-
-
-def _format(template: Optional[str], label_field: str) -> Optional[str]:
-    if template is None:
-        return None
-    return str(template).format(label_field=label_field)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,30 +225,16 @@ class AutoLabelRun:
         sample_collection,
         classes: Union[None, str, Sequence[str]] = None,
         *,
-        preset: Optional[str] = None,
-        gt_field: Optional[str] = None,
-        label_field: str = "cass",
-        method: str = DEFAULT_METHOD,
-        backbone: str = "openai",
-        device: Optional[str] = None,
-        batch_size: int = 4,
-        precision: str = "fp32",
-        masks: str = "auto",
-        mask_dir: Optional[str] = None,
-        skip_existing: bool = False,
-        overwrite: bool = False,
-        presence_field: Optional[str] = "{label_field}_presence",
-        tag_prefix: Optional[str] = "{label_field}",
-        presence_threshold: float = DEFAULT_PRESENCE_THRESHOLD,
-        error_field: Optional[str] = "{label_field}_error",
-        embeddings_field: Optional[str] = "{label_field}_embedding",
-        shard=None,
-        clip_checkpoint: Optional[str] = None,
-        dino_checkpoint: Optional[str] = None,
-        background=None,
         segmenter: Optional[Segmenter] = None,
-        **options,
+        **settings,
     ):
+        # every LabelSettings field checked once (the rest are Segmenter options, checked by it)
+        run, options = split_settings(LabelSettings, dict(settings, classes=classes))
+        self.settings_given = run
+        classes, preset, gt_field, label_field = run.classes, run.preset, run.gt_field, run.label_field
+        presence_field, tag_prefix, error_field, embeddings_field = (
+            run.presence_field, run.tag_prefix, run.error_field, run.embeddings_field)
+        model_kwargs = {n: getattr(run, n) for n in setting_fields(ModelSettings)}
         self.started = time.monotonic()
         self.view = sample_collection
         self.dataset = sample_collection._root_dataset
@@ -270,33 +249,25 @@ class AutoLabelRun:
                 "patches/frames/clips views and dynamic groups cannot be labelled: pass a view of the "
                 "dataset's samples (e.g. the base view)"
             )
-        if not isinstance(label_field, str) or not label_field.isidentifier() or label_field.startswith("_"):
-            raise InvalidInputError(f"label_field must be a plain field name, got {label_field!r}")
-        if label_field in _RESERVED_FIELDS:
-            raise InvalidInputError(f"label_field {label_field!r} is a reserved sample field")
         self.label_field = label_field
-        self.presence_field = _format(presence_field, label_field) or None
-        self.tag_prefix = (_format(tag_prefix, label_field) or None) if self.presence_field else None
-        self.error_field = _format(error_field, label_field) or None
-        self.embeddings_field = _format(embeddings_field, label_field) or None
+        self.presence_field = format_field(presence_field, label_field) or None
+        self.tag_prefix = (format_field(tag_prefix, label_field) or None) if self.presence_field else None
+        self.error_field = format_field(error_field, label_field) or None
+        self.embeddings_field = format_field(embeddings_field, label_field) or None
         extra = (("presence_field", self.presence_field), ("error_field", self.error_field),
                  ("embeddings_field", self.embeddings_field))
         for name, f in extra:
-            if f is not None and (not f.isidentifier() or f in _RESERVED_FIELDS or f == label_field):
+            if f is not None and (not f.isidentifier() or f in RESERVED_FIELDS or f == label_field):
                 raise InvalidInputError(f"{name} {f!r} is not a usable field name")
         used = [f for _, f in extra if f]
         if len(set(used)) != len(used):
             raise InvalidInputError(f"presence_field, error_field and embeddings_field must differ, got {used}")
-        self.skip_existing = bool(skip_existing)
-        self.overwrite = bool(overwrite)
-        self.shard = validate_shard(shard)
-        if masks not in ("auto", "disk", "database", "db"):
-            raise InvalidInputError(f"masks must be 'auto', 'disk' or 'database', got {masks!r}")
-        self.masks = "database" if masks == "db" else masks
-        self._mask_dir_arg = mask_dir
-        if int(batch_size) < 1:
-            raise InvalidInputError("batch_size must be >= 1")
-        self.batch_size = int(batch_size)
+        self.skip_existing = run.skip_existing
+        self.overwrite = run.overwrite
+        self.shard = run.shard
+        self.masks = run.masks
+        self._mask_dir_arg = run.mask_dir
+        self.batch_size = run.batch_size
 
         # the model (before any write: a bad vocabulary or missing weights fail here)
         given = [x for x in (("classes", classes), ("preset", preset), ("gt_field", gt_field)) if x[1] is not None]
@@ -313,9 +284,7 @@ class AutoLabelRun:
         self.model = CassModel(
             classes if (classes is None or isinstance(classes, str)) else list(classes),
             preset=preset, mask_targets=gt_targets, mask_targets_name=f"gt_field {gt_field!r} mask_targets",
-            background=background, method=method, backbone=backbone, device=device, batch_size=self.batch_size,
-            precision=precision, clip_checkpoint=clip_checkpoint, dino_checkpoint=dino_checkpoint,
-            presence_threshold=presence_threshold, segmenter=segmenter, **options,
+            segmenter=segmenter, **model_kwargs, **options,
         )
         self.presence_threshold = self.model.presence_threshold
         self.segmenter = self.model.segmenter
@@ -641,41 +610,28 @@ class AutoLabelRun:
 def apply(sample_collection, classes=None, *, progress=None, **kwargs) -> ApplySummary:
     """Labels the samples of ``sample_collection`` with open-vocabulary semantic segmentation.
 
+    Give the vocabulary as ``classes`` (list, or one string separated by commas/new lines; in a
+    list an entry may hold ", "-separated synonyms), ``preset=`` or ``gt_field=``. Masks go to
+    ``<mask_dir>/<label_field>/<sample id>-<dataset id>-<settings id>.png`` when on disk.
+
     Args:
         sample_collection: a FiftyOne dataset or view of images (exactly its samples are labelled)
-        classes: class names (list, or one string separated by commas/new lines; in a list an
-            entry may hold ", "-separated synonyms). Or give ``preset=`` or ``gt_field=``.
-        preset: a published protocol (``voc21``, ``voc20``, ``context60``, ``context59``,
-            ``coco_object``, ``coco_stuff``, ``ade20k``, ``cityscapes``)
-        gt_field: use the ``mask_targets`` of this ground-truth field (output ids = GT ids)
-        label_field ("cass"): the Segmentation field to write
-        method ("cass+cdam"), backbone ("openai"), device (None: cuda if available), batch_size
-            (4), precision ("fp32"), clip_checkpoint, dino_checkpoint, background: see
-            :class:`fiftyone_cass.Segmenter`
-        masks ("auto"): ``"disk"`` (PNG files, ``mask_path``), ``"database"``, or ``"auto"``
-            (disk from :data:`DISK_THRESHOLD` target samples on, or when ``mask_dir`` is given)
-        mask_dir (None): root of the mask files (default :func:`default_mask_dir`); files are
-            ``<mask_dir>/<label_field>/<sample id>.png``
-        skip_existing (False): leave samples that already have a valid label of any settings
-        overwrite (False): replace labels of other settings (else such labels raise an error)
-        presence_field ("{label_field}_presence"): ``fo.Classifications`` of presence scores
-            (None: neither scores nor tags)
-        tag_prefix ("{label_field}"): sample tags ``<prefix>:<class>`` (None: no tags)
-        presence_threshold (0.1): score from which a class is tagged
-        error_field ("{label_field}_error"): per-sample failure message (None: log only)
-        embeddings_field ("{label_field}_embedding"): the global CLIP image embedding (unit norm, in
-            the space of ``CassModel.embed_prompts``) for text search with FiftyOne Brain; free in
-            the default protocol (it is the presence prior), one more CLIP pass per image in
-            ``mode="whole"`` / ``global_prior="crop"`` (None: not stored)
-        shard (None): ``(i, n)``: label only the samples of shard ``i`` of ``n``
-        segmenter (None): a ready :class:`Segmenter` instead of classes/preset/gt_field
         progress (None): FiftyOne progress convention (bool or callable receiving the ProgressBar)
-        **options: any :class:`fiftyone_cass.SegmenterOptions` field
+        segmenter (None): a ready :class:`Segmenter` instead of classes/preset/gt_field
+        **kwargs: the :class:`~fiftyone_cass.settings.LabelSettings` below (each value is checked
+            against its declaration: :class:`~fiftyone_cass.InvalidInputError` names the setting, the
+            value and what is allowed) and any :class:`fiftyone_cass.SegmenterOptions` field
+
+    Settings (``name (default): meaning; allowed values``):
+{settings}
 
     Returns:
         an :class:`ApplySummary` (``print(summary)`` for a report)
     """
     return AutoLabelRun(sample_collection, classes, **kwargs).run(progress=progress)
+
+
+apply.__doc__ = apply.__doc__.replace("{settings}", settings_doc(LabelSettings, indent="        "))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -40,7 +40,9 @@ from fiftyone.utils.torch import GetItem
 
 from ..errors import ImageLoadError, InvalidInputError
 from ..images import describe, load_rgb
-from ..models.segmenter import DEFAULT_METHOD, METHODS, SegmentationResult, Segmenter
+from ..models.segmenter import SegmentationResult, Segmenter
+from ..schema import make_settings, setting_fields, split_settings
+from ..settings import DEFAULT_PRESENCE_THRESHOLD, ModelSettings
 from .evaluation import IGNORE_NAMES  # names of ground-truth ids that are never predicted (e.g. 255)
 
 logger = logging.getLogger(__name__)
@@ -49,8 +51,6 @@ logger = logging.getLogger(__name__)
 ZOO_MODEL_NAME = "cass-vit-b16-torch"
 #: attribute of each written Segmentation that identifies the settings that made it
 CONFIG_ATTR = "config_id"
-#: default presence-score threshold for visible presence labels and concept tags
-DEFAULT_PRESENCE_THRESHOLD = 0.1
 #: names of a ground-truth id 0 that mean "background"
 BACKGROUND_NAMES = {"background", "bg", "_background_", "__background__", "unlabeled", "unlabelled", "none"}
 
@@ -144,9 +144,7 @@ _MAX_SEGMENTERS = 4
 def get_segmenter(**kwargs) -> Segmenter:
     """A :class:`Segmenter` for these arguments, reused across calls in this process (an LRU of
     the last few configurations). ``batch_size`` is not part of the key."""
-    batch_size = kwargs.pop("batch_size", 4)
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InvalidInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    batch_size = make_settings(ModelSettings, {"batch_size": kwargs.pop("batch_size", ModelSettings.batch_size)}).batch_size
     key = json.dumps(kwargs, sort_keys=True, default=repr)
     with _SEGMENTERS_LOCK:
         seg = _SEGMENTERS.get(key)
@@ -277,19 +275,14 @@ def replace_prefixed_tags(dataset, ids: Sequence[str], prefix: str, new_tags: Di
 # The model
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class CassModelConfig:
-    """The settings a :class:`CassModel` was made with (FiftyOne reads ``model.config``)."""
+class CassModelConfig(ModelSettings):
+    """The settings a :class:`CassModel` was made with (FiftyOne reads ``model.config``): its
+    :class:`~fiftyone_cass.settings.ModelSettings` plus the vocabulary and Segmenter options."""
 
     classes: Optional[List[str]] = None
     preset: Optional[str] = None
     mask_targets: Optional[Dict[int, str]] = None
-    method: str = DEFAULT_METHOD
-    backbone: str = "openai"
-    device: Optional[str] = None
-    batch_size: int = 4
-    precision: str = "fp32"
     presence: bool = True
-    presence_threshold: float = DEFAULT_PRESENCE_THRESHOLD
     options: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -304,12 +297,12 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         preset: a published protocol (``voc21``, ``coco_object``, ``ade20k``, ...)
         mask_targets: a ground truth's ``{id: name}``: the classes to predict, written under
             those ids (id 0 named like background is background)
-        method, backbone, device, batch_size, precision, clip_checkpoint, dino_checkpoint,
-        background, and any :class:`fiftyone_cass.SegmenterOptions` field: as for
-            :class:`fiftyone_cass.Segmenter`
         presence (True): at the end of ``apply_model``, write ``<field>_presence`` and the tags
             ``<field>:<class>`` (see :meth:`finalize`)
-        presence_threshold (0.1): score from which a class is shown as a presence label / tagged
+        **settings: :class:`~fiftyone_cass.settings.ModelSettings` fields (``method``, ``backbone``,
+            ``device``, ``batch_size``, ``precision``, checkpoints, ``background``,
+            ``presence_threshold``: see :func:`fiftyone_cass.settings`) and any
+            :class:`fiftyone_cass.SegmenterOptions` field
         segmenter: a ready :class:`fiftyone_cass.Segmenter` instead of classes/preset/mask_targets
 
     Bad arguments raise :class:`fiftyone_cass.InvalidInputError`; missing weights raise
@@ -323,30 +316,19 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         preset: Optional[str] = None,
         mask_targets: Optional[Dict[Any, str]] = None,
         mask_targets_name: str = "mask_targets",
-        background=None,
-        method: str = DEFAULT_METHOD,
-        backbone: str = "openai",
-        device: Optional[str] = None,
-        batch_size: int = 4,
-        precision: str = "fp32",
-        clip_checkpoint: Optional[str] = None,
-        dino_checkpoint: Optional[str] = None,
         presence: bool = True,
-        presence_threshold: float = DEFAULT_PRESENCE_THRESHOLD,
         segmenter: Optional[Segmenter] = None,
-        **options,
+        **settings,
     ):
         fom.SamplesMixin.__init__(self)
-        if method not in METHODS:
-            raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        try:
-            self.presence_threshold = float(presence_threshold)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"presence_threshold must be a number, got {presence_threshold!r}") from None
-        if not np.isfinite(self.presence_threshold):
-            raise InvalidInputError(f"presence_threshold must be finite, got {presence_threshold!r}")
+        model_settings, options = split_settings(ModelSettings, settings)  # the rest: Segmenter options
+        self.presence_threshold = model_settings.presence_threshold
         self.presence = bool(presence)
-        device = None if device in (None, "", "auto") else str(device)
+        method, backbone, device = model_settings.method, model_settings.backbone, model_settings.device
+        batch_size, precision, background = model_settings.batch_size, model_settings.precision, model_settings.background
+        clip_checkpoint, dino_checkpoint = model_settings.clip_checkpoint, model_settings.dino_checkpoint
+        if model_settings.window_batch != ModelSettings.window_batch:
+            options["window_batch"] = model_settings.window_batch
         self._preprocess = True
         self._lock = threading.Lock()
         self._dataset = None
@@ -393,10 +375,10 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
             self.vocab = None
             self._embedding_segmenter()  # loads CLIP now: missing weights fail here, not mid-run
         self.config = CassModelConfig(
+            **dataclasses.asdict(model_settings),
             classes=None if self.vocab is None else list(self.vocab.mask_targets.values()),
             preset=preset, mask_targets=None if self.vocab is None else dict(self.vocab.mask_targets),
-            method=method, backbone=backbone, device=device, batch_size=int(batch_size), precision=precision,
-            presence=self.presence, presence_threshold=self.presence_threshold, options=dict(options),
+            presence=self.presence, options=dict(options),
         )
         self.settings: Optional[Dict[str, Any]] = None
         self.config_id: Optional[str] = None
@@ -646,20 +628,17 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
 
 
 def load_cass_model(**kwargs) -> CassModel:
-    """The zoo entry point: ``CassModel(**kwargs)`` with a clear error for unknown arguments."""
-    import inspect
-
+    """The zoo entry point: ``CassModel(**kwargs)``; unknown arguments are a clear error naming
+    what it accepts (:class:`~fiftyone_cass.settings.ModelSettings` fields, Segmenter options)."""
     from ..models.segmenter import SegmenterOptions
 
-    known = set(inspect.signature(CassModel.__init__).parameters) - {"self", "options"}
-    known |= {f.name for f in dataclasses.fields(SegmenterOptions)}
-    known |= {"window_batch"}
+    known = {"classes", "preset", "mask_targets", "presence"} | set(setting_fields(ModelSettings))
+    known |= set(setting_fields(SegmenterOptions))
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise InvalidInputError(
             f"{ZOO_MODEL_NAME}: unknown argument(s) {', '.join(map(repr, unknown))}; accepted: classes, preset, "
-            "mask_targets, method, backbone, device, batch_size, precision, clip_checkpoint, dino_checkpoint, "
-            "background, presence, presence_threshold and any fiftyone_cass.SegmenterOptions field"
+            f"mask_targets, presence, {', '.join(setting_fields(ModelSettings))} and any fiftyone_cass.SegmenterOptions field"
         )
     return CassModel(**kwargs)
 

@@ -30,6 +30,7 @@ import fiftyone.operators as foo
 from fiftyone.operators import types
 
 from .evaluation import metrics_from_histogram
+from .fo_model import stored_scores
 from .fo_evaluation import IoUSegmentationResults, histogram_from_results
 
 PANEL_NAME = "cass_iou"
@@ -130,13 +131,13 @@ def presence_fields(dataset) -> List[str]:
 
 
 def presence_scores(samples, presence_field: str) -> Dict[str, List[float]]:
-    """Class -> the presence scores of every sample (in ``presence_field``'s order of classes)."""
-    labels, scores = samples.values([f"{presence_field}.classifications.label",
-                                     f"{presence_field}.classifications.confidence"])
+    """Class -> the presence scores of every sample: the full score vector stored with each label
+    (``all_labels``/``all_scores``; the visible classifications hold only the classes at or above
+    the threshold), else the classifications of labels written before it was stored."""
     out: Dict[str, List[float]] = {}
-    for ls, cs in zip(labels, scores):
-        for lab, conf in zip(ls or [], cs or []):
-            if conf is not None:
+    for label in samples.values(presence_field):
+        for lab, conf in stored_scores(label):
+            if conf is not None and math.isfinite(conf):
                 out.setdefault(lab, []).append(float(conf))
     return out
 

@@ -29,9 +29,12 @@ import fiftyone.operators as foo
 from fiftyone.operators import types
 
 from ..models.presets import PRESETS
-from ..models.segmenter import DEFAULT_METHOD, METHODS, options_from_json
+from ..errors import InvalidInputError
+from ..models.segmenter import options_from_json
+from ..schema import choices_of, coerce_settings, setting_fields, setting_type, split_settings
+from ..settings import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, LabelSettings, format_field, label_setting_names
 from .app_support import AUTO_LABEL_FIELDS, FormError, ensure_weights, form_message
-from .apply import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, AutoLabelRun, default_tag_prefix, retag, run_key_for
+from .apply import AutoLabelRun, default_tag_prefix, retag, run_key_for
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ BACKBONES = ("openai",)
 TEST_BACKBONES = ("random-base", "tiny")
 #: immediate runs on larger targets default to delegated execution in the App
 DELEGATE_FROM = 100
+_MISSING = object()
 
 
 def _fields_of(collection, doc_type):
@@ -86,29 +90,19 @@ def _dropdown(inputs, name, values, default, label, description=None, required=F
 
 
 def auto_label_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
-    """Operator params -> :func:`~.apply.apply` keyword arguments."""
+    """Operator params -> :func:`~.apply.apply` keyword arguments: every
+    :class:`~fiftyone_cass.settings.LabelSettings` field the form (or a Python caller) gave, the
+    vocabulary of the chosen source, and the Segmenter options of the JSON input. Values are
+    checked by the run itself (one checker for every entry point)."""
     p = params
     source = p.get("class_source") or ("gt_field" if p.get("gt_field") else "preset" if p.get("preset") else "classes")
-    kw: Dict[str, Any] = dict(
-        label_field=p.get("label_field") or "cass",
-        method=p.get("method") or DEFAULT_METHOD,
-        backbone=p.get("backbone") or "openai",
-        device=p.get("device") or None,
-        batch_size=int(p.get("batch_size") or 4),
-        masks=p.get("masks") or "auto",
-        mask_dir=p.get("mask_dir") or None,
-        skip_existing=bool(p.get("skip_existing", False)),
-        overwrite=bool(p.get("overwrite", False)),
-        presence_threshold=float(p.get("presence_threshold", DEFAULT_PRESENCE_THRESHOLD)),
-        clip_checkpoint=p.get("clip_checkpoint") or None,
-        dino_checkpoint=p.get("dino_checkpoint") or None,
-    )
-    if "presence_field" in p:
-        kw["presence_field"] = p["presence_field"] or None
-    if "tag_prefix" in p:
-        kw["tag_prefix"] = p["tag_prefix"] or None
-    if "embeddings_field" in p:
-        kw["embeddings_field"] = p["embeddings_field"] or None
+    kw: Dict[str, Any] = {}
+    for name in label_setting_names():
+        if name in _VOCABULARY or name not in p:
+            continue
+        if p[name] is None and not _optional(name):
+            continue  # a cleared input: the default
+        kw[name] = p[name]
     if source == "gt_field":
         kw["gt_field"] = p.get("gt_field")
     elif source == "preset":
@@ -120,6 +114,46 @@ def auto_label_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
         kw["classes"] = classes
     kw.update(options_from_json(p.get("options")))
     return kw
+
+
+_SETTINGS = setting_fields(LabelSettings)
+_VOCABULARY = ("classes", "preset", "gt_field")
+
+
+def _optional(name: str) -> bool:
+    return _SETTINGS[name].default is None or "Optional" in str(_SETTINGS[name].type)  # None means "none"
+
+
+def _add_setting(ctx, inputs, name: str, default: Any = _MISSING, choices=None, **overrides):
+    """The form input of :class:`~fiftyone_cass.settings.LabelSettings` field ``name``: its type,
+    label, help text, default and allowed values come from the declaration; a value outside them
+    marks the input invalid with the checker's message."""
+    f = _SETTINGS[name]
+    meta = f.metadata
+    kw = dict(label=meta.get("label", name), description=meta.get("help"))
+    kw.update(overrides)
+    value = f.default if default is _MISSING else default
+    value = format_field(value, ctx.params.get("label_field") or LabelSettings.label_field) if isinstance(value, str) else value
+    choices = choices if choices is not None else choices_of(meta)
+    base = setting_type(LabelSettings, name)
+    if choices is not None:
+        prop = _dropdown(inputs, name, [c for c in choices], value, kw.pop("label"), **kw)
+    elif base is bool:
+        prop = inputs.bool(name, default=value, **kw)
+    elif base is int:
+        prop = inputs.int(name, default=value, min=meta.get("min"), max=meta.get("max"), **kw)
+    elif base is float:
+        prop = inputs.float(name, default=value, min=meta.get("min"), max=meta.get("max"), **kw)
+    else:
+        prop = inputs.str(name, default=value, **kw)
+    given = ctx.params.get(name)
+    if given not in (None, ""):
+        try:
+            coerce_settings(LabelSettings, {name: given})
+        except InvalidInputError as exc:
+            prop.invalid = True
+            prop.error_message = form_message(exc, AUTO_LABEL_FIELDS)
+    return prop
 
 
 class AutoLabel(foo.Operator):
@@ -195,56 +229,46 @@ class AutoLabel(foo.Operator):
             _dropdown(inputs, "preset", sorted(PRESETS), "coco_object", "Preset", required=True)
 
         label_field = ctx.params.get("label_field") or "cass"
-        prop = inputs.str("label_field", default="cass", required=True, label="Label field",
-                          description="Segmentation field to write")
-        if not label_field.isidentifier():
-            prop.invalid = True
-            prop.error_message = "The label field must be a valid identifier"
+        prop = _add_setting(ctx, inputs, "label_field", required=True)
+        if prop.invalid:
+            pass
         elif ds.has_sample_field(label_field):
-            inputs.bool("skip_existing", default=False, label="Skip samples that already have labels",
-                        description="Label only the samples without a valid label in this field")
-            inputs.bool("overwrite", default=False, label=f"Overwrite existing labels in '{label_field}'",
-                        description="Replace labels made with other settings (a run with the same settings resumes by itself)")
+            _add_setting(ctx, inputs, "skip_existing")
+            _add_setting(ctx, inputs, "overwrite", label=f"Overwrite existing labels in '{label_field}'")
             if not (ctx.params.get("overwrite") or ctx.params.get("skip_existing")):
                 inputs.view("field_exists", types.Notice(
                     label=f"Field '{label_field}' exists: a run with its settings resumes it; other settings "
                           "need “Overwrite existing labels” or “Skip samples that already have labels”"))
 
-        _dropdown(inputs, "method", list(METHODS), DEFAULT_METHOD, "Method")
+        _add_setting(ctx, inputs, "method")
         chosen = ctx.params.get("backbone")
         if os.environ.get("FIFTYONE_CASS_FORM_TEST_BACKBONES", "").lower() in ("1", "true", "yes", "on"):
             backbones = list(BACKBONES) + list(TEST_BACKBONES)  # the browser test's server offers them
         else:
             backbones = list(BACKBONES) + ([chosen] if chosen in TEST_BACKBONES else [])  # Python callers' test models
-        _dropdown(inputs, "backbone", backbones, "openai", "Backbone",
-                  description="The published CLIP ViT-B/16 (OpenAI) + DINO ViT-B/8 weights")
+        _add_setting(ctx, inputs, "backbone", choices=backbones,
+                     description="The published CLIP ViT-B/16 (OpenAI) + DINO ViT-B/8 weights")
         devices = _devices()
         dev = ctx.params.get("device")
         if dev and dev not in devices:
             devices.append(dev)
-        _dropdown(inputs, "device", devices, "auto", "Device", description="auto: the first GPU if there is one, else the CPU")
-        inputs.int("batch_size", default=4, label="Batch size", description="Images per forward pass and per save")
+        _add_setting(ctx, inputs, "device", default="auto", choices=devices)
+        _add_setting(ctx, inputs, "batch_size")
+        _add_setting(ctx, inputs, "precision")
 
         masks = types.RadioGroup()
         masks.add_choice("auto", label="Auto", description=f"On disk from {DISK_THRESHOLD} samples on, else in the database")
         masks.add_choice("disk", label="On disk (PNG, mask_path)")
         masks.add_choice("database", label="In the database")
-        inputs.enum("masks", masks.values(), default="auto", label="Where masks go", view=masks)
+        inputs.enum("masks", masks.values(), default=LabelSettings.masks, label=_SETTINGS["masks"].metadata["label"], view=masks)
         if (ctx.params.get("masks") or "auto") != "database":
-            inputs.str("mask_dir", label="Mask directory",
-                       description="Default: <default dataset dir>/fiftyone_cass_masks/<dataset>; files <dir>/<field>/<id>.png")
-
-        inputs.str("presence_field", default=f"{label_field}_presence", label="Presence score field",
-                   description="Classifications with every class's presence score (empty: none)")
-        inputs.str("tag_prefix", default=label_field, label="Tag prefix",
-                   description="Samples get tags <prefix>:<class> for classes above the threshold (empty: no tags)")
-        inputs.float("presence_threshold", default=DEFAULT_PRESENCE_THRESHOLD, label="Presence threshold")
-        inputs.str("embeddings_field", default=f"{label_field}_embedding", label="Image embedding field",
-                   description="The global CLIP image embedding, for text search with FiftyOne Brain (empty: none)")
-        inputs.str("options", label="Advanced options (JSON)",
-                   description='Segmenter options, e.g. {"mode": "whole", "precision": "fp16"}')
-        inputs.str("clip_checkpoint", label="CLIP checkpoint file (offline machines)")
-        inputs.str("dino_checkpoint", label="DINO checkpoint file (offline machines)")
+            _add_setting(ctx, inputs, "mask_dir")
+        for name in ("presence_field", "tag_prefix", "presence_threshold", "embeddings_field"):
+            _add_setting(ctx, inputs, name)
+        inputs.str("options", label=AUTO_LABEL_FIELDS["options"],
+                   description='Segmenter options, e.g. {"mode": "whole", "short_side": 448}')
+        _add_setting(ctx, inputs, "clip_checkpoint")
+        _add_setting(ctx, inputs, "dino_checkpoint")
         return types.Property(inputs, view=types.View(label="Auto-label segmentations (CASS)"))
 
     def execute(self, ctx):
@@ -262,7 +286,8 @@ class AutoLabel(foo.Operator):
         for Python callers), then the run."""
         kw = auto_label_kwargs(ctx.params)
         python = bool(ctx.params.get("return_summary")) and not ctx.delegated
-        ensure_weights(kw["backbone"], kw["method"], kw["device"], kw["clip_checkpoint"], kw["dino_checkpoint"],
+        run, _ = split_settings(LabelSettings, kw)
+        ensure_weights(run.backbone, run.method, run.device, run.clip_checkpoint, run.dino_checkpoint,
                        wording="python" if python else "form")
         return AutoLabelRun(ctx.target_view(param_name="target", require_flat=True), **kw)
 

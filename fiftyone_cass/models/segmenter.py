@@ -33,7 +33,8 @@ from ..core.windows import (
 from ..errors import ImageLoadError, InvalidInputError
 from ..images import describe, load_rgb
 from ..methods import get_family, method_names, split_method
-from ..schema import check_dataclass, setting
+from ..schema import check_dataclass, setting, setting_fields, settings_doc, split_settings
+from ..settings import DEFAULT_METHOD, EngineSettings
 from . import clip_visual as cv
 from .backbones import cached_models
 from .dino import dino_keys, dino_pixels_from_clip
@@ -43,8 +44,7 @@ from .text import check_name_lengths, text_embedder
 
 #: the built-in methods (every registered family, alone and with +cdam): see :mod:`fiftyone_cass.methods`
 METHODS = tuple(method_names())
-DEFAULT_METHOD = "cass+cdam"
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # EngineSettings.precision
 
 
 @dataclass
@@ -173,15 +173,14 @@ class Segmenter:
             0 is background; classes get ids 1..C in order.
         preset: one of the published protocols (voc21, voc20, context60, context59, coco_object,
             coco_stuff, ade20k, cityscapes): its class file, ids and constants.
-        method: ``cass+cdam`` (default), ``cass``, ``naclip[+cdam]``, ``maskclip[+cdam]``.
-        backbone: ``openai`` (published weights), ``tiny`` (random, for tests), ``random-base``.
-        clip_checkpoint / dino_checkpoint: local weight files for offline machines.
-        background: for a free vocabulary, ``None`` (no background words; background comes only
-            from the threshold) or ``"default"`` (the reference's 26 background words as class 0)
-            or a list of words.
-        device, batch_size (images per call chunk), window_batch (windows per forward),
-        precision (fp32 | fp16 | bf16, for the backbones), plus any :class:`SegmenterOptions` field.
+        models: ready ``(clip, dino, tokenizer)`` instead of loading the backbone's weights.
+        **settings: :class:`~fiftyone_cass.settings.EngineSettings` fields (below) and any
+            :class:`SegmenterOptions` field; each value is checked against its declaration.
+
+    Engine settings:
     """
+
+    __doc__ += settings_doc(EngineSettings, indent="        ") + "\n"
 
     #: a :class:`~fiftyone_cass.models.profiling.StageTimer` to time the stages (None: off, free)
     profiler: Optional[StageTimer] = None
@@ -194,29 +193,20 @@ class Segmenter:
         self,
         classes: Union[None, str, Sequence[str]] = None,
         preset: Optional[str] = None,
-        method: str = DEFAULT_METHOD,
-        backbone: str = "openai",
-        device: Union[str, torch.device, None] = None,
-        batch_size: int = 4,
-        window_batch: int = 32,
-        precision: str = "fp32",
-        clip_checkpoint: Optional[str] = None,
-        dino_checkpoint: Optional[str] = None,
-        background: Union[None, str, Sequence[str]] = None,
+        *,
         models: Optional[Tuple[Any, Any, Any]] = None,
-        **overrides,
+        **settings,
     ):
-        self.base, self.use_cdam = split_method(method)  # InvalidInputError on an unknown method
+        # EngineSettings (method, backbone, device, ...) and SegmenterOptions, each checked once
+        engine, overrides = split_settings(EngineSettings, settings)
+        method, backbone, background = engine.method, engine.backbone, engine.background
+        self.base, self.use_cdam = split_method(method)
         self.family = get_family(self.base)
-        if precision not in _DTYPES:
-            raise InvalidInputError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
-        if batch_size < 1 or window_batch < 1:
-            raise InvalidInputError("batch_size and window_batch must be >= 1")
         self.method = method
-        self.batch_size = int(batch_size)
-        self.window_batch = int(window_batch)
-        self.precision = precision
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.batch_size = engine.batch_size
+        self.window_batch = engine.window_batch
+        self.precision = engine.precision
+        self.device = torch.device(engine.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.backbone = backbone
 
         self.preset: Preset
@@ -238,7 +228,8 @@ class Segmenter:
 
         # models
         if models is None:
-            models = cached_models(backbone, clip_checkpoint, dino_checkpoint, self.device, self.family.needs_dino)
+            models = cached_models(backbone, engine.clip_checkpoint, engine.dino_checkpoint, self.device,
+                                   self.family.needs_dino)
         self.clip, self.dino, self.tokenizer = models
         self.visual = self.clip.visual
         if self.family.needs_dino and self.dino is None:
@@ -321,33 +312,14 @@ class Segmenter:
         )
         if self.family.logit_scale is not None:
             base["logit_scale"] = self.family.logit_scale  # the family's protocol (CDAM/MaskCLIP: 50)
-        known = {f.name for f in dataclasses.fields(SegmenterOptions)}
-        unknown = set(overrides) - known
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(SegmenterOptions)})
         if unknown:
-            raise InvalidInputError(f"unknown option(s): {', '.join(sorted(unknown))}")
+            raise InvalidInputError(
+                f"unknown option(s): {', '.join(unknown)} (settings: {', '.join(setting_fields(EngineSettings))}; "
+                f"Segmenter options: {', '.join(f.name for f in dataclasses.fields(SegmenterOptions))})"
+            )
         base.update(overrides)
         opts = check_dataclass(SegmenterOptions(**base))  # types and ranges of the fields' metadata
-        if opts.mode not in ("slide", "whole"):
-            raise InvalidInputError(f"mode must be 'slide' or 'whole', got {opts.mode!r}")
-        if opts.global_prior not in ("image", "crop"):
-            raise InvalidInputError("global_prior must be 'image' or 'crop'")
-        if opts.bg_rule not in ("entropy", "cass_fixed", "none"):
-            raise InvalidInputError("bg_rule must be 'entropy', 'cass_fixed' or 'none'")
-        if opts.entropy_source not in ("image", "last_crop"):
-            raise InvalidInputError("entropy_source must be 'image' or 'last_crop'")
-        if opts.cdam_similarity not in ("cass", "raw"):
-            raise InvalidInputError("cdam_similarity must be 'cass' or 'raw'")
-        if opts.spectral_dtype not in ("float64", "float32") or opts.cdam_dtype not in ("float64", "float32"):
-            raise InvalidInputError("spectral_dtype and cdam_dtype must be 'float64' or 'float32'")
-        if opts.eigh_placement not in PLACEMENTS:
-            raise InvalidInputError(f"eigh_placement must be one of {', '.join(PLACEMENTS)}, got {opts.eigh_placement!r}")
-        if opts.crop < 16 or opts.stride < 1:
-            raise InvalidInputError("crop must be >= 16 and stride >= 1")
-        fb = opts.full_res_budget
-        if fb is not None and (isinstance(fb, bool) or not isinstance(fb, int) or fb < 2**20):
-            raise InvalidInputError(
-                f"full_res_budget must be a whole number of bytes >= 1048576 (1 MiB), or None for no bound; got {fb!r}"
-            )
         return opts
 
     def _prepare_text(self) -> None:

@@ -146,6 +146,12 @@ def _add_setting(ctx, inputs, name: str, default: Any = _MISSING, choices=None, 
         prop = inputs.float(name, default=value, min=meta.get("min"), max=meta.get("max"), **kw)
     else:
         prop = inputs.str(name, default=value, **kw)
+    return _check_given(ctx, prop, name)
+
+
+def _check_given(ctx, prop, name: str):
+    """Marks ``prop`` invalid, with the checker's message in the form's words, when the value
+    given for setting ``name`` is outside its declaration."""
     given = ctx.params.get(name)
     if given not in (None, ""):
         try:
@@ -260,7 +266,8 @@ class AutoLabel(foo.Operator):
         masks.add_choice("auto", label="Auto", description=f"On disk from {DISK_THRESHOLD} samples on, else in the database")
         masks.add_choice("disk", label="On disk (PNG, mask_path)")
         masks.add_choice("database", label="In the database")
-        inputs.enum("masks", masks.values(), default=LabelSettings.masks, label=_SETTINGS["masks"].metadata["label"], view=masks)
+        _check_given(ctx, inputs.enum("masks", masks.values(), default=LabelSettings.masks,
+                                      label=_SETTINGS["masks"].metadata["label"], view=masks), "masks")
         if (ctx.params.get("masks") or "auto") != "database":
             _add_setting(ctx, inputs, "mask_dir")
         for name in ("presence_field", "tag_prefix", "presence_threshold", "embeddings_field"):

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import InvalidInputError
-from .presets import FREE_VOCAB, Preset, default_background_words, get_preset, preset_class_lines
+from .presets import Preset, default_background_words, get_preset, preset_class_lines
 
 #: names of a ground-truth id 0 that mean "background"
 BACKGROUND_NAMES = {"background", "bg", "_background_", "__background__", "unlabeled", "unlabelled", "none"}

@@ -207,7 +207,7 @@ def install_random_text(clip, tokenizer, device, names: Sequence[str]) -> None:
 
 
 def vocabulary_names(preset: str) -> List[str]:
-    from fiftyone_cass.core.presence import queries_from_class_lines
+    from fiftyone_cass.models.vocabulary import queries_from_class_lines
     from fiftyone_cass.models.presets import cdam_aug_words, get_preset, preset_class_lines
 
     queries, _ = queries_from_class_lines(preset_class_lines(get_preset(preset)))

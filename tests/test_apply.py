@@ -21,9 +21,9 @@ from fiftyone_cass.integrations.apply import (
     retag,
     shard_index,
     validate_shard,
-    vocabulary_from_mask_targets,
     write_mask_png,
 )
+from fiftyone_cass.models.vocabulary import vocabulary_from_mask_targets
 
 KW = dict(OPTS, batch_size=BATCH)
 

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 
 from fiftyone_cass.core.gaussian import gaussian_window
-from fiftyone_cass.core.presence import labels_from_probabilities, merge_synonyms, queries_from_class_lines
+from fiftyone_cass.core.presence import labels_from_probabilities, merge_synonyms
+from fiftyone_cass.models.vocabulary import queries_from_class_lines
 from fiftyone_cass.core.windows import keep_ratio_size, sliding_windows, stitch_windows, window_starts
 from fiftyone_cass.models.dino import dino_pixels_from_clip
 from fiftyone_cass.core.preprocess import clip_normalize

@@ -8,7 +8,7 @@ from PIL import Image
 
 from fiftyone_cass import ImageLoadError, InvalidInputError, Segmenter
 from fiftyone_cass.models.presets import PRESETS, cdam_aug_words, preset_class_lines
-from fiftyone_cass.core.presence import queries_from_class_lines
+from fiftyone_cass.models.vocabulary import queries_from_class_lines
 
 CLASSES = ["dog", "frisbee", "grass"]
 

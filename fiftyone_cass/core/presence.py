@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -94,15 +92,3 @@ def labels_from_probabilities(class_probs: torch.Tensor, threshold: float, backg
     if threshold > 0:
         label = torch.where(top < threshold, torch.full_like(label, background), label)
     return label
-
-
-def queries_from_class_lines(lines: Sequence[str]):
-    """Expand class lines (", "-separated synonyms) to ``(queries, query_to_class)``."""
-    queries, owner = [], []
-    for ci, line in enumerate(lines):
-        for name in line.split(","):
-            name = name.strip()
-            if name:
-                queries.append(name)
-                owner.append(ci)
-    return queries, owner

@@ -73,12 +73,9 @@ from ..schema import setting_fields, settings_doc, split_settings
 from ..settings import DISK_THRESHOLD, RESERVED_FIELDS, LabelSettings, ModelSettings, format_field  # noqa: F401
 from .claims import FieldClaim, FieldClaimedError, release_field  # noqa: F401 - re-exported
 from .fo_model import (  # noqa: F401 - re-exported: the vocabulary and model cache live with the model
-    BACKGROUND_NAMES,
     CONFIG_ATTR,
     DEFAULT_PRESENCE_THRESHOLD,
-    IGNORE_NAMES,
     CassModel,
-    Vocabulary,
     clear_segmenter_cache,
     get_segmenter,
     load_item,
@@ -86,7 +83,6 @@ from .fo_model import (  # noqa: F401 - re-exported: the vocabulary and model ca
     presence_tags,
     replace_prefixed_tags,
     stored_scores,
-    vocabulary_from_mask_targets,
 )
 
 logger = logging.getLogger(__name__)
@@ -702,7 +698,6 @@ __all__ = [
     "ApplySummary",
     "AutoLabelRun",
     "DISK_THRESHOLD",
-    "Vocabulary",
     "apply",
     "clear_segmenter_cache",
     "default_mask_dir",
@@ -712,6 +707,5 @@ __all__ = [
     "retag",
     "shard_index",
     "validate_shard",
-    "vocabulary_from_mask_targets",
     "write_mask_png",
 ]

@@ -39,10 +39,11 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InvalidInputError
+# names that mark an id as "not evaluated" (e.g. ``{255: "ignore"}``), compared normalised; the
+# vocabulary never makes them classes either
+from ..models.vocabulary import IGNORE_NAMES  # noqa: F401 - re-exported
 
 IGNORE_INDEX = 255
-#: names that mark an id as "not evaluated" (e.g. ``{255: "ignore"}``), compared normalised
-IGNORE_NAMES = {"ignore", "ignored", "void", "unlabeled", "unlabelled", "_ignore_", "__ignore__"}
 
 __all__ = [
     "IGNORE_INDEX",

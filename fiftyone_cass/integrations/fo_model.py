@@ -41,9 +41,9 @@ from fiftyone.utils.torch import GetItem
 from ..errors import ImageLoadError, InvalidInputError
 from ..images import describe, load_rgb
 from ..models.segmenter import SegmentationResult, Segmenter
+from ..models.vocabulary import Vocabulary
 from ..schema import make_settings, setting_fields, split_settings
 from ..settings import DEFAULT_PRESENCE_THRESHOLD, ModelSettings
-from .evaluation import IGNORE_NAMES  # names of ground-truth ids that are never predicted (e.g. 255)
 
 logger = logging.getLogger(__name__)
 
@@ -51,86 +51,6 @@ logger = logging.getLogger(__name__)
 ZOO_MODEL_NAME = "cass-vit-b16-torch"
 #: attribute of each written Segmentation that identifies the settings that made it
 CONFIG_ATTR = "config_id"
-#: names of a ground-truth id 0 that mean "background"
-BACKGROUND_NAMES = {"background", "bg", "_background_", "__background__", "unlabeled", "unlabelled", "none"}
-
-
-# ------------------------------------------------------------------------------------------------
-# Vocabulary: how the Segmenter's label ids relate to the written ids and names
-# ------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Vocabulary:
-    """``names[j]`` is the name of Segmenter label ``j``; ``lut`` (or None = identity) maps Segmenter
-    label ``j`` to the written id ``lut[j]``; ``mask_targets`` names the written ids."""
-
-    names: List[str]
-    mask_targets: Dict[int, str]
-    lut: Optional[np.ndarray] = None
-    background_label: Optional[int] = None  # Segmenter label of background (never tagged)
-    source: str = "classes"
-
-    def map(self, label_map: np.ndarray) -> np.ndarray:
-        return label_map if self.lut is None else self.lut[label_map]
-
-
-def _norm_name(name: str) -> str:
-    return str(name).strip().lower()
-
-
-def vocabulary_from_mask_targets(mask_targets: Dict[Any, str], field_name: str = "ground truth"):
-    """Class lines and id mapping that make the predictions use the ids of ``mask_targets``.
-
-    Returns ``(classes, lut, background_id, mask_targets_out)``: ``classes`` for
-    ``Segmenter(classes=...)`` (GT classes in id order), ``lut`` mapping Segmenter label ``j``
-    (0 = background, ``k`` = ``classes[k-1]``) to the GT id, ``background_id`` the GT background id
-    or None (then the background threshold must be off), and the ``mask_targets`` of the output.
-    """
-    if not mask_targets:
-        raise InvalidInputError(
-            f"{field_name} has no mask_targets: set dataset.mask_targets[{field_name!r}] or pass classes=[...]"
-        )
-    targets: Dict[int, str] = {}
-    for k, v in mask_targets.items():
-        if isinstance(k, str) and k.lstrip("-").isdigit():
-            k = int(k)
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
-            raise InvalidInputError(
-                f"{field_name}: mask_targets key {k!r} is not an integer id (RGB mask targets are not supported)"
-            )
-        if int(k) < 0 or int(k) > 65535:
-            raise InvalidInputError(f"{field_name}: mask_targets id {k} is outside 0..65535")
-        targets[int(k)] = str(v)
-    background_id = 0 if (0 in targets and _norm_name(targets[0]) in BACKGROUND_NAMES) else None
-    classes, gt_ids = [], []
-    for k in sorted(targets):
-        if k == background_id:
-            continue
-        name = targets[k].strip()
-        if not name or _norm_name(name) in IGNORE_NAMES or _norm_name(name) == "background":
-            continue
-        classes.append(name)
-        gt_ids.append(k)
-    if not classes:
-        raise InvalidInputError(f"{field_name}: mask_targets {targets!r} name no class to predict")
-    top = max(gt_ids + [background_id or 0])
-    lut = np.zeros(len(classes) + 1, dtype=np.uint8 if top <= 255 else np.uint16)
-    lut[0] = background_id if background_id is not None else 0  # never produced without background
-    lut[1:] = gt_ids
-    out = {k: targets[k] for k in gt_ids}
-    if background_id is not None:
-        out[background_id] = targets[background_id]
-    return classes, lut, background_id, dict(sorted(out.items()))
-
-
-def _vocabulary_for(seg: Segmenter, source: str, gt=None) -> Vocabulary:
-    if source == "mask_targets":
-        classes, lut, _, targets = gt
-        return Vocabulary(["background"] + list(classes), targets, lut, 0, source)
-    names = list(seg.class_names)
-    bg = seg.background_id
-    if bg is not None:
-        names[bg] = "background"  # the class line of background holds background *words*
-    return Vocabulary(names, {i: n for i, n in enumerate(names)}, None, bg, source)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,20 +265,21 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
                 raise InvalidInputError("give either a segmenter or classes/preset/mask_targets, not both")
             self.segmenter: Optional[Segmenter] = segmenter
             segmenter.batch_size = int(batch_size)
-            self.vocab: Optional[Vocabulary] = _vocabulary_for(segmenter, "segmenter")
+            self.vocab: Optional[Vocabulary] = Vocabulary.of_segmenter(segmenter)
             checkpoints = (None, None)
         elif len(given) > 1:
             raise InvalidInputError(f"give one of classes=[...], preset='...' or mask_targets={{...}}, not {' and '.join(given)}")
         elif given:
-            gt = None
+            gt: Optional[Vocabulary] = None
             if preset is not None:
                 kw["preset"] = preset
             elif classes is not None:
                 kw.update(classes=classes if isinstance(classes, str) else list(classes), background=background)
             else:
-                gt = vocabulary_from_mask_targets(mask_targets, mask_targets_name)
-                kw.update(classes=gt[0], background=background)
-                if gt[2] is None:  # id 0 is a class: every pixel gets a class
+                # the ground truth's ids: the Segmenter predicts its classes, written under its ids
+                gt = Vocabulary.from_mask_targets(mask_targets, mask_targets_name, background)
+                kw.update(classes=gt.classes, background=background)
+                if gt.background_id is None:  # id 0 is a class: every pixel gets a class
                     if options.get("bg_rule", "none") != "none":
                         raise InvalidInputError(
                             f"{mask_targets_name}: its id 0 is a class, not background, so bg_rule must be 'none'"
@@ -369,7 +290,9 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
             except InvalidInputError as exc:
                 where = f"{mask_targets_name}" if gt is not None else "vocabulary"
                 raise InvalidInputError(f"{where}: {exc}") from exc
-            self.vocab = _vocabulary_for(self.segmenter, given[0], gt)
+            self.vocab = gt if gt is not None else dataclasses.replace(self.segmenter.vocabulary, source=given[0])
+            if self.vocab.class_lines != self.segmenter.class_lines:  # one vocabulary on both sides
+                raise RuntimeError(f"the segmenter's class lines differ from the vocabulary's: {self.segmenter.class_lines!r}")
         else:  # embeddings and prompts only
             self.segmenter = None
             self.vocab = None
@@ -449,9 +372,7 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
     @property
     def classes(self) -> Optional[List[str]]:
         """The class names, background excluded."""
-        if self.vocab is None:
-            return None
-        return [n for j, n in enumerate(self.vocab.names) if j != self.vocab.background_label]
+        return None if self.vocab is None else self.vocab.classes
 
     def build_get_item(self, field_mapping=None):
         return ImageGetItem(field_mapping=field_mapping)
@@ -660,5 +581,4 @@ __all__ = [
     "presence_tags",
     "replace_prefixed_tags",
     "stored_scores",
-    "vocabulary_from_mask_targets",
 ]

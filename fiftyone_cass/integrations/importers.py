@@ -46,7 +46,8 @@ import fiftyone as fo
 import fiftyone.core.utils as fou
 
 from ..errors import InvalidInputError
-from ..models.presets import get_preset, preset_class_lines
+from ..models.presets import get_preset
+from ..models.vocabulary import Vocabulary
 from .evaluation import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -84,15 +85,13 @@ def protocol_info(protocol: str):
 def protocol_class_names(protocol: str) -> List[str]:
     """Display name of each class id: the first synonym of its line (``background`` for line 0 of
     protocols with a background line)."""
-    preset = protocol_info(protocol)
-    names = [line.split(",")[0].strip() for line in preset_class_lines(preset)]
-    if preset.has_background:
-        names[0] = "background"
-    return names
+    return list(Vocabulary.from_preset(protocol_info(protocol)).names)
 
 
 def protocol_mask_targets(protocol: str) -> Dict[int, str]:
-    return {i: n for i, n in enumerate(protocol_class_names(protocol))}
+    """``{id: name}`` of a protocol's ground truth: the ids of its :class:`Vocabulary` (the same
+    ids and names a Segmenter with that preset writes)."""
+    return dict(Vocabulary.from_preset(protocol_info(protocol)).mask_targets)
 
 
 def reduce_zero_label(label: np.ndarray) -> np.ndarray:

@@ -4,7 +4,6 @@ class merging -> background. Batched over windows of several images (SPEC A, E, 
 from __future__ import annotations
 
 import dataclasses
-import unicodedata
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -19,7 +18,7 @@ from ..core.entropy import entropy_range, threshold_from_entropy
 from ..core.cass import CassOptions
 from ..core.graphs import resample_dino_keys
 from ..core.preprocess import clip_normalize
-from ..core.presence import cluster_text, merge_synonyms, queries_from_class_lines
+from ..core.presence import cluster_text, merge_synonyms
 from ..core.windows import (
     SMALL_OUTPUT,
     bilinear_variant,
@@ -39,8 +38,9 @@ from . import clip_visual as cv
 from .backbones import cached_models
 from .dino import dino_keys, dino_pixels_from_clip
 from .profiling import NO_STAGE, StageTimer
-from .presets import FREE_VOCAB, Preset, cdam_aug_words, default_background_words, get_preset, preset_class_lines
-from .text import check_name_lengths, text_embedder
+from .presets import FREE_VOCAB, Preset, cdam_aug_words
+from .text import text_embedder
+from .vocabulary import Vocabulary
 
 #: the built-in methods (every registered family, alone and with +cdam): see :mod:`fiftyone_cass.methods`
 METHODS = tuple(method_names())
@@ -152,18 +152,6 @@ class _Prepared:
     windows: List[Tuple[int, int, int, int]] = field(default_factory=list)
 
 
-def parse_classes(classes: Union[str, Sequence[str]]) -> List[str]:
-    """Accepts "dog, frisbee" / "dog\\nfrisbee" / ["dog", "frisbee"]; entries may hold
-    ", "-separated synonyms only in the list form via ``|``? No: in the list form each entry is a
-    class line whose ", "-separated parts are synonyms."""
-    if isinstance(classes, str):
-        parts = classes.split("\n") if "\n" in classes else classes.split(",")
-        lines = [p.strip() for p in parts]
-    else:
-        lines = [str(c).strip() for c in classes]
-    return lines
-
-
 class Segmenter:
     """Open-vocabulary semantic segmentation with CASS (+ CDAM) on CLIP ViT-B/16 + DINO ViT-B/8.
 
@@ -209,22 +197,19 @@ class Segmenter:
         self.device = torch.device(engine.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.backbone = backbone
 
-        self.preset: Preset
-        lines = self._class_lines(classes, preset, background)
+        # the vocabulary (one object shared with the FiftyOne side: models/vocabulary.py)
+        self.vocabulary = self._vocabulary(classes, preset, background)
+        self.preset: Preset = self.vocabulary.preset or FREE_VOCAB
         self.options = self._options(overrides)
-        self.class_lines = lines
-        self.queries, owner = queries_from_class_lines(lines)
+        v = self.vocabulary
+        self.class_lines = list(v.class_lines)
+        self.queries, owner = v.queries, v.query_owner
         self.query_to_class = torch.tensor(owner, dtype=torch.long, device=self.device)
-        self.num_labels = len(lines)
-        self.has_queries = np.zeros(self.num_labels, dtype=bool)
-        self.has_queries[np.asarray(owner, dtype=np.int64)] = True
-        self.class_names = [
-            (line.split(",")[0].strip() if line.strip() else "background") for line in lines
-        ]
-        self.background_id = 0 if (self.preset.has_background) else None
-        if self.background_id == 0:
-            self.class_names[0] = "background"  # whatever words stand for it (sky, wall, ...)
-        self.mask_targets = {i: n for i, n in enumerate(self.class_names)}
+        self.num_labels = v.num_labels
+        self.has_queries = v.has_queries
+        self.class_names = list(v.names)
+        self.background_id = v.background_label
+        self.mask_targets = dict(v.mask_targets)
 
         # models
         if models is None:
@@ -248,60 +233,13 @@ class Segmenter:
         self._prepare_text()
 
     # ------------------------------------------------------------------ configuration
-    def _class_lines(self, classes, preset, background) -> List[str]:
+    @staticmethod
+    def _vocabulary(classes, preset, background) -> Vocabulary:
         if preset is not None and classes is not None:
             raise InvalidInputError("give either classes or preset, not both")
         if preset is not None:
-            self.preset = get_preset(preset)
-            return preset_class_lines(self.preset)
-        if classes is None:
-            raise InvalidInputError("no classes given: pass classes=[...] or preset=...")
-        lines = parse_classes(classes)
-        if not lines or all(not line for line in lines):
-            raise InvalidInputError("the vocabulary is empty: give at least one class name")
-        if any(not line for line in lines):
-            raise InvalidInputError(f"empty class name in {list(lines)!r}")
-        # names are compared as the tokenizer sees them: Unicode NFC (ftfy), lower case, runs of
-        # white space as one ("café" typed in NFC and in NFD is one name)
-        def key(name: str) -> str:
-            return " ".join(unicodedata.normalize("NFC", name).lower().split())
-
-        def same_text(a: str, b: str) -> str:
-            if a != b and unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b):
-                return " (the same text in two Unicode forms, NFC and NFD)"
-            return ""
-
-        seen: Dict[str, Tuple[int, str]] = {}
-        for i, line in enumerate(lines):
-            for raw in (p.strip() for p in line.split(",")):
-                name = key(raw)
-                if not name:
-                    raise InvalidInputError(f"empty synonym in class {line!r}")
-                if name in seen and seen[name][0] != i:
-                    j, other = seen[name]
-                    raise InvalidInputError(
-                        f"duplicate class name {raw!r} (classes {j + 1} and {i + 1}: {other!r} and {raw!r})"
-                        + same_text(other, raw)
-                    )
-                if name in seen:
-                    raise InvalidInputError(f"duplicate synonym {raw!r} in class {line!r}" + same_text(seen[name][1], raw))
-                seen[name] = (i, raw)
-        if any(key(line.split(",")[0]) == "background" for line in lines):
-            raise InvalidInputError("'background' is label 0 and cannot be a class; use background=[...] for words")
-        self.preset = FREE_VOCAB
-        if background is None:
-            bg = ""
-        elif background == "default":
-            bg = ", ".join(default_background_words())
-        else:
-            words = [background] if isinstance(background, str) else list(background)
-            bg = ", ".join(w.strip() for w in words if w.strip())
-        for w in (p.strip() for p in bg.split(",") if p.strip()):
-            if key(w) in seen:
-                raise InvalidInputError(f"background word {w!r} is also a class name" + same_text(seen[key(w)][1], w))
-        # every name must fit CLIP's context in each of the 80 template sentences
-        check_name_lengths([p.strip() for line in lines + [bg] for p in line.split(",") if p.strip()])
-        return [bg] + lines
+            return Vocabulary.from_preset(preset)
+        return Vocabulary.from_classes(classes, background)
 
     def _options(self, overrides) -> SegmenterOptions:
         p = self.preset

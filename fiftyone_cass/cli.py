@@ -1,24 +1,14 @@
-"""``fiftyone-cass``: the command line of fiftyone_cass.
+"""``fiftyone-cass``: the command line of fiftyone_cass -- parsing and printing only::
 
-Commands::
+    fiftyone-cass label DIR_OR_DATASET --classes "dog, frisbee, person" [--shard i/N] [--delegate] ...
+    fiftyone-cass eval DATASET --pred-field cass --gt-field ground_truth    # or: --protocol voc21 DATA_DIR
+    fiftyone-cass demo | app DATASET | release DATASET
 
-    fiftyone-cass demo                                  # label sample images that ship with scikit-image
-    fiftyone-cass label DIR_OR_DATASET --classes "dog, frisbee, person" [--shard i/N] ...
-    fiftyone-cass eval DATASET --pred-field cass --gt-field ground_truth
-    fiftyone-cass eval --protocol voc21 DATA_DIR        # import -> predict -> evaluate a benchmark
-    fiftyone-cass app DATASET                           # open the FiftyOne App on it
-
-``label`` is :func:`fiftyone_cass.integrations.apply.apply` (the library function behind the
-``auto_label`` operator) with the same options. A directory is imported into a persistent FiftyOne
-dataset first (idempotently: files already in the dataset are not added again). Work survives being
-killed: masks are written atomically before their sample is saved, and running the same command
-again labels only the samples that are not done.
-
-``--shard i/N`` makes this process responsible for the files whose path hashes to ``i`` modulo
-``N`` -- for importing *and* labelling -- so ``N`` processes (GPUs, machines sharing one MongoDB)
-work on one dataset without overlap and without coordinating. ``--delegate`` queues FiftyOne
-delegated operations instead (one per shard with ``--workers N``) for ``fiftyone delegated launch``
-workers.
+One :class:`Command` per command (``setup(parser)`` declares its flags, ``execute(parser, args)``
+calls the library and prints): ``label`` imports a folder (:mod:`.integrations.folders`), labels
+with the run behind the ``auto_label`` operator (:mod:`.integrations.labelling`), or queues
+delegated operations (:mod:`.integrations.delegation`). Labelling flags are derived from the
+settings' declarations (:mod:`fiftyone_cass.settings`).
 
 Exit status: 0 = every target sample is labelled; 1 = some samples failed (they are listed, and
 their error is in the ``<label_field>_error`` field); 2 = usage or configuration error (bad
@@ -40,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .bootstrap import configure_logging, prepare_environment
 from .integrations.demo import DEMO_CLASSES, DEMO_DATASET
+from .settings import add_settings_arguments
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -47,7 +38,6 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 _MAX_PRINTED_FAILURES = 20
-_NOT_FOUND = "{name!r} is neither a directory nor a FiftyOne dataset"
 
 
 class UsageError(Exception):
@@ -55,11 +45,11 @@ class UsageError(Exception):
 
 
 # ------------------------------------------------------------------------------------------------
-# From flags to library calls, and library errors to usage errors
+# Flags -> library arguments; library errors -> usage errors
 # ------------------------------------------------------------------------------------------------
 @contextmanager
 def _usage():
-    """The library's input errors of the steps before labelling, printed as they are (exit 2)."""
+    """The library's input errors in the steps before labelling, printed as they are (exit 2)."""
     from .errors import InvalidInputError
 
     try:
@@ -72,23 +62,17 @@ def _load_dataset(name: str):
     from .integrations.folders import load_dataset
 
     with _usage():
-        return load_dataset(name, _NOT_FOUND)
+        return load_dataset(name, "{name!r} is neither a directory nor a FiftyOne dataset")
 
 
-def _import_directory(directory: str, dataset_name: str, shard=None, exclude=()):
-    from .integrations.folders import import_directory
-
-    with _usage():
-        return import_directory(directory, dataset_name, shard=shard, exclude=exclude)
-
-
-def _load_weights(args, device: str) -> None:
-    """The weights before any dataset work: missing ones end the command with what to do."""
+def _load_weights(args) -> None:
+    """The weights before any dataset work: missing ones end the command saying what to do."""
     from .errors import WeightsUnavailableError
     from .models.weights import ensure_weights
 
     try:
-        ensure_weights(args.backbone, args.method, device, args.clip_checkpoint, args.dino_checkpoint, wording="cli")
+        ensure_weights(args.backbone, args.method, args.device_resolved, args.clip_checkpoint, args.dino_checkpoint,
+                       wording="cli")
     except (WeightsUnavailableError, ValueError) as exc:  # ValueError: an unknown backbone
         raise UsageError(str(exc)) from None
 
@@ -150,6 +134,7 @@ def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
     flags: every settings flag's (already checked) value, the vocabulary, the Segmenter options."""
     from .settings import label_setting_names
 
+    args.device_resolved = _resolve_device(args.device)
     kw: Dict[str, Any] = {n: getattr(args, n) for n in label_setting_names()
                           if hasattr(args, n) and n not in ("classes", "preset", "gt_field", "shard")}
     kw["device"] = args.device_resolved
@@ -170,17 +155,6 @@ def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
     return kw
 
 
-def _target_view(args, ds):
-    view = ds
-    if getattr(args, "saved_view", None):
-        if not ds.has_saved_view(args.saved_view):
-            raise UsageError(f"dataset {ds.name!r} has no saved view {args.saved_view!r} (has: {ds.list_saved_views()})")
-        view = ds.load_saved_view(args.saved_view)
-    if getattr(args, "tags", None):
-        view = view.match_tags([t.strip() for t in args.tags.split(",") if t.strip()])
-    return view
-
-
 def _write_summary(path: Optional[str], data: Dict[str, Any]) -> None:
     """``--summary-json``; a file that cannot be written is a warning (the work is stored)."""
     from .fileio import write_json
@@ -191,57 +165,6 @@ def _write_summary(path: Optional[str], data: Dict[str, Any]) -> None:
     except OSError as exc:
         print(f"fiftyone-cass: warning: could not write --summary-json {path} ({type(exc).__name__}: "
               f"{exc.strerror or exc}); the results are stored in the dataset", file=sys.stderr)
-
-
-def _print_skipped(skipped) -> None:
-    for x in skipped[:_MAX_PRINTED_FAILURES]:
-        print(f"fiftyone-cass: warning: SKIPPED {x.path}: {x.reason}", file=sys.stderr)
-    if len(skipped) > _MAX_PRINTED_FAILURES:
-        print(f"fiftyone-cass: warning: ... and {len(skipped) - _MAX_PRINTED_FAILURES} more paths skipped", file=sys.stderr)
-
-
-def add_settings_arguments(p: argparse.ArgumentParser, names: Sequence[str], titles: Dict[str, str]):
-    """Flags for the :class:`~fiftyone_cass.settings.LabelSettings` fields ``names``, generated from
-    their declarations: ``--batch-size`` for ``batch_size``, choices, help text and default from
-    the field, the field's ``off_flag`` (``--no-tags``) setting it to None. Each value is checked
-    by the settings' own checker as it is parsed (a bad one ends in a usage error naming the flag).
-    Returns ``{group name: argument group}``."""
-    from .schema import choices_of, coerce_settings, setting_fields, setting_type
-    from .settings import LabelSettings
-
-    fields = setting_fields(LabelSettings)
-    groups: Dict[str, Any] = {}
-    for group in ("vocabulary", "model", "output", "run"):  # the help's order
-        if any(fields[n].metadata.get("group") == group for n in names):
-            groups[group] = p.add_argument_group(titles.get(group, group))
-    for name in names:
-        f = fields[name]
-        meta = f.metadata
-        group = meta.get("group", "options")
-        g = groups.get(group) or groups.setdefault(group, p.add_argument_group(titles.get(group, group)))
-        flag = "--" + name.replace("_", "-")
-        shown = str(f.default).replace("{label_field}", "<label-field>")
-        default = f" (default {shown})" if f.default not in (None, False) else ""
-        help_text = argparse.SUPPRESS if meta.get("hidden") else ((meta.get("help") or "") + default).replace("%", "%%")
-
-        def check(text, name=name):
-            from .errors import InvalidInputError
-
-            try:
-                return coerce_settings(LabelSettings, {name: text})[name]
-            except InvalidInputError as exc:  # argparse prints "argument --flag: <this>"
-                raise argparse.ArgumentTypeError(f"{text!r} is not allowed: {str(exc).partition(' is not allowed: ')[2]}") from None
-
-        if setting_type(LabelSettings, name) is bool:
-            g.add_argument(flag, dest=name, action="store_true", default=f.default, help=help_text)
-        else:
-            choices = choices_of(meta)
-            g.add_argument(flag, dest=name, type=check, default=f.default, help=help_text,
-                           choices=list(choices) if choices else None, metavar=meta.get("metavar"))
-        if meta.get("off_flag"):
-            g.add_argument(meta["off_flag"], dest=name, action="store_const", const=None,
-                           help=meta.get("off_help"))
-    return groups
 
 
 def _add_label_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
@@ -271,31 +194,25 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 # Commands
 # ------------------------------------------------------------------------------------------------
 class Command:
-    """A sub-command: ``setup(parser)`` declares its arguments, ``execute(parser, args)`` runs it
-    and returns the exit status. ``help`` is its line in ``fiftyone-cass --help``."""
+    """A command: ``setup(parser)`` declares its arguments, ``execute(parser, args)`` runs it and
+    returns the exit status; ``help`` is its line in ``fiftyone-cass --help``."""
 
-    name = ""
-    help = ""
-    description = ""
+    name = help = description = ""
 
-    @staticmethod
-    def setup(parser: argparse.ArgumentParser) -> None:
+    def setup(self, parser: argparse.ArgumentParser) -> None:
         raise NotImplementedError
 
-    @staticmethod
-    def execute(parser: argparse.ArgumentParser, args) -> int:
+    def execute(self, parser: argparse.ArgumentParser, args) -> int:
         raise NotImplementedError
 
 
 class LabelCommand(Command):
-    name = "label"
-    help = "label a directory of images or a FiftyOne dataset"
+    name, help = "label", "label a directory of images or a FiftyOne dataset"
     description = ("Label every image of a directory (imported into a persistent FiftyOne dataset) or of an existing "
                    "dataset/view: Segmentation masks, per-class presence scores and <field>:<class> tags. Running "
                    "the same command again resumes: only samples without a valid label of these settings are labelled.")
 
-    @staticmethod
-    def setup(p):
+    def setup(self, p):
         p.add_argument("source", help="a directory of images, or the name of a FiftyOne dataset")
         p.add_argument("--dataset", default=None, help="dataset to import a directory into (default: the directory's name)")
         p.add_argument("--saved-view", default=None, help="label only this saved view of the dataset")
@@ -305,12 +222,10 @@ class LabelCommand(Command):
         p.add_argument("--workers", type=int, default=1, help="with --delegate: queue one operation per shard (default 1)")
         _add_label_options(p)
 
-    @staticmethod
-    def execute(parser, args):
-        from .integrations.folders import default_dataset_name, directory_view
+    def execute(self, parser, args):
+        from .integrations.folders import default_dataset_name, directory_view, import_directory, select_view
         from .integrations.labelling import label_collection
 
-        args.device_resolved = _resolve_device(args.device)
         kw = _apply_kwargs(args)
         source, is_dir = args.source, os.path.isdir(args.source)
         if args.workers != 1 and not args.delegate:
@@ -319,26 +234,24 @@ class LabelCommand(Command):
             raise UsageError("--workers must be >= 1")
         if is_dir and args.saved_view:
             raise UsageError("--saved-view applies to an existing dataset, not to a directory")
+        if not is_dir and args.dataset and args.dataset != source:
+            raise UsageError(f"--dataset names the dataset to import a directory into; {source!r} is not a directory")
         if not is_dir:
-            if args.dataset and args.dataset != source:
-                raise UsageError(f"--dataset names the dataset to import a directory into; {source!r} is not a directory")
             _load_dataset(source)  # fails now, before the weights are loaded, if there is no such dataset
         if args.delegate and args.shard is not None:
             raise UsageError("--delegate queues every shard itself (--workers N); do not combine it with --shard")
         if not args.delegate:
-            _load_weights(args, args.device_resolved)
-        imported = None
-        exclude = [kw["mask_dir"]] if kw.get("mask_dir") else []
-        if is_dir:
-            imported = _import_directory(source, args.dataset or default_dataset_name(source),
-                                         shard=None if args.delegate else args.shard, exclude=exclude)
-            ds, view = imported.dataset, directory_view(imported.dataset, source)
-            view = view if args.delegate else _target_view(args, view)
-        else:
-            ds = _load_dataset(source)
-            view = _target_view(args, ds)
+            _load_weights(args)
+        imported, ds = None, None if is_dir else _load_dataset(source)
+        with _usage():
+            if is_dir:
+                imported = import_directory(source, args.dataset or default_dataset_name(source), exclude=[
+                    kw["mask_dir"]] if kw.get("mask_dir") else [], shard=None if args.delegate else args.shard)
+                ds = imported.dataset
+            view = directory_view(ds, source) if is_dir else select_view(ds, args.saved_view, args.tags)
+            view = select_view(view, tags=args.tags) if (is_dir and not args.delegate) else view
         if args.delegate:
-            return LabelCommand.delegate(args, kw, ds, view, imported)
+            return self.delegate(args, kw, ds, view, imported)
         report = label_collection(view, shard=args.shard, progress=args.progress, **kw)
         report.add_import(imported)
         print(report.text(_MAX_PRINTED_FAILURES))
@@ -351,8 +264,11 @@ class LabelCommand(Command):
         """``--delegate``: queue ``--workers`` delegated runs for ``fiftyone delegated launch``."""
         from .integrations.delegation import queue_auto_label
 
-        if imported is not None:
-            _print_skipped(imported.skipped)
+        for x in (imported.skipped if imported else [])[:_MAX_PRINTED_FAILURES]:
+            print(f"fiftyone-cass: warning: SKIPPED {x.path}: {x.reason}", file=sys.stderr)
+        if imported and len(imported.skipped) > _MAX_PRINTED_FAILURES:
+            print(f"fiftyone-cass: warning: ... and {len(imported.skipped) - _MAX_PRINTED_FAILURES} more paths "
+                  "skipped", file=sys.stderr)
         queued = queue_auto_label(view, args.workers, needed_for="to use --delegate", **kw)
         print(f"queued {args.workers} delegated operation(s) on dataset {ds.name!r}: {', '.join(queued)}")
         print("run them with one worker per GPU, e.g.:")
@@ -363,39 +279,34 @@ class LabelCommand(Command):
 
 
 class DemoCommand(Command):
-    name = "demo"
-    help = f"label scikit-image's sample images into the dataset '{DEMO_DATASET}'"
+    name, help = "demo", f"label scikit-image's sample images into the dataset '{DEMO_DATASET}'"
     description = ("Copies a few sample images that ship with scikit-image (no download), labels them with the "
                    f"classes {', '.join(DEMO_CLASSES)} into the persistent dataset '{DEMO_DATASET}' (FiftyOne's "
                    "default database) and prints a summary. Needs the model weights (downloaded on first use, or "
                    "--clip-checkpoint/--dino-checkpoint).")
 
-    @staticmethod
-    def setup(p):
+    def setup(self, p):
         p.add_argument("--dataset", default=DEMO_DATASET, help=f"dataset name (default {DEMO_DATASET})")
         p.add_argument("--images-dir", default=None,
                        help="where the images are copied (default <fiftyone default_dataset_dir>/<dataset>/images)")
         _add_label_options(p, demo=True)
 
-    @staticmethod
-    def execute(parser, args):
+    def execute(self, parser, args):
         import fiftyone as fo
 
         from .integrations.demo import demo_images, describe, pixel_shares
-        from .integrations.folders import directory_view
+        from .integrations.folders import directory_view, import_directory
         from .integrations.labelling import label_collection
 
-        args.device_resolved = _resolve_device(args.device)
         kw = _apply_kwargs(args, classes=DEMO_CLASSES)
         if not args.skip_existing:
             kw["overwrite"] = True  # the demo dataset is ours: a demo with other settings replaces its labels
-        _load_weights(args, args.device_resolved)
+        _load_weights(args)
         images_dir = args.images_dir or os.path.join(fo.config.default_dataset_dir, args.dataset, "images")
         with _usage():
             demo_images(images_dir)
-        imported = _import_directory(images_dir, args.dataset)
-        ds = imported.dataset
-        view = directory_view(ds, images_dir)
+            imported = import_directory(images_dir, args.dataset)
+        ds, view = imported.dataset, directory_view(imported.dataset, images_dir)
         report = label_collection(view, progress=args.progress, **kw)
         report.add_import(imported)
         print(report.text(_MAX_PRINTED_FAILURES))
@@ -409,16 +320,14 @@ class DemoCommand(Command):
 
 
 class EvalCommand(Command):
-    name = "eval"
-    help = "mIoU of predictions against ground truth (or a whole benchmark protocol)"
+    name, help = "eval", "mIoU of predictions against ground truth (or a whole benchmark protocol)"
     description = ("Evaluates a Segmentation field against ground truth with mmseg IoU semantics and prints the "
                    "table; the run is stored (Model Evaluation panel). With --protocol, TARGET is a benchmark "
                    "directory: import -> predict with the preset -> evaluate.")
-    #: the settings the benchmark runner takes, flags derived from their declarations
+    #: settings that --protocol passes to the benchmark runner (their flags derived from the declarations)
     PROTOCOL_SETTINGS = ("method", "backbone", "device", "batch_size", "clip_checkpoint", "dino_checkpoint")
 
-    @staticmethod
-    def setup(p):
+    def setup(self, p):
         p.add_argument("target", help="dataset name (or, with --protocol, the benchmark's directory)")
         p.add_argument("--pred-field", default="cass", help="predictions (default cass)")
         p.add_argument("--gt-field", default="ground_truth", help="ground truth (default ground_truth)")
@@ -443,19 +352,20 @@ class EvalCommand(Command):
         g.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
         g.add_argument("--persistent", action="store_true", help="keep the dataset")
         g.add_argument("--crowd", default=None, choices=["skip", "paint", "ignore"])
-        add_settings_arguments(p, EvalCommand.PROTOCOL_SETTINGS, {"model": "benchmark protocol (--protocol): model"})
+        add_settings_arguments(p, self.PROTOCOL_SETTINGS, {"model": "benchmark protocol (--protocol): model"})
 
-    @staticmethod
-    def execute(parser, args):
+    def execute(self, parser, args):
         if args.protocol:
-            return EvalCommand.protocol(args)
+            return self.protocol(args)
         import fiftyone as fo
 
         from .integrations.evaluation import format_table
         from .integrations.fo_evaluation import evaluate_iou
+        from .integrations.folders import select_view
 
         ds = _load_dataset(args.target)
-        view = _target_view(args, ds)
+        with _usage():
+            view = select_view(ds, args.saved_view, args.tags)
         for f in (args.pred_field, args.gt_field):
             if not ds.has_sample_field(f):
                 hint = (f"; label it first, in the ground truth's ids: fiftyone-cass label {shlex.quote(ds.name)} "
@@ -466,48 +376,39 @@ class EvalCommand(Command):
         eval_key = args.eval_key or f"eval_{args.pred_field}"
         if eval_key in ds.list_evaluations():
             ds.delete_evaluation(eval_key)
-        results = evaluate_iou(
-            view, args.pred_field, gt_field=args.gt_field, eval_key=eval_key,
-            ignore_index=None if args.ignore_index < 0 else args.ignore_index,
-            resize="nearest" if args.resize_nearest else None, strict=args.strict,
-            skip_missing=args.skip_missing, progress=args.progress,
-        )
-        m = results.iou_metrics()
+        m = evaluate_iou(view, args.pred_field, gt_field=args.gt_field, eval_key=eval_key,
+                         ignore_index=None if args.ignore_index < 0 else args.ignore_index,
+                         resize="nearest" if args.resize_nearest else None, strict=args.strict,
+                         skip_missing=args.skip_missing, progress=args.progress).iou_metrics()
         title = f"{ds.name} | {args.pred_field} vs {args.gt_field} | {len(view)} samples | eval_key={eval_key}"
         print(format_table(m, title=title, per_class=not args.no_per_class))
         _write_summary(args.summary_json, dict(
             dataset=ds.name, eval_key=eval_key, mIoU=float(m.mIoU), mAcc=float(m.mAcc), aAcc=float(m.aAcc),
-            iou={str(n): float(v) for n, v in zip(m.class_names or range(len(m.iou)), m.iou)},
-        ))
+            iou={str(n): float(v) for n, v in zip(m.class_names or range(len(m.iou)), m.iou)}))
         print(f"open it with: fiftyone-cass app {shlex.quote(ds.name)}  (Model Evaluation panel, key {eval_key})")
         return EXIT_OK
 
     @staticmethod
     def protocol(args) -> int:
-        """``--protocol``: :mod:`fiftyone_cass.integrations.protocol` with these flags."""
+        """``--protocol``: the benchmark runner (:mod:`fiftyone_cass.integrations.protocol`) with these flags."""
         from .integrations import protocol
 
-        device = _resolve_device(args.device)
-        _load_weights(args, device)
-        argv = [args.protocol, args.target, "--method", args.method, "--backbone", args.backbone,
-                "--device", device, "--batch-size", str(args.batch_size)]
-        for opt, value in (("--split", args.split), ("--max-samples", args.max_samples), ("--name", args.name),
-                           ("--masks-dir", args.masks_dir), ("--clip-checkpoint", args.clip_checkpoint),
-                           ("--dino-checkpoint", args.dino_checkpoint), ("--crowd", args.crowd)):
-            if value is not None:
-                argv += [opt, str(value)]
-        argv += [flag for flag, on in (("--overwrite", args.overwrite), ("--persistent", args.persistent),
-                                       ("--resize-nearest", args.resize_nearest)) if on]
-        return protocol.main(argv)
+        args.device_resolved = _resolve_device(args.device)
+        _load_weights(args)
+        argv = [args.protocol, args.target, "--device", args.device_resolved]
+        for dest in ("method", "backbone", "batch_size", "split", "max_samples", "name", "masks_dir",
+                     "clip_checkpoint", "dino_checkpoint", "crowd"):
+            if getattr(args, dest) is not None:
+                argv += ["--" + dest.replace("_", "-"), str(getattr(args, dest))]
+        return protocol.main(argv + ["--" + d.replace("_", "-") for d in ("overwrite", "persistent", "resize_nearest")
+                                     if getattr(args, d)])
 
 
 class AppCommand(Command):
-    name = "app"
-    help = "open the FiftyOne App on a dataset"
+    name, help = "app", "open the FiftyOne App on a dataset"
     description = "Launches the FiftyOne App on a dataset (masks, presence scores and tags)."
 
-    @staticmethod
-    def setup(p):
+    def setup(self, p):
         p.add_argument("dataset")
         p.add_argument("--port", type=int, default=None, help="App port (default FiftyOne's, 5151)")
         p.add_argument("--address", default=None, help="address to bind (default localhost)")
@@ -515,8 +416,7 @@ class AppCommand(Command):
         p.add_argument("--wait", type=float, default=3,
                        help="seconds to wait for a new App connection before exiting once all are closed (-1: forever)")
 
-    @staticmethod
-    def execute(parser, args):
+    def execute(self, parser, args):
         import fiftyone as fo
 
         from .integrations.app_support import enable_scheduling
@@ -536,19 +436,16 @@ class AppCommand(Command):
 
 
 class ReleaseCommand(Command):
-    name = "release"
-    help = "release a label field claimed by a run that died"
+    name, help = "release", "release a label field claimed by a run that died"
     description = ("A labelling run claims its label field so that runs with other settings cannot write it at the "
                    "same time. A run that died on this machine is recognised by the next run; one that died on "
                    "another machine keeps its claim until released here.")
 
-    @staticmethod
-    def setup(p):
+    def setup(self, p):
         p.add_argument("dataset")
         p.add_argument("--label-field", default="cass", help="the claimed field (default cass)")
 
-    @staticmethod
-    def execute(parser, args):
+    def execute(self, parser, args):
         from .integrations.claims import field_claim, release_field
 
         ds = _load_dataset(args.dataset)
@@ -577,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fiftyone-cass {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for command in COMMANDS:
+    for command in (c() for c in COMMANDS):
         p = sub.add_parser(command.name, help=command.help, description=command.description)
         command.setup(p)
         _add_common(p)

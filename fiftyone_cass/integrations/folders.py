@@ -271,3 +271,18 @@ def import_directory(directory: str, dataset_name: str, shard: Optional[Tuple[in
     report = ImportReport(ds, found=len(files), skipped=skipped)
     report.added = import_images(ds, mine)
     return report
+
+
+def select_view(collection, saved_view: Optional[str] = None, tags=None):
+    """``collection``, or its dataset's saved view ``saved_view``, restricted to the samples with
+    one of ``tags`` (a list, or one comma-separated string) if given."""
+    view = collection
+    if saved_view:
+        if not collection.has_saved_view(saved_view):
+            raise InvalidInputError(f"dataset {collection.name!r} has no saved view {saved_view!r} "
+                                    f"(has: {collection.list_saved_views()})")
+        view = collection.load_saved_view(saved_view)
+    if tags:
+        tags = tags.split(",") if isinstance(tags, str) else tags
+        view = view.match_tags([t.strip() for t in tags if t.strip()])
+    return view

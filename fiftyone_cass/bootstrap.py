@@ -6,7 +6,9 @@
   that a machine without access to the model hub looks at the local cache only instead of retrying
   for minutes;
 * :func:`configure_logging`: one stderr handler that does not repeat FiftyOne's own records and
-  drops the MongoDB-version notice of the pinned database wheel.
+  drops the MongoDB-version notice of the pinned database wheel;
+* :func:`interrupt_on_signals`: SIGTERM and SIGHUP stop the work like ctrl + c;
+  :func:`is_database_error`: the errors that mean FiftyOne's database cannot be reached.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
@@ -119,3 +124,40 @@ def configure_logging(verbose: int) -> None:
     if not verbose:
         # per-sample failures are listed in the final report; keep the progress bar readable
         logging.getLogger("fiftyone_cass.integrations.apply").setLevel(logging.ERROR)
+
+
+# ------------------------------------------------------------------------------------------------
+# Signals and the database
+# ------------------------------------------------------------------------------------------------
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def interrupt_on_signals(signals=(signal.SIGTERM, signal.SIGHUP)):
+    """Inside, SIGTERM (kill, service managers, batch schedulers) and SIGHUP (a closed terminal or
+    ssh session) raise ``KeyboardInterrupt`` like ctrl + c, so a run finishes its bookkeeping and
+    can say how to resume. Only in the main thread (elsewhere signal handlers cannot be set)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in signals:
+            previous[sig] = signal.signal(sig, _interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+#: what to do when FiftyOne's database cannot be reached
+DATABASE_HELP = ("Run `bash scripts/setup.sh` (it fetches the libraries the bundled MongoDB needs) or point "
+                 "FIFTYONE_DATABASE_URI at a MongoDB server.")
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says that FiftyOne's database (its own MongoDB, or the server of
+    ``FIFTYONE_DATABASE_URI``) could not be started or reached."""
+    mod = type(exc).__module__ or ""
+    name = type(exc).__name__
+    return (mod.startswith("pymongo") and "Timeout" in name) or name in (
+        "ServiceListenTimeout", "ServiceExecutableNotFound", "DatabaseServiceError")

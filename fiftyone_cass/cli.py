@@ -1,14 +1,9 @@
-"""``fiftyone-cass``: the command line of fiftyone_cass -- parsing and printing only::
+"""``fiftyone-cass``: the command line of fiftyone_cass -- parsing and printing only.
 
-    fiftyone-cass label DIR_OR_DATASET --classes "dog, frisbee, person" [--shard i/N] [--delegate] ...
-    fiftyone-cass eval DATASET --pred-field cass --gt-field ground_truth    # or: --protocol voc21 DATA_DIR
-    fiftyone-cass demo | app DATASET | release DATASET
-
-One :class:`Command` per command (``setup(parser)`` declares its flags, ``execute(parser, args)``
-calls the library and prints): ``label`` imports a folder (:mod:`.integrations.folders`), labels
-with the run behind the ``auto_label`` operator (:mod:`.integrations.labelling`), or queues
-delegated operations (:mod:`.integrations.delegation`). Labelling flags are derived from the
-settings' declarations (:mod:`fiftyone_cass.settings`).
+One :class:`Command` per command (``label``, ``demo``, ``eval``, ``app``, ``release``):
+``setup(parser)`` declares its flags (the labelling ones derived from :mod:`fiftyone_cass.settings`),
+``execute(parser, args)`` calls the library (:mod:`.integrations.folders`, ``labelling``,
+``delegation``, ``demo``, ``fo_evaluation``, ``protocol``) and prints what it returns.
 
 Exit status: 0 = every target sample is labelled; 1 = some samples failed (they are listed, and
 their error is in the ``<label_field>_error`` field); 2 = usage or configuration error (bad
@@ -21,14 +16,12 @@ import argparse
 import os
 import re
 import shlex
-import signal
 import sys
-import threading
 import traceback
 from contextlib import contextmanager
 from typing import Any, Dict, List, Optional, Sequence
 
-from .bootstrap import configure_logging, prepare_environment
+from .bootstrap import DATABASE_HELP, configure_logging, interrupt_on_signals, is_database_error, prepare_environment
 from .integrations.demo import DEMO_CLASSES, DEMO_DATASET
 from .settings import add_settings_arguments
 
@@ -44,9 +37,6 @@ class UsageError(Exception):
     """A problem with the arguments or the environment: exit status 2, message, no traceback."""
 
 
-# ------------------------------------------------------------------------------------------------
-# Flags -> library arguments; library errors -> usage errors
-# ------------------------------------------------------------------------------------------------
 @contextmanager
 def _usage():
     """The library's input errors in the steps before labelling, printed as they are (exit 2)."""
@@ -116,17 +106,14 @@ def _read_classes_file(path: str) -> List[str]:
 
 
 def _resolve_device(device: Optional[str]) -> str:
+    """``--device`` (already checked by the settings' parser; None/auto: the first GPU if there is one)."""
     import torch
 
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    return str(dev)
+    return str(torch.device(device))
 
 
 def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
@@ -189,7 +176,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
 
 
-
 # ------------------------------------------------------------------------------------------------
 # Commands
 # ------------------------------------------------------------------------------------------------
@@ -223,7 +209,7 @@ class LabelCommand(Command):
         _add_label_options(p)
 
     def execute(self, parser, args):
-        from .integrations.folders import default_dataset_name, directory_view, import_directory, select_view
+        from .integrations.folders import open_target
         from .integrations.labelling import label_collection
 
         kw = _apply_kwargs(args)
@@ -242,14 +228,9 @@ class LabelCommand(Command):
             raise UsageError("--delegate queues every shard itself (--workers N); do not combine it with --shard")
         if not args.delegate:
             _load_weights(args)
-        imported, ds = None, None if is_dir else _load_dataset(source)
         with _usage():
-            if is_dir:
-                imported = import_directory(source, args.dataset or default_dataset_name(source), exclude=[
-                    kw["mask_dir"]] if kw.get("mask_dir") else [], shard=None if args.delegate else args.shard)
-                ds = imported.dataset
-            view = directory_view(ds, source) if is_dir else select_view(ds, args.saved_view, args.tags)
-            view = select_view(view, tags=args.tags) if (is_dir and not args.delegate) else view
+            ds, view, imported = open_target(source, args.dataset, args.saved_view, args.tags, args.shard,
+                                             exclude=[kw["mask_dir"]] if kw.get("mask_dir") else [])
         if args.delegate:
             return self.delegate(args, kw, ds, view, imported)
         report = label_collection(view, shard=args.shard, progress=args.progress, **kw)
@@ -264,11 +245,8 @@ class LabelCommand(Command):
         """``--delegate``: queue ``--workers`` delegated runs for ``fiftyone delegated launch``."""
         from .integrations.delegation import queue_auto_label
 
-        for x in (imported.skipped if imported else [])[:_MAX_PRINTED_FAILURES]:
-            print(f"fiftyone-cass: warning: SKIPPED {x.path}: {x.reason}", file=sys.stderr)
-        if imported and len(imported.skipped) > _MAX_PRINTED_FAILURES:
-            print(f"fiftyone-cass: warning: ... and {len(imported.skipped) - _MAX_PRINTED_FAILURES} more paths "
-                  "skipped", file=sys.stderr)
+        for line in imported.skipped_lines(_MAX_PRINTED_FAILURES) if imported else ():
+            print(f"fiftyone-cass: warning: {line}", file=sys.stderr)
         queued = queue_auto_label(view, args.workers, needed_for="to use --delegate", **kw)
         print(f"queued {args.workers} delegated operation(s) on dataset {ds.name!r}: {', '.join(queued)}")
         print("run them with one worker per GPU, e.g.:")
@@ -328,6 +306,8 @@ class EvalCommand(Command):
     PROTOCOL_SETTINGS = ("method", "backbone", "device", "batch_size", "clip_checkpoint", "dino_checkpoint")
 
     def setup(self, p):
+        from .integrations import protocol
+
         p.add_argument("target", help="dataset name (or, with --protocol, the benchmark's directory)")
         p.add_argument("--pred-field", default="cass", help="predictions (default cass)")
         p.add_argument("--gt-field", default="ground_truth", help="ground truth (default ground_truth)")
@@ -345,63 +325,45 @@ class EvalCommand(Command):
         g = p.add_argument_group("benchmark protocol (--protocol)")
         g.add_argument("--protocol", default=None,
                        help="voc21, voc20, context60, context59, coco_object, coco_stuff, ade20k, cityscapes")
-        g.add_argument("--split", default=None)
-        g.add_argument("--max-samples", type=int, default=None)
-        g.add_argument("--name", default=None, help="dataset name (default <protocol>-<split>)")
-        g.add_argument("--masks-dir", default=None)
-        g.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
-        g.add_argument("--persistent", action="store_true", help="keep the dataset")
-        g.add_argument("--crowd", default=None, choices=["skip", "paint", "ignore"])
+        protocol.add_arguments(g, model=False)
         add_settings_arguments(p, self.PROTOCOL_SETTINGS, {"model": "benchmark protocol (--protocol): model"})
 
     def execute(self, parser, args):
         if args.protocol:
             return self.protocol(args)
-        import fiftyone as fo
-
         from .integrations.evaluation import format_table
-        from .integrations.fo_evaluation import evaluate_iou
+        from .integrations.fo_evaluation import check_segmentation_fields, evaluate_iou
         from .integrations.folders import select_view
 
         ds = _load_dataset(args.target)
         with _usage():
             view = select_view(ds, args.saved_view, args.tags)
-        for f in (args.pred_field, args.gt_field):
-            if not ds.has_sample_field(f):
-                hint = (f"; label it first, in the ground truth's ids: fiftyone-cass label {shlex.quote(ds.name)} "
-                        f"--gt-field {args.gt_field} --label-field {args.pred_field}") if f == args.pred_field else ""
-                raise UsageError(f"dataset {ds.name!r} has no field {f!r}{hint}")
-            if getattr(ds.get_field(f), "document_type", None) is not fo.Segmentation:
-                raise UsageError(f"field {f!r} of dataset {ds.name!r} is not a Segmentation field")
+        if not ds.has_sample_field(args.pred_field):
+            raise UsageError(f"dataset {ds.name!r} has no field {args.pred_field!r}; label it first, in the ground "
+                             f"truth's ids: fiftyone-cass label {shlex.quote(ds.name)} --gt-field {args.gt_field} "
+                             f"--label-field {args.pred_field}")
+        with _usage():
+            check_segmentation_fields(ds, args.pred_field, args.gt_field)
         eval_key = args.eval_key or f"eval_{args.pred_field}"
-        if eval_key in ds.list_evaluations():
-            ds.delete_evaluation(eval_key)
-        m = evaluate_iou(view, args.pred_field, gt_field=args.gt_field, eval_key=eval_key,
+        m = evaluate_iou(view, args.pred_field, gt_field=args.gt_field, eval_key=eval_key, overwrite=True,
                          ignore_index=None if args.ignore_index < 0 else args.ignore_index,
                          resize="nearest" if args.resize_nearest else None, strict=args.strict,
                          skip_missing=args.skip_missing, progress=args.progress).iou_metrics()
         title = f"{ds.name} | {args.pred_field} vs {args.gt_field} | {len(view)} samples | eval_key={eval_key}"
         print(format_table(m, title=title, per_class=not args.no_per_class))
-        _write_summary(args.summary_json, dict(
-            dataset=ds.name, eval_key=eval_key, mIoU=float(m.mIoU), mAcc=float(m.mAcc), aAcc=float(m.aAcc),
-            iou={str(n): float(v) for n, v in zip(m.class_names or range(len(m.iou)), m.iou)}))
+        _write_summary(args.summary_json, dict(dataset=ds.name, eval_key=eval_key, **m.summary(), iou={
+            str(n): float(v) for n, v in zip(m.class_names or range(len(m.iou)), m.iou)}))
         print(f"open it with: fiftyone-cass app {shlex.quote(ds.name)}  (Model Evaluation panel, key {eval_key})")
         return EXIT_OK
 
     @staticmethod
     def protocol(args) -> int:
-        """``--protocol``: the benchmark runner (:mod:`fiftyone_cass.integrations.protocol`) with these flags."""
+        """``--protocol``: the benchmark runner (:mod:`fiftyone_cass.integrations.protocol`)."""
         from .integrations import protocol
 
-        args.device_resolved = _resolve_device(args.device)
+        args.device = args.device_resolved = _resolve_device(args.device)
         _load_weights(args)
-        argv = [args.protocol, args.target, "--device", args.device_resolved]
-        for dest in ("method", "backbone", "batch_size", "split", "max_samples", "name", "masks_dir",
-                     "clip_checkpoint", "dino_checkpoint", "crowd"):
-            if getattr(args, dest) is not None:
-                argv += ["--" + dest.replace("_", "-"), str(getattr(args, dest))]
-        return protocol.main(argv + ["--" + d.replace("_", "-") for d in ("overwrite", "persistent", "resize_nearest")
-                                     if getattr(args, d)])
+        return protocol.run_args(args, args.target)
 
 
 class AppCommand(Command):
@@ -482,16 +444,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ------------------------------------------------------------------------------------------------
-# Entry point
-# ------------------------------------------------------------------------------------------------
-def _is_database_error(exc: BaseException) -> bool:
-    mod = type(exc).__module__ or ""
-    name = type(exc).__name__
-    return (mod.startswith("pymongo") and "Timeout" in name) or name in (
-        "ServiceListenTimeout", "ServiceExecutableNotFound", "DatabaseServiceError")
-
-
 _KWARG = re.compile(r"\b([a-z][a-z0-9]*(?:_[a-z0-9]+)+|[a-z]+)=(True|False|None|'[^']*'|\[\.\.\.\]|\{\.\.\.\}|\.\.\.|[\w.-]+)")
 _BARE = re.compile(r"(?<![\w.'\"/-])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w'\"=(/-])")
 
@@ -532,10 +484,6 @@ def cli_message(message: str, flags: Dict[str, argparse.Action]) -> str:
     return re.sub(r"(--[\w-]+) / \1\b", r"\1", out)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     prepare_environment()
     parser = build_parser()
@@ -546,20 +494,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_logging(args.verbose)
     from .errors import InvalidInputError, WeightsUnavailableError
 
-    # SIGTERM (kill, service managers, batch schedulers) and SIGHUP (a closed terminal or ssh
-    # session) stop the command like ctrl + c: the run finishes its bookkeeping and says how to resume
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, _interrupt)
+    error = f"fiftyone-cass {args.command}: error:"
     try:
-        return int(args.execute(args))
+        with interrupt_on_signals():  # kill or a closed terminal stop the command like ctrl + c
+            return int(args.execute(args))
     except UsageError as exc:
-        print(f"fiftyone-cass {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{error} {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (InvalidInputError, WeightsUnavailableError) as exc:
-        msg = cli_message(str(exc), _flags_of(parser, args.command))
-        print(f"fiftyone-cass {args.command}: error: {msg}", file=sys.stderr)
+        print(f"{error} {cli_message(str(exc), _flags_of(parser, args.command))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         try:
@@ -568,20 +511,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             pass
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - last resort: a message, and the traceback for a report
-        if _is_database_error(exc):
-            print(
-                f"fiftyone-cass {args.command}: error: cannot reach FiftyOne's database ({type(exc).__name__}: {exc}). "
-                "Run `bash scripts/setup.sh` (it fetches the libraries the bundled MongoDB needs) or point "
-                "FIFTYONE_DATABASE_URI at a MongoDB server.",
-                file=sys.stderr,
-            )
+        if is_database_error(exc):
+            print(f"{error} cannot reach FiftyOne's database ({type(exc).__name__}: {exc}). {DATABASE_HELP}",
+                  file=sys.stderr)
             return EXIT_USAGE
         traceback.print_exc()
         print(f"fiftyone-cass {args.command}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -49,6 +49,13 @@ class ImportReport:
     found: int = 0
     skipped: List[SkippedPath] = field(default_factory=list)
 
+    def skipped_lines(self, max_listed: int = 20) -> List[str]:
+        """The skipped paths with their reasons, the first ``max_listed`` of them, then a count."""
+        lines = [f"SKIPPED {x.path}: {x.reason}" for x in self.skipped[:max_listed]]
+        if len(self.skipped) > max_listed:
+            lines.append(f"... and {len(self.skipped) - max_listed} more paths skipped")
+        return lines
+
 
 def printable(path: str) -> str:
     """``path`` as text that can be printed and stored (undecodable bytes as ``\\xNN``)."""
@@ -286,3 +293,17 @@ def select_view(collection, saved_view: Optional[str] = None, tags=None):
         tags = tags.split(",") if isinstance(tags, str) else tags
         view = view.match_tags([t.strip() for t in tags if t.strip()])
     return view
+
+
+def open_target(source: str, dataset: Optional[str] = None, saved_view: Optional[str] = None, tags=None,
+                shard: Optional[Tuple[int, int]] = None, exclude: Iterable[str] = (),
+                missing: str = "{name!r} is neither a directory nor a FiftyOne dataset"):
+    """What ``source`` denotes: a folder (its images imported into the persistent dataset
+    ``dataset``, default the folder's name, of ``shard`` only if given; the target is its files
+    with one of ``tags``) or the name of a dataset (its ``saved_view`` if given, with one of
+    ``tags``). Returns ``(dataset, target view, ImportReport or None)``."""
+    if os.path.isdir(source):
+        imported = import_directory(source, dataset or default_dataset_name(source), shard=shard, exclude=exclude)
+        return imported.dataset, select_view(directory_view(imported.dataset, source), tags=tags), imported
+    ds = load_dataset(source, missing)
+    return ds, select_view(ds, saved_view, tags), None

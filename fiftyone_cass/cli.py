@@ -186,7 +186,7 @@ class Command:
     name = help = description = ""
 
     def setup(self, parser: argparse.ArgumentParser) -> None:
-        raise NotImplementedError
+        """Declares the command's arguments on its sub-parser."""
 
     def execute(self, parser: argparse.ArgumentParser, args) -> int:
         raise NotImplementedError
@@ -270,21 +270,16 @@ class DemoCommand(Command):
         _add_label_options(p, demo=True)
 
     def execute(self, parser, args):
-        import fiftyone as fo
-
-        from .integrations.demo import demo_images, describe, pixel_shares
-        from .integrations.folders import directory_view, import_directory
+        from .integrations.demo import describe, pixel_shares, prepare_demo
         from .integrations.labelling import label_collection
 
         kw = _apply_kwargs(args, classes=DEMO_CLASSES)
         if not args.skip_existing:
             kw["overwrite"] = True  # the demo dataset is ours: a demo with other settings replaces its labels
         _load_weights(args)
-        images_dir = args.images_dir or os.path.join(fo.config.default_dataset_dir, args.dataset, "images")
         with _usage():
-            demo_images(images_dir)
-            imported = import_directory(images_dir, args.dataset)
-        ds, view = imported.dataset, directory_view(imported.dataset, images_dir)
+            imported, view = prepare_demo(args.dataset, args.images_dir)
+        ds = imported.dataset
         report = label_collection(view, progress=args.progress, **kw)
         report.add_import(imported)
         print(report.text(_MAX_PRINTED_FAILURES))
@@ -329,8 +324,12 @@ class EvalCommand(Command):
         add_settings_arguments(p, self.PROTOCOL_SETTINGS, {"model": "benchmark protocol (--protocol): model"})
 
     def execute(self, parser, args):
-        if args.protocol:
-            return self.protocol(args)
+        if args.protocol:  # the benchmark runner, with these flags
+            from .integrations import protocol
+
+            args.device = args.device_resolved = _resolve_device(args.device)
+            _load_weights(args)
+            return protocol.run_args(args, args.target)
         from .integrations.evaluation import format_table
         from .integrations.fo_evaluation import check_segmentation_fields, evaluate_iou
         from .integrations.folders import select_view
@@ -355,15 +354,6 @@ class EvalCommand(Command):
             str(n): float(v) for n, v in zip(m.class_names or range(len(m.iou)), m.iou)}))
         print(f"open it with: fiftyone-cass app {shlex.quote(ds.name)}  (Model Evaluation panel, key {eval_key})")
         return EXIT_OK
-
-    @staticmethod
-    def protocol(args) -> int:
-        """``--protocol``: the benchmark runner (:mod:`fiftyone_cass.integrations.protocol`)."""
-        from .integrations import protocol
-
-        args.device = args.device_resolved = _resolve_device(args.device)
-        _load_weights(args)
-        return protocol.run_args(args, args.target)
 
 
 class AppCommand(Command):

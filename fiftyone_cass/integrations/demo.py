@@ -82,3 +82,17 @@ def describe(view, label_field: str, presence_field: Optional[str], tag_prefix: 
                 top = f"  (top: {best.label} {best.confidence:.2f})"
             lines.append(f"  {os.path.basename(s.filepath):24s} {' '.join(tags) or '-'}{top}")
     return "\n".join(lines)
+
+
+def prepare_demo(dataset: str = DEMO_DATASET, images_dir: Optional[str] = None):
+    """Copies the demo images into ``images_dir`` (default ``<FiftyOne's default_dataset_dir>/
+    <dataset>/images``) and imports them into the persistent dataset ``dataset``. Returns the
+    :class:`~fiftyone_cass.integrations.folders.ImportReport` and the view of the demo images."""
+    import fiftyone as fo
+
+    from .folders import directory_view, import_directory
+
+    images_dir = images_dir or os.path.join(fo.config.default_dataset_dir, dataset, "images")
+    demo_images(images_dir)
+    imported = import_directory(images_dir, dataset)
+    return imported, directory_view(imported.dataset, images_dir)

@@ -1,13 +1,12 @@
 """``fiftyone-cass``: the command line of fiftyone_cass -- parsing and printing only.
 
-One :class:`Command` per command (``label``, ``demo``, ``eval``, ``app``, ``release``):
-``setup(parser)`` declares its flags (the labelling ones derived from :mod:`fiftyone_cass.settings`),
-``execute(parser, args)`` calls the library (:mod:`.integrations.folders`, ``labelling``,
-``delegation``, ``demo``, ``fo_evaluation``, ``protocol``) and prints what it returns.
+One :class:`Command` per command (``label``, ``demo``, ``eval``, ``app``, ``release``): ``setup(parser)``
+declares its flags (the labelling ones derived from :mod:`fiftyone_cass.settings`), ``execute(parser,
+args)`` calls the library (:mod:`fiftyone_cass.integrations`) and prints what it returns.
 
-Exit status: 0 = every target sample is labelled; 1 = some samples failed (they are listed, and
-their error is in the ``<label_field>_error`` field); 2 = usage or configuration error (bad
-arguments, missing weights, no database); 3 = unexpected internal error; 130 = interrupted.
+Exit status: 0 = every target sample is labelled; 1 = some samples failed (listed, and in the
+``<label_field>_error`` field); 2 = usage or configuration error (bad arguments, missing weights,
+no database); 3 = unexpected internal error; 130 = interrupted.
 """
 
 from __future__ import annotations
@@ -19,18 +18,18 @@ import shlex
 import sys
 import traceback
 from contextlib import contextmanager
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from .bootstrap import DATABASE_HELP, configure_logging, interrupt_on_signals, is_database_error, prepare_environment
+from .errors import InvalidInputError, WeightsUnavailableError
 from .integrations.demo import DEMO_CLASSES, DEMO_DATASET
-from .settings import add_settings_arguments
+from .settings import add_settings_arguments, label_setting_names, parse_segmenter_options, resolve_device
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
-_MAX_PRINTED_FAILURES = 20
 
 
 class UsageError(Exception):
@@ -40,8 +39,6 @@ class UsageError(Exception):
 @contextmanager
 def _usage():
     """The library's input errors in the steps before labelling, printed as they are (exit 2)."""
-    from .errors import InvalidInputError
-
     try:
         yield
     except InvalidInputError as exc:
@@ -57,7 +54,6 @@ def _load_dataset(name: str):
 
 def _load_weights(args) -> None:
     """The weights before any dataset work: missing ones end the command saying what to do."""
-    from .errors import WeightsUnavailableError
     from .models.weights import ensure_weights
 
     try:
@@ -67,61 +63,12 @@ def _load_weights(args) -> None:
         raise UsageError(str(exc)) from None
 
 
-def _parse_options(text: Optional[str], pairs: Sequence[str]) -> Dict[str, Any]:
-    """``--options '{"mode": "whole"}'`` and ``-o key=value``, converted to the types of
-    :class:`~fiftyone_cass.models.segmenter.SegmenterOptions` and range-checked (``-o`` values are
-    strings: ``true``/``false``, numbers, ``0.25,0.5`` for lists)."""
-    from .errors import InvalidInputError
-    from .models.segmenter import SegmenterOptions, options_from_json
-    from .schema import coerce_settings
-
-    try:
-        out = coerce_settings(SegmenterOptions, options_from_json(text), what="--options")
-    except InvalidInputError as exc:
-        msg = str(exc)
-        raise UsageError(msg if msg.startswith("--") else f"--{msg}") from None
-    given = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"-o/--option takes key=value, got {pair!r}")
-        given[key.strip()] = value
-    try:
-        out.update(coerce_settings(SegmenterOptions, given, what="-o"))
-    except InvalidInputError as exc:
-        raise UsageError(str(exc)) from None
-    return out
-
-
-def _read_classes_file(path: str) -> List[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
-    except OSError as exc:
-        raise UsageError(f"cannot read --classes-file {path}: {exc.strerror or exc}") from None
-    lines = [line for line in lines if line and not line.startswith("#")]
-    if not lines:
-        raise UsageError(f"--classes-file {path} names no class")
-    return lines
-
-
-def _resolve_device(device: Optional[str]) -> str:
-    """``--device`` (already checked by the settings' parser; None/auto: the first GPU if there is one)."""
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    return str(torch.device(device))
-
-
 def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
     """The :func:`~fiftyone_cass.integrations.apply.apply` arguments of the ``label``/``demo``
     flags: every settings flag's (already checked) value, the vocabulary, the Segmenter options."""
-    from .settings import label_setting_names
+    from .integrations.labelling import read_classes_file
 
-    args.device_resolved = _resolve_device(args.device)
+    args.device_resolved = resolve_device(args.device)
     kw: Dict[str, Any] = {n: getattr(args, n) for n in label_setting_names()
                           if hasattr(args, n) and n not in ("classes", "preset", "gt_field", "shard")}
     kw["device"] = args.device_resolved
@@ -133,12 +80,14 @@ def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
     elif args.classes:
         kw["classes"] = args.classes
     elif args.classes_file:
-        kw["classes"] = _read_classes_file(args.classes_file)
+        with _usage():
+            kw["classes"] = read_classes_file(args.classes_file, "--classes-file")
     elif getattr(args, "preset", None):
         kw["preset"] = args.preset
     else:
         kw["gt_field"] = args.gt_field
-    kw.update(_parse_options(args.options, args.option))
+    with _usage():
+        kw.update(parse_segmenter_options(args.options, args.option))
     return kw
 
 
@@ -155,8 +104,6 @@ def _write_summary(path: Optional[str], data: Dict[str, Any]) -> None:
 
 
 def _add_label_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
-    from .settings import label_setting_names
-
     skip = {"preset", "gt_field", "shard"} if demo else set()
     titles = {"vocabulary": "vocabulary" + (" (default: the demo classes)" if demo else " (exactly one)")}
     groups = add_settings_arguments(p, [n for n in label_setting_names() if n not in skip], titles)
@@ -209,6 +156,7 @@ class LabelCommand(Command):
         _add_label_options(p)
 
     def execute(self, parser, args):
+        from .integrations.delegation import queue_auto_label
         from .integrations.folders import open_target
         from .integrations.labelling import label_collection
 
@@ -231,29 +179,22 @@ class LabelCommand(Command):
         with _usage():
             ds, view, imported = open_target(source, args.dataset, args.saved_view, args.tags, args.shard,
                                              exclude=[kw["mask_dir"]] if kw.get("mask_dir") else [])
-        if args.delegate:
-            return self.delegate(args, kw, ds, view, imported)
+        if args.delegate:  # queue --workers delegated runs for `fiftyone delegated launch`
+            for line in imported.skipped_lines() if imported else ():
+                print(f"fiftyone-cass: warning: {line}", file=sys.stderr)
+            queued = queue_auto_label(view, args.workers, needed_for="to use --delegate", **kw)
+            print(f"queued {args.workers} delegated operation(s) on dataset {ds.name!r}: {', '.join(queued)}")
+            print("run them with one worker per GPU, e.g.:")
+            for i in range(args.workers):
+                print(f"  CUDA_VISIBLE_DEVICES={i} fiftyone delegated launch &")
+            print("and watch them with: fiftyone delegated list --dataset " + shlex.quote(ds.name))
+            return EXIT_OK
         report = label_collection(view, shard=args.shard, progress=args.progress, **kw)
         report.add_import(imported)
-        print(report.text(_MAX_PRINTED_FAILURES))
+        print(report.text())
         print(f"open it with: fiftyone-cass app {shlex.quote(ds.name)}")
         _write_summary(args.summary_json, report.to_dict())
         return EXIT_OK if report.complete else EXIT_FAILED
-
-    @staticmethod
-    def delegate(args, kw, ds, view, imported) -> int:
-        """``--delegate``: queue ``--workers`` delegated runs for ``fiftyone delegated launch``."""
-        from .integrations.delegation import queue_auto_label
-
-        for line in imported.skipped_lines(_MAX_PRINTED_FAILURES) if imported else ():
-            print(f"fiftyone-cass: warning: {line}", file=sys.stderr)
-        queued = queue_auto_label(view, args.workers, needed_for="to use --delegate", **kw)
-        print(f"queued {args.workers} delegated operation(s) on dataset {ds.name!r}: {', '.join(queued)}")
-        print("run them with one worker per GPU, e.g.:")
-        for i in range(args.workers):
-            print(f"  CUDA_VISIBLE_DEVICES={i} fiftyone delegated launch &")
-        print("and watch them with: fiftyone delegated list --dataset " + shlex.quote(ds.name))
-        return EXIT_OK
 
 
 class DemoCommand(Command):
@@ -279,15 +220,15 @@ class DemoCommand(Command):
         _load_weights(args)
         with _usage():
             imported, view = prepare_demo(args.dataset, args.images_dir)
-        ds = imported.dataset
         report = label_collection(view, progress=args.progress, **kw)
         report.add_import(imported)
-        print(report.text(_MAX_PRINTED_FAILURES))
+        print(report.text())
         shares = pixel_shares(view, report.label_field)
         print(describe(view, report.label_field, kw.get("presence_field", "{label_field}_presence"),
                        kw.get("tag_prefix", "{label_field}"), kw["presence_threshold"], shares))
-        print(f"\ndataset {ds.name!r} is stored in FiftyOne's database; open it with: "
-              f"fiftyone-cass app {shlex.quote(ds.name)}")
+        name = imported.dataset.name
+        print(f"\ndataset {name!r} is stored in FiftyOne's database; open it with: "
+              f"fiftyone-cass app {shlex.quote(name)}")
         _write_summary(args.summary_json, dict(report.to_dict(), pixel_shares=shares))
         return EXIT_OK if report.complete else EXIT_FAILED
 
@@ -327,7 +268,7 @@ class EvalCommand(Command):
         if args.protocol:  # the benchmark runner, with these flags
             from .integrations import protocol
 
-            args.device = args.device_resolved = _resolve_device(args.device)
+            args.device = args.device_resolved = resolve_device(args.device)
             _load_weights(args)
             return protocol.run_args(args, args.target)
         from .integrations.evaluation import format_table
@@ -454,21 +395,17 @@ def cli_message(message: str, flags: Dict[str, argparse.Action]) -> str:
         return next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
 
     def kwarg(m) -> str:
-        a = flags.get(m.group(1))
+        a, value = flags.get(m.group(1)), m.group(2)
         if a is None:
             return m.group(0)
-        value = m.group(2)
-        if isinstance(a, argparse._StoreTrueAction):
-            return flag(a) if value == "True" else m.group(0)
-        if isinstance(a, argparse._StoreFalseAction):
-            return flag(a) if value == "False" else m.group(0)
+        if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):  # the value the flag sets
+            return flag(a) if value == str(isinstance(a, argparse._StoreTrueAction)) else m.group(0)
         if value in ("'...'", "[...]", "{...}", "...", "None"):
             return flag(a)
         return f"{flag(a)} {value.strip(chr(39))}"
 
     def bare(m) -> str:
-        a = flags.get(m.group(1))
-        return flag(a) if a is not None else m.group(0)
+        return flag(flags[m.group(1)]) if m.group(1) in flags else m.group(0)
 
     out = _BARE.sub(bare, _KWARG.sub(kwarg, message))
     return re.sub(r"(--[\w-]+) / \1\b", r"\1", out)
@@ -482,8 +419,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     configure_logging(args.verbose)
-    from .errors import InvalidInputError, WeightsUnavailableError
-
     error = f"fiftyone-cass {args.command}: error:"
     try:
         with interrupt_on_signals():  # kill or a closed terminal stop the command like ctrl + c

@@ -64,6 +64,45 @@ def _device(value) -> Optional[str]:
         raise ValueError(text) from None
 
 
+def resolve_device(device: Optional[str]) -> str:
+    """The device a run uses: ``None``/``"auto"`` -> the first GPU if there is one, else the CPU.
+    A CUDA device where CUDA is not available is an :class:`~fiftyone_cass.errors.InvalidInputError`."""
+    import torch
+
+    from .errors import InvalidInputError
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device={device!r}: CUDA is not available on this machine (use device='cpu')")
+    return str(dev)
+
+
+def parse_segmenter_options(json_text: Optional[str] = None, pairs: Sequence[str] = ()) -> Dict[str, Any]:
+    """Segmenter options given as text (the command line's ``--options JSON`` and ``-o key=value``):
+    a JSON object and ``key=value`` strings (``true``/``false``, numbers, ``0.25,0.5`` for lists),
+    converted to the types of :class:`~fiftyone_cass.SegmenterOptions` and range-checked. An
+    :class:`~fiftyone_cass.errors.InvalidInputError` names ``--options`` or ``-o`` and the option."""
+    from .errors import InvalidInputError
+    from .models.segmenter import SegmenterOptions, options_from_json
+    from .schema import coerce_settings
+
+    try:
+        out = coerce_settings(SegmenterOptions, options_from_json(json_text), what="--options")
+    except InvalidInputError as exc:
+        msg = str(exc)
+        raise InvalidInputError(msg if msg.startswith("--") else f"--{msg}") from None
+    given = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"-o/--option takes key=value, got {pair!r}")
+        given[key.strip()] = value
+    out.update(coerce_settings(SegmenterOptions, given, what="-o"))
+    return out
+
+
 def _background(value):
     """None (threshold only), ``"default"`` (the reference's words) or a list of words."""
     if value is None:

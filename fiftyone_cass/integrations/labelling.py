@@ -2,7 +2,8 @@
 
 :func:`label_collection` runs :class:`~fiftyone_cass.integrations.apply.AutoLabelRun` on a view
 (optionally one shard of it) and returns a :class:`LabelReport`: the run's summary plus what the
-folder import found, the presence tags written and the time taken. :meth:`LabelReport.text` is
+folder import found, the presence tags written and the time taken. :func:`read_classes_file`
+reads a vocabulary file (``--classes-file``). :meth:`LabelReport.text` is
 the summary the ``fiftyone-cass label``/``demo`` commands print, :meth:`LabelReport.to_dict` the
 one ``--summary-json`` writes."""
 
@@ -13,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..errors import InvalidInputError
 from ..settings import DISK_THRESHOLD
 
 #: failures and skipped paths listed one by one in :meth:`LabelReport.text`
@@ -26,6 +28,20 @@ def resolve_masks(kw: Dict[str, Any], num_target: int) -> str:
     if masks == "auto":
         masks = "disk" if (num_target >= DISK_THRESHOLD or kw.get("mask_dir")) else "database"
     return masks
+
+
+def read_classes_file(path: str, what: str = "classes file") -> List[str]:
+    """The classes listed in a text file, one per line (a line may list synonyms: ``person,
+    people``); blank lines and ``#`` comments are skipped. ``what`` names the file in errors."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        raise InvalidInputError(f"{what} {path} names no class")
+    return lines
 
 
 @dataclass

@@ -23,15 +23,15 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
-
-
-import fiftyone as fo
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from ..errors import InvalidInputError
 from .evaluation import IoUMetrics, format_table
-from .fo_evaluation import IoUSegmentationResults, evaluate_iou
-from .importers import load_protocol_dataset, protocol_info, protocol_mask_targets
+
+if TYPE_CHECKING:  # FiftyOne is imported by the functions, so that add_arguments() stays light
+    import fiftyone as fo
+
+    from .fo_evaluation import IoUSegmentationResults
 
 #: Published mIoU (%) with CLIP ViT-B/16 (SPEC section I). CASS: CASS paper (DINO ViT-B/8, no PAMR).
 #: MaskCLIP / MaskCLIP+CDAM: CDAM poster, baselines reproduced under CDAM's protocol.
@@ -120,6 +120,9 @@ def run_protocol(
     backbone=backbone, device=device, batch_size=batch_size, **segmenter_kwargs)``. Its class ids
     must be the protocol's (``len(segmenter.mask_targets) == num_classes`` is checked when available).
     """
+    from .fo_evaluation import evaluate_iou
+    from .importers import load_protocol_dataset, protocol_info, protocol_mask_targets
+
     preset = protocol_info(protocol)
     key = preset.name
     if dataset is None:

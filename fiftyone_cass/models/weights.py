@@ -16,6 +16,7 @@ from typing import Optional
 from .. import bootstrap
 from ..bootstrap import go_offline, hub_offline
 from ..errors import WeightsUnavailableError
+from ..settings import resolve_device
 
 #: how the message names the checkpoint settings: command-line flags, the App form's fields, or
 #: the keyword arguments of Python callers
@@ -80,8 +81,6 @@ def ensure_weights(backbone: str, method: str, device: Optional[str] = None, cli
     (``None``/``"auto"``: the first GPU if there is one), or raises
     :class:`~fiftyone_cass.errors.WeightsUnavailableError` naming the checkpoint settings in the
     caller's ``wording`` (:data:`WORDINGS`). An unknown backbone raises ``ValueError``."""
-    import torch
-
     from ..methods import get_family
     from .backbones import cached_models, get_backbone_spec, load_dino
 
@@ -96,7 +95,7 @@ def ensure_weights(backbone: str, method: str, device: Optional[str] = None, cli
         if not hub_offline() and not bootstrap.hub_reachable(hub_check_timeout):
             go_offline()
             hub_unreachable = True
-    dev = torch.device(device if device not in (None, "", "auto") else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     root = logging.getLogger()
     old_level = root.level
     root.setLevel(logging.CRITICAL)  # open_clip/timm log the download failure reported below

@@ -310,13 +310,10 @@ class AppCommand(Command):
                        help="seconds to wait for a new App connection before exiting once all are closed (-1: forever)")
 
     def execute(self, parser, args):
-        import fiftyone as fo
+        from .integrations.app_support import launch_app
 
-        from .integrations.app_support import enable_scheduling
-
-        enable_scheduling()  # the App's Execute menu offers "Schedule" (run by `fiftyone delegated launch`)
         ds = _load_dataset(args.dataset)
-        session = fo.launch_app(ds, port=args.port, address=args.address, remote=args.remote)
+        session = launch_app(ds, port=args.port, address=args.address, remote=args.remote)  # offers "Schedule"
         print(f"the App shows dataset {ds.name!r} at {session.url}", flush=True)
         if os.environ.get("FIFTYONE_EXIT"):
             return EXIT_OK

@@ -6,7 +6,8 @@
   :func:`fiftyone_cass.models.weights.ensure_weights`, words its messages for the form);
 * :func:`show_labels_in_app`: makes a freshly written Segmentation field visible in the App, one
   colour per class (``dataset.app_config.color_scheme`` from ``mask_targets``), ticked in the
-  sidebar, with its class names in the field's description.
+  sidebar, with its class names in the field's description;
+* :func:`enable_scheduling` / :func:`launch_app`: the App offers "Schedule" for delegated runs.
 """
 
 from __future__ import annotations
@@ -184,3 +185,12 @@ def enable_scheduling(environ=None) -> bool:
 
         fo.config.allow_legacy_orchestrators = on
     return on
+
+
+def launch_app(dataset, **launch_kwargs):
+    """``fo.launch_app(dataset, **launch_kwargs)`` with "Schedule" offered for delegated operations
+    (:func:`enable_scheduling`, before the App server starts). Returns the session."""
+    import fiftyone as fo
+
+    enable_scheduling()
+    return fo.launch_app(dataset, **launch_kwargs)

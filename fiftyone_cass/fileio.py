@@ -1,7 +1,9 @@
-"""Atomic file writes: a whole file or none, whatever interrupts the writer."""
+"""Atomic file writes: a whole file or none, whatever interrupts the writer; strict JSON files."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import socket
@@ -65,3 +67,23 @@ def remove_orphaned_temp_files(folder: str) -> List[str]:
         except OSError:
             pass
     return removed
+
+
+def json_safe(value):
+    """``value`` with NaN/infinite numbers as None (JSON has no NaN) and numpy scalars as Python's."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str, data) -> None:
+    """Writes ``data`` as strict JSON (undefined figures are null) to ``path``, atomically.
+    Raises ``OSError`` when the file cannot be written."""
+    text = json.dumps(json_safe(data), indent=2, ensure_ascii=False, allow_nan=False)
+    atomic_write(os.path.abspath(path), lambda f: f.write(text), "w", encoding="utf-8")

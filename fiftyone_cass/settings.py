@@ -11,7 +11,7 @@ Three layers, each a dataclass of :func:`~fiftyone_cass.schema.setting` fields:
 What the algorithm computes is :class:`~fiftyone_cass.SegmenterOptions` (``-o``/``--options``).
 The entry points are derived from these declarations: ``Segmenter(**kw)``, ``CassModel(**kw)``
 and ``apply(**kw)`` check their keywords here; the command line's flags
-(:func:`fiftyone_cass.cli.add_settings_arguments`) and the ``auto_label`` form's inputs
+(:func:`add_settings_arguments`, used by :mod:`fiftyone_cass.cli`) and the ``auto_label`` form's inputs
 (:mod:`fiftyone_cass.integrations.label_plugin`) are generated from the fields; one checker
 (:func:`~fiftyone_cass.schema.coerce_settings`) turns any bad value into an error naming the
 setting, the value and what is allowed.
@@ -27,7 +27,7 @@ form).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .schema import setting, setting_fields
 from .shards import validate_shard
@@ -62,6 +62,45 @@ def _device(value) -> Optional[str]:
         return str(torch.device(text))
     except RuntimeError:
         raise ValueError(text) from None
+
+
+def resolve_device(device: Optional[str]) -> str:
+    """The device a run uses: ``None``/``"auto"`` -> the first GPU if there is one, else the CPU.
+    A CUDA device where CUDA is not available is an :class:`~fiftyone_cass.errors.InvalidInputError`."""
+    import torch
+
+    from .errors import InvalidInputError
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device={device!r}: CUDA is not available on this machine (use device='cpu')")
+    return str(dev)
+
+
+def parse_segmenter_options(json_text: Optional[str] = None, pairs: Sequence[str] = ()) -> Dict[str, Any]:
+    """Segmenter options given as text (the command line's ``--options JSON`` and ``-o key=value``):
+    a JSON object and ``key=value`` strings (``true``/``false``, numbers, ``0.25,0.5`` for lists),
+    converted to the types of :class:`~fiftyone_cass.SegmenterOptions` and range-checked. An
+    :class:`~fiftyone_cass.errors.InvalidInputError` names ``--options`` or ``-o`` and the option."""
+    from .errors import InvalidInputError
+    from .models.segmenter import SegmenterOptions, options_from_json
+    from .schema import coerce_settings
+
+    try:
+        out = coerce_settings(SegmenterOptions, options_from_json(json_text), what="--options")
+    except InvalidInputError as exc:
+        msg = str(exc)
+        raise InvalidInputError(msg if msg.startswith("--") else f"--{msg}") from None
+    given = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"-o/--option takes key=value, got {pair!r}")
+        given[key.strip()] = value
+    out.update(coerce_settings(SegmenterOptions, given, what="-o"))
+    return out
 
 
 def _background(value):
@@ -208,3 +247,48 @@ def label_setting_names():
 def format_field(template: Optional[str], label_field: str) -> Optional[str]:
     """``"{label_field}_presence"`` -> ``"cass_presence"`` (None stays None)."""
     return None if template is None else template.replace("{label_field}", label_field)
+
+
+def add_settings_arguments(p, names: Sequence[str], titles: Dict[str, str]):
+    """Command-line flags on the ``argparse`` parser ``p`` for the :class:`LabelSettings` fields
+    ``names``, generated from their declarations: ``--batch-size`` for ``batch_size``, choices,
+    help text and default from the field, the field's ``off_flag`` (``--no-tags``) setting it to None. Each value is checked
+    by the settings' own checker as it is parsed (a bad one ends in a usage error naming the flag).
+    Returns ``{group name: argument group}``."""
+    import argparse
+
+    from .schema import choices_of, coerce_settings, setting_type
+
+    fields = setting_fields(LabelSettings)
+    groups: Dict[str, Any] = {}
+    for group in ("vocabulary", "model", "output", "run"):  # the help's order
+        if any(fields[n].metadata.get("group") == group for n in names):
+            groups[group] = p.add_argument_group(titles.get(group, group))
+    for name in names:
+        f = fields[name]
+        meta = f.metadata
+        group = meta.get("group", "options")
+        g = groups.get(group) or groups.setdefault(group, p.add_argument_group(titles.get(group, group)))
+        flag = "--" + name.replace("_", "-")
+        shown = str(f.default).replace("{label_field}", "<label-field>")
+        default = f" (default {shown})" if f.default not in (None, False) else ""
+        help_text = argparse.SUPPRESS if meta.get("hidden") else ((meta.get("help") or "") + default).replace("%", "%%")
+
+        def check(text, name=name):
+            from .errors import InvalidInputError
+
+            try:
+                return coerce_settings(LabelSettings, {name: text})[name]
+            except InvalidInputError as exc:  # argparse prints "argument --flag: <this>"
+                raise argparse.ArgumentTypeError(f"{text!r} is not allowed: {str(exc).partition(' is not allowed: ')[2]}") from None
+
+        if setting_type(LabelSettings, name) is bool:
+            g.add_argument(flag, dest=name, action="store_true", default=f.default, help=help_text)
+        else:
+            choices = choices_of(meta)
+            g.add_argument(flag, dest=name, type=check, default=f.default, help=help_text,
+                           choices=list(choices) if choices else None, metavar=meta.get("metavar"))
+        if meta.get("off_flag"):
+            g.add_argument(meta["off_flag"], dest=name, action="store_const", const=None,
+                           help=meta.get("off_help"))
+    return groups

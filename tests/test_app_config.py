@@ -8,7 +8,7 @@ from fiftyone.operators.executor import resolve_type
 from fiftyone.operators.registry import OperatorRegistry
 
 from _label_helpers import CLASSES, OPTS, add_samples, make_images
-from fiftyone_cass import cli
+from fiftyone_cass.integrations.folders import import_directory
 from fiftyone_cass.integrations.app_support import PALETTE, show_labels_in_app
 from fiftyone_cass.integrations.apply import apply
 
@@ -78,7 +78,7 @@ def test_directory_import_computes_metadata(tmp_path):
     name = "meta-import-test"
     try:
         make_images(tmp_path / "imgs", 3)
-        report = cli.import_directory(str(tmp_path / "imgs"), name)
+        report = import_directory(str(tmp_path / "imgs"), name)
         ds = report.dataset
         assert report.added == report.found == 3
         assert sorted(ds.values("metadata.width")) == sorted([56, 59, 62])

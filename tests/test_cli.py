@@ -24,7 +24,12 @@ from PIL import Image
 import fiftyone as fo
 
 from _label_helpers import BATCH, CLASSES, Reference, all_scores, make_bad_files, make_images, read_mask
-from fiftyone_cass import cli
+from fiftyone_cass import bootstrap, cli
+from fiftyone_cass.errors import WeightsUnavailableError
+from fiftyone_cass.integrations.demo import DEMO_CLASSES, DEMO_IMAGES
+from fiftyone_cass.models.weights import ensure_weights
+from fiftyone_cass.schema import coerce_settings
+from fiftyone_cass.settings import LabelSettings
 from fiftyone_cass.integrations.apply import CONFIG_ATTR
 
 #: the tiny test model, as command-line options (= _label_helpers.OPTS)
@@ -78,7 +83,7 @@ def test_usage_errors_exit_2_with_a_message(capsys, tmp_path, cleanup_datasets):
     assert rc == 2 and "CLIP checkpoint not found" in out.err and "Traceback" not in out.err
     rc, out = run_cli("app", "no-such-dataset", capsys=capsys)
     assert rc == 2 and "neither a directory nor a FiftyOne dataset" in out.err
-    assert cli.parse_shard("1/3") == (1, 3)
+    assert coerce_settings(LabelSettings, {"shard": "1/3"})["shard"] == (1, 3)  # the --shard flag's parser
 
 
 def test_label_directory_then_resume_then_dataset_input(tmp_path, capsys, reference, cleanup_datasets):
@@ -186,26 +191,26 @@ def test_demo_with_the_tiny_backbone_end_to_end(tmp_path, capsys, cleanup_datase
     rc, out = run_cli(*argv, capsys=capsys)
     assert rc == 0, out.err
     s = json.loads(summary.read_text())
-    assert s["num_labeled"] == len(cli.DEMO_IMAGES) and s["num_failed"] == 0
+    assert s["num_labeled"] == len(DEMO_IMAGES) and s["num_failed"] == 0
     assert f"open it with: fiftyone-cass app {name}" in out.out
     assert "classes by share of pixels" in out.out and "presence tags:" in out.out
     assert sum(s["pixel_shares"].values()) == pytest.approx(1.0)
-    assert set(s["pixel_shares"]) <= {"background", *cli.DEMO_CLASSES}
+    assert set(s["pixel_shares"]) <= {"background", *DEMO_CLASSES}
 
     ds = fo.load_dataset(name)  # persistent, in the database this process uses
-    assert ds.persistent and len(ds) == len(cli.DEMO_IMAGES)
-    assert ds.mask_targets["cass"] == {0: "background", **{i + 1: c for i, c in enumerate(cli.DEMO_CLASSES)}}
+    assert ds.persistent and len(ds) == len(DEMO_IMAGES)
+    assert ds.mask_targets["cass"] == {0: "background", **{i + 1: c for i, c in enumerate(DEMO_CLASSES)}}
     for smp in ds:
         with Image.open(smp.filepath) as im:
             w, h = im.size
         assert read_mask(smp.cass).shape == (h, w)
-        assert set(all_scores(smp.cass_presence)) == set(cli.DEMO_CLASSES)
+        assert set(all_scores(smp.cass_presence)) == set(DEMO_CLASSES)
         assert any(t.startswith("cass:") for t in smp.tags) == any(
             v >= 0.1 for v in all_scores(smp.cass_presence).values())
 
     rc, out = run_cli(*argv, capsys=capsys)  # again: everything is done already
     s = json.loads(summary.read_text())
-    assert rc == 0 and s["num_labeled"] == 0 and s["num_already_done"] == len(cli.DEMO_IMAGES) and s["imported"] == 0
+    assert rc == 0 and s["num_labeled"] == 0 and s["num_already_done"] == len(DEMO_IMAGES) and s["imported"] == 0
 
 
 def test_default_demo_fails_fast_naming_the_missing_weights(tmp_path, cleanup_datasets):
@@ -234,9 +239,9 @@ def test_unreachable_hub_switches_to_cache_only_and_says_so(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("FIFTYONE_CASS_CLIP_CHECKPOINT", raising=False)
     monkeypatch.delenv("FIFTYONE_CASS_DINO_CHECKPOINT", raising=False)
-    monkeypatch.setattr(cli, "_hub_reachable", lambda timeout=3.0: False)
-    with pytest.raises(cli.UsageError) as e:
-        cli.load_weights("openai", "cass+cdam", "cpu")
+    monkeypatch.setattr(bootstrap, "hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(WeightsUnavailableError) as e:
+        ensure_weights("openai", "cass+cdam", "cpu", wording="cli")
     msg = str(e.value)
     assert "cannot be reached" in msg and "CLIP and DINO" in msg and "--clip-checkpoint" in msg
     assert os.environ.get("HF_HUB_OFFLINE") == "1"

@@ -23,11 +23,12 @@ import torch
 import fiftyone as fo
 
 from _label_helpers import CLASSES, OPTS, make_images
-from fiftyone_cass import Segmenter, cli
+from fiftyone_cass import Segmenter, cli, fileio
 from fiftyone_cass.errors import InvalidInputError
 from fiftyone_cass.integrations.apply import CONFIG_ATTR, AutoLabelRun
 from fiftyone_cass.models.segmenter import SegmenterOptions
 from fiftyone_cass.schema import coerce_settings
+from fiftyone_cass.settings import parse_segmenter_options
 from test_cli import TINY, entry_point, run_cli
 
 
@@ -121,7 +122,7 @@ def test_unwritable_summary_json_is_a_warning_and_keeps_the_exit_status(tmp_path
     def full_disk(path, write, *a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cli, "atomic_write", full_disk)
+    monkeypatch.setattr(fileio, "atomic_write", full_disk)  # under --summary-json's write_json
     rc, out = run_cli("label", img_dir, "--dataset", name, "--classes", ", ".join(CLASSES), *TINY,
                       "--summary-json", tmp_path / "s.json", capsys=capsys)
     assert rc == 0 and "No space left on device" in out.err, out.err
@@ -219,13 +220,13 @@ def test_library_errors_name_the_command_line_flags(tmp_path, capsys, names):
 # typed and range-checked Segmenter options
 # ------------------------------------------------------------------------------------------------
 def test_option_values_are_typed_by_the_options_dataclass(tmp_path, capsys, names):
-    got = cli._parse_options('{"cdam_scales": [0.5, 1], "energy_rank": null}',
+    got = parse_segmenter_options('{"cdam_scales": [0.5, 1], "energy_rank": null}',
                              ["paper_matching=False", "eigenscale=yes", "short_side=448", "gamma=0",
                               "cdam_mix=0.5", "crop=224"])
     assert got == dict(cdam_scales=(0.5, 1.0), energy_rank=None, paper_matching=False, eigenscale=True,
                        short_side=448, gamma=0.0, cdam_mix=0.5, crop=224)
     assert type(got["gamma"]) is float and type(got["short_side"]) is int
-    assert cli._parse_options(None, ["cdam_scales=0.25,0.5", "energy_rank=none"]) == dict(
+    assert parse_segmenter_options(None, ["cdam_scales=0.25,0.5", "energy_rank=none"]) == dict(
         cdam_scales=(0.25, 0.5), energy_rank=None)
 
     img_dir = tmp_path / "imgs"

@@ -30,6 +30,7 @@ from PIL import Image
 import fiftyone as fo
 
 from fiftyone_cass import cli
+from fiftyone_cass.shards import shard_index
 from fiftyone_cass.integrations.apply import CONFIG_ATTR, is_valid_png
 
 CLASSES = "dog, frisbee, cat"
@@ -187,7 +188,7 @@ def test_two_concurrent_shard_workers_share_one_directory_without_overlap(tmp_pa
         assert p.returncode == 0, (tmp_path / f"log{i}.txt").read_text(errors="replace")
     s = [json.loads(x.read_text()) for x in summaries]
 
-    expected = [sorted(fp for fp in sizes if cli.path_shard(fp, 2) == i) for i in range(2)]
+    expected = [sorted(fp for fp in sizes if shard_index(fp, 2) == i) for i in range(2)]
     assert all(expected), "degenerate split: pick other file names"
     for i in range(2):
         # num_target: the directory's samples when this worker planned (the other may still import)

@@ -2,11 +2,12 @@
 
 * :func:`form_message`: an exception as one short message in the words of the operator's form
   (field labels instead of Python keywords), for the App user;
-* :func:`ensure_weights`: loads the backbones before any dataset work and fails within seconds
-  when weights are missing and the hub is unreachable (the CLI's check, with the form's wording);
+* :class:`FormError`: an error already in the form's words (the weights check,
+  :func:`fiftyone_cass.models.weights.ensure_weights`, words its messages for the form);
 * :func:`show_labels_in_app`: makes a freshly written Segmentation field visible in the App, one
   colour per class (``dataset.app_config.color_scheme`` from ``mask_targets``), ticked in the
-  sidebar, with its class names in the field's description.
+  sidebar, with its class names in the field's description;
+* :func:`enable_scheduling` / :func:`launch_app`: the App offers "Schedule" for delegated runs.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import logging
 import os
 import re
 import sys
-from pathlib import Path
 from typing import Dict, Mapping, Optional
 
-from ..errors import CassError, WeightsUnavailableError
+from ..errors import CassError
 from ..models.segmenter import SegmenterOptions
 from ..schema import setting_fields
 from ..settings import LabelSettings
@@ -100,66 +100,6 @@ class FormError(CassError, ValueError):
 
 def _is_on(value: Optional[str]) -> bool:
     return (value or "").lower() in ("1", "true", "yes", "on")
-
-
-def _go_offline() -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"  # read at call time by huggingface_hub
-    if "huggingface_hub.constants" in sys.modules:
-        sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
-
-
-def ensure_weights(backbone: str, method: str, device: Optional[str] = None, clip_checkpoint=None,
-                   dino_checkpoint=None, hub_check_timeout: float = 3.0, wording: str = "form") -> None:
-    """Loads (into the per-process cache the Segmenter reuses) the backbones of a run, before any
-    dataset work, and raises :class:`FormError` naming the form's checkpoint fields when weights
-    are missing. Where the model hub cannot be reached, Hugging Face's offline mode is switched on
-    first (as the CLI does), so a missing cache fails in seconds instead of minutes of retries.
-    ``wording="python"`` names the keyword arguments instead (for Python callers of the operator)."""
-    import torch
-
-    from ..cli import _hub_reachable
-    from ..models.backbones import cached_models
-
-    clip = clip_checkpoint or os.environ.get("FIFTYONE_CASS_CLIP_CHECKPOINT") or None
-    dino = dino_checkpoint or os.environ.get("FIFTYONE_CASS_DINO_CHECKPOINT") or None
-    need_dino = (method or "").partition("+")[0] == "cass"
-    for what, path in (("CLIP", clip), ("DINO", dino if need_dino else None)):
-        if path and not Path(path).expanduser().is_file():
-            where = (f"the form's “{what} checkpoint file” field" if wording == "form"
-                     else f"{what.lower()}_checkpoint=")
-            raise FormError(f"{what} checkpoint file not found: {path}. Fix {where} "
-                            f"(or FIFTYONE_CASS_{what}_CHECKPOINT on the server).")
-    hub_unreachable = False
-    if backbone == "openai" and not (clip and (dino or not need_dino)):
-        if not _is_on(os.environ.get("HF_HUB_OFFLINE")) and not _hub_reachable(hub_check_timeout):
-            _go_offline()
-            hub_unreachable = True
-    dev = torch.device(device if device not in (None, "", "auto") else ("cuda" if torch.cuda.is_available() else "cpu"))
-    root = logging.getLogger()
-    old_level = root.level
-    root.setLevel(logging.CRITICAL)  # open_clip/timm log the download failure reported below
-    try:
-        cached_models(backbone, clip_checkpoint, dino_checkpoint, dev, need_dino)
-    except WeightsUnavailableError as exc:
-        m = re.search(r"the (CLIP|DINO) weights", str(exc))
-        what = m.group(1) if m else "model"
-        if hub_unreachable:
-            why = "the model hub (huggingface.co) cannot be reached from the FiftyOne server and they are not in its cache"
-        elif _is_on(os.environ.get("HF_HUB_OFFLINE")):
-            why = "HF_HUB_OFFLINE is set on the FiftyOne server and they are not in its cache"
-        else:
-            cause = exc.__cause__ or exc
-            why = f"the download failed ({type(cause).__name__}: {' '.join(str(cause).split())[:200]})"
-        raise FormError(
-            f"The {what} weights of the '{backbone}' backbone are missing: {why}. Download them elsewhere "
-            "(CLIP: open_clip_model.safetensors from timm/vit_base_patch16_clip_224.openai; DINO: "
-            "dino_vitbase8_pretrain.pth), copy them to the server and give their paths "
-            + ("in the form's “CLIP checkpoint file” and “DINO checkpoint file” fields." if wording == "form"
-               else "as clip_checkpoint= and dino_checkpoint= (or FIFTYONE_CASS_CLIP_CHECKPOINT / "
-                    "FIFTYONE_CASS_DINO_CHECKPOINT).")
-        ) from None
-    finally:
-        root.setLevel(old_level)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,3 +185,12 @@ def enable_scheduling(environ=None) -> bool:
 
         fo.config.allow_legacy_orchestrators = on
     return on
+
+
+def launch_app(dataset, **launch_kwargs):
+    """``fo.launch_app(dataset, **launch_kwargs)`` with "Schedule" offered for delegated operations
+    (:func:`enable_scheduling`, before the App server starts). Returns the session."""
+    import fiftyone as fo
+
+    enable_scheduling()
+    return fo.launch_app(dataset, **launch_kwargs)

@@ -507,3 +507,13 @@ def per_sample_iou_from_matches(samples, results, ignore_index=IGNORE_INDEX) -> 
         h = hists.setdefault(sid, np.zeros((C, C + 1), dtype=np.int64))
         h[index[yt], index.get(yp, C)] += int(w)
     return {sid: sample_scores(h)["iou"] for sid, h in hists.items()}
+
+
+def check_segmentation_fields(dataset, *fields: str) -> None:
+    """Raises :class:`~fiftyone_cass.errors.InvalidInputError` unless each of ``fields`` is a
+    Segmentation field of ``dataset`` (in that order: the first bad one is named)."""
+    for f in fields:
+        if not dataset.has_sample_field(f):
+            raise InvalidInputError(f"dataset {dataset.name!r} has no field {f!r}")
+        if getattr(dataset.get_field(f), "document_type", None) is not fo.Segmentation:
+            raise InvalidInputError(f"field {f!r} of dataset {dataset.name!r} is not a Segmentation field")

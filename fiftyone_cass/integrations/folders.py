@@ -10,6 +10,9 @@ folder holds and however many processes import it at the same time.
   index on ``filepath`` (what FiftyOne's own ``merge_samples(key_field="filepath")`` creates), so
   two processes importing the same folder at once add each file once: an insert that collides
   with the other process's is dropped, and the rest of the batch is inserted.
+* :func:`import_directory` does both for a folder and a dataset name (optionally for one shard of
+  the files: :mod:`fiftyone_cass.shards`); :func:`open_or_create_dataset`, :func:`load_dataset`,
+  :func:`directory_view` and :func:`default_dataset_name` are the dataset steps around it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import os
 import stat
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Sequence, Tuple
+
+from ..errors import InvalidInputError
+from ..shards import shard_index
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,13 @@ class ImportReport:
     added: int = 0
     found: int = 0
     skipped: List[SkippedPath] = field(default_factory=list)
+
+    def skipped_lines(self, max_listed: int = 20) -> List[str]:
+        """The skipped paths with their reasons, the first ``max_listed`` of them, then a count."""
+        lines = [f"SKIPPED {x.path}: {x.reason}" for x in self.skipped[:max_listed]]
+        if len(self.skipped) > max_listed:
+            lines.append(f"... and {len(self.skipped) - max_listed} more paths skipped")
+        return lines
 
 
 def printable(path: str) -> str:
@@ -189,3 +202,108 @@ def import_images(dataset, paths: Sequence[str], batch: int = IMPORT_BATCH) -> i
     # width/height for the App's grid and the sidebar; unreadable files keep metadata None
     dataset.exists("metadata", False).compute_metadata(skip_failures=True, progress=False)
     return added
+
+
+# ------------------------------------------------------------------------------------------------
+# Datasets
+# ------------------------------------------------------------------------------------------------
+def open_or_create_dataset(name: str):
+    """Loads dataset ``name``, or creates it persistent (tolerating another process creating it
+    at the same moment)."""
+    import fiftyone as fo
+
+    if fo.dataset_exists(name):
+        ds = fo.load_dataset(name)
+        ds.reload()  # another process may have changed it since this process loaded it
+        return ds
+    try:
+        return fo.Dataset(name, persistent=True)
+    except Exception:
+        if fo.dataset_exists(name):  # lost a creation race with another worker
+            return fo.load_dataset(name)
+        raise
+
+
+def load_dataset(name: str, missing: str = "{name!r} is not a FiftyOne dataset"):
+    """Loads (and reloads: another process may have changed it) dataset ``name``; if there is no
+    such dataset, :class:`~fiftyone_cass.errors.InvalidInputError` says ``missing`` and lists the
+    datasets there are."""
+    import fiftyone as fo
+
+    if not fo.dataset_exists(name):
+        known = fo.list_datasets()
+        hint = f" (datasets: {', '.join(known[:20])}{' ...' if len(known) > 20 else ''})" if known else " (there are no datasets)"
+        raise InvalidInputError(missing.format(name=name) + hint)
+    ds = fo.load_dataset(name)
+    ds.reload()
+    return ds
+
+
+def default_dataset_name(directory: str) -> str:
+    """The dataset a folder is imported into by default: the folder's name."""
+    return os.path.basename(os.path.abspath(os.path.expanduser(directory)).rstrip(os.sep)) or "images"
+
+
+def directory_view(dataset, directory: str):
+    """The samples of ``dataset`` whose files lie under ``directory``."""
+    from fiftyone import ViewField as F
+
+    prefix = os.path.abspath(os.path.expanduser(directory)).rstrip(os.sep) + os.sep
+    return dataset.match(F("filepath").starts_with(prefix))
+
+
+def import_directory(directory: str, dataset_name: str, shard: Optional[Tuple[int, int]] = None,
+                     exclude: Iterable[str] = ()) -> ImportReport:
+    """Adds the images of ``directory`` that are not in the persistent dataset ``dataset_name``
+    yet (created if needed; of shard ``(i, N)`` only, if given). Idempotent, safe to interrupt and
+    to run in several processes at once; paths that cannot be imported are reported, not fatal.
+    A folder without images, or a dataset of other media, is an
+    :class:`~fiftyone_cass.errors.InvalidInputError`."""
+    import fiftyone.core.storage as fos
+
+    root = fos.normalize_path(directory)
+    if printable(root) != root:
+        raise InvalidInputError(f"the folder name {printable(root)} is not valid UTF-8; FiftyOne stores file paths "
+                                "as UTF-8 text")
+    files, skipped = scan_images(root, exclude)
+    if not files:
+        why = f" ({len(skipped)} path(s) skipped: {skipped[0].path}: {skipped[0].reason})" if skipped else ""
+        raise InvalidInputError(f"no image files found under {directory}{why}")
+    ds = open_or_create_dataset(dataset_name)
+    if ds.media_type not in (None, "image"):
+        raise InvalidInputError(f"dataset {dataset_name!r} holds {ds.media_type} samples, not images")
+    if not ds.persistent:
+        ds.persistent = True
+    mine = [p for p in files if shard is None or shard_index(p, shard[1]) == shard[0]]
+    report = ImportReport(ds, found=len(files), skipped=skipped)
+    report.added = import_images(ds, mine)
+    return report
+
+
+def select_view(collection, saved_view: Optional[str] = None, tags=None):
+    """``collection``, or its dataset's saved view ``saved_view``, restricted to the samples with
+    one of ``tags`` (a list, or one comma-separated string) if given."""
+    view = collection
+    if saved_view:
+        if not collection.has_saved_view(saved_view):
+            raise InvalidInputError(f"dataset {collection.name!r} has no saved view {saved_view!r} "
+                                    f"(has: {collection.list_saved_views()})")
+        view = collection.load_saved_view(saved_view)
+    if tags:
+        tags = tags.split(",") if isinstance(tags, str) else tags
+        view = view.match_tags([t.strip() for t in tags if t.strip()])
+    return view
+
+
+def open_target(source: str, dataset: Optional[str] = None, saved_view: Optional[str] = None, tags=None,
+                shard: Optional[Tuple[int, int]] = None, exclude: Iterable[str] = (),
+                missing: str = "{name!r} is neither a directory nor a FiftyOne dataset"):
+    """What ``source`` denotes: a folder (its images imported into the persistent dataset
+    ``dataset``, default the folder's name, of ``shard`` only if given; the target is its files
+    with one of ``tags``) or the name of a dataset (its ``saved_view`` if given, with one of
+    ``tags``). Returns ``(dataset, target view, ImportReport or None)``."""
+    if os.path.isdir(source):
+        imported = import_directory(source, dataset or default_dataset_name(source), shard=shard, exclude=exclude)
+        return imported.dataset, select_view(directory_view(imported.dataset, source), tags=tags), imported
+    ds = load_dataset(source, missing)
+    return ds, select_view(ds, saved_view, tags), None

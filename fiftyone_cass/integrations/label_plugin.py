@@ -29,11 +29,12 @@ import fiftyone.operators as foo
 from fiftyone.operators import types
 
 from ..models.presets import PRESETS
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, WeightsUnavailableError
 from ..models.segmenter import options_from_json
+from ..models.weights import ensure_weights
 from ..schema import choices_of, coerce_settings, setting_fields, setting_type, split_settings
 from ..settings import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, LabelSettings, format_field, label_setting_names
-from .app_support import AUTO_LABEL_FIELDS, FormError, ensure_weights, form_message
+from .app_support import AUTO_LABEL_FIELDS, FormError, form_message
 from .apply import AutoLabelRun, default_tag_prefix, retag, run_key_for
 
 logger = logging.getLogger(__name__)
@@ -294,8 +295,11 @@ class AutoLabel(foo.Operator):
         kw = auto_label_kwargs(ctx.params)
         python = bool(ctx.params.get("return_summary")) and not ctx.delegated
         run, _ = split_settings(LabelSettings, kw)
-        ensure_weights(run.backbone, run.method, run.device, run.clip_checkpoint, run.dino_checkpoint,
-                       wording="python" if python else "form")
+        try:
+            ensure_weights(run.backbone, run.method, run.device, run.clip_checkpoint, run.dino_checkpoint,
+                           wording="python" if python else "form")
+        except WeightsUnavailableError as exc:
+            raise FormError(str(exc)) from None
         return AutoLabelRun(ctx.target_view(param_name="target", require_flat=True), **kw)
 
     def _execute_plain(self, ctx):

@@ -23,15 +23,15 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
-
-
-import fiftyone as fo
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from ..errors import InvalidInputError
 from .evaluation import IoUMetrics, format_table
-from .fo_evaluation import IoUSegmentationResults, evaluate_iou
-from .importers import load_protocol_dataset, protocol_info, protocol_mask_targets
+
+if TYPE_CHECKING:  # FiftyOne is imported by the functions, so that add_arguments() stays light
+    import fiftyone as fo
+
+    from .fo_evaluation import IoUSegmentationResults
 
 #: Published mIoU (%) with CLIP ViT-B/16 (SPEC section I). CASS: CASS paper (DINO ViT-B/8, no PAMR).
 #: MaskCLIP / MaskCLIP+CDAM: CDAM poster, baselines reproduced under CDAM's protocol.
@@ -120,6 +120,9 @@ def run_protocol(
     backbone=backbone, device=device, batch_size=batch_size, **segmenter_kwargs)``. Its class ids
     must be the protocol's (``len(segmenter.mask_targets) == num_classes`` is checked when available).
     """
+    from .fo_evaluation import evaluate_iou
+    from .importers import load_protocol_dataset, protocol_info, protocol_mask_targets
+
     preset = protocol_info(protocol)
     key = preset.name
     if dataset is None:
@@ -184,33 +187,35 @@ def run_protocol(
     return ProtocolRun(key, method_name, dataset, eval_key, results, metrics, table)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m fiftyone_cass.integrations.protocol",
-        description="Reproduce a paper protocol: import the benchmark, predict with the preset, print mIoU.",
-    )
-    p.add_argument("protocol", help="voc21, voc20, context60, context59, coco_object, coco_stuff, ade20k, cityscapes")
-    p.add_argument("data_dir", help="the benchmark's directory (mmseg layout; see fiftyone_cass.integrations.importers)")
-    p.add_argument("--method", default="cass+cdam")
-    p.add_argument("--backbone", default="openai")
-    p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=int, default=4)
+def add_arguments(p, model: bool = True) -> None:
+    """The benchmark runner's flags on the ``argparse`` parser (or group) ``p``: which data, which
+    dataset, and with ``model`` the model's (``fiftyone-cass eval --protocol`` derives those from
+    the settings' declarations instead)."""
+    if model:
+        p.add_argument("--method", default="cass+cdam")
+        p.add_argument("--backbone", default="openai")
+        p.add_argument("--device", default=None)
+        p.add_argument("--batch-size", type=int, default=4)
+        p.add_argument("--clip-checkpoint", default=None)
+        p.add_argument("--dino-checkpoint", default=None)
+        p.add_argument("--resize-nearest", action="store_true", help="resize mismatched predictions to the GT size")
     p.add_argument("--split", default=None)
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--name", default=None, help="FiftyOne dataset name (default <protocol>-<split>)")
     p.add_argument("--masks-dir", default=None, help="where GT/prediction PNGs are written")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     p.add_argument("--persistent", action="store_true", help="keep the dataset after the process exits")
-    p.add_argument("--resize-nearest", action="store_true", help="resize mismatched predictions to the GT size")
-    p.add_argument("--clip-checkpoint", default=None)
-    p.add_argument("--dino-checkpoint", default=None)
     p.add_argument("--crowd", default=None, choices=["skip", "paint", "ignore"], help="COCO-Object JSON: iscrowd rule")
-    a = p.parse_args(argv)
+
+
+def run_args(a, data_dir: str) -> int:
+    """Runs the protocol of the parsed flags ``a`` (:func:`add_arguments`, plus ``protocol``) on
+    ``data_dir``; an input error is printed (exit status 2)."""
     seg_kwargs = {k: v for k, v in (("clip_checkpoint", a.clip_checkpoint), ("dino_checkpoint", a.dino_checkpoint)) if v}
     imp_kwargs = {"crowd": a.crowd} if a.crowd else None
     try:
         run_protocol(
-            a.protocol, a.data_dir, method=a.method, backbone=a.backbone, device=a.device,
+            a.protocol, data_dir, method=a.method, backbone=a.backbone, device=a.device,
             batch_size=a.batch_size, segmenter_kwargs=seg_kwargs, split=a.split, max_samples=a.max_samples,
             name=a.name, masks_dir=a.masks_dir, overwrite=a.overwrite, persistent=a.persistent,
             resize="nearest" if a.resize_nearest else None, importer_kwargs=imp_kwargs, progress=True,
@@ -219,6 +224,18 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m fiftyone_cass.integrations.protocol",
+        description="Reproduce a paper protocol: import the benchmark, predict with the preset, print mIoU.",
+    )
+    p.add_argument("protocol", help="voc21, voc20, context60, context59, coco_object, coco_stuff, ade20k, cityscapes")
+    p.add_argument("data_dir", help="the benchmark's directory (mmseg layout; see fiftyone_cass.integrations.importers)")
+    add_arguments(p)
+    a = p.parse_args(argv)
+    return run_args(a, a.data_dir)
 
 
 if __name__ == "__main__":

@@ -182,6 +182,15 @@ def test_eval_resize_nearest_does_not_hide_an_undeclared_ground_truth_value(tmp_
     got = _strict_json(summary)
     assert got["mIoU"] == pytest.approx(1.0)  # value 7 is ignored, as asked
 
+    # evaluating again under the same key and failing keeps the evaluation that was there
+    ds = fo.load_dataset(name)
+    fields = set(ds.get_field_schema())
+    rc, out = run_cli("eval", name, "--resize-nearest", capsys=capsys)
+    assert rc == 2 and "--ignore-undeclared" in out.err, out.err
+    ds.reload()
+    assert ds.list_evaluations() == [got["eval_key"]] and set(ds.get_field_schema()) == fields
+    assert ds.load_evaluation_results(got["eval_key"]).metrics()["mIoU"] == pytest.approx(1.0)
+
 
 # ------------------------------------------------------------------------------------------------
 # messages in the command line's words

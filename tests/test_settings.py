@@ -129,3 +129,18 @@ def test_good_values_are_typed_by_the_declaration(fo_dataset, images, capsys):
     ds = add_samples(fo_dataset("typed"), images)
     summary = apply(ds, CLASSES, **dict(OPTS, batch_size="2", presence_threshold="0.5", masks="db"))
     assert summary.num_labeled == len(images) and ds.count("cass.mask") == len(images)
+
+
+def test_a_cuda_device_without_cuda_is_a_clear_error_everywhere(fo_dataset, images, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InvalidInputError, match="device='cuda': CUDA is not available on this machine"):
+        Segmenter(classes="cat", **{**OPTS, "device": "cuda"})
+    ds = add_samples(fo_dataset("nocuda"), images)
+    with pytest.raises(InvalidInputError, match="CUDA is not available"):
+        apply(ds, CLASSES, **{**OPTS, "batch_size": BATCH, "device": "cuda:1"})
+    assert "cass" not in ds.get_field_schema()
+    rc, out = run_cli("label", ds.name, "--classes", "cat", *TINY_CLI[:2], "--device", "cuda", capsys=capsys)
+    assert rc == 2 and "CUDA is not available" in out.err and "--device" in out.err, out.err
+    assert Segmenter(classes="cat", **{**OPTS, "device": "auto"}).device.type == "cpu"

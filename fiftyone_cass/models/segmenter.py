@@ -33,7 +33,7 @@ from ..errors import ImageLoadError, InvalidInputError
 from ..images import describe, load_rgb
 from ..methods import get_family, method_names, split_method
 from ..schema import check_dataclass, setting, setting_fields, settings_doc, split_settings
-from ..settings import DEFAULT_METHOD, EngineSettings
+from ..settings import DEFAULT_METHOD, EngineSettings, resolve_device
 from . import clip_visual as cv
 from .backbones import cached_models
 from .dino import dino_keys, dino_pixels_from_clip
@@ -194,7 +194,7 @@ class Segmenter:
         self.batch_size = engine.batch_size
         self.window_batch = engine.window_batch
         self.precision = engine.precision
-        self.device = torch.device(engine.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(resolve_device(engine.device))  # a CUDA device without CUDA: a clear error
         self.backbone = backbone
 
         # the vocabulary (one object shared with the FiftyOne side: models/vocabulary.py)

@@ -263,6 +263,25 @@ def test_an_error_is_shown_with_its_message(app, page):
         np.testing.assert_array_equal(s.browser_lbl.mask, before[s.id])
 
 
+def test_an_invalid_value_is_marked_in_the_form(app, page):
+    """A value outside a setting's declaration (settings.py) is shown at its input, in the form's
+    words, before anything runs."""
+    ds = app["dataset"]
+    dialog = _open_operator(page, "Auto-label", "Auto-label segmentations (CASS)")
+    _fill_auto_label(page, dialog, "dog, cat", "browser_invalid")
+    _input(dialog, "Label field").fill("bad name")
+    page.wait_for_timeout(2500)  # the form re-resolves with the typed value
+    text = dialog.inner_text()
+    _shot(page, "4b_invalid_input")
+    assert "“Label field” 'bad name' is not allowed: a plain field name" in text, text
+    assert "(the Segmentation field to write)" not in text.split("is not allowed", 1)[1].split("\n", 1)[0]
+    assert dialog.get_by_role("button", name="Execute").is_disabled()
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(800)
+    ds.reload()
+    assert not ds.has_sample_field("browser_invalid") and not ds.has_sample_field("bad name")
+
+
 def test_evaluation_from_the_form_shows_percent(app, page):
     ds = app["dataset"]
     dialog = _open_operator(page, "Evaluate seg", "Evaluate segmentations (mIoU)")

@@ -113,7 +113,9 @@ def test_a_bad_value_is_refused_alike_by_the_cli_python_and_the_form(name, value
     view = form[name]["view"]
     label = FIELDS[name].metadata["label"]
     assert form[name].get("invalid") is True, form[name]
-    assert f"“{label}” {value!r} is not allowed: {allowed}" in form[name]["error_message"]
+    message = form[name]["error_message"]
+    assert f"“{label}” {value!r} is not allowed: {allowed}" in message
+    assert not message.endswith(f"({FIELDS[name].metadata['help']})")  # the input shows its help already
     assert view.get("label") == label
 
 

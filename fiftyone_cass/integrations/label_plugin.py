@@ -159,7 +159,12 @@ def _check_given(ctx, prop, name: str):
             coerce_settings(LabelSettings, {name: given})
         except InvalidInputError as exc:
             prop.invalid = True
-            prop.error_message = form_message(exc, AUTO_LABEL_FIELDS)
+            # the input shows its help text already: the message ends at what is allowed
+            help_text = _SETTINGS[name].metadata.get("help")
+            text = str(exc)
+            if help_text and text.endswith(f" ({help_text})"):
+                text = text[: -len(help_text) - 3]
+            prop.error_message = form_message(InvalidInputError(text), AUTO_LABEL_FIELDS)
     return prop
 
 

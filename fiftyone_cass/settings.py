@@ -198,8 +198,8 @@ class ModelSettings(EngineSettings):
 class LabelSettings(ModelSettings):
     """A labelling run's additions (:func:`fiftyone_cass.apply`)."""
 
-    classes: Any = setting(None, 'class names, comma separated ("dog, frisbee, person"), or a list whose '
-                           "entries may list synonyms (\"person, people\")", label="Class names", group="vocabulary",
+    classes: Any = setting(None, 'class names, comma separated ("dog, frisbee, person"); a class with synonyms '
+                           "takes a line of its own (a list entry, a --classes-file line): \"person, people\"", label="Class names", group="vocabulary",
                            allowed="class names")
     preset: Optional[str] = setting(None, "a published benchmark vocabulary and protocol", choices=_presets,
                                     label="Preset", group="vocabulary")

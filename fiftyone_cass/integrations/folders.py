@@ -143,6 +143,9 @@ def ensure_unique_filepaths(dataset) -> bool:
 
     if unique():
         return True
+    fo_log = logging.getLogger("fiftyone.core.collections")
+    level = fo_log.level
+    fo_log.setLevel(logging.WARNING)  # "Converting existing index 'filepath' to unique": an internal step
     try:
         dataset.create_index("filepath", unique=True)
     except Exception as exc:  # noqa: BLE001 - duplicates, or another process converting it right now
@@ -151,6 +154,8 @@ def ensure_unique_filepaths(dataset) -> bool:
         logger.warning("dataset %r: no unique index on filepath (%s: %s); concurrent imports into it may add a "
                        "file twice", dataset.name, type(exc).__name__, exc)
         return False
+    finally:
+        fo_log.setLevel(level)
     return True
 
 

@@ -334,13 +334,17 @@ class ReleaseCommand(Command):
     def setup(self, p):
         p.add_argument("dataset")
         p.add_argument("--label-field", default="cass", help="the claimed field (default cass)")
+        p.add_argument("--force", action="store_true",
+                       help="release it even if a process of this machine that holds it is alive (a reused pid)")
 
     def execute(self, parser, args):
         from .integrations.claims import field_claim, release_field
 
         ds = _load_dataset(args.dataset)
         claim = field_claim(ds, args.label_field)
-        if claim is None or not release_field(ds, args.label_field):
+        with _usage():
+            released = claim is not None and release_field(ds, args.label_field, force=args.force)
+        if not released:
             print(f"field {args.label_field!r} of dataset {ds.name!r} is not claimed: nothing to release")
         else:
             print(f"released the claim of settings {claim.get('config_id')} on field {args.label_field!r} "

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import fiftyone as fo
+import fiftyone.core.odm as foo
 
 from _label_helpers import BATCH, CLASSES, OPTS, add_samples, make_images, read_mask
 from fiftyone_cass import cli
@@ -136,16 +137,32 @@ def test_a_claim_of_a_killed_run_is_recovered(fo_dataset, images, tmp_path):
     assert field_claim(ds, "cass")["config_id"] == "0123456789abcdef"
     s = apply(ds, CLASSES, masks="database", **KW)  # the dead holder (this host) is dropped
     assert s.num_labeled == 2 and field_claim(ds, "cass") is None
-    # a holder that looks alive (another host) is released by hand, from Python or the CLI
-    claim = FieldClaim(ds, "cass", "fedcba9876543210")
-    claim.acquire()
+    # a holder on another host (cannot be checked from here) is released by hand, from Python or the CLI
+    from fiftyone_cass.integrations.claims import COLLECTION, FieldInUseError
+
+    claims = foo.get_db_conn()[COLLECTION]
+
+    def claim_on_another_host():
+        FieldClaim(ds, "cass", "fedcba9876543210").acquire()
+        claims.update_one({"dataset": ds.name, "field": "cass"}, {"$set": {"holders.0.host": "elsewhere"}})
+
+    claim_on_another_host()
     with pytest.raises(FieldClaimedError):
         apply(ds, ["dog"], masks="database", overwrite=True, **KW)
     assert release_field(ds, "cass") and not release_field(ds, "cass")
-    claim.acquire()
+    claim_on_another_host()
     assert cli.main(["release", ds.name, "--label-field", "cass"]) == 0
     assert field_claim(ds, "cass") is None
     assert cli.main(["release", ds.name, "--label-field", "cass"]) == 0  # nothing to release: fine
+
+    # a holder alive on this machine (here: this process) is not released, unless forced
+    FieldClaim(ds, "cass", "fedcba9876543210").acquire()
+    with pytest.raises(FieldInUseError, match=f"being labelled right now by process {os.getpid()} on this machine"):
+        release_field(ds, "cass")
+    assert cli.main(["release", ds.name, "--label-field", "cass"]) == 2
+    assert field_claim(ds, "cass") is not None
+    assert cli.main(["release", ds.name, "--label-field", "cass", "--force"]) == 0
+    assert field_claim(ds, "cass") is None
 
 
 def test_clone_and_overwrite_never_touch_the_originals_masks(fo_dataset, images, tmp_path):

@@ -136,10 +136,33 @@ def field_claim(dataset, field: str) -> Optional[Dict[str, Any]]:
     return _collection().find_one({"_id": _key(dataset, field)})
 
 
-def release_field(dataset, field: str) -> bool:
+def live_local_holders(doc: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The holders of a claim document that run on this host and whose process is alive."""
+    return [h for h in (doc or {}).get("holders", []) if h.get("host") == _host() and _pid_alive(h.get("pid", -1))]
+
+
+class FieldInUseError(InvalidInputError):
+    """A release asked for a field that a live run on this host is writing."""
+
+
+def release_field(dataset, field: str, force: bool = False) -> bool:
     """Drops any claim on ``dataset``'s ``field`` (for a run that died on another host). Returns
-    whether there was one."""
+    whether there was one. A claim held by a run that is alive on this host is not released
+    (:class:`FieldInUseError`, naming its process) unless ``force``: releasing it would let a run
+    with other settings write the field beside it."""
+    doc = field_claim(dataset, field)
+    if doc is None:
+        return False
+    alive = live_local_holders(doc)
+    if alive and not force:
+        pids = ", ".join(str(h.get("pid")) for h in alive)
+        raise FieldInUseError(
+            f"field {field!r} of dataset {dataset.name!r} is being labelled right now by process {pids} on this "
+            "machine: stop that run (ctrl + c) instead of releasing its claim; release it anyway only if that "
+            "process is not a labelling run (force=True)"
+        )
     return _collection().delete_one({"_id": _key(dataset, field)}).deleted_count > 0
 
 
-__all__ = ["FieldClaim", "FieldClaimedError", "field_claim", "holder_is_dead", "release_field"]
+__all__ = ["FieldClaim", "FieldClaimedError", "FieldInUseError", "field_claim", "holder_is_dead", "live_local_holders",
+           "release_field"]

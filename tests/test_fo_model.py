@@ -140,6 +140,12 @@ def test_embeddings_and_prompts(fo_dataset, images):
     np.testing.assert_allclose(np.linalg.norm(p, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(p[1], model.segmenter.text[0].numpy(), atol=1e-6)
     np.testing.assert_allclose(model.embed_prompt("dog"), p[1], atol=1e-6)
+    # one string is one prompt (not its characters); no prompts: (0, dim); non-texts are refused
+    np.testing.assert_allclose(model.embed_prompts("dog"), p[1:], atol=1e-6)
+    assert model.embed_prompts([]).shape == (0, dim)
+    for bad in ([None], ["dog", ""], [3]):
+        with pytest.raises(InvalidInputError, match="is not a non-empty text"):
+            model.embed_prompts(bad)
     np.testing.assert_allclose(model.embed(images[0]), emb[0], atol=1e-5)
     # a model with no vocabulary still embeds, and says clearly that it cannot segment
     plain = CassModel(batch_size=BATCH, **OPTS)

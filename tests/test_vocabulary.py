@@ -204,3 +204,16 @@ def test_segmenter_and_ground_truth_mapping_agree_on_names_and_ids(targets):
         assert str(gid) in {str(k) for k in targets} and targets.get(gid, targets.get(str(gid))) == seg.class_names[j]
     labels = np.arange(seg.num_labels, dtype=np.uint8)[None]
     assert set(gt.map(labels)[0, 1:].tolist()) == set(written.values())
+
+
+@pytest.mark.parametrize("classes,match", [
+    ([None, "dog"], "class 1 of .* is NoneType None, not text"),
+    (["dog", 2], "class 2 of .* is int 2, not text"),
+    (b"dog,cat", "not bytes"),
+    ({"dog", "cat"}, "ordered list"),
+    (7, "not int"),
+])
+def test_classes_that_are_not_texts_are_refused_not_renamed(classes, match):
+    with pytest.raises(InvalidInputError, match=match):
+        Vocabulary.from_classes(classes)
+    assert Vocabulary.from_classes(("dog", "cat")).classes == Vocabulary.from_classes(iter(["dog", "cat"])).classes

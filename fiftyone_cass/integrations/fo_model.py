@@ -502,10 +502,15 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
     def embed_prompts(self, args):
         """Unit-norm text embeddings ``(N, E)`` float32 of free-text prompts, averaged over the 80
         OpenAI ImageNet templates as for class names."""
-        prompts = [str(a).strip() for a in args]
-        if any(not p for p in prompts):
-            raise InvalidInputError("empty prompt")
+        if isinstance(args, str):  # one prompt, not its characters
+            args = [args]
+        for i, a in enumerate(args):
+            if not isinstance(a, str) or not a.strip():
+                raise InvalidInputError(f"prompt {i + 1} of {list(args)!r} is not a non-empty text")
+        prompts = [a.strip() for a in args]
         seg = self._embedding_segmenter()
+        if not prompts:
+            return np.zeros((0, int(seg.embedder(["a photo"]).shape[1])), np.float32)
         return seg.embedder(prompts).to("cpu").float().numpy()
 
     # -------------------------------------------------------------- after apply_model

@@ -44,7 +44,15 @@ def parse_classes(classes: Union[str, Sequence[str]]) -> List[str]:
     if isinstance(classes, str):
         parts = classes.split("\n") if "\n" in classes else classes.split(",")
         return [p.strip() for p in parts]
-    return [str(c).strip() for c in classes]
+    if isinstance(classes, (bytes, bytearray, dict, set, frozenset)) or not hasattr(classes, "__iter__"):
+        # (sets and dicts: their order, hence the label ids, is not the caller's)
+        raise InvalidInputError(f"classes must be text or an ordered list of texts, not {type(classes).__name__} "
+                                f"{classes!r}")
+    classes = list(classes)
+    for i, c in enumerate(classes):
+        if not isinstance(c, str):  # None, numbers, bytes: not silently turned into names like "None"
+            raise InvalidInputError(f"class {i + 1} of {list(classes)!r} is {type(c).__name__} {c!r}, not text")
+    return [c.strip() for c in classes]
 
 
 def queries_from_class_lines(lines: Sequence[str]) -> Tuple[List[str], List[int]]:

@@ -19,6 +19,7 @@ from fiftyone.operators.executor import ExecutionRunState, execute_or_delegate_o
 
 from _label_helpers import (BATCH, CLASSES, OPTS, Reference, add_samples, all_scores, make_bad_files, make_images,
                             read_mask)
+from fiftyone_cass.errors import InvalidInputError
 from fiftyone_cass.integrations.apply import CONFIG_ATTR, apply
 
 PLUGIN = "@fiftyone-cass/cass"
@@ -82,6 +83,12 @@ def test_immediate_run_on_selected_samples_equals_the_library(fo_dataset, images
     assert (again["num_already_done"], again["num_labeled"]) == (3, 2)
     skip = op(ds, classes=["dog", "frisbee"], label_field="auto", skip_existing=True, **OP_KW).result
     assert (skip["num_already_done"], skip["num_labeled"]) == (5, 0)
+    # a typo is an error, not dropped; Segmenter options may also be given as keywords
+    with pytest.raises(InvalidInputError, match="unknown argument.*batchsize"):
+        op(ds, classes=CLASSES, label_field="auto", batchsize=2, **OP_KW)
+    kw = {k: v for k, v in OP_KW.items() if k != "options"}
+    same = op(ds, classes=CLASSES, label_field="auto", **kw, **SEG_OPTIONS).result  # same settings: resumes
+    assert (same["num_already_done"], same["num_labeled"]) == (5, 0)
 
     # on-disk masks through the operator
     disk = op(ds.limit(2), classes=CLASSES, label_field="auto_disk",

@@ -402,6 +402,19 @@ class AutoLabel(foo.Operator):
         options). ``selected``: sample ids to label within ``sample_collection``. Returns the
         :class:`fiftyone.operators.executor.ExecutionResult` (``.result`` is the summary dict, or
         the queued operation when delegated)."""
+        # settings go in as the form's parameters, Segmenter options into "options"; anything else
+        # is a typo that the form would drop silently
+        import dataclasses
+
+        from ..models.segmenter import SegmenterOptions
+
+        option_names = {f.name for f in dataclasses.fields(SegmenterOptions)}
+        unknown = sorted(k for k in kwargs if k not in label_setting_names() and k not in option_names)
+        if unknown:
+            raise InvalidInputError(f"unknown argument(s) {', '.join(unknown)}: the settings are "
+                                    f"{', '.join(label_setting_names())}; Segmenter options go in options={{...}} "
+                                    "or as keywords")
+        options = dict(options or {}, **{k: kwargs.pop(k) for k in list(kwargs) if k in option_names})
         params: Dict[str, Any] = dict(kwargs, label_field=label_field, return_summary=True)
         if sum(x is not None for x in (classes, preset, gt_field)) != 1:
             raise ValueError("give exactly one of classes, preset or gt_field")

@@ -247,6 +247,27 @@ def test_unreachable_hub_switches_to_cache_only_and_says_so(monkeypatch):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
 
 
+def test_python_callers_switch_to_cache_only_where_the_hub_is_unreachable(monkeypatch):
+    """Segmenter/CassModel/load_zoo_model load through cached_models: without the hub they fail
+    with WeightsUnavailableError after the reachability check, not after download retries."""
+    import fiftyone_cass.models.backbones as backbones
+    from fiftyone_cass import Segmenter
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("FIFTYONE_CASS_CLIP_CHECKPOINT", raising=False)
+    monkeypatch.delenv("FIFTYONE_CASS_DINO_CHECKPOINT", raising=False)
+    asked = []
+    monkeypatch.setattr(bootstrap, "hub_reachable", lambda timeout=3.0: asked.append(timeout) or False)
+    monkeypatch.setattr(backbones, "_LOADED", {})
+    with pytest.raises(WeightsUnavailableError, match="clip_checkpoint="):
+        Segmenter(classes=["dog"], device="cpu")
+    assert asked and os.environ.get("HF_HUB_OFFLINE") == "1"
+    # test backbones (random weights) never ask the hub
+    asked.clear()
+    Segmenter(classes=["dog"], backbone="tiny", device="cpu")
+    assert asked == []
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -176,6 +176,16 @@ def get_backbone_spec(name: str) -> BackboneSpec:
 _LOADED: Dict[tuple, Any] = {}
 
 
+def _offline_if_hub_unreachable(timeout: float = 3.0) -> None:
+    """Before weights are fetched from the model hub: where it cannot be reached, Hugging Face's
+    offline mode goes on, so that weights missing from the local cache fail in seconds (a clear
+    WeightsUnavailableError) instead of after a minute of download retries."""
+    from .. import bootstrap
+
+    if not bootstrap.hub_offline() and not bootstrap.hub_reachable(timeout):
+        bootstrap.go_offline()
+
+
 def cached_models(name: str, clip_checkpoint=None, dino_checkpoint=None, device="cpu", need_dino: bool = True):
     """``(clip, dino | None, tokenizer)``, loaded once per process and reused by every
     :class:`Segmenter` asking for the same backbone/checkpoints/device (the FiftyOne operators
@@ -186,11 +196,15 @@ def cached_models(name: str, clip_checkpoint=None, dino_checkpoint=None, device=
     spec = get_backbone_spec(name)
     dev = str(torch.device(device))
     ckey = ("clip", name, clip_checkpoint or os.environ.get("FIFTYONE_CASS_CLIP_CHECKPOINT"), dev)
+    dkey = ("dino", name, dino_checkpoint or os.environ.get("FIFTYONE_CASS_DINO_CHECKPOINT"), dev)
+    downloads = (ckey not in _LOADED and spec.clip_pretrained and not ckey[2]) or (
+        need_dino and dkey not in _LOADED and spec.dino_pretrained and not dkey[2])
+    if downloads:
+        _offline_if_hub_unreachable()
     if ckey not in _LOADED:
         _LOADED[ckey] = load_clip(spec, clip_checkpoint, device)
     dino = None
     if need_dino:
-        dkey = ("dino", name, dino_checkpoint or os.environ.get("FIFTYONE_CASS_DINO_CHECKPOINT"), dev)
         if dkey not in _LOADED:
             _LOADED[dkey] = load_dino(spec, dino_checkpoint, device)
         dino = _LOADED[dkey]

@@ -127,6 +127,13 @@ def test_operator_on_a_view_evaluates_only_the_view(seg_dataset):
     assert seg_dataset.load_evaluation_results("ev2").mean_iou() == pytest.approx(acc.compute().mIoU)
 
 
+def test_an_empty_view_is_an_error_that_keeps_the_stored_evaluation(seg_dataset):
+    first = evaluate_iou(seg_dataset, "predictions", eval_key="kept").mean_iou()
+    with pytest.raises(InvalidInputError, match="no samples to evaluate"):
+        evaluate_iou(seg_dataset.match_tags("no-such-tag"), "predictions", eval_key="kept", overwrite=True)
+    assert seg_dataset.load_evaluation_results("kept").mean_iou() == pytest.approx(first)
+
+
 def test_size_mismatch_is_an_error_unless_resize(seg_dataset, tmp_path):
     s = seg_dataset.last()
     s["predictions"] = fo.Segmentation(mask_path=_write(tmp_path / "small.png", np.ones((1, 1), np.uint8)))

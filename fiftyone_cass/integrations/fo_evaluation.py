@@ -399,6 +399,8 @@ def evaluate_iou(
     has succeeded (it is computed under a temporary key, then renamed); without it an existing
     key is an error, as in FiftyOne.
     """
+    if not len(samples):  # a result of NaNs would replace whatever was stored under eval_key
+        raise InvalidInputError(f"no samples to evaluate: the view selects none of dataset {samples._dataset.name!r}")
     if custom_metric is None:
         custom_metric = eval_key is not None and mean_iou_metric_available()
     custom_metrics = [MEAN_IOU_METRIC] if custom_metric else None

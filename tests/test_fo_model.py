@@ -153,6 +153,11 @@ def test_embeddings_and_prompts(fo_dataset, images):
     assert plain.embed_all(images[:2]).shape == (2, dim)
     with pytest.raises(InvalidInputError, match="no vocabulary"):
         plain.predict(images[0])
+    with pytest.raises(InvalidInputError, match="no vocabulary"):  # once, before any batch
+        ds.apply_model(plain, "plain_labels", batch_size=BATCH)
+    assert not ds.has_sample_field("plain_labels")
+    ds.compute_embeddings(plain, "plain_emb", batch_size=BATCH)  # embedding needs no vocabulary
+    np.testing.assert_allclose(np.stack(ds.values("plain_emb")), emb, atol=1e-5)
     # an unreadable image is None in its place (FiftyOne then stores nothing for it)
     out = model.embed_all([images[0], LoadFailure("x.jpg", "x.jpg: broken")])
     assert out[1] is None and np.allclose(out[0], emb[0], atol=1e-5)

@@ -377,6 +377,18 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
     def build_get_item(self, field_mapping=None):
         return ImageGetItem(field_mapping=field_mapping)
 
+    @property
+    def needs_fields(self):
+        return self._fields
+
+    @needs_fields.setter
+    def needs_fields(self, fields):
+        # dataset.apply_model sets this before its first batch (compute_embeddings does not): a
+        # model without a vocabulary fails there once, instead of once per batch
+        if self.segmenter is None:
+            self._require_vocabulary()
+        self._fields = fields
+
     def __enter__(self):
         with self._lock:
             self._dataset = None

@@ -100,6 +100,7 @@ def test_inputs_pil_numpy_path_agree(cass, images):
         (dict(classes=["background", "dog"]), "background"),
         (dict(classes=None), "no classes"),
         (dict(preset="nope", classes=None), "unknown preset"),
+        (dict(preset="voc21", classes=None, background="default"), "preset 'voc21' has its own"),
         (dict(method="magic"), "method='magic' is not allowed: one of 'cass\\+cdam'"),
         (dict(bogus_option=1), "unknown option"),
     ],

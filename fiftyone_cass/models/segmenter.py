@@ -238,6 +238,9 @@ class Segmenter:
         if preset is not None and classes is not None:
             raise InvalidInputError("give either classes or preset, not both")
         if preset is not None:
+            if background is not None:  # the protocol decides what background is
+                raise InvalidInputError(f"background words apply to a free vocabulary of classes; preset {preset!r} "
+                                        "has its own (leave background unset)")
             return Vocabulary.from_preset(preset)
         return Vocabulary.from_classes(classes, background)
 

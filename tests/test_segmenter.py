@@ -130,6 +130,9 @@ def test_bad_images(cass, tmp_path):
     assert out[0][0] is not None and out[2][0] is not None
     assert out[1][0] is None and "b" in out[1][1]
     assert np.array_equal(out[0][0].label_map, cass([good])[0].label_map)
+    for call in (cass, cass.segment_safe):  # names must pair with images one to one
+        with pytest.raises(ValueError, match="2 names for 3 images"):
+            call([good, txt, good], names=["a", "b"])
 
 
 @pytest.mark.parametrize("method", ["cass", "cass+cdam", "naclip", "naclip+cdam", "maskclip", "maskclip+cdam"])

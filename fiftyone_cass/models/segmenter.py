@@ -278,13 +278,23 @@ class Segmenter:
         )
 
     # ------------------------------------------------------------------ public API
+    @staticmethod
+    def _names(images: Sequence[Any], names: Optional[Sequence[str]]) -> List[str]:
+        """``names`` (one per image, checked) or a description of each image."""
+        if names is None:
+            return [describe(im) for im in images]
+        names = list(names)
+        if len(names) != len(images):  # zip() would drop images or misname them
+            raise InvalidInputError(f"{len(names)} names for {len(images)} images: give one name per image")
+        return names
+
     def __call__(self, images: Sequence[Any], names: Optional[Sequence[str]] = None) -> List[SegmentationResult]:
         """Segment a list of images (paths, PIL images, HxW[xC] arrays). Returns one result per
         image, in order. Raises :class:`ImageLoadError` naming the first unreadable image; use
         :meth:`segment_safe` to get per-image errors instead."""
         if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
             images = [images] if not isinstance(images, Iterable) or isinstance(images, (str, bytes)) else list(images)
-        names = list(names) if names is not None else [describe(im) for im in images]
+        names = self._names(images, names)
         results: List[SegmentationResult] = []
         starts = list(range(0, len(images), self.batch_size))
         for start, rgbs in zip(starts, self._load_ahead(images, names, starts)):
@@ -320,13 +330,13 @@ class Segmenter:
         """Like ``__call__`` but never raises for a bad image: returns ``(result | None, error | None)``
         per image, so one bad sample does not stop a batch. It is :meth:`load_safe` then
         :meth:`segment_loaded`; callers that overlap loading with compute call the two apart."""
-        names = list(names) if names is not None else [describe(im) for im in images]
+        names = self._names(images, names)
         return self.segment_loaded(self.load_safe(images, names), names)
 
     def load_safe(self, images: Sequence[Any], names: Optional[Sequence[str]] = None):
         """Decodes images to RGB uint8 arrays without raising: ``(array | None, error | None)``
         per image. Thread-safe, and decoding releases the GIL: run it ahead in a thread."""
-        names = list(names) if names is not None else [describe(im) for im in images]
+        names = self._names(images, names)
         out: List[Tuple[Optional[np.ndarray], Optional[str]]] = []
         for im, n in zip(images, names):
             try:
@@ -341,7 +351,7 @@ class Segmenter:
         stays an error, and a batch that raises is retried one image at a time so that only the
         failing image is reported. Returns ``(result | None, error | None)`` per image.
         ``return_embeddings``: see :meth:`segment_arrays`."""
-        names = list(names)
+        names = self._names(loaded, names)
         out: List[Tuple[Optional[SegmentationResult], Optional[str]]] = [(None, err) for _, err in loaded]
         good, good_names, where = [], [], []
         for i, ((arr, _), n) in enumerate(zip(loaded, names)):

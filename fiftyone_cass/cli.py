@@ -376,17 +376,33 @@ _KWARG = re.compile(r"\b([a-z][a-z0-9]*(?:_[a-z0-9]+)+|[a-z]+)=(True|False|None|
 _BARE = re.compile(r"(?<![\w.'\"/-])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w'\"=(/-])")
 
 
+class _Flags(dict):
+    """``{dest: action}``: per setting the flag that takes its value (``--presence-field``, not
+    ``--no-presence``); ``off`` holds the flags that set a setting to None (``{dest: --no-...}``)."""
+
+    def __init__(self, actions):
+        super().__init__()
+        self.off: Dict[str, argparse.Action] = {}
+        for a in actions:
+            if isinstance(a, argparse._StoreConstAction) and not isinstance(
+                    a, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and a.const is None:
+                self.off.setdefault(a.dest, a)
+            if a.dest not in self or (self[a.dest].nargs == 0 and a.nargs != 0):  # prefer one taking a value
+                self[a.dest] = a
+
+
 def _flags_of(parser: argparse.ArgumentParser, command: Optional[str]) -> Dict[str, argparse.Action]:
-    """``{dest: action}`` of the options of ``command``'s sub-parser (with an option string)."""
+    """``{dest: action}`` of the options of ``command``'s sub-parser (with an option string): where
+    several flags share a setting, the one that takes a value (see :class:`_Flags`)."""
     sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
     p = sub.choices.get(command) if (sub is not None and command) else parser
-    return {a.dest: a for a in (p._actions if p else ()) if a.option_strings}
+    return _Flags(a for a in (p._actions if p else ()) if a.option_strings)
 
 
 def cli_message(message: str, flags: Dict[str, argparse.Action]) -> str:
     """A library message in the command line's words: ``pass overwrite=True`` -> ``pass
-    --overwrite``, ``masks='database'`` -> ``--masks database``, ``mask_dir`` -> ``--mask-dir``
-    (only names that are options of this command)."""
+    --overwrite``, ``masks='database'`` -> ``--masks database``, ``mask_dir`` -> ``--mask-dir``,
+    ``tag_prefix=None`` -> ``--no-tags`` (only names that are options of this command)."""
 
     def flag(a: argparse.Action) -> str:
         return next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
@@ -397,6 +413,8 @@ def cli_message(message: str, flags: Dict[str, argparse.Action]) -> str:
             return m.group(0)
         if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):  # the value the flag sets
             return flag(a) if value == str(isinstance(a, argparse._StoreTrueAction)) else m.group(0)
+        if value == "None" and m.group(1) in getattr(flags, "off", {}):
+            return flag(flags.off[m.group(1)])
         if value in ("'...'", "[...]", "{...}", "...", "None"):
             return flag(a)
         return f"{flag(a)} {value.strip(chr(39))}"

@@ -225,6 +225,38 @@ def test_library_errors_name_the_command_line_flags(tmp_path, capsys, names):
                    "(--mask-dir) or keep masks in the database (--masks database)")
 
 
+def test_messages_name_the_flag_that_takes_the_value_and_say_why(tmp_path, capsys, names):
+    img_dir = tmp_path / "imgs"
+    make_images(img_dir, 1)
+    name = f"flagname-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    cases = [
+        (["--presence-field", "g4", "--label-field", "g4"],
+         "--presence-field 'g4' is not a usable field name: it is the same as --label-field"),
+        (["--label-field", "g5", "--embeddings-field", "g5_presence"],
+         "--presence-field, --error-field and --embeddings-field must differ"),
+    ]
+    for argv, expected in cases:
+        rc, out = run_cli("label", img_dir, "--dataset", name, "--classes", "cat", *TINY, *argv, capsys=capsys)
+        assert rc == 2, (argv, out.err)
+        assert expected in out.err, (argv, out.err)
+        assert "--no-presence" not in out.err and "--no-embeddings" not in out.err, out.err
+        assert len(_err_lines(out.err)) == 1, out.err
+
+    # the flag that sets a setting to None is named where the library says so
+    flags = cli._flags_of(cli.build_parser(), "label")
+    assert flags["presence_field"].option_strings == ["--presence-field"]
+    assert cli.cli_message("or pass tag_prefix=None", flags) == "or pass --no-tags"
+    assert cli.cli_message("or pass embeddings_field='emb'", flags) == "or pass --embeddings-field emb"
+
+    # an unknown --options name is reported as it is (no "--" glued to the message)
+    rc, out = run_cli("label", img_dir, "--dataset", name, "--classes", "cat", *TINY,
+                      "--options", '{"nosuch": 1}', capsys=capsys)
+    assert rc == 2, out.err
+    assert "error: unknown --options name(s): nosuch (known:" in out.err, out.err
+    assert "--unknown" not in out.err
+
+
 # ------------------------------------------------------------------------------------------------
 # typed and range-checked Segmenter options
 # ------------------------------------------------------------------------------------------------

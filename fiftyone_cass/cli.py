@@ -217,9 +217,11 @@ class DemoCommand(Command):
         kw = _apply_kwargs(args, classes=DEMO_CLASSES)
         if not args.skip_existing:
             kw["overwrite"] = True  # the demo dataset is ours: a demo with other settings replaces its labels
+        if args.images_dir and os.path.exists(args.images_dir) and not os.path.isdir(args.images_dir):
+            raise UsageError(f"--images-dir {args.images_dir} is a file, not a directory: give a directory "
+                             "(or a path that does not exist yet) to copy the demo images into")
         _load_weights(args)
-        with _usage():
-            imported, view = prepare_demo(args.dataset, args.images_dir)
+        imported, view = prepare_demo(args.dataset, args.images_dir)  # its errors name images_dir: --images-dir
         report = label_collection(view, progress=args.progress, **kw)
         report.add_import(imported)
         print(report.text())
@@ -275,6 +277,11 @@ class EvalCommand(Command):
         from .integrations.fo_evaluation import check_segmentation_fields, evaluate_iou
         from .integrations.folders import select_view
 
+        eval_key = args.eval_key or f"eval_{args.pred_field}"
+        if not eval_key.isidentifier():  # FiftyOne's rule for run keys (they also name sample fields)
+            raise UsageError(
+                f"--eval-key {eval_key!r} is not a valid evaluation key: use letters, digits and _, not starting "
+                "with a digit" + ("" if args.eval_key else " (it is the default eval_<pred-field>; pass --eval-key)"))
         ds = _load_dataset(args.target)
         with _usage():
             view = select_view(ds, args.saved_view, args.tags)
@@ -284,7 +291,6 @@ class EvalCommand(Command):
                              f"--label-field {args.pred_field}")
         with _usage():
             check_segmentation_fields(ds, args.pred_field, args.gt_field)
-        eval_key = args.eval_key or f"eval_{args.pred_field}"
         m = evaluate_iou(view, args.pred_field, gt_field=args.gt_field, eval_key=eval_key, overwrite=True,
                          ignore_index=None if args.ignore_index < 0 else args.ignore_index,
                          resize="nearest" if args.resize_nearest else None, strict=args.strict,

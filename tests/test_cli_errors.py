@@ -193,6 +193,61 @@ def test_eval_resize_nearest_does_not_hide_an_undeclared_ground_truth_value(tmp_
 
 
 # ------------------------------------------------------------------------------------------------
+# inputs that the library cannot use: usage errors naming the flag, not internal errors
+# ------------------------------------------------------------------------------------------------
+def test_classes_file_that_is_not_utf8_is_a_usage_error_and_a_bom_is_not_a_class(tmp_path, capsys, names):
+    img_dir = tmp_path / "imgs"
+    make_images(img_dir, 1)
+    latin1 = tmp_path / "classes-latin1.txt"
+    latin1.write_bytes("caf\u00e9\nchien\n".encode("latin-1"))
+    rc, out = run_cli("label", img_dir, "--classes-file", latin1, *TINY, capsys=capsys)
+    lines = _err_lines(out.err)
+    assert rc == 2, out.err
+    assert len(lines) == 1 and f"--classes-file {latin1} is not UTF-8 text" in lines[0], lines
+    assert "Traceback" not in out.err and "internal error" not in out.err
+
+    bom = tmp_path / "classes-bom.txt"
+    bom.write_text("cat\ndog\n", encoding="utf-8-sig")  # as Notepad saves it
+    assert bom.read_bytes().startswith(b"\xef\xbb\xbf")
+    name = f"bom-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    rc, out = run_cli("label", img_dir, "--dataset", name, "--classes-file", bom, *TINY, capsys=capsys)
+    assert rc == 0, out.err
+    assert fo.load_dataset(name).mask_targets["cass"] == {0: "background", 1: "cat", 2: "dog"}
+
+
+def test_eval_key_that_fiftyone_refuses_is_a_usage_error_naming_eval_key(tmp_path, capsys, names):
+    name = f"evkey-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    gt = np.zeros((8, 8), np.uint8)
+    gt[:4] = 1
+    _eval_dataset(tmp_path, name, [gt], [gt.copy()], {0: "background", 1: "dog"})
+    for key in ("bad key", "a.b", "1st", "eval-cass"):
+        rc, out = run_cli("eval", name, "--eval-key", key, capsys=capsys)
+        lines = _err_lines(out.err)
+        assert rc == 2, (key, out.err)
+        assert len(lines) == 1 and f"--eval-key {key!r} is not a valid evaluation key" in lines[0], lines
+        assert "Traceback" not in out.err
+    assert fo.load_dataset(name).list_evaluations() == []
+    rc, out = run_cli("eval", name, "--eval-key", "good_key", capsys=capsys)
+    assert rc == 0 and fo.load_dataset(name).list_evaluations() == ["good_key"], out.err
+
+
+def test_demo_images_dir_that_is_a_file_is_a_usage_error_naming_images_dir(tmp_path, capsys, names):
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    name = f"demofile-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    for images_dir in (a_file, a_file / "images"):  # the file itself, and a path under it
+        rc, out = run_cli("demo", "--dataset", name, "--images-dir", images_dir, *TINY, capsys=capsys)
+        lines = _err_lines(out.err)
+        assert rc == 2, (images_dir, out.err)
+        assert len(lines) == 1 and f"--images-dir {images_dir}" in lines[0], lines
+        assert "Traceback" not in out.err and "internal error" not in out.err
+    assert a_file.read_text() == "x" and not fo.dataset_exists(name)
+
+
+# ------------------------------------------------------------------------------------------------
 # messages in the command line's words
 # ------------------------------------------------------------------------------------------------
 def test_library_errors_name_the_command_line_flags(tmp_path, capsys, names):

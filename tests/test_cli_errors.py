@@ -247,6 +247,26 @@ def test_demo_images_dir_that_is_a_file_is_a_usage_error_naming_images_dir(tmp_p
     assert a_file.read_text() == "x" and not fo.dataset_exists(name)
 
 
+def test_gt_field_that_is_not_a_segmentation_field_is_named_with_its_type(tmp_path, capsys, names):
+    name = f"gtkind-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    paths = make_images(tmp_path / "imgs", 1)
+    ds = fo.Dataset(name)
+    ds.add_samples([fo.Sample(filepath=paths[0], strf="a string", det=fo.Detections(detections=[]),
+                              seg=fo.Segmentation(mask=np.zeros((4, 4), np.uint8)))])
+    cases = [("strf", "--gt-field 'strf' is a StringField, not a Segmentation field with mask_targets"),
+             ("det", "--gt-field 'det' is a Detections field, not a Segmentation field with mask_targets"),
+             ("seg", "--gt-field 'seg' has no mask_targets (the classes and ids to label with): set "
+                     "dataset.mask_targets['seg']")]
+    for field, expected in cases:
+        rc, out = run_cli("label", name, "--gt-field", field, *TINY, capsys=capsys)
+        lines = _err_lines(out.err)
+        assert rc == 2, (field, out.err)
+        assert len(lines) == 1 and expected in lines[0], lines
+        assert "mask_targets has no mask_targets" not in out.err and '["' not in out.err
+    assert not fo.load_dataset(name).has_sample_field("cass")  # nothing was labelled
+
+
 # ------------------------------------------------------------------------------------------------
 # messages in the command line's words
 # ------------------------------------------------------------------------------------------------

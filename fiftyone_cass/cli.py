@@ -266,6 +266,7 @@ class EvalCommand(Command):
 
     def setup(self, p):
         from .integrations import protocol
+        from .models.presets import PRESET_ALIASES, PRESETS
 
         p.add_argument("target", help="dataset name (or, with --protocol, the benchmark's directory)")
         p.add_argument("--pred-field", default="cass", help="predictions (default cass)")
@@ -280,10 +281,12 @@ class EvalCommand(Command):
         p.add_argument("--saved-view", default=None, help="evaluate only this saved view")
         p.add_argument("--tags", default=None, help="evaluate only samples with one of these tags (comma separated)")
         p.add_argument("--no-per-class", action="store_true", help="print only the summary row")
-        p.add_argument("--summary-json", metavar="FILE", default=None)
+        p.add_argument("--summary-json", metavar="FILE", default=None,
+                       help="also write mIoU, the other summary figures and each class's IoU as JSON "
+                            "(the evaluation of a dataset; not with --protocol)")
         g = p.add_argument_group("benchmark protocol (--protocol)")
-        g.add_argument("--protocol", default=None,
-                       help="voc21, voc20, context60, context59, coco_object, coco_stuff, ade20k, cityscapes")
+        g.add_argument("--protocol", default=None, choices=[*PRESETS, *PRESET_ALIASES], metavar="NAME",
+                       help=f"run a published benchmark on the directory TARGET: one of {', '.join(PRESETS)}")
         protocol.add_arguments(g, model=False)
         add_settings_arguments(p, self.PROTOCOL_SETTINGS, {"model": "benchmark protocol (--protocol): model"})
 
@@ -291,6 +294,12 @@ class EvalCommand(Command):
         if args.protocol:  # the benchmark runner, with these flags
             from .integrations import protocol
 
+            from .models.presets import get_preset
+
+            try:  # an unknown protocol before the weights (argparse's choices say it first)
+                get_preset(args.protocol)
+            except ValueError as exc:
+                raise UsageError(f"--protocol: {exc}") from None
             args.device = args.device_resolved = resolve_device(args.device)
             _load_weights(args)
             return protocol.run_args(args, args.target)

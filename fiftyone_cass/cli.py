@@ -52,6 +52,26 @@ def _load_dataset(name: str):
         return load_dataset(name, "{name!r} is neither a directory nor a FiftyOne dataset")
 
 
+def _check_gt_field(ds, name: Optional[str]) -> None:
+    """``--gt-field``, when the dataset has it, must be a Segmentation field (its mask_targets are
+    the vocabulary); a field that is not is named with its type."""
+    import fiftyone as fo
+
+    field = ds.get_field(name) if name else None
+    if field is None:
+        return  # none, or not a field: the labelling run says so
+    kind = getattr(field, "document_type", None)
+    if isinstance(field, fo.EmbeddedDocumentField) and kind is not None and issubclass(kind, fo.Segmentation):
+        if not (ds.mask_targets.get(name) or ds.default_mask_targets):
+            raise UsageError(f"--gt-field {name!r} has no mask_targets (the classes and ids to label with): set "
+                             f"dataset.mask_targets[{name!r}] = {{id: name, ...}} in Python, or pass --classes")
+        return
+    what = f"{kind.__name__} field" if isinstance(field, fo.EmbeddedDocumentField) and kind else type(field).__name__
+    article = "an" if what[0].lower() in "aeiou" else "a"
+    raise UsageError(f"--gt-field {name!r} is {article} {what}, not a Segmentation field with mask_targets "
+                     f"(the classes and ids to label with)")
+
+
 def _load_weights(args) -> None:
     """The weights before any dataset work: missing ones end the command saying what to do."""
     from .models.weights import ensure_weights
@@ -170,8 +190,8 @@ class LabelCommand(Command):
             raise UsageError("--saved-view applies to an existing dataset, not to a directory")
         if not is_dir and args.dataset and args.dataset != source:
             raise UsageError(f"--dataset names the dataset to import a directory into; {source!r} is not a directory")
-        if not is_dir:
-            _load_dataset(source)  # fails now, before the weights are loaded, if there is no such dataset
+        if not is_dir:  # fails now, before the weights are loaded, if there is no such dataset
+            _check_gt_field(_load_dataset(source), args.gt_field)
         if args.delegate and args.shard is not None:
             raise UsageError("--delegate queues every shard itself (--workers N); do not combine it with --shard")
         if not args.delegate:
@@ -179,6 +199,7 @@ class LabelCommand(Command):
         with _usage():
             ds, view, imported = open_target(source, args.dataset, args.saved_view, args.tags, args.shard,
                                              exclude=[kw["mask_dir"]] if kw.get("mask_dir") else [])
+        _check_gt_field(ds, args.gt_field)  # (a directory imported into an existing dataset)
         if args.delegate:  # queue --workers delegated runs for `fiftyone delegated launch`
             for line in imported.skipped_lines() if imported else ():
                 print(f"fiftyone-cass: warning: {line}", file=sys.stderr)
@@ -217,9 +238,11 @@ class DemoCommand(Command):
         kw = _apply_kwargs(args, classes=DEMO_CLASSES)
         if not args.skip_existing:
             kw["overwrite"] = True  # the demo dataset is ours: a demo with other settings replaces its labels
+        if args.images_dir and os.path.exists(args.images_dir) and not os.path.isdir(args.images_dir):
+            raise UsageError(f"--images-dir {args.images_dir} is a file, not a directory: give a directory "
+                             "(or a path that does not exist yet) to copy the demo images into")
         _load_weights(args)
-        with _usage():
-            imported, view = prepare_demo(args.dataset, args.images_dir)
+        imported, view = prepare_demo(args.dataset, args.images_dir)  # its errors name images_dir: --images-dir
         report = label_collection(view, progress=args.progress, **kw)
         report.add_import(imported)
         print(report.text())
@@ -243,6 +266,7 @@ class EvalCommand(Command):
 
     def setup(self, p):
         from .integrations import protocol
+        from .models.presets import PRESET_ALIASES, PRESETS
 
         p.add_argument("target", help="dataset name (or, with --protocol, the benchmark's directory)")
         p.add_argument("--pred-field", default="cass", help="predictions (default cass)")
@@ -257,10 +281,12 @@ class EvalCommand(Command):
         p.add_argument("--saved-view", default=None, help="evaluate only this saved view")
         p.add_argument("--tags", default=None, help="evaluate only samples with one of these tags (comma separated)")
         p.add_argument("--no-per-class", action="store_true", help="print only the summary row")
-        p.add_argument("--summary-json", metavar="FILE", default=None)
+        p.add_argument("--summary-json", metavar="FILE", default=None,
+                       help="also write mIoU, the other summary figures and each class's IoU as JSON "
+                            "(the evaluation of a dataset; not with --protocol)")
         g = p.add_argument_group("benchmark protocol (--protocol)")
-        g.add_argument("--protocol", default=None,
-                       help="voc21, voc20, context60, context59, coco_object, coco_stuff, ade20k, cityscapes")
+        g.add_argument("--protocol", default=None, choices=[*PRESETS, *PRESET_ALIASES], metavar="NAME",
+                       help=f"run a published benchmark on the directory TARGET: one of {', '.join(PRESETS)}")
         protocol.add_arguments(g, model=False)
         add_settings_arguments(p, self.PROTOCOL_SETTINGS, {"model": "benchmark protocol (--protocol): model"})
 
@@ -268,6 +294,12 @@ class EvalCommand(Command):
         if args.protocol:  # the benchmark runner, with these flags
             from .integrations import protocol
 
+            from .models.presets import get_preset
+
+            try:  # an unknown protocol before the weights (argparse's choices say it first)
+                get_preset(args.protocol)
+            except ValueError as exc:
+                raise UsageError(f"--protocol: {exc}") from None
             args.device = args.device_resolved = resolve_device(args.device)
             _load_weights(args)
             return protocol.run_args(args, args.target)
@@ -275,6 +307,11 @@ class EvalCommand(Command):
         from .integrations.fo_evaluation import check_segmentation_fields, evaluate_iou
         from .integrations.folders import select_view
 
+        eval_key = args.eval_key or f"eval_{args.pred_field}"
+        if not eval_key.isidentifier():  # FiftyOne's rule for run keys (they also name sample fields)
+            raise UsageError(
+                f"--eval-key {eval_key!r} is not a valid evaluation key: use letters, digits and _, not starting "
+                "with a digit" + ("" if args.eval_key else " (it is the default eval_<pred-field>; pass --eval-key)"))
         ds = _load_dataset(args.target)
         with _usage():
             view = select_view(ds, args.saved_view, args.tags)
@@ -284,7 +321,6 @@ class EvalCommand(Command):
                              f"--label-field {args.pred_field}")
         with _usage():
             check_segmentation_fields(ds, args.pred_field, args.gt_field)
-        eval_key = args.eval_key or f"eval_{args.pred_field}"
         m = evaluate_iou(view, args.pred_field, gt_field=args.gt_field, eval_key=eval_key, overwrite=True,
                          ignore_index=None if args.ignore_index < 0 else args.ignore_index,
                          resize="nearest" if args.resize_nearest else None, strict=args.strict,
@@ -380,17 +416,33 @@ _KWARG = re.compile(r"\b([a-z][a-z0-9]*(?:_[a-z0-9]+)+|[a-z]+)=(True|False|None|
 _BARE = re.compile(r"(?<![\w.'\"/-])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w'\"=(/-])")
 
 
+class _Flags(dict):
+    """``{dest: action}``: per setting the flag that takes its value (``--presence-field``, not
+    ``--no-presence``); ``off`` holds the flags that set a setting to None (``{dest: --no-...}``)."""
+
+    def __init__(self, actions):
+        super().__init__()
+        self.off: Dict[str, argparse.Action] = {}
+        for a in actions:
+            if isinstance(a, argparse._StoreConstAction) and not isinstance(
+                    a, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and a.const is None:
+                self.off.setdefault(a.dest, a)
+            if a.dest not in self or (self[a.dest].nargs == 0 and a.nargs != 0):  # prefer one taking a value
+                self[a.dest] = a
+
+
 def _flags_of(parser: argparse.ArgumentParser, command: Optional[str]) -> Dict[str, argparse.Action]:
-    """``{dest: action}`` of the options of ``command``'s sub-parser (with an option string)."""
+    """``{dest: action}`` of the options of ``command``'s sub-parser (with an option string): where
+    several flags share a setting, the one that takes a value (see :class:`_Flags`)."""
     sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
     p = sub.choices.get(command) if (sub is not None and command) else parser
-    return {a.dest: a for a in (p._actions if p else ()) if a.option_strings}
+    return _Flags(a for a in (p._actions if p else ()) if a.option_strings)
 
 
 def cli_message(message: str, flags: Dict[str, argparse.Action]) -> str:
     """A library message in the command line's words: ``pass overwrite=True`` -> ``pass
-    --overwrite``, ``masks='database'`` -> ``--masks database``, ``mask_dir`` -> ``--mask-dir``
-    (only names that are options of this command)."""
+    --overwrite``, ``masks='database'`` -> ``--masks database``, ``mask_dir`` -> ``--mask-dir``,
+    ``tag_prefix=None`` -> ``--no-tags`` (only names that are options of this command)."""
 
     def flag(a: argparse.Action) -> str:
         return next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
@@ -401,6 +453,8 @@ def cli_message(message: str, flags: Dict[str, argparse.Action]) -> str:
             return m.group(0)
         if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):  # the value the flag sets
             return flag(a) if value == str(isinstance(a, argparse._StoreTrueAction)) else m.group(0)
+        if value == "None" and m.group(1) in getattr(flags, "off", {}):
+            return flag(flags.off[m.group(1)])
         if value in ("'...'", "[...]", "{...}", "...", "None"):
             return flag(a)
         return f"{flag(a)} {value.strip(chr(39))}"

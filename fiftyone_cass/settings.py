@@ -89,10 +89,10 @@ def parse_segmenter_options(json_text: Optional[str] = None, pairs: Sequence[str
     from .schema import coerce_settings
 
     try:
-        out = coerce_settings(SegmenterOptions, options_from_json(json_text), what="--options")
-    except InvalidInputError as exc:
-        msg = str(exc)
-        raise InvalidInputError(msg if msg.startswith("--") else f"--{msg}") from None
+        given_json = options_from_json(json_text)
+    except InvalidInputError as exc:  # "options must be a JSON object" -> "--options must be ..."
+        raise InvalidInputError(f"--{exc}") from None
+    out = coerce_settings(SegmenterOptions, given_json, what="--options")  # names --options itself
     given = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")

@@ -341,3 +341,20 @@ def test_eval_protocol_runs_the_benchmark_pipeline(tmp_path, capsys, cleanup_dat
     rc, out = run_cli("eval", "--protocol", "voc21", tmp_path / "missing", "--backbone", "tiny", "--device", "cpu",
                       capsys=capsys)
     assert rc == 2 and "check the dataset directory" in out.err
+
+
+def test_eval_protocol_name_is_checked_before_the_weights_and_listed_in_help(tmp_path, capsys, monkeypatch):
+    # no weights anywhere: an unknown protocol must be reported as such, not as missing weights
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("FIFTYONE_CASS_CLIP_CHECKPOINT", raising=False)
+    monkeypatch.delenv("FIFTYONE_CASS_DINO_CHECKPOINT", raising=False)
+    rc, out = run_cli("eval", tmp_path, "--protocol", "voc99", capsys=capsys)
+    assert rc == 2, out.err
+    assert "--protocol: invalid choice: 'voc99'" in out.err and "voc21" in out.err, out.err
+    assert "weights" not in out.err.lower() and "checkpoint not found" not in out.err.lower()
+    rc, out = run_cli("eval", "--help", capsys=capsys)
+    assert rc == 0
+    text = " ".join(out.out.split())
+    assert "--protocol NAME run a published benchmark on the directory TARGET: one of voc21, voc20," in text
+    assert "--split SPLIT the benchmark's split to import (default val; validation for ade20k" in text
+    assert "--summary-json FILE also write mIoU" in text

@@ -193,6 +193,81 @@ def test_eval_resize_nearest_does_not_hide_an_undeclared_ground_truth_value(tmp_
 
 
 # ------------------------------------------------------------------------------------------------
+# inputs that the library cannot use: usage errors naming the flag, not internal errors
+# ------------------------------------------------------------------------------------------------
+def test_classes_file_that_is_not_utf8_is_a_usage_error_and_a_bom_is_not_a_class(tmp_path, capsys, names):
+    img_dir = tmp_path / "imgs"
+    make_images(img_dir, 1)
+    latin1 = tmp_path / "classes-latin1.txt"
+    latin1.write_bytes("caf\u00e9\nchien\n".encode("latin-1"))
+    rc, out = run_cli("label", img_dir, "--classes-file", latin1, *TINY, capsys=capsys)
+    lines = _err_lines(out.err)
+    assert rc == 2, out.err
+    assert len(lines) == 1 and f"--classes-file {latin1} is not UTF-8 text" in lines[0], lines
+    assert "Traceback" not in out.err and "internal error" not in out.err
+
+    bom = tmp_path / "classes-bom.txt"
+    bom.write_text("cat\ndog\n", encoding="utf-8-sig")  # as Notepad saves it
+    assert bom.read_bytes().startswith(b"\xef\xbb\xbf")
+    name = f"bom-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    rc, out = run_cli("label", img_dir, "--dataset", name, "--classes-file", bom, *TINY, capsys=capsys)
+    assert rc == 0, out.err
+    assert fo.load_dataset(name).mask_targets["cass"] == {0: "background", 1: "cat", 2: "dog"}
+
+
+def test_eval_key_that_fiftyone_refuses_is_a_usage_error_naming_eval_key(tmp_path, capsys, names):
+    name = f"evkey-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    gt = np.zeros((8, 8), np.uint8)
+    gt[:4] = 1
+    _eval_dataset(tmp_path, name, [gt], [gt.copy()], {0: "background", 1: "dog"})
+    for key in ("bad key", "a.b", "1st", "eval-cass"):
+        rc, out = run_cli("eval", name, "--eval-key", key, capsys=capsys)
+        lines = _err_lines(out.err)
+        assert rc == 2, (key, out.err)
+        assert len(lines) == 1 and f"--eval-key {key!r} is not a valid evaluation key" in lines[0], lines
+        assert "Traceback" not in out.err
+    assert fo.load_dataset(name).list_evaluations() == []
+    rc, out = run_cli("eval", name, "--eval-key", "good_key", capsys=capsys)
+    assert rc == 0 and fo.load_dataset(name).list_evaluations() == ["good_key"], out.err
+
+
+def test_demo_images_dir_that_is_a_file_is_a_usage_error_naming_images_dir(tmp_path, capsys, names):
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    name = f"demofile-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    for images_dir in (a_file, a_file / "images"):  # the file itself, and a path under it
+        rc, out = run_cli("demo", "--dataset", name, "--images-dir", images_dir, *TINY, capsys=capsys)
+        lines = _err_lines(out.err)
+        assert rc == 2, (images_dir, out.err)
+        assert len(lines) == 1 and f"--images-dir {images_dir}" in lines[0], lines
+        assert "Traceback" not in out.err and "internal error" not in out.err
+    assert a_file.read_text() == "x" and not fo.dataset_exists(name)
+
+
+def test_gt_field_that_is_not_a_segmentation_field_is_named_with_its_type(tmp_path, capsys, names):
+    name = f"gtkind-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    paths = make_images(tmp_path / "imgs", 1)
+    ds = fo.Dataset(name)
+    ds.add_samples([fo.Sample(filepath=paths[0], strf="a string", det=fo.Detections(detections=[]),
+                              seg=fo.Segmentation(mask=np.zeros((4, 4), np.uint8)))])
+    cases = [("strf", "--gt-field 'strf' is a StringField, not a Segmentation field with mask_targets"),
+             ("det", "--gt-field 'det' is a Detections field, not a Segmentation field with mask_targets"),
+             ("seg", "--gt-field 'seg' has no mask_targets (the classes and ids to label with): set "
+                     "dataset.mask_targets['seg']")]
+    for field, expected in cases:
+        rc, out = run_cli("label", name, "--gt-field", field, *TINY, capsys=capsys)
+        lines = _err_lines(out.err)
+        assert rc == 2, (field, out.err)
+        assert len(lines) == 1 and expected in lines[0], lines
+        assert "mask_targets has no mask_targets" not in out.err and '["' not in out.err
+    assert not fo.load_dataset(name).has_sample_field("cass")  # nothing was labelled
+
+
+# ------------------------------------------------------------------------------------------------
 # messages in the command line's words
 # ------------------------------------------------------------------------------------------------
 def test_library_errors_name_the_command_line_flags(tmp_path, capsys, names):
@@ -223,6 +298,38 @@ def test_library_errors_name_the_command_line_flags(tmp_path, capsys, names):
                           "(mask_dir / --mask-dir) or keep masks in the database (masks='database')", flags)
     assert msg == ("cannot write masks to '/data/mask_dir/x' (no); choose another mask directory "
                    "(--mask-dir) or keep masks in the database (--masks database)")
+
+
+def test_messages_name_the_flag_that_takes_the_value_and_say_why(tmp_path, capsys, names):
+    img_dir = tmp_path / "imgs"
+    make_images(img_dir, 1)
+    name = f"flagname-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    cases = [
+        (["--presence-field", "g4", "--label-field", "g4"],
+         "--presence-field 'g4' is not a usable field name: it is the same as --label-field"),
+        (["--label-field", "g5", "--embeddings-field", "g5_presence"],
+         "--presence-field, --error-field and --embeddings-field must differ"),
+    ]
+    for argv, expected in cases:
+        rc, out = run_cli("label", img_dir, "--dataset", name, "--classes", "cat", *TINY, *argv, capsys=capsys)
+        assert rc == 2, (argv, out.err)
+        assert expected in out.err, (argv, out.err)
+        assert "--no-presence" not in out.err and "--no-embeddings" not in out.err, out.err
+        assert len(_err_lines(out.err)) == 1, out.err
+
+    # the flag that sets a setting to None is named where the library says so
+    flags = cli._flags_of(cli.build_parser(), "label")
+    assert flags["presence_field"].option_strings == ["--presence-field"]
+    assert cli.cli_message("or pass tag_prefix=None", flags) == "or pass --no-tags"
+    assert cli.cli_message("or pass embeddings_field='emb'", flags) == "or pass --embeddings-field emb"
+
+    # an unknown --options name is reported as it is (no "--" glued to the message)
+    rc, out = run_cli("label", img_dir, "--dataset", name, "--classes", "cat", *TINY,
+                      "--options", '{"nosuch": 1}', capsys=capsys)
+    assert rc == 2, out.err
+    assert "error: unknown --options name(s): nosuch (known:" in out.err, out.err
+    assert "--unknown" not in out.err
 
 
 # ------------------------------------------------------------------------------------------------

@@ -136,8 +136,8 @@ def test_from_classes_refusals(classes, background, match):
 @pytest.mark.parametrize(
     "targets,match",
     [
-        ({}, "gt has no mask_targets: set dataset.mask_targets"),
-        (None, "gt has no mask_targets"),
+        ({}, r"^gt: no mask_targets to take the classes from; give them \(\{id: name\}"),
+        (None, "^gt: no mask_targets"),
         ({"#ff0000": "cat"}, r"gt: mask_targets key '#ff0000' is not an integer id \(RGB"),
         ({(255, 0, 0): "cat"}, "is not an integer id"),
         ({True: "cat"}, "is not an integer id"),

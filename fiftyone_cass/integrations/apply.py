@@ -254,7 +254,9 @@ class AutoLabelRun:
                  ("embeddings_field", self.embeddings_field))
         for name, f in extra:
             if f is not None and (not f.isidentifier() or f in RESERVED_FIELDS or f == label_field):
-                raise InvalidInputError(f"{name} {f!r} is not a usable field name")
+                raise InvalidInputError(f"{name} {f!r} is not a usable field name: " + (
+                    "it is the same as label_field" if f == label_field else "it is a built-in FiftyOne field"
+                    if f in RESERVED_FIELDS else "it is not a valid Python identifier"))
         used = [f for _, f in extra if f]
         if len(set(used)) != len(used):
             raise InvalidInputError(f"presence_field, error_field and embeddings_field must differ, got {used}")

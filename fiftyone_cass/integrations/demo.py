@@ -33,18 +33,26 @@ def demo_images(dest: str) -> List[str]:
         raise InvalidInputError("the demo's images come with scikit-image: pip install 'fiftyone_cass[demo]' "
                                 "(or pip install scikit-image)") from None
 
-    os.makedirs(dest, exist_ok=True)
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise InvalidInputError(f"images_dir {dest} is a file, not a directory: choose another images_dir "
+                                "(a directory, or a path that does not exist yet)")
     out = []
-    for src_name, name in DEMO_IMAGES:
-        src = os.path.join(skimage.data.data_dir, src_name)
-        dst = os.path.join(dest, name)
-        if not os.path.isfile(src):
-            raise InvalidInputError(f"scikit-image's sample image {src} is missing (reinstall scikit-image)")
-        if not (os.path.isfile(dst) and os.path.getsize(dst) == os.path.getsize(src)):
-            tmp = f"{dst}.{uuid.uuid4().hex[:8]}.tmp"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-        out.append(dst)
+    try:
+        os.makedirs(dest, exist_ok=True)
+        for src_name, name in DEMO_IMAGES:
+            src = os.path.join(skimage.data.data_dir, src_name)
+            dst = os.path.join(dest, name)
+            if not os.path.isfile(src):
+                raise InvalidInputError(f"scikit-image's sample image {src} is missing (reinstall scikit-image)")
+            if not (os.path.isfile(dst) and os.path.getsize(dst) == os.path.getsize(src)):
+                tmp = f"{dst}.{uuid.uuid4().hex[:8]}.tmp"
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dst)
+            out.append(dst)
+    except OSError as exc:  # e.g. a file on the way, no permission, a full disk
+        where = exc.filename or dest
+        raise InvalidInputError(f"cannot copy the demo images into images_dir {dest} ({where}: "
+                                f"{exc.strerror or exc}): choose another images_dir") from None
     return out
 
 

@@ -32,12 +32,15 @@ def resolve_masks(kw: Dict[str, Any], num_target: int) -> str:
 
 def read_classes_file(path: str, what: str = "classes file") -> List[str]:
     """The classes listed in a text file, one per line (a line may list synonyms: ``person,
-    people``); blank lines and ``#`` comments are skipped. ``what`` names the file in errors."""
+    people``); blank lines and ``#`` comments are skipped. UTF-8 (a byte-order mark is skipped);
+    ``what`` names the file in errors."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first class
             lines = [line.strip() for line in f]
     except OSError as exc:
         raise InvalidInputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{what} {path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:
         raise InvalidInputError(f"{what} {path} names no class")

@@ -199,7 +199,9 @@ def add_arguments(p, model: bool = True) -> None:
         p.add_argument("--clip-checkpoint", default=None)
         p.add_argument("--dino-checkpoint", default=None)
         p.add_argument("--resize-nearest", action="store_true", help="resize mismatched predictions to the GT size")
-    p.add_argument("--split", default=None)
+    p.add_argument("--split", default=None,
+                   help="the benchmark's split to import (default val; "
+                        + ", ".join(f"{v} for {k}" for k, v in DEFAULT_SPLITS.items()) + ")")
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--name", default=None, help="FiftyOne dataset name (default <protocol>-<split>)")
     p.add_argument("--masks-dir", default=None, help="where GT/prediction PNGs are written")

@@ -206,11 +206,14 @@ class Vocabulary:
         its GT id, label 0 (background) as the GT background id; without one (id 0 is a class),
         :attr:`background_id` is None and nothing may be labelled background. Refuses empty
         ``mask_targets``, non-integer (RGB) keys, ids outside 0..65535, ``mask_targets`` naming
-        no class, and the refusals of :meth:`from_classes` (prefixed with ``field_name``).
+        no class, and the refusals of :meth:`from_classes`. ``field_name`` says where the
+        ``mask_targets`` come from (a field name, or a description such as ``"gt_field 'gt'
+        mask_targets"``): every refusal starts with it and a colon.
         """
         if not mask_targets:
             raise InvalidInputError(
-                f"{field_name} has no mask_targets: set dataset.mask_targets[{field_name!r}] or pass classes=[...]"
+                f"{field_name}: no mask_targets to take the classes from; give them ({{id: name}}, e.g. the "
+                "ground-truth field's dataset.mask_targets[field]) or pass classes=[...]"
             )
         targets: Dict[int, str] = {}
         for k, v in mask_targets.items():

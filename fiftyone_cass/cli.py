@@ -52,26 +52,6 @@ def _load_dataset(name: str):
         return load_dataset(name, "{name!r} is neither a directory nor a FiftyOne dataset")
 
 
-def _check_gt_field(ds, name: Optional[str]) -> None:
-    """``--gt-field``, when the dataset has it, must be a Segmentation field (its mask_targets are
-    the vocabulary); a field that is not is named with its type."""
-    import fiftyone as fo
-
-    field = ds.get_field(name) if name else None
-    if field is None:
-        return  # none, or not a field: the labelling run says so
-    kind = getattr(field, "document_type", None)
-    if isinstance(field, fo.EmbeddedDocumentField) and kind is not None and issubclass(kind, fo.Segmentation):
-        if not (ds.mask_targets.get(name) or ds.default_mask_targets):
-            raise UsageError(f"--gt-field {name!r} has no mask_targets (the classes and ids to label with): set "
-                             f"dataset.mask_targets[{name!r}] = {{id: name, ...}} in Python, or pass --classes")
-        return
-    what = f"{kind.__name__} field" if isinstance(field, fo.EmbeddedDocumentField) and kind else type(field).__name__
-    article = "an" if what[0].lower() in "aeiou" else "a"
-    raise UsageError(f"--gt-field {name!r} is {article} {what}, not a Segmentation field with mask_targets "
-                     f"(the classes and ids to label with)")
-
-
 def _load_weights(args) -> None:
     """The weights before any dataset work: missing ones end the command saying what to do."""
     from .models.weights import ensure_weights
@@ -178,7 +158,7 @@ class LabelCommand(Command):
     def execute(self, parser, args):
         from .integrations.delegation import queue_auto_label
         from .integrations.folders import open_target
-        from .integrations.labelling import label_collection
+        from .integrations.labelling import check_gt_field, label_collection
 
         kw = _apply_kwargs(args)
         source, is_dir = args.source, os.path.isdir(args.source)
@@ -191,7 +171,7 @@ class LabelCommand(Command):
         if not is_dir and args.dataset and args.dataset != source:
             raise UsageError(f"--dataset names the dataset to import a directory into; {source!r} is not a directory")
         if not is_dir:  # fails now, before the weights are loaded, if there is no such dataset
-            _check_gt_field(_load_dataset(source), args.gt_field)
+            check_gt_field(_load_dataset(source), args.gt_field)
         if args.delegate and args.shard is not None:
             raise UsageError("--delegate queues every shard itself (--workers N); do not combine it with --shard")
         if not args.delegate:
@@ -199,7 +179,7 @@ class LabelCommand(Command):
         with _usage():
             ds, view, imported = open_target(source, args.dataset, args.saved_view, args.tags, args.shard,
                                              exclude=[kw["mask_dir"]] if kw.get("mask_dir") else [])
-        _check_gt_field(ds, args.gt_field)  # (a directory imported into an existing dataset)
+        check_gt_field(ds, args.gt_field)  # (a directory imported into an existing dataset)
         if args.delegate:  # queue --workers delegated runs for `fiftyone delegated launch`
             for line in imported.skipped_lines() if imported else ():
                 print(f"fiftyone-cass: warning: {line}", file=sys.stderr)

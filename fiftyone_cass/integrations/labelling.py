@@ -173,3 +173,24 @@ def label_collection(view, shard=None, progress=None, **apply_kwargs) -> LabelRe
         report.tags = {t: n for t, n in sorted(counts.items()) if t.startswith(prefix + ":")}
     report.seconds = time.monotonic() - t0
     return report
+
+
+def check_gt_field(dataset, name: Optional[str]) -> None:
+    """``gt_field``, when the dataset has it, must be a Segmentation field with ``mask_targets``
+    (they are the vocabulary); otherwise an :class:`InvalidInputError` names the field's type."""
+    import fiftyone as fo
+
+    field = dataset.get_field(name) if name else None
+    if field is None:
+        return  # none, or not a field: the labelling run says so
+    kind = getattr(field, "document_type", None)
+    if isinstance(field, fo.EmbeddedDocumentField) and kind is not None and issubclass(kind, fo.Segmentation):
+        if not (dataset.mask_targets.get(name) or dataset.default_mask_targets):
+            raise InvalidInputError(
+                f"gt_field {name!r} has no mask_targets (the classes and ids to label with): set "
+                f"dataset.mask_targets[{name!r}] = {{id: name, ...}} in Python, or pass classes=[...]")
+        return
+    what = f"{kind.__name__} field" if isinstance(field, fo.EmbeddedDocumentField) and kind else type(field).__name__
+    article = "an" if what[0].lower() in "aeiou" else "a"
+    raise InvalidInputError(f"gt_field {name!r} is {article} {what}, not a Segmentation field with mask_targets "
+                            "(the classes and ids to label with)")

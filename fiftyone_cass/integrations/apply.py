@@ -273,6 +273,11 @@ class AutoLabelRun:
                 f"(got {', '.join(g[0] for g in given) or 'none'})"
             )
         gt_targets = None
+        if gt_field is not None and gt_field == label_field:
+            raise InvalidInputError(
+                f"label_field {label_field!r} is the gt_field: the predictions would replace the ground truth "
+                "they take their classes from; choose another label_field"
+            )
         if gt_field is not None:
             if not self.dataset.has_sample_field(gt_field):
                 raise InvalidInputError(f"gt_field {gt_field!r} is not a field of dataset {self.dataset.name!r}")
@@ -359,6 +364,8 @@ class AutoLabelRun:
             lids, cfgs, paths, has_mask = ds.exists(lf).values(
                 ["id", f"{lf}.{CONFIG_ATTR}", f"{lf}.mask_path", F(f"{lf}.mask").exists()]
             )
+            # labels of other settings that this run leaves as they are (checked below)
+            outside = sum(1 for sid, c in zip(lids, cfgs) if sid not in target and c != self.config_id)
             keep = [k for k, sid in enumerate(lids) if sid in target]
             lids, cfgs, paths, has_mask = ([x[k] for k in keep] for x in (lids, cfgs, paths, has_mask))
             foreign = sum(1 for c in cfgs if c != self.config_id)
@@ -374,12 +381,7 @@ class AutoLabelRun:
                     continue
                 if (path and is_valid_png(path)) or (not path and in_db):
                     done.add(sid)
-            old_targets = ds.mask_targets.get(lf)
-            if foreign and old_targets and {int(k): v for k, v in old_targets.items()} != self.vocab.mask_targets:
-                logger.warning(
-                    "%s: the mask_targets of field %r change from %s to %s; samples outside this run keep "
-                    "labels in the old id space", ds.name, lf, old_targets, self.vocab.mask_targets,
-                )
+            skipped_old = {sid for sid, cfg in zip(lids, cfgs) if sid in done and cfg != self.config_id}
 
         if self.shard is not None:  # by file path, as every entry point (fiftyone_cass.shards)
             i, n = self.shard
@@ -388,6 +390,8 @@ class AutoLabelRun:
         self.summary.num_in_shard = len(ids)
         self.summary.num_already_done = sum(1 for s in ids if s in done)
         todo_ids = set(s for s in ids if s not in done)
+        if exists:
+            self._check_kept_labels(outside, len(skipped_old & set(ids)))
 
         # storage
         if self.masks == "auto":
@@ -424,6 +428,31 @@ class AutoLabelRun:
         else:
             self._todo = []
         return len(self._todo)
+
+    def _check_kept_labels(self, outside: int, skipped: int) -> None:
+        """``dataset.mask_targets[label_field]`` names the ids of the whole field. Refuses (before
+        anything is written) to change it while labels of other settings stay in the field: the
+        ``outside`` samples not in the target and the ``skipped`` ones kept by ``skip_existing``
+        would have their ids read with the new names. A new vocabulary that keeps every old id's
+        name (classes added at the end) changes nothing for them and is allowed."""
+        old = {int(k): v for k, v in (self.dataset.mask_targets.get(self.label_field) or {}).items()}
+        new = self.vocab.mask_targets
+        kept = outside + skipped
+        if not kept or not old or all(new.get(k) == v for k, v in old.items()):
+            return
+        changed = [f"{k}: {v!r} -> {new[k]!r}" if k in new else f"{k}: {v!r} -> unnamed"
+                   for k, v in sorted(old.items()) if new.get(k) != v]
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        where = " and ".join(w for w in (
+            f"{outside} outside this run's target" if outside else "",
+            f"{skipped} kept by skip_existing" if skipped else "") if w)
+        raise InvalidInputError(
+            f"field {self.label_field!r} of dataset {self.dataset.name!r} holds labels of other classes on "
+            f"{kept} sample(s) that this run would not relabel ({where}); their masks use the field's current "
+            f"class ids, which this run's classes would rename for the whole field (id {shown}). To relabel "
+            "every sample of the field, run on the whole dataset and pass overwrite=True; or choose another "
+            "label_field"
+        )
 
     def _check_mask_dir(self) -> None:
         """Fails once, before the model runs, when masks cannot be written (read-only or missing

@@ -145,7 +145,7 @@ def test_only_the_target_view_is_labelled(fo_dataset, images):
     again = apply(ds.select_fields().select([ids[1], ids[3]]), CLASSES, label_field="sel", masks="database", **KW)
     assert (again.num_already_done, again.num_labeled) == (2, 0)
     assert [t for t in ds[ids[1]].tags if t.startswith("sel:")]
-    counts = retag(ds.exclude_fields("sel_presence").select([ids[1]]), "sel_presence", threshold=2.0)
+    counts = retag(ds.exclude_fields("sel_presence").select([ids[1]]), "sel_presence", threshold=1.0)
     assert counts == {"_samples_changed": 1}
     assert not [t for t in ds[ids[1]].tags if t.startswith("sel:")] and [t for t in ds[ids[3]].tags if t.startswith("sel:")]
 
@@ -383,11 +383,50 @@ def test_retag_from_stored_scores(fo_dataset, images):
     assert sum(v for k, v in counts.items() if not k.startswith("_")) == sum(
         v >= thr for d in scores.values() for v in d.values()
     )
-    none = retag(ds, "cass_presence", threshold=1.01)
+    none = retag(ds, "cass_presence", threshold=1.0)
     assert none == {"_samples_changed": 4}
     assert not [t for t in ds.distinct("tags") if t.startswith("cass:")]
     with pytest.raises(InvalidInputError, match="no field"):
         retag(ds, "nope_presence")
+
+
+def test_retag_threshold_is_checked_like_presence_threshold(fo_dataset, images):
+    ds = add_samples(fo_dataset("retagthr"), images[:2])
+    apply(ds, CLASSES, masks="database", presence_threshold=0.0, **KW)
+    tags = {s.id: sorted(s.tags) for s in ds}
+    presence = {s.id: [(c.label, c.confidence) for c in s.cass_presence.classifications] for s in ds}
+    for bad in [float("nan"), -1, 7, 1.01, "x", None]:
+        with pytest.raises(InvalidInputError,
+                           match=r"option threshold=.* is not allowed: a finite number from 0 to 1"):
+            retag(ds, "cass_presence", threshold=bad)
+    assert {s.id: sorted(s.tags) for s in ds} == tags  # nothing changed
+    assert {s.id: [(c.label, c.confidence) for c in s.cass_presence.classifications] for s in ds} == presence
+    assert retag(ds, "cass_presence", threshold="0")["_samples_changed"] == 0  # the bounds are allowed
+
+
+def test_retag_defaults_to_the_tag_prefix_apply_used(fo_dataset, images):
+    ds = add_samples(fo_dataset("retagpfx"), images[:2])
+
+    def prefixed(p):
+        return {t for s in ds for t in s.tags if t.startswith(p + ":")}
+
+    # presence field not named after the label field: apply tags with the label field's name
+    apply(ds, CLASSES, label_field="lf", presence_field="pp", masks="database", presence_threshold=0.0, **KW)
+    assert prefixed("lf") == {f"lf:{c}" for c in CLASSES}
+    counts = retag(ds, "pp", threshold=1.0)
+    assert counts["_samples_changed"] == 2
+    assert not prefixed("lf") and not prefixed("pp")
+    retag(ds, "pp", threshold=0.0)
+    assert prefixed("lf") == {f"lf:{c}" for c in CLASSES} and not prefixed("pp")
+
+    # an explicit tag_prefix
+    apply(ds, CLASSES, label_field="lf2", tag_prefix="tp", masks="database", presence_threshold=0.0, **KW)
+    assert prefixed("tp") == {f"tp:{c}" for c in CLASSES}
+    retag(ds, "lf2_presence", threshold=1.0)
+    assert not prefixed("tp") and not prefixed("lf2")
+    # an explicit prefix still wins
+    retag(ds, "lf2_presence", threshold=0.0, tag_prefix="other")
+    assert prefixed("other") == {f"other:{c}" for c in CLASSES} and not prefixed("tp")
 
 
 def test_atomic_png_writer(tmp_path):

@@ -69,7 +69,7 @@ from ..errors import InvalidInputError
 from ..fileio import atomic_write, remove_orphaned_temp_files
 from ..shards import shard_index, validate_shard  # noqa: F401 - re-exported
 from ..models.segmenter import Segmenter
-from ..schema import setting_fields, settings_doc, split_settings
+from ..schema import coerce_settings, setting_fields, settings_doc, split_settings
 from ..settings import DISK_THRESHOLD, RESERVED_FIELDS, LabelSettings, ModelSettings, format_field  # noqa: F401
 from .claims import FieldClaim, FieldClaimedError, release_field  # noqa: F401 - re-exported
 from .fo_model import (  # noqa: F401 - re-exported: the vocabulary and model cache live with the model
@@ -89,6 +89,10 @@ logger = logging.getLogger(__name__)
 
 #: run key (``dataset.list_runs()``) under which the settings of a label field are recorded
 RUN_KEY_PREFIX = "cass_"
+#: keys of the presence field's ``info`` (FiftyOne field metadata) recording the label field and the
+#: tag prefix of the run that wrote it: :func:`retag`'s default prefix
+LABEL_FIELD_INFO = "cass_label_field"
+TAG_PREFIX_INFO = "cass_tag_prefix"
 _MAX_LISTED_FAILURES = 1000
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -413,6 +417,8 @@ class AutoLabelRun:
         if self.embeddings_field:
             self._declare(self.embeddings_field, ftype=fof.VectorField)
         if todo_ids:
+            if self.presence_field:
+                self._record_tag_prefix()
             targets = dict(ds.mask_targets)
             if targets.get(lf) != self.vocab.mask_targets:
                 targets[lf] = dict(self.vocab.mask_targets)
@@ -470,6 +476,19 @@ class AutoLabelRun:
         removed = remove_orphaned_temp_files(folder)
         if removed:
             logger.info("%s: removed %d temp file(s) left by killed runs", folder, len(removed))
+
+    def _record_tag_prefix(self) -> None:
+        """Records the label field and tag prefix on the presence field's ``info`` (retag's default prefix)."""
+        try:
+            f = self.dataset.get_field(self.presence_field)
+            info = dict(f.info or {})
+            want = {LABEL_FIELD_INFO: self.label_field, TAG_PREFIX_INFO: self.tag_prefix}
+            if any(info.get(k) != v for k, v in want.items()):
+                f.info = {**info, **want}
+                f.save()
+        except Exception as exc:  # noqa: BLE001 - retag falls back to the run record
+            logger.warning("could not record the tag prefix on field %r of %s: %s", self.presence_field,
+                           self.dataset.name, exc)
 
     def _record_run(self):
         key = run_key_for(self.label_field)
@@ -666,6 +685,35 @@ def default_tag_prefix(presence_field: str) -> str:
     return presence_field[: -len("_presence")] if presence_field.endswith("_presence") else presence_field
 
 
+def recorded_tag_prefix(dataset, presence_field: str) -> Optional[str]:
+    """The tag prefix of the :func:`apply` run that wrote ``presence_field`` (its label field when
+    that run wrote no tags), from the field's ``info`` or, for fields written before it was
+    recorded there, the run records; None when neither says."""
+    f = dataset.get_field(presence_field)
+    info = (getattr(f, "info", None) or {}) if f is not None else {}
+    if info.get(TAG_PREFIX_INFO) or info.get(LABEL_FIELD_INFO):
+        return info.get(TAG_PREFIX_INFO) or info.get(LABEL_FIELD_INFO)
+    for key in dataset.list_runs():
+        if not key.startswith(RUN_KEY_PREFIX):
+            continue
+        try:
+            cfg = dataset.get_run_info(key).config
+        except Exception:  # noqa: BLE001 - a record of another tool or version
+            continue
+        if getattr(cfg, "presence_field", None) == presence_field:
+            return getattr(cfg, "tag_prefix", None) or getattr(cfg, "label_field", None)
+    return None
+
+
+def check_threshold(threshold, name: str = "threshold") -> float:
+    """``threshold`` as a float, checked as the ``presence_threshold`` setting (a finite number from
+    0 to 1); the :class:`InvalidInputError` names ``name``."""
+    try:
+        return coerce_settings(LabelSettings, {"presence_threshold": threshold})["presence_threshold"]
+    except InvalidInputError as exc:
+        raise InvalidInputError(str(exc).replace("option presence_threshold=", f"option {name}=", 1)) from None
+
+
 def retag(
     sample_collection,
     presence_field: str = "cass_presence",
@@ -679,7 +727,9 @@ def retag(
     vector is stored (``all_labels``/``all_scores``), the visible presence labels are redone with
     the new threshold too.
 
-    ``tag_prefix`` defaults to ``presence_field`` without its ``_presence`` suffix. Returns
+    ``threshold`` is checked as apply's ``presence_threshold`` (a finite number from 0 to 1).
+    ``tag_prefix`` defaults to the prefix of the :func:`apply` run that wrote ``presence_field``
+    (:func:`recorded_tag_prefix`), else ``presence_field`` without its ``_presence`` suffix. Returns
     ``{tag: number of samples}`` over the collection (plus ``"_samples_changed"``)."""
     ds = sample_collection._root_dataset
     if not ds.has_sample_field(presence_field):
@@ -687,11 +737,8 @@ def retag(
     f = ds.get_field(presence_field)
     if not (isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, fo.Classifications)):
         raise InvalidInputError(f"field {presence_field!r} is not a Classifications field")
-    prefix = tag_prefix or default_tag_prefix(presence_field)
-    try:
-        threshold = float(threshold)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"threshold must be a number, got {threshold!r}") from None
+    threshold = check_threshold(threshold)
+    prefix = tag_prefix or recorded_tag_prefix(ds, presence_field) or default_tag_prefix(presence_field)
     skip = set(skip_labels or ())
     target = set(sample_collection.values("id"))
     # read from the dataset (the view may exclude the field), keep the collection's samples
@@ -728,11 +775,13 @@ __all__ = [
     "AutoLabelRun",
     "DISK_THRESHOLD",
     "apply",
+    "check_threshold",
     "clear_segmenter_cache",
     "default_mask_dir",
     "get_segmenter",
     "is_valid_png",
     "mask_file_path",
+    "recorded_tag_prefix",
     "retag",
     "shard_index",
     "validate_shard",

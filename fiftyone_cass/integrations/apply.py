@@ -394,7 +394,7 @@ class AutoLabelRun:
         self.summary.num_in_shard = len(ids)
         self.summary.num_already_done = sum(1 for s in ids if s in done)
         todo_ids = set(s for s in ids if s not in done)
-        if exists:
+        if exists and todo_ids:  # (mask_targets are written only when there is something to label)
             self._check_kept_labels(outside, len(skipped_old & set(ids)))
 
         # storage

@@ -330,7 +330,9 @@ class AutoLabelRun:
     def plan(self) -> int:
         """Decides which samples to label and prepares the dataset. Returns how many to label.
         Raises :class:`InvalidInputError` (before writing anything) when the label field holds
-        labels of other settings and neither ``overwrite`` nor ``skip_existing`` is set."""
+        labels of other settings and neither ``overwrite`` nor ``skip_existing`` is set, and when
+        the run's classes would rename the field's ids under labels it keeps (samples outside the
+        target, or kept by ``skip_existing``)."""
         ds = self.dataset
         ds.reload()  # fields/runs/mask_targets another process may have written
         lf = self.label_field

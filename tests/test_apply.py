@@ -145,7 +145,7 @@ def test_only_the_target_view_is_labelled(fo_dataset, images):
     again = apply(ds.select_fields().select([ids[1], ids[3]]), CLASSES, label_field="sel", masks="database", **KW)
     assert (again.num_already_done, again.num_labeled) == (2, 0)
     assert [t for t in ds[ids[1]].tags if t.startswith("sel:")]
-    counts = retag(ds.exclude_fields("sel_presence").select([ids[1]]), "sel_presence", threshold=2.0)
+    counts = retag(ds.exclude_fields("sel_presence").select([ids[1]]), "sel_presence", threshold=1.0)
     assert counts == {"_samples_changed": 1}
     assert not [t for t in ds[ids[1]].tags if t.startswith("sel:")] and [t for t in ds[ids[3]].tags if t.startswith("sel:")]
 
@@ -189,8 +189,12 @@ def test_overwrite_guard_and_skip_existing(fo_dataset, images, reference):
     assert {s.id: read_mask(s.cass).tolist() for s in ds.exists("cass")} == {k: v.tolist() for k, v in before.items()}
     assert ds.mask_targets["cass"] == {0: "background", 1: "dog", 2: "frisbee", 3: "cat"}
 
-    # skip_existing: only the two unlabelled samples get the new settings
-    s = apply(ds, other, masks="database", skip_existing=True, **KW)
+    # skip_existing with a vocabulary that renames ids of the kept labels is refused
+    with pytest.raises(InvalidInputError, match=r"2 kept by skip_existing"):
+        apply(ds, other, masks="database", skip_existing=True, **KW)
+
+    # skip_existing: only the two unlabelled samples get the new settings (other settings, same ids)
+    s = apply(ds, CLASSES, masks="database", skip_existing=True, **dict(KW, short_side=56))
     assert (s.num_already_done, s.num_labeled) == (2, 2)
     cfgs = dict(zip(*ds.values(["id", f"cass.{CONFIG_ATTR}"])))
     assert cfgs[ids[0]] == cfgs[ids[1]] == old_cfg and cfgs[ids[2]] == cfgs[ids[3]] == s.config_id != old_cfg
@@ -198,14 +202,84 @@ def test_overwrite_guard_and_skip_existing(fo_dataset, images, reference):
         np.testing.assert_array_equal(read_mask(ds[sid].cass), before[sid])
 
     # overwrite: the two old labels are replaced, the two current ones are kept
-    o = apply(ds, other, masks="database", overwrite=True, **KW)
+    o = apply(ds, CLASSES, masks="database", overwrite=True, **dict(KW, short_side=56))
     assert (o.num_already_done, o.num_labeled) == (2, 2)
+    assert set(ds.values(f"cass.{CONFIG_ATTR}")) == {o.config_id}
+    # overwrite of the whole field with other classes
+    o = apply(ds, other, masks="database", overwrite=True, **KW)
+    assert (o.num_already_done, o.num_labeled) == (0, 4)
     assert set(ds.values(f"cass.{CONFIG_ATTR}")) == {o.config_id}
     assert ds.mask_targets["cass"] == {0: "background", 1: "dog", 2: "frisbee"}
     for smp, r in zip(ds, reference(images[:4], classes=other)):
         np.testing.assert_array_equal(read_mask(smp.cass), r.label_map)
         assert "cass:cat" not in smp.tags
         assert set(all_scores(smp.cass_presence)) == set(other)
+
+
+def test_changing_the_classes_of_part_of_a_field_is_refused(fo_dataset, images):
+    """mask_targets name the ids of the whole field: a run that would rename them while samples it
+    does not relabel keep labels with the old ids is refused before anything is written."""
+    from fiftyone_cass import cli
+    from fiftyone_cass.integrations import app_support
+
+    ds = add_samples(fo_dataset("idspace"), images[:4])
+    ids = ds.values("id")
+    apply(ds, ["dog", "cat"], label_field="x1", masks="database", **KW)
+    old_targets = {0: "background", 1: "dog", 2: "cat"}
+    before = {s.id: (read_mask(s.x1).tolist(), s.x1[CONFIG_ATTR]) for s in ds}
+
+    def unchanged():
+        assert ds.mask_targets["x1"] == old_targets
+        assert {s.id: (read_mask(s.x1).tolist(), s.x1[CONFIG_ATTR]) for s in ds} == before
+
+    # a view, overwrite: the 2 samples outside it would be misread
+    with pytest.raises(InvalidInputError) as exc:
+        apply(ds.select(ids[:2]), ["cat", "dog"], label_field="x1", overwrite=True, masks="database", **KW)
+    msg = str(exc.value)
+    assert "field 'x1'" in msg and "on 2 sample(s)" in msg and "2 outside this run's target" in msg
+    assert "id 1: 'dog' -> 'cat', 2: 'cat' -> 'dog'" in msg
+    assert "run on the whole dataset and pass overwrite=True; or choose another label_field" in msg
+    unchanged()
+    # ... in the command line's and the App's words
+    flags = cli._flags_of(cli.build_parser(), "label")
+    assert "pass --overwrite; or choose another --label-field" in cli.cli_message(msg, flags)
+    form = app_support.form_message(exc.value, app_support.AUTO_LABEL_FIELDS)
+    assert f"tick “{app_support.AUTO_LABEL_FIELDS['overwrite']}”" in form
+    assert f"another “{app_support.AUTO_LABEL_FIELDS['label_field']}”" in form
+
+    # skip_existing with other classes: the samples it keeps would be misread
+    ds.select(ids[2:]).set_values("x1", [None, None])
+    with pytest.raises(InvalidInputError, match=r"on 2 sample\(s\) that this run would not relabel \(2 kept by skip_existing\)"):
+        apply(ds, ["cat", "dog"], label_field="x1", skip_existing=True, masks="database", **KW)
+    assert ds.mask_targets["x1"] == old_targets and len(ds.exists("x1")) == 2
+
+    # the same classes keep working (skip_existing, and overwrite of a view)
+    s = apply(ds, ["dog", "cat"], label_field="x1", skip_existing=True, masks="database", **KW)
+    assert (s.num_already_done, s.num_labeled) == (2, 2)
+    s = apply(ds.select(ids[:1]), ["dog", "cat"], label_field="x1", overwrite=True, masks="database", **KW)
+    assert s.num_already_done == 1 and ds.mask_targets["x1"] == old_targets
+    # classes added at the end keep every old id's name: allowed on a view
+    s = apply(ds.select(ids[:2]), ["dog", "cat", "bird"], label_field="x1", overwrite=True, masks="database", **KW)
+    assert s.num_labeled == 2 and ds.mask_targets["x1"] == {**old_targets, 3: "bird"}
+    # the whole field relabelled with new ids
+    s = apply(ds, ["cat", "dog"], label_field="x1", overwrite=True, masks="database", **KW)
+    assert s.num_labeled == 4 and ds.mask_targets["x1"] == {0: "background", 1: "cat", 2: "dog"}
+    assert set(ds.values(f"x1.{CONFIG_ATTR}")) == {s.config_id}
+
+
+def test_label_field_equal_to_gt_field_is_refused(fo_dataset, images):
+    ds = add_samples(fo_dataset("gtself"), images[:1])
+    gt = fo.Segmentation(mask=np.full((4, 4), 3, np.uint8))
+    s0 = ds.first()
+    s0["ground_truth"] = gt
+    s0.save()
+    ds.mask_targets = {"ground_truth": {0: "background", 3: "dog"}}
+    ds.save()
+    with pytest.raises(InvalidInputError,
+                       match="label_field 'ground_truth' is the gt_field: the predictions would replace the ground truth"):
+        apply(ds, gt_field="ground_truth", label_field="ground_truth", overwrite=True, masks="database", **KW)
+    assert ds.first().ground_truth.mask.tolist() == gt.mask.tolist()
+    assert ds.mask_targets["ground_truth"] == {0: "background", 3: "dog"} and ds.list_runs() == []
 
 
 def test_shards_are_disjoint_and_cover_the_target(fo_dataset, images):
@@ -309,11 +383,50 @@ def test_retag_from_stored_scores(fo_dataset, images):
     assert sum(v for k, v in counts.items() if not k.startswith("_")) == sum(
         v >= thr for d in scores.values() for v in d.values()
     )
-    none = retag(ds, "cass_presence", threshold=1.01)
+    none = retag(ds, "cass_presence", threshold=1.0)
     assert none == {"_samples_changed": 4}
     assert not [t for t in ds.distinct("tags") if t.startswith("cass:")]
     with pytest.raises(InvalidInputError, match="no field"):
         retag(ds, "nope_presence")
+
+
+def test_retag_threshold_is_checked_like_presence_threshold(fo_dataset, images):
+    ds = add_samples(fo_dataset("retagthr"), images[:2])
+    apply(ds, CLASSES, masks="database", presence_threshold=0.0, **KW)
+    tags = {s.id: sorted(s.tags) for s in ds}
+    presence = {s.id: [(c.label, c.confidence) for c in s.cass_presence.classifications] for s in ds}
+    for bad in [float("nan"), -1, 7, 1.01, "x", None]:
+        with pytest.raises(InvalidInputError,
+                           match=r"option threshold=.* is not allowed: a finite number from 0 to 1"):
+            retag(ds, "cass_presence", threshold=bad)
+    assert {s.id: sorted(s.tags) for s in ds} == tags  # nothing changed
+    assert {s.id: [(c.label, c.confidence) for c in s.cass_presence.classifications] for s in ds} == presence
+    assert retag(ds, "cass_presence", threshold="0")["_samples_changed"] == 0  # the bounds are allowed
+
+
+def test_retag_defaults_to_the_tag_prefix_apply_used(fo_dataset, images):
+    ds = add_samples(fo_dataset("retagpfx"), images[:2])
+
+    def prefixed(p):
+        return {t for s in ds for t in s.tags if t.startswith(p + ":")}
+
+    # presence field not named after the label field: apply tags with the label field's name
+    apply(ds, CLASSES, label_field="lf", presence_field="pp", masks="database", presence_threshold=0.0, **KW)
+    assert prefixed("lf") == {f"lf:{c}" for c in CLASSES}
+    counts = retag(ds, "pp", threshold=1.0)
+    assert counts["_samples_changed"] == 2
+    assert not prefixed("lf") and not prefixed("pp")
+    retag(ds, "pp", threshold=0.0)
+    assert prefixed("lf") == {f"lf:{c}" for c in CLASSES} and not prefixed("pp")
+
+    # an explicit tag_prefix
+    apply(ds, CLASSES, label_field="lf2", tag_prefix="tp", masks="database", presence_threshold=0.0, **KW)
+    assert prefixed("tp") == {f"tp:{c}" for c in CLASSES}
+    retag(ds, "lf2_presence", threshold=1.0)
+    assert not prefixed("tp") and not prefixed("lf2")
+    # an explicit prefix still wins
+    retag(ds, "lf2_presence", threshold=0.0, tag_prefix="other")
+    assert prefixed("other") == {f"other:{c}" for c in CLASSES} and not prefixed("tp")
 
 
 def test_atomic_png_writer(tmp_path):

@@ -332,6 +332,31 @@ def test_messages_name_the_flag_that_takes_the_value_and_say_why(tmp_path, capsy
     assert "--unknown" not in out.err
 
 
+def test_relabelling_part_of_a_field_with_other_classes_is_refused_in_flags(tmp_path, capsys, names):
+    img_dir = tmp_path / "imgs"
+    make_images(img_dir, 3)
+    name = f"idspace-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    rc, out = run_cli("label", img_dir, "--dataset", name, "--classes", "dog, cat", *TINY, capsys=capsys)
+    assert rc == 0, out.err
+    ds = fo.load_dataset(name)
+    ds.take(1).tag_samples("part")
+    before = ds.values(f"cass.{CONFIG_ATTR}")
+    rc, out = run_cli("label", name, "--tags", "part", "--classes", "cat, dog", "--overwrite", *TINY, capsys=capsys)
+    assert rc == 2, out.err
+    assert "field 'cass'" in out.err and "2 outside this run's target" in out.err, out.err
+    assert "pass --overwrite; or choose another --label-field" in out.err, out.err
+    assert "overwrite=True" not in out.err and "label_field" not in out.err
+    ds.reload()
+    assert ds.mask_targets["cass"] == {0: "background", 1: "dog", 2: "cat"}
+    assert ds.values(f"cass.{CONFIG_ATTR}") == before
+    # the whole dataset with --overwrite relabels the field
+    rc, out = run_cli("label", name, "--classes", "cat, dog", "--overwrite", *TINY, capsys=capsys)
+    assert rc == 0, out.err
+    ds.reload()
+    assert ds.mask_targets["cass"] == {0: "background", 1: "cat", 2: "dog"}
+
+
 # ------------------------------------------------------------------------------------------------
 # typed and range-checked Segmenter options
 # ------------------------------------------------------------------------------------------------

@@ -197,6 +197,30 @@ def test_retag_operator_uses_stored_scores(fo_dataset, images):
     )
 
 
+def test_retag_operator_checks_the_threshold_and_uses_the_recorded_prefix(fo_dataset, images):
+    from fiftyone.operators.executor import ExecutionError
+
+    ds = add_samples(fo_dataset("retagchk"), images[:2])
+    apply(ds, CLASSES, label_field="lf", presence_field="pp", tag_prefix="tp", masks="database",
+          presence_threshold=0.0, batch_size=BATCH, **OPTS)
+    tags = {s.id: sorted(s.tags) for s in ds}
+    assert all({f"tp:{c}" for c in CLASSES} <= set(t) for t in tags.values())
+    op = foo.get_operator(RETAG)
+    for bad in [float("nan"), -1, 7]:
+        with pytest.raises(ExecutionError, match=r"“Threshold” .* is not allowed: a finite number from 0 to 1"):
+            op(ds, presence_field="pp", threshold=bad)
+    assert {s.id: sorted(s.tags) for s in ds} == tags
+    # the form marks the input invalid, in its words
+    form = _form(ds, RETAG, {"presence_field": "pp", "threshold": -1})
+    assert form["threshold"]["invalid"] is True
+    assert "“Threshold” -1 is not allowed: a finite number from 0 to 1" in form["threshold"]["error_message"]
+    # the form and the operator default to the prefix apply used
+    assert _form(ds, RETAG, {"presence_field": "pp"})["tag_prefix"]["default"] == "tp"
+    res = op(ds, presence_field="pp", threshold=1.0).result
+    assert res["samples_changed"] == 2
+    assert not [t for s in ds for t in s.tags if t.startswith(("tp:", "pp:", "lf:"))]
+
+
 def test_preset_through_the_operator_names_background(fo_dataset, images):
     ds = add_samples(fo_dataset("preset"), images[:1])
     r = foo.get_operator(AUTO)(ds, preset="voc21", presence_threshold=0.0, **OP_KW).result

@@ -69,7 +69,7 @@ from ..errors import InvalidInputError
 from ..fileio import atomic_write, remove_orphaned_temp_files
 from ..shards import shard_index, validate_shard  # noqa: F401 - re-exported
 from ..models.segmenter import Segmenter
-from ..schema import setting_fields, settings_doc, split_settings
+from ..schema import coerce_settings, setting_fields, settings_doc, split_settings
 from ..settings import DISK_THRESHOLD, RESERVED_FIELDS, LabelSettings, ModelSettings, format_field  # noqa: F401
 from .claims import FieldClaim, FieldClaimedError, release_field  # noqa: F401 - re-exported
 from .fo_model import (  # noqa: F401 - re-exported: the vocabulary and model cache live with the model
@@ -89,6 +89,10 @@ logger = logging.getLogger(__name__)
 
 #: run key (``dataset.list_runs()``) under which the settings of a label field are recorded
 RUN_KEY_PREFIX = "cass_"
+#: keys of the presence field's ``info`` (FiftyOne field metadata) recording the label field and the
+#: tag prefix of the run that wrote it: :func:`retag`'s default prefix
+LABEL_FIELD_INFO = "cass_label_field"
+TAG_PREFIX_INFO = "cass_tag_prefix"
 _MAX_LISTED_FAILURES = 1000
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -275,6 +279,11 @@ class AutoLabelRun:
                 f"(got {', '.join(g[0] for g in given) or 'none'})"
             )
         gt_targets = None
+        if gt_field is not None and gt_field == label_field:
+            raise InvalidInputError(
+                f"label_field {label_field!r} is the gt_field: the predictions would replace the ground truth "
+                "they take their classes from; choose another label_field"
+            )
         if gt_field is not None:
             if not self.dataset.has_sample_field(gt_field):
                 raise InvalidInputError(f"gt_field {gt_field!r} is not a field of dataset {self.dataset.name!r}")
@@ -323,7 +332,9 @@ class AutoLabelRun:
     def plan(self) -> int:
         """Decides which samples to label and prepares the dataset. Returns how many to label.
         Raises :class:`InvalidInputError` (before writing anything) when the label field holds
-        labels of other settings and neither ``overwrite`` nor ``skip_existing`` is set."""
+        labels of other settings and neither ``overwrite`` nor ``skip_existing`` is set, and when
+        the run's classes would rename the field's ids under labels it keeps (samples outside the
+        target, or kept by ``skip_existing``)."""
         ds = self.dataset
         ds.reload()  # fields/runs/mask_targets another process may have written
         lf = self.label_field
@@ -361,6 +372,8 @@ class AutoLabelRun:
             lids, cfgs, paths, has_mask = ds.exists(lf).values(
                 ["id", f"{lf}.{CONFIG_ATTR}", f"{lf}.mask_path", F(f"{lf}.mask").exists()]
             )
+            # labels of other settings that this run leaves as they are (checked below)
+            outside = sum(1 for sid, c in zip(lids, cfgs) if sid not in target and c != self.config_id)
             keep = [k for k, sid in enumerate(lids) if sid in target]
             lids, cfgs, paths, has_mask = ([x[k] for k in keep] for x in (lids, cfgs, paths, has_mask))
             foreign = sum(1 for c in cfgs if c != self.config_id)
@@ -376,12 +389,7 @@ class AutoLabelRun:
                     continue
                 if (path and is_valid_png(path)) or (not path and in_db):
                     done.add(sid)
-            old_targets = ds.mask_targets.get(lf)
-            if foreign and old_targets and {int(k): v for k, v in old_targets.items()} != self.vocab.mask_targets:
-                logger.warning(
-                    "%s: the mask_targets of field %r change from %s to %s; samples outside this run keep "
-                    "labels in the old id space", ds.name, lf, old_targets, self.vocab.mask_targets,
-                )
+            skipped_old = {sid for sid, cfg in zip(lids, cfgs) if sid in done and cfg != self.config_id}
 
         if self.shard is not None:  # by file path, as every entry point (fiftyone_cass.shards)
             i, n = self.shard
@@ -390,6 +398,8 @@ class AutoLabelRun:
         self.summary.num_in_shard = len(ids)
         self.summary.num_already_done = sum(1 for s in ids if s in done)
         todo_ids = set(s for s in ids if s not in done)
+        if exists and todo_ids:  # (mask_targets are written only when there is something to label)
+            self._check_kept_labels(outside, len(skipped_old & set(ids)))
 
         # storage
         if self.masks == "auto":
@@ -411,6 +421,8 @@ class AutoLabelRun:
         if self.embeddings_field:
             self._declare(self.embeddings_field, ftype=fof.VectorField)
         if todo_ids:
+            if self.presence_field:
+                self._record_tag_prefix()
             targets = dict(ds.mask_targets)
             if targets.get(lf) != self.vocab.mask_targets:
                 targets[lf] = dict(self.vocab.mask_targets)
@@ -426,6 +438,31 @@ class AutoLabelRun:
         else:
             self._todo = []
         return len(self._todo)
+
+    def _check_kept_labels(self, outside: int, skipped: int) -> None:
+        """``dataset.mask_targets[label_field]`` names the ids of the whole field. Refuses (before
+        anything is written) to change it while labels of other settings stay in the field: the
+        ``outside`` samples not in the target and the ``skipped`` ones kept by ``skip_existing``
+        would have their ids read with the new names. A new vocabulary that keeps every old id's
+        name (classes added at the end) changes nothing for them and is allowed."""
+        old = {int(k): v for k, v in (self.dataset.mask_targets.get(self.label_field) or {}).items()}
+        new = self.vocab.mask_targets
+        kept = outside + skipped
+        if not kept or not old or all(new.get(k) == v for k, v in old.items()):
+            return
+        changed = [f"{k}: {v!r} -> {new[k]!r}" if k in new else f"{k}: {v!r} -> unnamed"
+                   for k, v in sorted(old.items()) if new.get(k) != v]
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        where = " and ".join(w for w in (
+            f"{outside} outside this run's target" if outside else "",
+            f"{skipped} kept by skip_existing" if skipped else "") if w)
+        raise InvalidInputError(
+            f"field {self.label_field!r} of dataset {self.dataset.name!r} holds labels of other classes on "
+            f"{kept} sample(s) that this run would not relabel ({where}); their masks use the field's current "
+            f"class ids, which this run's classes would rename for the whole field (id {shown}). To relabel "
+            "every sample of the field, run on the whole dataset and pass overwrite=True; or choose another "
+            "label_field"
+        )
 
     def _check_mask_dir(self) -> None:
         """Fails once, before the model runs, when masks cannot be written (read-only or missing
@@ -443,6 +480,19 @@ class AutoLabelRun:
         removed = remove_orphaned_temp_files(folder)
         if removed:
             logger.info("%s: removed %d temp file(s) left by killed runs", folder, len(removed))
+
+    def _record_tag_prefix(self) -> None:
+        """Records the label field and tag prefix on the presence field's ``info`` (retag's default prefix)."""
+        try:
+            f = self.dataset.get_field(self.presence_field)
+            info = dict(f.info or {})
+            want = {LABEL_FIELD_INFO: self.label_field, TAG_PREFIX_INFO: self.tag_prefix}
+            if any(info.get(k) != v for k, v in want.items()):
+                f.info = {**info, **want}
+                f.save()
+        except Exception as exc:  # noqa: BLE001 - retag falls back to the run record
+            logger.warning("could not record the tag prefix on field %r of %s: %s", self.presence_field,
+                           self.dataset.name, exc)
 
     def _record_run(self):
         key = run_key_for(self.label_field)
@@ -639,6 +689,35 @@ def default_tag_prefix(presence_field: str) -> str:
     return presence_field[: -len("_presence")] if presence_field.endswith("_presence") else presence_field
 
 
+def recorded_tag_prefix(dataset, presence_field: str) -> Optional[str]:
+    """The tag prefix of the :func:`apply` run that wrote ``presence_field`` (its label field when
+    that run wrote no tags), from the field's ``info`` or, for fields written before it was
+    recorded there, the run records; None when neither says."""
+    f = dataset.get_field(presence_field)
+    info = (getattr(f, "info", None) or {}) if f is not None else {}
+    if info.get(TAG_PREFIX_INFO) or info.get(LABEL_FIELD_INFO):
+        return info.get(TAG_PREFIX_INFO) or info.get(LABEL_FIELD_INFO)
+    for key in dataset.list_runs():
+        if not key.startswith(RUN_KEY_PREFIX):
+            continue
+        try:
+            cfg = dataset.get_run_info(key).config
+        except Exception:  # noqa: BLE001 - a record of another tool or version
+            continue
+        if getattr(cfg, "presence_field", None) == presence_field:
+            return getattr(cfg, "tag_prefix", None) or getattr(cfg, "label_field", None)
+    return None
+
+
+def check_threshold(threshold, name: str = "threshold") -> float:
+    """``threshold`` as a float, checked as the ``presence_threshold`` setting (a finite number from
+    0 to 1); the :class:`InvalidInputError` names ``name``."""
+    try:
+        return coerce_settings(LabelSettings, {"presence_threshold": threshold})["presence_threshold"]
+    except InvalidInputError as exc:
+        raise InvalidInputError(str(exc).replace("option presence_threshold=", f"option {name}=", 1)) from None
+
+
 def retag(
     sample_collection,
     presence_field: str = "cass_presence",
@@ -652,7 +731,9 @@ def retag(
     vector is stored (``all_labels``/``all_scores``), the visible presence labels are redone with
     the new threshold too.
 
-    ``tag_prefix`` defaults to ``presence_field`` without its ``_presence`` suffix. Returns
+    ``threshold`` is checked as apply's ``presence_threshold`` (a finite number from 0 to 1).
+    ``tag_prefix`` defaults to the prefix of the :func:`apply` run that wrote ``presence_field``
+    (:func:`recorded_tag_prefix`), else ``presence_field`` without its ``_presence`` suffix. Returns
     ``{tag: number of samples}`` over the collection (plus ``"_samples_changed"``)."""
     ds = sample_collection._root_dataset
     if not ds.has_sample_field(presence_field):
@@ -660,11 +741,8 @@ def retag(
     f = ds.get_field(presence_field)
     if not (isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, fo.Classifications)):
         raise InvalidInputError(f"field {presence_field!r} is not a Classifications field")
-    prefix = tag_prefix or default_tag_prefix(presence_field)
-    try:
-        threshold = float(threshold)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"threshold must be a number, got {threshold!r}") from None
+    threshold = check_threshold(threshold)
+    prefix = tag_prefix or recorded_tag_prefix(ds, presence_field) or default_tag_prefix(presence_field)
     skip = set(skip_labels or ())
     target = set(sample_collection.values("id"))
     # read from the dataset (the view may exclude the field), keep the collection's samples
@@ -701,11 +779,13 @@ __all__ = [
     "AutoLabelRun",
     "DISK_THRESHOLD",
     "apply",
+    "check_threshold",
     "clear_segmenter_cache",
     "default_mask_dir",
     "get_segmenter",
     "is_valid_png",
     "mask_file_path",
+    "recorded_tag_prefix",
     "retag",
     "shard_index",
     "validate_shard",

@@ -35,7 +35,7 @@ from ..models.weights import ensure_weights
 from ..schema import choices_of, coerce_settings, setting_fields, setting_type, split_settings
 from ..settings import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, LabelSettings, format_field, label_setting_names
 from .app_support import AUTO_LABEL_FIELDS, FormError, form_message
-from .apply import AutoLabelRun, default_tag_prefix, retag, run_key_for
+from .apply import AutoLabelRun, check_threshold, default_tag_prefix, recorded_tag_prefix, retag, run_key_for
 
 logger = logging.getLogger(__name__)
 
@@ -453,6 +453,10 @@ def _call(uri, sample_collection, params, delegate, delegation_target, selected)
                                 delegation_target=delegation_target)
 
 
+#: retag's Python keyword -> label of the retag_presence form
+RETAG_FIELDS = {"presence_field": "Presence score field", "threshold": "Threshold", "tag_prefix": "Tag prefix"}
+
+
 class RetagPresence(foo.Operator):
     @property
     def config(self):
@@ -480,18 +484,29 @@ class RetagPresence(foo.Operator):
         default = next((f for f in fields if f.endswith("_presence")), fields[0])
         _dropdown(inputs, "presence_field", fields, default, "Presence score field", required=True)
         pf = ctx.params.get("presence_field") or default
-        inputs.float("threshold", default=DEFAULT_PRESENCE_THRESHOLD, required=True, label="Threshold",
-                     description="Classes scoring at least this get a tag")
-        inputs.str("tag_prefix", default=default_tag_prefix(pf), label="Tag prefix")
+        prop = inputs.float("threshold", default=DEFAULT_PRESENCE_THRESHOLD, required=True, label="Threshold",
+                            min=0, max=1, description="Classes scoring at least this get a tag")
+        if ctx.params.get("threshold") not in (None, ""):
+            try:
+                check_threshold(ctx.params["threshold"])
+            except InvalidInputError as exc:
+                prop.invalid = True
+                prop.error_message = form_message(exc, RETAG_FIELDS)
+        default_prefix = (recorded_tag_prefix(ctx.dataset, pf) if pf in fields else None) or default_tag_prefix(pf)
+        inputs.str("tag_prefix", default=default_prefix, label="Tag prefix",
+                   description="Tags <prefix>:<class> (default: the prefix the labelling run used)")
         return types.Property(inputs, view=types.View(label="Re-tag concepts"))
 
     def execute(self, ctx):
-        counts = retag(
-            ctx.target_view(param_name="target", require_flat=True),
-            presence_field=ctx.params["presence_field"],
-            threshold=float(ctx.params.get("threshold", DEFAULT_PRESENCE_THRESHOLD)),
-            tag_prefix=ctx.params.get("tag_prefix") or None,
-        )
+        try:
+            counts = retag(
+                ctx.target_view(param_name="target", require_flat=True),
+                presence_field=ctx.params["presence_field"],
+                threshold=ctx.params.get("threshold", DEFAULT_PRESENCE_THRESHOLD),
+                tag_prefix=ctx.params.get("tag_prefix") or None,
+            )
+        except InvalidInputError as exc:
+            raise FormError(form_message(exc, RETAG_FIELDS)) from exc
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
         changed = counts.pop("_samples_changed")
@@ -505,7 +520,7 @@ class RetagPresence(foo.Operator):
 
     def __call__(self, sample_collection, presence_field="cass_presence", threshold=DEFAULT_PRESENCE_THRESHOLD,
                  tag_prefix=None, delegate=False, delegation_target=None, selected=None):
-        params = dict(presence_field=presence_field, threshold=float(threshold))
+        params = dict(presence_field=presence_field, threshold=threshold)
         if tag_prefix:
             params["tag_prefix"] = tag_prefix
         return _call(self.uri, sample_collection, params, delegate, delegation_target, selected)

@@ -105,7 +105,7 @@ def _write_summary(path: Optional[str], data: Dict[str, Any]) -> None:
 
 def _add_label_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     skip = {"preset", "gt_field", "shard"} if demo else set()
-    titles = {"vocabulary": "vocabulary" + (" (default: the demo classes)" if demo else " (exactly one)")}
+    titles = {"vocabulary": "vocabulary" + (" (default: the demo classes)" if demo else " (exactly one of --classes, --classes-file, --preset, --gt-field)")}
     groups = add_settings_arguments(p, [n for n in label_setting_names() if n not in skip], titles)
     groups["vocabulary"].add_argument("--classes-file", metavar="FILE",
                                       help="one class per line; a line may list synonyms: 'person, people'")
@@ -116,11 +116,13 @@ def _add_label_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     groups["output"].add_argument("--summary-json", metavar="FILE", default=None, help="also write the summary as JSON")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, progress: bool = True) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    if not progress:
+        return
     p.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="show progress bars (default: FiftyOne's show_progress_bars setting)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,6 +133,7 @@ class Command:
     returns the exit status; ``help`` is its line in ``fiftyone-cass --help``."""
 
     name = help = description = ""
+    progress = True  # whether it has --progress/--no-progress (it shows progress bars)
 
     def setup(self, parser: argparse.ArgumentParser) -> None:
         """Declares the command's arguments on its sub-parser."""
@@ -190,6 +193,9 @@ class LabelCommand(Command):
                 print(f"  CUDA_VISIBLE_DEVICES={i} fiftyone delegated launch &")
             print("and watch them with: fiftyone delegated list --dataset " + shlex.quote(ds.name))
             return EXIT_OK
+        if not len(view):
+            print(f"fiftyone-cass: warning: no sample of dataset {ds.name!r} is selected (--saved-view / --tags): "
+                  "nothing to label", file=sys.stderr)
         report = label_collection(view, shard=args.shard, progress=args.progress, **kw)
         report.add_import(imported)
         print(report.text())
@@ -257,7 +263,8 @@ class EvalCommand(Command):
         p.add_argument("--ignore-undeclared", dest="strict", action="store_false",
                        help="count ground-truth values that the GT field's mask_targets do not declare as ignored "
                             "pixels (default: an error naming the sample and the values)")
-        p.add_argument("--skip-missing", action="store_true", help="skip samples without prediction or ground truth")
+        p.add_argument("--skip-missing", action="store_true", help="skip samples without a prediction (samples without ground truth are always "
+                       "skipped, with a warning)")
         p.add_argument("--saved-view", default=None, help="evaluate only this saved view")
         p.add_argument("--tags", default=None, help="evaluate only samples with one of these tags (comma separated)")
         p.add_argument("--no-per-class", action="store_true", help="print only the summary row")
@@ -315,6 +322,7 @@ class EvalCommand(Command):
 
 class AppCommand(Command):
     name, help = "app", "open the FiftyOne App on a dataset"
+    progress = False
     description = "Launches the FiftyOne App on a dataset (masks, presence scores and tags)."
 
     def setup(self, p):
@@ -343,6 +351,7 @@ class AppCommand(Command):
 
 class ReleaseCommand(Command):
     name, help = "release", "release a label field claimed by a run that died"
+    progress = False
     description = ("A labelling run claims its label field so that runs with other settings cannot write it at the "
                    "same time. A run that died on this machine is recognised by the next run; one that died on "
                    "another machine keeps its claim until released here.")
@@ -387,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (c() for c in COMMANDS):
         p = sub.add_parser(command.name, help=command.help, description=command.description)
         command.setup(p)
-        _add_common(p)
+        _add_common(p, command.progress)
         p.set_defaults(execute=lambda args, command=command, p=p: command.execute(p, args))
     return parser
 

@@ -347,6 +347,8 @@ def test_bad_arguments_fail_before_writing(fo_dataset, images):
         apply(ds, CLASSES, preset="voc21", **KW)
     with pytest.raises(InvalidInputError, match="exactly one of"):
         apply(ds, **KW)
+    with pytest.raises(InvalidInputError, match="skip_existing=True and overwrite=True exclude each other"):
+        apply(ds, CLASSES, skip_existing=True, overwrite=True, **KW)
     with pytest.raises(InvalidInputError, match="duplicate"):
         apply(ds, ["dog", "Dog"], **KW)
     with pytest.raises(InvalidInputError, match="gt_field 'nope'"):

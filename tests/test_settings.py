@@ -146,3 +146,11 @@ def test_a_cuda_device_without_cuda_is_a_clear_error_everywhere(fo_dataset, imag
     rc, out = run_cli("label", ds.name, "--classes", "cat", *TINY_CLI[:2], "--device", "cuda", capsys=capsys)
     assert rc == 2 and "CUDA is not available" in out.err and "--device" in out.err, out.err
     assert Segmenter(classes="cat", **{**OPTS, "device": "auto"}).device.type == "cpu"
+
+
+def test_a_selection_of_no_sample_is_said(fo_dataset, images, capsys):
+    ds = add_samples(fo_dataset("nothing"), images)
+    rc, out = run_cli("label", ds.name, "--classes", "cat", *TINY_CLI, "--tags", "no-such-tag", capsys=capsys)
+    assert rc == 0 and "no sample of dataset" in out.err and "nothing to label" in out.err, out.err
+    rc, out = run_cli("label", ds.name, "--classes", "cat", *TINY_CLI, "--skip-existing", "--overwrite", capsys=capsys)
+    assert rc == 2 and "--skip-existing and --overwrite exclude each other" in out.err, out.err

@@ -264,6 +264,9 @@ class AutoLabelRun:
         used = [f for _, f in extra if f]
         if len(set(used)) != len(used):
             raise InvalidInputError(f"presence_field, error_field and embeddings_field must differ, got {used}")
+        if run.skip_existing and run.overwrite:  # which one would win is not what the caller meant
+            raise InvalidInputError("skip_existing=True and overwrite=True exclude each other: skip_existing keeps the "
+                                    "labels of other settings, overwrite replaces them; choose one")
         self.skip_existing = run.skip_existing
         self.overwrite = run.overwrite
         self.shard = run.shard

@@ -152,5 +152,10 @@ def test_a_selection_of_no_sample_is_said(fo_dataset, images, capsys):
     ds = add_samples(fo_dataset("nothing"), images)
     rc, out = run_cli("label", ds.name, "--classes", "cat", *TINY_CLI, "--tags", "no-such-tag", capsys=capsys)
     assert rc == 0 and "no sample of dataset" in out.err and "nothing to label" in out.err, out.err
+    # the summary says where this run put masks, and not where a rerun that wrote none would have
+    rc, out = run_cli("label", ds.name, "--classes", "cat", *TINY_CLI, "--masks", "database", capsys=capsys)
+    assert rc == 0 and f"{len(images)} labelled now" in out.out and "new masks in the database" in out.out
+    rc, out = run_cli("label", ds.name, "--classes", "cat", *TINY_CLI, "--masks", "disk", capsys=capsys)
+    assert rc == 0 and "0 labelled now" in out.out and "no mask written" in out.out and "PNG" not in out.out
     rc, out = run_cli("label", ds.name, "--classes", "cat", *TINY_CLI, "--skip-existing", "--overwrite", capsys=capsys)
     assert rc == 2 and "--skip-existing and --overwrite exclude each other" in out.err, out.err

@@ -122,7 +122,8 @@ class LabelReport:
             lines.append(f"dataset {self.dataset!r}: {self.image_files} image files found, {self.imported} newly imported")
         lines.append(
             f"{self.label_field}: {self.num_labeled} labelled now, {self.num_already_done} already done, "
-            f"{self.num_failed} failed; {self.num_target} target samples{shard}; masks in {where}; "
+            f"{self.num_failed} failed; {self.num_target} target samples{shard}; "
+            f"{f'new masks in {where}' if self.num_labeled else 'no mask written'}; "
             f"{self.seconds:.1f}s"
         )
         if self.tags:

@@ -269,8 +269,7 @@ class EvalCommand(Command):
         p.add_argument("--tags", default=None, help="evaluate only samples with one of these tags (comma separated)")
         p.add_argument("--no-per-class", action="store_true", help="print only the summary row")
         p.add_argument("--summary-json", metavar="FILE", default=None,
-                       help="also write mIoU, the other summary figures and each class's IoU as JSON "
-                            "(the evaluation of a dataset; not with --protocol)")
+                       help="also write mIoU, the other summary figures and each class's IoU as JSON")
         g = p.add_argument_group("benchmark protocol (--protocol)")
         g.add_argument("--protocol", default=None, choices=[*PRESETS, *PRESET_ALIASES], metavar="NAME",
                        help=f"run a published benchmark on the directory TARGET: one of {', '.join(PRESETS)}")
@@ -289,7 +288,12 @@ class EvalCommand(Command):
                 raise UsageError(f"--protocol: {exc}") from None
             args.device = args.device_resolved = resolve_device(args.device)
             _load_weights(args)
-            return protocol.run_args(args, args.target)
+            run = protocol.run_args(args, args.target)
+            m = run.metrics
+            _write_summary(args.summary_json, dict(protocol=run.protocol, dataset=run.dataset.name, eval_key=run.eval_key,
+                                                   **m.summary(), iou=dict(zip(map(str, m.class_names or range(len(m.iou))),
+                                                                               map(float, m.iou)))))
+            return EXIT_OK
         from .integrations.evaluation import format_table
         from .integrations.fo_evaluation import check_segmentation_fields, evaluate_iou
         from .integrations.folders import select_view

@@ -318,6 +318,21 @@ def test_protocol_command_with_a_tiny_random_segmenter(tmp_path, fiftyone_databa
         gt = ds.first().ground_truth.get_mask()
         assert gt[10, 10] == 14 and (gt[0] == 255).all() and gt[30, 30] == 255
         assert main(["voc20", str(tmp_path / "missing"), "--backbone", "tiny", "--name", name + "x"]) == 2
+        # the command line's eval --protocol honours --eval-key and --summary-json
+        import json
+
+        from fiftyone_cass import cli
+
+        summary = tmp_path / "protocol.json"
+        rc = cli.main(["eval", str(tmp_path), "--protocol", "voc20", "--backbone", "tiny", "--device", "cpu",
+                       "--batch-size", "2", "--name", name, "--masks-dir", str(tmp_path / "m"),
+                       "--overwrite", "--eval-key", "my_key", "--summary-json", str(summary)])
+        assert rc == 0
+        got = json.loads(summary.read_text())
+        ds = fo.load_dataset(name)
+        assert got["eval_key"] == "my_key" and got["dataset"] == name and got["protocol"] == "voc20"
+        assert got["mIoU"] == pytest.approx(ds.load_evaluation_results("my_key").mean_iou())
+        assert ds.list_evaluations() == ["my_key"]
     finally:
         for n in (name, name + "x"):
             if fo.dataset_exists(n):

@@ -169,10 +169,8 @@ def run_protocol(
     dataset.save()
 
     eval_key = eval_key or f"eval_{key}"
-    if eval_key in dataset.list_evaluations():
-        dataset.delete_evaluation(eval_key)
-    results = evaluate_iou(
-        dataset, pred_field, gt_field=gt_field, eval_key=eval_key, resize=resize, progress=progress
+    results = evaluate_iou(  # replaces an evaluation of that key only once the new one succeeded
+        dataset, pred_field, gt_field=gt_field, eval_key=eval_key, resize=resize, progress=progress, overwrite=True
     )
     metrics = results.iou_metrics()
     ref = None
@@ -210,22 +208,18 @@ def add_arguments(p, model: bool = True) -> None:
     p.add_argument("--crowd", default=None, choices=["skip", "paint", "ignore"], help="COCO-Object JSON: iscrowd rule")
 
 
-def run_args(a, data_dir: str) -> int:
-    """Runs the protocol of the parsed flags ``a`` (:func:`add_arguments`, plus ``protocol``) on
-    ``data_dir``; an input error is printed (exit status 2)."""
+def run_args(a, data_dir: str) -> "ProtocolRun":
+    """Runs the protocol of the parsed flags ``a`` (:func:`add_arguments`, plus ``protocol`` and,
+    when present, ``eval_key``) on ``data_dir``. Input errors raise :class:`InvalidInputError`."""
     seg_kwargs = {k: v for k, v in (("clip_checkpoint", a.clip_checkpoint), ("dino_checkpoint", a.dino_checkpoint)) if v}
     imp_kwargs = {"crowd": a.crowd} if a.crowd else None
-    try:
-        run_protocol(
-            a.protocol, data_dir, method=a.method, backbone=a.backbone, device=a.device,
-            batch_size=a.batch_size, segmenter_kwargs=seg_kwargs, split=a.split, max_samples=a.max_samples,
-            name=a.name, masks_dir=a.masks_dir, overwrite=a.overwrite, persistent=a.persistent,
-            resize="nearest" if a.resize_nearest else None, importer_kwargs=imp_kwargs, progress=True,
-        )
-    except InvalidInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_protocol(
+        a.protocol, data_dir, method=a.method, backbone=a.backbone, device=a.device,
+        batch_size=a.batch_size, segmenter_kwargs=seg_kwargs, split=a.split, max_samples=a.max_samples,
+        name=a.name, masks_dir=a.masks_dir, overwrite=a.overwrite, persistent=a.persistent,
+        eval_key=getattr(a, "eval_key", None),
+        resize="nearest" if a.resize_nearest else None, importer_kwargs=imp_kwargs, progress=True,
+    )
 
 
 def main(argv=None) -> int:
@@ -237,7 +231,12 @@ def main(argv=None) -> int:
     p.add_argument("data_dir", help="the benchmark's directory (mmseg layout; see fiftyone_cass.integrations.importers)")
     add_arguments(p)
     a = p.parse_args(argv)
-    return run_args(a, a.data_dir)
+    try:
+        run_args(a, a.data_dir)
+    except InvalidInputError as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -299,10 +299,6 @@ class EvalCommand(Command):
         from .integrations.folders import select_view
 
         eval_key = args.eval_key or f"eval_{args.pred_field}"
-        if not eval_key.isidentifier():  # FiftyOne's rule for run keys (they also name sample fields)
-            raise UsageError(
-                f"--eval-key {eval_key!r} is not a valid evaluation key: use letters, digits and _, not starting "
-                "with a digit" + ("" if args.eval_key else " (it is the default eval_<pred-field>; pass --eval-key)"))
         ds = _load_dataset(args.target)
         with _usage():
             view = select_view(ds, args.saved_view, args.tags)

@@ -132,6 +132,9 @@ def test_an_empty_view_is_an_error_that_keeps_the_stored_evaluation(seg_dataset)
     with pytest.raises(InvalidInputError, match="no samples to evaluate"):
         evaluate_iou(seg_dataset.match_tags("no-such-tag"), "predictions", eval_key="kept", overwrite=True)
     assert seg_dataset.load_evaluation_results("kept").mean_iou() == pytest.approx(first)
+    with pytest.raises(InvalidInputError, match="eval_key 'a b' is not a valid evaluation key"):
+        evaluate_iou(seg_dataset, "predictions", eval_key="a b")
+    assert seg_dataset.list_evaluations() == ["kept"]
 
 
 def test_size_mismatch_is_an_error_unless_resize(seg_dataset, tmp_path):

@@ -399,6 +399,10 @@ def evaluate_iou(
     has succeeded (it is computed under a temporary key, then renamed); without it an existing
     key is an error, as in FiftyOne.
     """
+    if eval_key is not None and not (isinstance(eval_key, str) and eval_key.isidentifier()):
+        # FiftyOne's rule for run keys (they also name the per-sample fields)
+        raise InvalidInputError(f"eval_key {eval_key!r} is not a valid evaluation key: use letters, digits and _, "
+                                "not starting with a digit")
     if not len(samples):  # a result of NaNs would replace whatever was stored under eval_key
         raise InvalidInputError(f"no samples to evaluate: the view selects none of dataset {samples._dataset.name!r}")
     if custom_metric is None:

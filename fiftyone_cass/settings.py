@@ -239,6 +239,16 @@ class LabelSettings(ModelSettings):
                          allowed="i/N with 0 <= i < N", label="Shard", group="run", metavar="i/N", form=False)
 
 
+def resolve_masks(masks: str, num_target: int, mask_dir: Optional[str] = None) -> str:
+    """Where a run's masks go: ``"disk"`` or ``"database"``; ``masks="auto"`` is decided on the
+    whole target (so that every shard, chunk and delegated worker of it decides alike): disk from
+    :data:`DISK_THRESHOLD` target samples on, or when a mask directory is given."""
+    masks = "database" if masks == "db" else masks
+    if masks == "auto":
+        return "disk" if (num_target >= DISK_THRESHOLD or mask_dir) else "database"
+    return masks
+
+
 def label_setting_names():
     """Names of every :class:`LabelSettings` field (the rest of a run's keywords are Segmenter options)."""
     return tuple(setting_fields(LabelSettings))

@@ -70,7 +70,7 @@ from ..fileio import atomic_write, remove_orphaned_temp_files
 from ..shards import shard_index, validate_shard  # noqa: F401 - re-exported
 from ..models.segmenter import Segmenter
 from ..schema import coerce_settings, setting_fields, settings_doc, split_settings
-from ..settings import DISK_THRESHOLD, RESERVED_FIELDS, LabelSettings, ModelSettings, format_field  # noqa: F401
+from ..settings import DISK_THRESHOLD, RESERVED_FIELDS, LabelSettings, ModelSettings, format_field, resolve_masks  # noqa: F401
 from .claims import FieldClaim, FieldClaimedError, release_field  # noqa: F401 - re-exported
 from .fo_model import (  # noqa: F401 - re-exported: the vocabulary and model cache live with the model
     CONFIG_ATTR,
@@ -405,10 +405,7 @@ class AutoLabelRun:
             self._check_kept_labels(outside, len(skipped_old & set(ids)))
 
         # storage
-        if self.masks == "auto":
-            use_disk = self.summary.num_target >= DISK_THRESHOLD or self._mask_dir_arg is not None
-        else:
-            use_disk = self.masks == "disk"
+        use_disk = resolve_masks(self.masks, self.summary.num_target, self._mask_dir_arg) == "disk"
         self.mask_dir = os.path.abspath(os.path.expanduser(self._mask_dir_arg or default_mask_dir(ds))) if use_disk else None
         self.summary.mask_dir = self.mask_dir
         if self.mask_dir and todo_ids:

@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Any, List
 
 from ..errors import InvalidInputError
-from ..settings import label_setting_names
-from .labelling import resolve_masks
+from ..settings import label_setting_names, resolve_masks
 
 
 def queue_auto_label(view, workers: int = 1, needed_for: str = "to queue delegated operations",
@@ -32,7 +31,7 @@ def queue_auto_label(view, workers: int = 1, needed_for: str = "to queue delegat
         ) from None
     params = dict(apply_kwargs)
     if params.get("masks", "auto") == "auto":
-        params["masks"] = resolve_masks(params, len(view))
+        params["masks"] = resolve_masks("auto", len(view), params.get("mask_dir"))
     settings = label_setting_names()
     options = {k: params.pop(k) for k in list(params) if k not in settings}
     classes = params.pop("classes", None)

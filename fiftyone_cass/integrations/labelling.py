@@ -15,19 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import InvalidInputError
-from ..settings import DISK_THRESHOLD
+from ..settings import resolve_masks
 
 #: failures and skipped paths listed one by one in :meth:`LabelReport.text`
 MAX_LISTED = 20
-
-
-def resolve_masks(kw: Dict[str, Any], num_target: int) -> str:
-    """``masks="auto"`` decided on the whole target (so that every shard, chunk and delegated
-    worker stores masks the same way): ``"disk"`` for large targets or with a ``mask_dir``."""
-    masks = kw.get("masks", "auto")
-    if masks == "auto":
-        masks = "disk" if (num_target >= DISK_THRESHOLD or kw.get("mask_dir")) else "database"
-    return masks
 
 
 def read_classes_file(path: str, what: str = "classes file") -> List[str]:
@@ -158,8 +149,7 @@ def label_collection(view, shard=None, progress=None, **apply_kwargs) -> LabelRe
     report = LabelReport(ds.name, kw.get("label_field", "cass"), shard=shard)
     if kw.get("masks", "auto") == "auto":
         report.num_target = len(view)
-        kw["masks"] = resolve_masks(kw, report.num_target)
-    report.masks = "database" if kw["masks"] in ("database", "db") else "disk"
+    kw["masks"] = report.masks = resolve_masks(kw.get("masks", "auto"), report.num_target, kw.get("mask_dir"))
     run = AutoLabelRun(view, shard=shard, **kw)
     total = run.plan()
     report.num_target = run.summary.num_target

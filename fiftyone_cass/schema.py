@@ -215,12 +215,17 @@ def setting_fields(cls) -> Dict[str, "dataclasses.Field"]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
+def setting_is_optional(cls, name: str) -> bool:
+    """Whether field ``name`` is declared ``Optional[...]`` (None is one of its values)."""
+    tp = _type_hints(cls)[name]
+    return typing.get_origin(tp) is typing.Union and type(None) in typing.get_args(tp)
+
+
 def setting_type(cls, name: str):
     """The declared type of field ``name`` without ``Optional`` (``int``, ``str``, ``typing.Any``...)."""
     tp = _type_hints(cls)[name]
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is typing.Union and type(None) in args:
-        tp = [a for a in args if a is not type(None)][0]
+    if setting_is_optional(cls, name):
+        tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
     return tp
 
 

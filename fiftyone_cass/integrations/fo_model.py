@@ -521,8 +521,8 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
                 raise InvalidInputError(f"prompt {i + 1} of {list(args)!r} is not a non-empty text")
         prompts = [a.strip() for a in args]
         seg = self._embedding_segmenter()
-        if not prompts:
-            return np.zeros((0, int(seg.embedder(["a photo"]).shape[1])), np.float32)
+        if not prompts:  # (no text to embed: the width of the shared image-text space)
+            return np.zeros((0, int(seg.clip.visual.output_dim)), np.float32)
         return seg.embedder(prompts).to("cpu").float().numpy()
 
     # -------------------------------------------------------------- after apply_model

@@ -32,7 +32,7 @@ from ..models.presets import PRESETS
 from ..errors import InvalidInputError, WeightsUnavailableError
 from ..models.segmenter import options_from_json
 from ..models.weights import ensure_weights
-from ..schema import choices_of, coerce_settings, setting_fields, setting_type, split_settings
+from ..schema import choices_of, coerce_settings, setting_fields, setting_is_optional, setting_type, split_settings
 from ..settings import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, LabelSettings, format_field, label_setting_names
 from .app_support import AUTO_LABEL_FIELDS, FormError, form_message
 from .apply import AutoLabelRun, check_threshold, default_tag_prefix, recorded_tag_prefix, retag, run_key_for
@@ -122,7 +122,7 @@ _VOCABULARY = ("classes", "preset", "gt_field")
 
 
 def _optional(name: str) -> bool:
-    return _SETTINGS[name].default is None or "Optional" in str(_SETTINGS[name].type)  # None means "none"
+    return _SETTINGS[name].default is None or setting_is_optional(LabelSettings, name)  # None means "none"
 
 
 def _add_setting(ctx, inputs, name: str, default: Any = _MISSING, choices=None, **overrides):
@@ -242,9 +242,7 @@ class AutoLabel(foo.Operator):
 
         label_field = ctx.params.get("label_field") or "cass"
         prop = _add_setting(ctx, inputs, "label_field", required=True)
-        if prop.invalid:
-            pass
-        elif ds.has_sample_field(label_field):
+        if not prop.invalid and ds.has_sample_field(label_field):
             _add_setting(ctx, inputs, "skip_existing")
             _add_setting(ctx, inputs, "overwrite", label=f"Overwrite existing labels in '{label_field}'")
             if not (ctx.params.get("overwrite") or ctx.params.get("skip_existing")):
@@ -404,11 +402,9 @@ class AutoLabel(foo.Operator):
         the queued operation when delegated)."""
         # settings go in as the form's parameters, Segmenter options into "options"; anything else
         # is a typo that the form would drop silently
-        import dataclasses
-
         from ..models.segmenter import SegmenterOptions
 
-        option_names = {f.name for f in dataclasses.fields(SegmenterOptions)}
+        option_names = set(setting_fields(SegmenterOptions))
         unknown = sorted(k for k in kwargs if k not in label_setting_names() and k not in option_names)
         if unknown:
             raise InvalidInputError(f"unknown argument(s) {', '.join(unknown)}: the settings are "

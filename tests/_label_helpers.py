@@ -80,3 +80,13 @@ def all_scores(presence) -> Dict[str, float]:
     """Every class's stored presence score (``all_labels``/``all_scores`` of a presence label);
     classes without a score (an empty background line) are left out."""
     return {n: s for n, s in zip(presence.all_labels, presence.all_scores) if s is not None}
+
+
+def strict_json(path: Path):
+    """The JSON file ``path``, refusing NaN and infinities (which are not JSON)."""
+    import json
+
+    def no_constant(c):
+        raise AssertionError(f"{path} holds {c}, which is not JSON")
+
+    return json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=no_constant)

@@ -281,6 +281,29 @@ def _fiftyone_database_if_imported(request):
         request.getfixturevalue("fiftyone_database")
 
 
+class DatasetNames(list):
+    """Names of datasets a test makes (e.g. through the command line), deleted after it."""
+
+    def new(self, prefix: str = "test") -> str:
+        """A fresh unique name ``<prefix>-<8 hex digits>``, deleted at the end."""
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.append(name)
+        return name
+
+
+@pytest.fixture
+def names(fiftyone_database):
+    """A :class:`DatasetNames`: ``name = names.new("prefix")``; every listed dataset is deleted
+    after the test."""
+    import fiftyone as fo
+
+    out = DatasetNames()
+    yield out
+    for n in out:
+        if fo.dataset_exists(n):
+            fo.delete_dataset(n)
+
+
 @pytest.fixture
 def fo_dataset(fiftyone_database):
     """Factory of fresh, uniquely named, non-persistent datasets, deleted after the test.

@@ -7,14 +7,12 @@ signal tests run the command as a real process."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +20,7 @@ import torch
 
 import fiftyone as fo
 
-from _label_helpers import CLASSES, OPTS, make_images
+from _label_helpers import CLASSES, OPTS, make_images, strict_json
 from fiftyone_cass import Segmenter, cli, fileio
 from fiftyone_cass.errors import InvalidInputError
 from fiftyone_cass.integrations.apply import CONFIG_ATTR, AutoLabelRun
@@ -34,22 +32,6 @@ from test_cli import TINY, entry_point, run_cli
 
 class NotATensor:
     """Pickled into a checkpoint: what ``weights_only`` loading refuses."""
-
-
-@pytest.fixture
-def names():
-    out = []
-    yield out
-    for n in out:
-        if fo.dataset_exists(n):
-            fo.delete_dataset(n)
-
-
-def _strict_json(path: Path):
-    def no_constant(c):
-        raise AssertionError(f"{path} holds {c}, which is not JSON")
-
-    return json.loads(path.read_text(), parse_constant=no_constant)
 
 
 def _err_lines(err: str):
@@ -102,8 +84,7 @@ def test_unusable_checkpoints_exit_2_with_one_line_naming_the_file(tmp_path, cap
 def test_unwritable_summary_json_is_a_warning_and_keeps_the_exit_status(tmp_path, capsys, names, monkeypatch):
     img_dir = tmp_path / "imgs"
     make_images(img_dir, 3)
-    name = f"sumjson-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("sumjson")
     a_dir = tmp_path / "a_directory"
     a_dir.mkdir()
     rc, out = run_cli("label", img_dir, "--dataset", name, "--classes", ", ".join(CLASSES), *TINY,
@@ -148,8 +129,7 @@ def _eval_dataset(tmp_path, name, gts, preds, targets):
 
 
 def test_eval_summary_json_is_strict_json_with_null_for_undefined_figures(tmp_path, capsys, names):
-    name = f"evnan-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("evnan")
     gt = np.zeros((8, 8), np.uint8)
     gt[:4] = 1
     # class 2 ("cat") is in neither GT nor prediction: its IoU is undefined (NaN in the table)
@@ -157,14 +137,13 @@ def test_eval_summary_json_is_strict_json_with_null_for_undefined_figures(tmp_pa
     summary = tmp_path / "eval.json"
     rc, out = run_cli("eval", name, "--summary-json", summary, capsys=capsys)
     assert rc == 0, out.err
-    got = _strict_json(summary)
+    got = strict_json(summary)
     assert got["iou"]["cat"] is None
     assert got["iou"]["dog"] == pytest.approx(1.0) and got["mIoU"] == pytest.approx(1.0)
 
 
 def test_eval_resize_nearest_does_not_hide_an_undeclared_ground_truth_value(tmp_path, capsys, names):
-    name = f"evundecl-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("evundecl")
     small = np.zeros((6, 8), np.uint8)
     small[:3, :4] = 1
     small[4:, 5:] = 7  # a value that mask_targets does not declare
@@ -179,7 +158,7 @@ def test_eval_resize_nearest_does_not_hide_an_undeclared_ground_truth_value(tmp_
     rc, out = run_cli("eval", name, "--resize-nearest", "--ignore-undeclared", "--summary-json", summary,
                       capsys=capsys)
     assert rc == 0, out.err
-    got = _strict_json(summary)
+    got = strict_json(summary)
     assert got["mIoU"] == pytest.approx(1.0)  # value 7 is ignored, as asked
 
     # evaluating again under the same key and failing keeps the evaluation that was there
@@ -209,16 +188,14 @@ def test_classes_file_that_is_not_utf8_is_a_usage_error_and_a_bom_is_not_a_class
     bom = tmp_path / "classes-bom.txt"
     bom.write_text("cat\ndog\n", encoding="utf-8-sig")  # as Notepad saves it
     assert bom.read_bytes().startswith(b"\xef\xbb\xbf")
-    name = f"bom-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("bom")
     rc, out = run_cli("label", img_dir, "--dataset", name, "--classes-file", bom, *TINY, capsys=capsys)
     assert rc == 0, out.err
     assert fo.load_dataset(name).mask_targets["cass"] == {0: "background", 1: "cat", 2: "dog"}
 
 
 def test_eval_key_that_fiftyone_refuses_is_a_usage_error_naming_eval_key(tmp_path, capsys, names):
-    name = f"evkey-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("evkey")
     gt = np.zeros((8, 8), np.uint8)
     gt[:4] = 1
     _eval_dataset(tmp_path, name, [gt], [gt.copy()], {0: "background", 1: "dog"})
@@ -236,8 +213,7 @@ def test_eval_key_that_fiftyone_refuses_is_a_usage_error_naming_eval_key(tmp_pat
 def test_demo_images_dir_that_is_a_file_is_a_usage_error_naming_images_dir(tmp_path, capsys, names):
     a_file = tmp_path / "not-a-dir"
     a_file.write_text("x")
-    name = f"demofile-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("demofile")
     for images_dir in (a_file, a_file / "images"):  # the file itself, and a path under it
         rc, out = run_cli("demo", "--dataset", name, "--images-dir", images_dir, *TINY, capsys=capsys)
         lines = _err_lines(out.err)
@@ -248,8 +224,7 @@ def test_demo_images_dir_that_is_a_file_is_a_usage_error_naming_images_dir(tmp_p
 
 
 def test_gt_field_that_is_not_a_segmentation_field_is_named_with_its_type(tmp_path, capsys, names):
-    name = f"gtkind-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("gtkind")
     paths = make_images(tmp_path / "imgs", 1)
     ds = fo.Dataset(name)
     ds.add_samples([fo.Sample(filepath=paths[0], strf="a string", det=fo.Detections(detections=[]),
@@ -273,8 +248,7 @@ def test_gt_field_that_is_not_a_segmentation_field_is_named_with_its_type(tmp_pa
 def test_library_errors_name_the_command_line_flags(tmp_path, capsys, names):
     img_dir = tmp_path / "imgs"
     make_images(img_dir, 2)
-    name = f"flags-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("flags")
     rc, out = run_cli("label", img_dir, "--dataset", name, "--classes", "dog, cat", *TINY, capsys=capsys)
     assert rc == 0, out.err
     rc, out = run_cli("label", name, "--classes", "dog, frisbee", *TINY, capsys=capsys)
@@ -303,8 +277,7 @@ def test_library_errors_name_the_command_line_flags(tmp_path, capsys, names):
 def test_messages_name_the_flag_that_takes_the_value_and_say_why(tmp_path, capsys, names):
     img_dir = tmp_path / "imgs"
     make_images(img_dir, 1)
-    name = f"flagname-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("flagname")
     cases = [
         (["--presence-field", "g4", "--label-field", "g4"],
          "--presence-field 'g4' is not a usable field name: it is the same as --label-field"),
@@ -335,8 +308,7 @@ def test_messages_name_the_flag_that_takes_the_value_and_say_why(tmp_path, capsy
 def test_relabelling_part_of_a_field_with_other_classes_is_refused_in_flags(tmp_path, capsys, names):
     img_dir = tmp_path / "imgs"
     make_images(img_dir, 3)
-    name = f"idspace-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("idspace")
     rc, out = run_cli("label", img_dir, "--dataset", name, "--classes", "dog, cat", *TINY, capsys=capsys)
     assert rc == 0, out.err
     ds = fo.load_dataset(name)
@@ -400,8 +372,7 @@ def test_option_values_are_typed_by_the_options_dataclass(tmp_path, capsys, name
         coerce_settings(SegmenterOptions, dict(gaussian_std=-1))
 
     # -o paper_matching=False is False end to end: the labels carry the settings of paper_matching=False
-    name = f"typed-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("typed")
     rc, out = run_cli("label", img_dir, "--dataset", name, "--classes", "cat", *TINY, "--method", "cass",
                       "-o", "paper_matching=False", capsys=capsys)
     assert rc == 0, out.err
@@ -434,8 +405,7 @@ def _labelled(name: str) -> int:
 def test_sigterm_and_sighup_stop_label_like_ctrl_c(tmp_path, names, sig):
     img_dir = tmp_path / "imgs"
     make_images(img_dir, 12)
-    name = f"sig-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("sig")
     argv = [sys.executable, "-m", "fiftyone_cass", "label", str(img_dir), "--dataset", name, "--classes",
             "dog, cat", *SLOW, "--no-progress"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())

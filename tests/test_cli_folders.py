@@ -5,39 +5,19 @@ commands started at the same time on one folder import each file once (two real 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import uuid
-from pathlib import Path
 
-import pytest
 from PIL import Image
 
 import fiftyone as fo
 
-from _label_helpers import make_images
+from _label_helpers import make_images, strict_json
 from fiftyone_cass.integrations.folders import printable, scan_images
 from test_cli import TINY, run_cli
-
-
-@pytest.fixture
-def names():
-    out = []
-    yield out
-    for n in out:
-        if fo.dataset_exists(n):
-            fo.delete_dataset(n)
-
-
-def _strict_json(path: Path):
-    def no_constant(c):
-        raise AssertionError(f"{path} holds {c}")
-
-    return json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constant)
 
 
 def _cli(*argv):
@@ -61,8 +41,7 @@ def test_awkward_paths_are_reported_and_the_rest_is_imported(tmp_path, capsys, n
     (d / "notes.txt").write_text("not an image")  # other files: not images, silently not imported
     (d / ".hidden.jpg").write_bytes(b"")
 
-    name = f"awk-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("awk")
     summary = tmp_path / "s.json"
     try:
         rc, out = run_cli("label", d, "--dataset", name, "--classes", "cat, dog", *TINY, "--summary-json", summary,
@@ -78,7 +57,7 @@ def test_awkward_paths_are_reported_and_the_rest_is_imported(tmp_path, capsys, n
         str(d / "gone.jpg"): "broken symbolic link",
         str(d / "loop"): "link to a folder",
     }
-    s = _strict_json(summary)
+    s = strict_json(summary)
     got = {x["path"]: x["reason"] for x in s["skipped"]}
     assert set(got) == set(expected), got
     for path, why in expected.items():
@@ -93,7 +72,7 @@ def test_awkward_paths_are_reported_and_the_rest_is_imported(tmp_path, capsys, n
     # again: nothing imported twice, the same paths reported
     rc, out = run_cli("label", d, "--dataset", name, "--classes", "cat, dog", *TINY, "--summary-json", summary,
                       capsys=capsys)
-    s = _strict_json(summary)
+    s = strict_json(summary)
     assert rc == 1 and s["imported"] == 0 and len(fo.load_dataset(name)) == 5
     assert {x["path"] for x in s["skipped"]} == set(expected)
     assert printable(os.fsdecode(bad_name)) == printable_bad
@@ -104,8 +83,7 @@ def test_an_unreadable_subfolder_is_reported_by_a_process_that_cannot_read_it(tm
     good = make_images(d, 2)
     locked = d / "locked"
     make_images(locked, 2)
-    name = f"locked-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("locked")
     summary = tmp_path / "s.json"
     setpriv = shutil.which("setpriv")
     assert setpriv, "util-linux's setpriv is needed to run the command without root's read-anything capability"
@@ -120,7 +98,7 @@ def test_an_unreadable_subfolder_is_reported_by_a_process_that_cannot_read_it(tm
         os.chmod(locked, 0o755)
     assert p.returncode == 1, (p.stdout, p.stderr)
     assert f"SKIPPED {locked}: folder cannot be read (Permission denied)" in p.stdout, p.stdout
-    s = _strict_json(summary)
+    s = strict_json(summary)
     assert s["skipped"] == [dict(path=str(locked), reason="folder cannot be read (Permission denied)")]
     assert sorted(fo.load_dataset(name).values("filepath")) == sorted(good)
     assert s["num_labeled"] == 2
@@ -163,8 +141,7 @@ def test_two_label_commands_started_together_import_each_file_once(tmp_path, nam
         sub.mkdir(parents=True)
         for j in range(100):
             (sub / f"im{j:03d}.jpg").write_bytes(b"")  # only imported: --tags selects no sample to label
-    name = f"twice-{uuid.uuid4().hex[:8]}"
-    names.append(name)
+    name = names.new("twice")
     driver = tmp_path / "driver.py"
     driver.write_text(BARRIER_DRIVER)
     barrier = tmp_path / "barrier"
@@ -183,7 +160,7 @@ def test_two_label_commands_started_together_import_each_file_once(tmp_path, nam
     ds = fo.load_dataset(name)
     paths = ds.values("filepath")
     assert len(set(paths)) == n and len(paths) == n
-    imported = [_strict_json(tmp_path / f"s{i}.json")["imported"] for i in range(2)]
+    imported = [strict_json(tmp_path / f"s{i}.json")["imported"] for i in range(2)]
     assert sum(imported) == n, imported  # each file added by exactly one of them
     assert ds.get_index_information()["filepath"]["unique"]
 

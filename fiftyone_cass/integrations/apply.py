@@ -230,7 +230,6 @@ class AutoLabelRun:
     ):
         # every LabelSettings field checked once (the rest are Segmenter options, checked by it)
         run, options = split_settings(LabelSettings, dict(settings, classes=classes))
-        self.settings_given = run
         classes, preset, gt_field, label_field = run.classes, run.preset, run.gt_field, run.label_field
         presence_field, tag_prefix, error_field, embeddings_field = (
             run.presence_field, run.tag_prefix, run.error_field, run.embeddings_field)

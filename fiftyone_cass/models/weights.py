@@ -13,8 +13,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from .. import bootstrap
-from ..bootstrap import go_offline, hub_offline
+from ..bootstrap import hub_offline
 from ..errors import WeightsUnavailableError
 from ..settings import resolve_device
 
@@ -76,7 +75,7 @@ def _server_message(exc: BaseException, hub_unreachable: bool, backbone: str, wo
 
 
 def ensure_weights(backbone: str, method: str, device: Optional[str] = None, clip_checkpoint=None,
-                   dino_checkpoint=None, hub_check_timeout: float = 3.0, wording: str = "python") -> None:
+                   dino_checkpoint=None, wording: str = "python") -> None:
     """Loads the backbones of a run (``method`` decides whether DINO is needed) on ``device``
     (``None``/``"auto"``: the first GPU if there is one), or raises
     :class:`~fiftyone_cass.errors.WeightsUnavailableError` naming the checkpoint settings in the
@@ -90,11 +89,7 @@ def ensure_weights(backbone: str, method: str, device: Optional[str] = None, cli
     for what, path in (("CLIP", clip), ("DINO", dino if need_dino else None)):
         if path and not Path(path).expanduser().is_file():
             raise WeightsUnavailableError(_missing_file(what, path, wording))
-    hub_unreachable = False
-    if backbone == "openai" and not (clip and (dino or not need_dino)):
-        if not hub_offline() and not bootstrap.hub_reachable(hub_check_timeout):
-            go_offline()
-            hub_unreachable = True
+    was_offline = hub_offline()
     dev = resolve_device(device)
     root = logging.getLogger()
     old_level = root.level
@@ -102,6 +97,9 @@ def ensure_weights(backbone: str, method: str, device: Optional[str] = None, cli
     try:
         cached_models(backbone, clip_checkpoint, dino_checkpoint, dev, need_dino)
     except WeightsUnavailableError as exc:
+        # cached_models checks the hub before a download and switches to the local cache where it
+        # cannot be reached: offline mode that this call turned on says so
+        hub_unreachable = not was_offline and hub_offline()
         if wording != "cli":
             raise WeightsUnavailableError(_server_message(exc, hub_unreachable, backbone, wording)) from None
         msg = _cli_message(exc, hub_unreachable)

@@ -383,3 +383,41 @@ def test_model_evaluation_panel_can_load_the_run(seg_dataset):
     assert list(cm["classes"])[:3] == ["wall", "building", "sky"]
     per_class = panel.get_per_class_metrics(info, results)
     assert set(per_class) >= {"wall", "building", "sky"}
+
+
+def _fields_and_values(ds):
+    schema = {n: type(f).__name__ for n, f in ds.get_field_schema().items()}
+    return schema, {n: ds.values(n) for n in schema if n not in ("ground_truth", "predictions", "metadata", "last_modified_at")}
+
+
+def test_an_evaluation_never_touches_fields_it_does_not_own(seg_dataset, capsys):
+    from fiftyone_cass import cli
+
+    ds = seg_dataset
+    # the user's own fields under the names an evaluation "ev" (and the CLI's default key) would write
+    for key in ("ev", "eval_predictions"):
+        ds.add_sample_field(f"{key}_iou", fo.StringField)
+        ds.set_values(f"{key}_iou", ["mine", "also mine", None])
+        ds.set_values(f"{key}_pixel_acc", [0.5, 0.25, 0.125])
+    before = _fields_and_values(ds)
+    with pytest.raises(InvalidInputError, match=r"'ev_iou'.*not written by an evaluation.*eval_key"):
+        evaluate_iou(ds, "predictions", eval_key="ev")
+    with pytest.raises(InvalidInputError, match=r"'ev_iou'"):
+        evaluate_iou(ds, "predictions", eval_key="ev", overwrite=True)
+    assert cli.main(["eval", ds.name, "--pred-field", "predictions"]) == 2
+    err = capsys.readouterr().err
+    assert "'eval_predictions_iou'" in err and "--eval-key" in err and "Traceback" not in err
+    res = foo.execute_operator(EVALUATE_URI, ctx={"dataset": ds, "params": {
+        "pred_field": "predictions", "gt_field": "ground_truth", "eval_key": "ev", "target": "DATASET"}})
+    assert "ev_iou" in res.result["error"]
+    ds.reload()
+    assert _fields_and_values(ds) == before and ds.list_evaluations() == []
+    # a failure in the middle of an evaluation (an unreadable mask) leaves every pre-existing field as it was
+    bad = ds.first()
+    bad.predictions = fo.Segmentation(mask_path="/nonexistent/mask.png")
+    bad.save()
+    before = _fields_and_values(ds)
+    with pytest.raises(InvalidInputError, match="could not read a mask"):
+        evaluate_iou(ds, "predictions", eval_key="other")
+    ds.reload()
+    assert _fields_and_values(ds) == before and ds.list_evaluations() == []

@@ -246,3 +246,27 @@ def test_an_unwritable_mask_directory_fails_before_the_model_runs(fo_dataset, im
         apply(ds, CLASSES, masks="disk", mask_dir=str(blocker), **KW)
     assert calls == [] and not ds.has_sample_field("cass")
     assert field_claim(ds, "cass") is None
+
+
+def test_overwrite_of_the_original_keeps_the_masks_its_clone_uses(fo_dataset, images, tmp_path):
+    masks = str(tmp_path / "masks")
+    ds = add_samples(fo_dataset("cl-orig"), images[:4])
+    apply(ds, CLASSES, masks="disk", mask_dir=masks, **KW)
+    clone = ds.clone(f"{ds.name}-clone")
+    try:
+        before = {s.id: (s.cass.mask_path, _digest(s.cass.mask_path)) for s in clone}
+        s = apply(ds, ["dog", "cat"], masks="disk", mask_dir=masks, overwrite=True, **KW)
+        assert s.num_labeled == 4
+        clone.reload()
+        for smp in clone:  # the clone still points at the original's first masks: all kept, unchanged
+            path, digest = before[smp.id]
+            assert smp.cass.mask_path == path and os.path.exists(path) and _digest(path) == digest
+        # once the clone is gone, the next overwrite of the original removes what nobody references
+        fo.delete_dataset(clone.name)
+        apply(ds, ["frisbee"], masks="disk", mask_dir=masks, overwrite=True, **KW)
+        ds.reload()
+        assert sorted(os.listdir(os.path.join(masks, "cass"))) == sorted(
+            [os.path.basename(x.cass.mask_path) for x in ds] + [os.path.basename(p) for p, _ in before.values()])
+    finally:
+        if fo.dataset_exists(clone.name):
+            fo.delete_dataset(clone.name)

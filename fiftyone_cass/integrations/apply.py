@@ -140,6 +140,45 @@ def _written_by(path: str, sample_id: str, dataset_id: str) -> bool:
     return os.path.basename(path).startswith(f"{sample_id}-{dataset_id}-")
 
 
+def _segmentation_paths(fields, prefix: str = "") -> Iterator[str]:
+    """The paths of the Segmentation fields (also inside embedded documents) of a dataset
+    document's ``sample_fields``."""
+    for f in fields or []:
+        path = prefix + f.get("name", "")
+        doc_type = f.get("embedded_doc_type") or ""
+        if doc_type == "fiftyone.core.labels.Segmentation":
+            yield path
+        elif f.get("fields"):
+            yield from _segmentation_paths(f["fields"], path + ".")
+
+
+def referenced_mask_paths(paths: Sequence[str]) -> set:
+    """The ``paths`` that a Segmentation of *any* dataset in the database points at: clones,
+    merged or copied samples share their mask files with the dataset that wrote them, so a file
+    is unreferenced only when no dataset refers to it."""
+    import fiftyone.core.odm as foo
+
+    paths = list(set(p for p in paths if p))
+    found: set = set()
+    if not paths:
+        return found
+    conn = foo.get_db_conn()
+    for doc in conn.datasets.find({}, {"sample_collection_name": 1, "sample_fields": 1}):
+        fields = list(_segmentation_paths(doc.get("sample_fields")))
+        coll = doc.get("sample_collection_name")
+        if not fields or not coll:
+            continue
+        query = {"$or": [{f"{f}.mask_path": {"$in": paths}} for f in fields]}
+        for d in conn[coll].find(query, {f: 1 for f in fields}):
+            for f in fields:
+                v = d
+                for part in f.split("."):
+                    v = v.get(part) if isinstance(v, dict) else None
+                if isinstance(v, dict) and v.get("mask_path") in paths:
+                    found.add(v["mask_path"])
+    return found
+
+
 def default_mask_dir(dataset) -> str:
     """``<fo.config.default_dataset_dir>/fiftyone_cass_masks/<dataset name>``."""
     safe = re.sub(r"[^\w.-]+", "_", dataset.name).strip("._") or "dataset"
@@ -635,11 +674,7 @@ class AutoLabelRun:
         return len(batch)
 
     def _remove_unreferenced(self, paths: List[str]) -> None:
-        ds = self.dataset
-        referenced = set()
-        for f in ds.get_field_schema(embedded_doc_type=fo.Segmentation):
-            referenced.update(ds.match(F(f"{f}.mask_path").is_in(paths)).values(f"{f}.mask_path"))
-        for p in set(paths) - referenced:
+        for p in set(paths) - referenced_mask_paths(paths):
             try:
                 os.remove(p)
             except OSError as exc:
@@ -785,6 +820,7 @@ __all__ = [
     "is_valid_png",
     "mask_file_path",
     "recorded_tag_prefix",
+    "referenced_mask_paths",
     "retag",
     "shard_index",
     "validate_shard",

@@ -130,6 +130,34 @@ def prediction_class_match(samples, gt_field, pred_field, gt_targets, mask_targe
     return match
 
 
+def evaluation_fields(eval_key: str) -> List[str]:
+    """The per-sample fields an evaluation ``eval_key`` writes (and deletes with it)."""
+    return [f"{eval_key}_iou", f"{eval_key}_pixel_acc"]
+
+
+class EvaluationFieldsExistError(InvalidInputError):
+    """A per-sample field of the evaluation exists and is not the evaluation's own."""
+
+    def __init__(self, dataset_name: str, field: str, eval_key: str):
+        self.field, self.eval_key = field, eval_key
+        super().__init__(
+            f"field {field!r} of dataset {dataset_name!r} exists and was not written by an evaluation {eval_key!r}: "
+            f"the evaluation would write {' and '.join(evaluation_fields(eval_key))} and delete them if it is deleted "
+            "or fails; choose another eval_key (nothing was changed)"
+        )
+
+
+def check_evaluation_fields(dataset, eval_key: str) -> None:
+    """Refuses (:class:`EvaluationFieldsExistError`, before anything is written) an evaluation
+    whose per-sample fields exist while ``eval_key`` is not an evaluation of ``dataset``: those
+    fields are the user's, and FiftyOne deletes an evaluation's fields when it fails or is deleted."""
+    if eval_key in dataset.list_evaluations():
+        return  # its fields are its own (overwrite replaces them)
+    for f in evaluation_fields(eval_key):
+        if dataset.has_sample_field(f):
+            raise EvaluationFieldsExistError(dataset.name, f, eval_key)
+
+
 class IoUEvaluationConfig(fous.SegmentationEvaluationConfig):
     """Config of the mmseg-IoU segmentation backend (``method="mmseg_iou"``).
 
@@ -174,7 +202,7 @@ class IoUEvaluation(fous.SegmentationEvaluation):
     """mmseg ``IoUMetric`` semantics (dataset-level intersections/unions, 255 ignored, nan-mean)."""
 
     def _fields(self, eval_key) -> List[str]:
-        return [f"{eval_key}_iou", f"{eval_key}_pixel_acc"]
+        return evaluation_fields(eval_key)
 
     def register_samples(self, samples, eval_key):
         if eval_key is None:
@@ -395,7 +423,9 @@ def evaluate_iou(
     plugin's ``mean_iou`` metric for the Model Evaluation panel (None = when the plugin is found).
 
     All or nothing: a run that fails leaves no evaluation record and none of the fields it
-    created. ``overwrite=True`` replaces an existing evaluation of that key only once the new one
+    created. It never touches fields it does not own: when ``<eval_key>_iou`` or
+    ``<eval_key>_pixel_acc`` exist and ``eval_key`` is not an evaluation of the dataset, it is
+    refused up front (:class:`EvaluationFieldsExistError`). ``overwrite=True`` replaces an existing evaluation of that key only once the new one
     has succeeded (it is computed under a temporary key, then renamed); without it an existing
     key is an error, as in FiftyOne.
     """
@@ -427,6 +457,7 @@ def evaluate_iou(
     if eval_key is None:
         return run(None)
     ds = samples._dataset
+    check_evaluation_fields(ds, eval_key)
     if not (overwrite and eval_key in ds.list_evaluations()):
         return _all_or_nothing(ds, eval_key, lambda: run(eval_key))
     tmp = f"{eval_key}_new_{uuid.uuid4().hex[:8]}"

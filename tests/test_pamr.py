@@ -44,3 +44,71 @@ def test_banded_pamr_equals_the_whole_image(steps, dilations, rows):
                                      6, 83, a, b, steps, dilations, channel_chunk=4)
     assert torch.equal(out, ref)
     assert not torch.equal(ref, mask)  # PAMR changed something
+
+
+import numpy as np  # noqa: E402
+
+from fiftyone_cass.errors import InvalidInputError  # noqa: E402
+from fiftyone_cass.models.segmenter import Segmenter  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def seg():
+    return Segmenter(classes=["dog, puppy", "cat", "car"], backbone="tiny", method="cass", device="cpu",
+                     background="default", pamr_steps=3, pamr_dilations=(2, 4))
+
+
+@pytest.mark.parametrize("guide", ["processed", "original"])
+@pytest.mark.parametrize("thr", [0.0, 0.35])
+@pytest.mark.parametrize("budget", [2**20, 3 * 2**20])
+def test_segmenter_pamr_bands_equal_the_whole_image(seg, guide, thr, budget, monkeypatch):
+    rng = np.random.default_rng(3)
+    rgb = (rng.random((301, 257, 3)) * 255).astype(np.uint8)
+    monkeypatch.setattr(seg.options, "pamr_guide", guide)
+    monkeypatch.setattr(seg.options, "prob_thd", thr)
+    monkeypatch.setattr(seg.options, "bg_rule", "cass_fixed")
+    p = seg._prepare(0, rgb, "img")
+    assert (p.rgb is not None) == (guide == "original")
+    g = torch.Generator().manual_seed(5)
+    q = len(seg.queries)
+    logits = [0.2 + 0.03 * torch.randn(q, (y2 - y1) // 16, (x2 - x1) // 16, generator=g) for (y1, y2, x1, x2) in p.windows]
+    hr, gg = torch.zeros(len(logits), 2), torch.zeros(q)
+    monkeypatch.setattr(seg.options, "full_res_budget", None)
+    whole = seg._finish(p, logits, hr, gg).label_map
+    monkeypatch.setattr(seg.options, "pamr_steps", 0)
+    plain = seg._finish(p, logits, hr, gg).label_map
+    monkeypatch.setattr(seg.options, "pamr_steps", 3)
+    monkeypatch.setattr(seg.options, "full_res_budget", budget)
+    calls = []
+    import fiftyone_cass.core.pamr as core_pamr
+    real = core_pamr.refine_rows
+    monkeypatch.setattr("fiftyone_cass.models.segmenter.refine_rows", lambda *a, **k: calls.append(a[4:6]) or real(*a, **k))
+    banded = seg._finish(p, logits, hr, gg).label_map
+    assert len(calls) > 1  # really several bands
+    np.testing.assert_array_equal(banded, whole)
+    if thr == 0:
+        assert (whole != plain).any()  # PAMR changed the label map
+        assert len(np.unique(whole)) >= 2
+
+
+def test_pamr_options_are_checked():
+    for bad in ({"pamr_steps": -1}, {"pamr_dilations": (0, 2)}, {"pamr_guide": "sharp"}):
+        with pytest.raises(InvalidInputError, match=next(iter(bad))):
+            Segmenter(classes=["dog"], backbone="tiny", device="cpu", method="cass", **bad)
+
+
+@pytest.mark.parametrize("method", ["cass", "cass+cdam"])
+def test_pamr_end_to_end_every_method(method, monkeypatch):
+    rng = np.random.default_rng(0)
+    img = (rng.random((150, 190, 3)) * 255).astype(np.uint8)
+    off = Segmenter(classes=["dog", "cat", "grass"], backbone="tiny", device="cpu", method=method)
+    on = Segmenter(classes=["dog", "cat", "grass"], backbone="tiny", device="cpu", method=method, pamr_steps=10)
+    calls = []
+    import fiftyone_cass.core.pamr as core_pamr
+    real = core_pamr.refine_rows
+    monkeypatch.setattr("fiftyone_cass.models.segmenter.refine_rows", lambda *a, **k: calls.append(a[4:6]) or real(*a, **k))
+    a = off([img])[0].label_map
+    assert calls == []  # off by default
+    b = on([img])[0].label_map
+    assert calls == [(0, 150)]  # the whole image refined once (it fits the budget)
+    assert a.shape == b.shape == (150, 190)

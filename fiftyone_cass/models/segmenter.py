@@ -17,6 +17,7 @@ from ..core.eigensolver import PLACEMENTS
 from ..core.entropy import entropy_range, threshold_from_entropy
 from ..core.cass import CassOptions
 from ..core.graphs import resample_dino_keys
+from ..core.pamr import pamr_halo, refine_rows
 from ..core.preprocess import clip_normalize
 from ..core.presence import cluster_text, merge_synonyms
 from ..core.windows import (
@@ -100,6 +101,13 @@ class SegmenterOptions:
     entropy_logit_scale: float = setting(50.0, "logit scale of the entropy rule", gt=0)
     entropy_thr_default: float = setting(0.5, "threshold of the entropy rule when it is undecided", min=0, max=1)
     entropy_alpha: float = setting(2.5, "slope of the entropy rule", min=0)
+    # PAMR (SPEC K.1-K.4): on the raw query logits at the original size, before logit_scale,
+    # softmax, synonym merge and background
+    pamr_steps: int = setting(0, "PAMR refinement steps on the full-resolution logits (0: off, the published "
+                              "protocol; 10: the seeds' --pamr on)", min=0, max=1000)
+    pamr_dilations: Tuple[int, ...] = setting((8, 16), "PAMR neighbour dilations, in pixels", item_min=1, item_max=512)
+    pamr_guide: str = setting("processed", "image guiding PAMR: processed (the reference's up-sampled resized, "
+                              "CLIP-normalised image) or original", choices=("processed", "original"))
     # memory (not results): bytes allowed for the full-resolution logits of one image and the
     # up-sampled windows being stitched; larger images are labelled in row bands (the same label
     # maps). None = no bound (the whole image at once: Q x H x W floats, ~0.7 GB per megapixel
@@ -150,6 +158,7 @@ class _Prepared:
     image: torch.Tensor  # CLIP-normalised (3, H, W), possibly padded
     size: Tuple[int, int]  # resized size before padding
     windows: List[Tuple[int, int, int, int]] = field(default_factory=list)
+    rgb: Optional[np.ndarray] = None  # the original pixels, kept only to guide PAMR (pamr_guide="original")
 
 
 class Segmenter:
@@ -478,7 +487,8 @@ class Segmenter:
                 ph, pw = max(-(-h // 16) * 16, 16), max(-(-w // 16) * 16, 16)
                 img = F.pad(img, (0, pw - w, 0, ph - h))
             windows = [(0, ph, 0, pw)]
-        return _Prepared(index, name, (h0, w0), img, (h, w), windows)
+        keep = rgb if (o.pamr_steps > 0 and o.pamr_guide == "original") else None
+        return _Prepared(index, name, (h0, w0), img, (h, w), windows, keep)
 
     def _autocast(self):
         if self.precision == "fp32":
@@ -588,7 +598,9 @@ class Segmenter:
         # shifted, exponentiated); row bands hold about (2 + source rows per row) per band
         whole_fits = budget is None or 4 * q * h0 * w0 * item <= budget
         small = h0 + w0 <= SMALL_OUTPUT or (w != w0 and h + w0 <= SMALL_OUTPUT)
-        if whole_fits or small:
+        if o.pamr_steps > 0:
+            label_map = self._pamr_labels(p, canvas, thr, dtype, small)
+        elif whole_fits or small:
             labels = self._labels(upsample_logits(canvas, p.original_size), thr, inplace=True)  # (Q, H0, W0)
             label_map = labels.to("cpu", torch.int64).numpy().astype(dtype)
         else:
@@ -606,6 +618,55 @@ class Segmenter:
                 label_map[a:b] = self._labels(band, thr, inplace=True).to("cpu", torch.int64).numpy()
                 del band
         return SegmentationResult(label_map, self.presence_scores(g), thr, p.name)
+
+    def _pamr_labels(self, p: _Prepared, canvas: torch.Tensor, thr: float, dtype, small: bool) -> np.ndarray:
+        """The label map with PAMR (SPEC K) on the raw query logits at the original size, in row
+        bands under ``full_res_budget`` with the exact halo (:func:`~fiftyone_cass.core.pamr.refine_rows`):
+        the same label map as the whole image at once. A band is at least one halo tall (fewer
+        rows would recompute the halo many times over), so with many names on a wide image a
+        band can hold more than the budget: ~Q x halo x W floats."""
+        o = self.options
+        h0, w0 = p.original_size
+        h, w = p.size
+        q, item = canvas.shape[0], canvas.element_size()
+        budget = o.full_res_budget
+        steps, dil = o.pamr_steps, tuple(o.pamr_dilations)
+        halo = pamr_halo(steps, dil)
+        per_pixel = q * item * (2 + -(-h // h0)) + 32
+        neighbours = 8 * len(dil)
+        whole = small or budget is None or (6 * q + 2 * neighbours + 8) * h0 * w0 * item <= budget
+        if whole:
+            bands, full, variant = [(0, h0)], upsample_logits(canvas, p.original_size), None
+        else:
+            full = None
+            variant = bilinear_variant(canvas.device)
+            if variant is None:
+                variant = "addcmul"
+                self._warn_once(f"bilinear up-sampling on {canvas.device} matches none of the known roundings; "
+                                "PAMR label maps of images over full_res_budget may differ from an unbounded run")
+            bands = row_bands(h0, w0, per_pixel, max(budget, per_pixel * w0 * min(halo, h0)))
+        image = p.image[:, :h, :w]
+
+        def read_guide(e0, e1):
+            if p.rgb is not None:  # the original pixels, CLIP-normalised like the processed image
+                return clip_normalize(torch.as_tensor(np.ascontiguousarray(p.rgb[e0:e1])).to(canvas.device).permute(2, 0, 1))[None]
+            if full is not None:
+                return upsample_logits(image, p.original_size)[None, :, e0:e1]
+            return upsample_rows(image, p.original_size, e0, e1, variant)[None]
+
+        def read_mask(c0, c1, e0, e1):
+            if full is not None:
+                return full[None, c0:c1, e0:e1]
+            return upsample_rows(canvas[c0:c1], p.original_size, e0, e1, variant)[None]
+
+        label_map = np.empty((h0, w0), dtype)
+        for a, b in bands:
+            ext = min(b + halo, h0) - max(a - halo, 0)
+            chunk = q if budget is None else max(1, budget // (4 * ext * w0 * item))
+            band = refine_rows(read_guide, read_mask, q, h0, a, b, steps, dil, chunk)[0]
+            label_map[a:b] = self._labels(band, thr, inplace=True).to("cpu", torch.int64).numpy()
+            del band
+        return label_map
 
     def _labels(self, logits: torch.Tensor, thr: float, inplace: bool = False) -> torch.Tensor:
         """E.5 / G.8 on full-resolution query logits ``(Q, H, W)`` without materialising the

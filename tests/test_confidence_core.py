@@ -80,3 +80,14 @@ def test_confidence_is_lower_where_logits_disagree():
     assert float(conf.margin[:, :2].min()) > 0.99
     assert float(conf.margin[:, 2:].max()) < 1e-6
     assert float(conf.entropy[:, 2:].min()) > float(conf.entropy[:, :2].max())
+
+
+def test_class_maps_are_the_reference_class_probabilities():
+    g = torch.Generator().manual_seed(3)
+    q2c = torch.tensor([0, 1, 1, 2, 2])
+    scaled = 8 * torch.randn(5, 6, 7, generator=g, dtype=torch.float64)
+    cls = merge_synonyms(torch.softmax(scaled, 0), q2c, 4, dim=0)  # label 3 has no query
+    conf = pixel_confidence(scaled.clone(), q2c, inplace=True, classes=(1, 2, 3))
+    assert torch.allclose(conf.class_maps[1], cls[1], atol=1e-12)
+    assert torch.allclose(conf.class_maps[2], cls[2], atol=1e-12)
+    assert torch.equal(conf.class_maps[3], torch.zeros(6, 7, dtype=torch.float64))

@@ -11,8 +11,8 @@ returns sums that add up over bands, so an image's figures do not depend on its 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Sequence
 
 import torch
 
@@ -25,6 +25,7 @@ class PixelConfidence:
     p1: torch.Tensor  # top-1 class probability
     p2: torch.Tensor  # top-2 class probability (0 when every query belongs to the top class)
     entropy: torch.Tensor  # Shannon entropy (nats) of the softmax over queries
+    class_maps: Dict[int, torch.Tensor] = field(default_factory=dict)  # label -> class probability
 
     @property
     def margin(self) -> torch.Tensor:
@@ -37,21 +38,28 @@ class PixelConfidence:
         return (self.entropy / math.log(num_queries)).clamp_(0.0, 1.0)
 
 
-def pixel_confidence(scaled: torch.Tensor, query_to_class: torch.Tensor, inplace: bool = False) -> PixelConfidence:
+def pixel_confidence(scaled: torch.Tensor, query_to_class: torch.Tensor, inplace: bool = False,
+                     classes: Sequence[int] = ()) -> PixelConfidence:
     """Top-1 / top-2 class probabilities and query entropy of scaled logits ``(Q, h, w)``
     (already multiplied by the logit scale); ``query_to_class`` ``(Q,)`` maps queries to classes.
-    ``inplace``: ``scaled`` may be overwritten; one further ``Q x h x w`` buffer is used."""
+    ``classes``: labels whose class probability map is also returned (``PixelConfidence.class_maps``).
+    ``inplace``: ``scaled`` may be overwritten. Besides it, one ``Q x h x w`` tensor of the same
+    dtype and one boolean ``Q x h x w`` mask are held at a time."""
     top, query = scaled.max(0)
     shifted = scaled.sub_(top) if inplace else scaled - top  # <= 0, 0 at the top query
     ex = torch.exp(shifted)
     z = ex.sum(0)  # >= 1
     # H = -sum_q p_q log p_q = log Z - sum_q p_q (x_q - top)
-    entropy = (torch.log(z) - (ex * shifted).sum(0) / z).clamp_(min=0.0)
+    entropy = (torch.log(z) - shifted.mul_(ex).sum(0) / z).clamp_(min=0.0)
     del shifted
+    maps = {}
+    for c in classes:
+        own = (query_to_class == int(c)).nonzero().flatten()
+        maps[int(c)] = ex[own].amax(0) / z if own.numel() else torch.zeros_like(z)
     top_class = query_to_class[query]
     same = query_to_class.view(-1, *([1] * top_class.dim())) == top_class.unsqueeze(0)
     p2 = ex.masked_fill_(same, 0.0).amax(0) / z
-    return PixelConfidence(query, 1.0 / z, p2, entropy)
+    return PixelConfidence(query, 1.0 / z, p2, entropy, maps)
 
 
 @dataclass

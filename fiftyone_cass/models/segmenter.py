@@ -16,6 +16,7 @@ from ..core import cdam as cdam_ops
 from ..core.eigensolver import PLACEMENTS
 from ..core.entropy import entropy_range, threshold_from_entropy
 from ..core.cass import CassOptions
+from ..core.confidence import ConfidenceSums, band_sums, pixel_confidence
 from ..core.graphs import resample_dino_keys
 from ..core.pamr import pamr_halo, refine_rows
 from ..core.preprocess import clip_normalize
@@ -145,9 +146,34 @@ class SegmentationResult:
     #: the global CLIP image embedding ``(E,)`` float32, unit norm, in the text embeddings' space
     #: (the E.1 prior); None when the pipeline did not compute it (see ``Segmenter.return_embeddings``)
     embedding: Optional[np.ndarray] = None
+    #: how sure the engine is of this label map (None unless ``Segmenter.return_confidence``)
+    confidence: Optional["LabelConfidence"] = None
+    #: per-pixel uncertainty ``(H, W)`` float32 in [0, 1] at the original size (None unless
+    #: ``Segmenter.uncertainty`` is set): 1 - margin, or the normalised query entropy
+    uncertainty: Optional[np.ndarray] = None
+    #: per-pixel class probability ``(H, W)`` float32 in [0, 1] of each label in
+    #: ``Segmenter.probability_maps`` (None unless set)
+    probabilities: Optional[Dict[int, np.ndarray]] = None
 
     def presence_dict(self, class_names: Sequence[str]) -> Dict[str, float]:
         return {n: float(p) for n, p in zip(class_names, self.presence) if np.isfinite(p)}
+
+
+@dataclass
+class LabelConfidence:
+    """Per-image confidence of a label map, from the class probabilities of every pixel (E.5):
+    ``mean`` top-1 class probability, ``margin`` mean top-1 minus top-2, ``removed`` the share of
+    pixels the background rule turned into background (each in [0, 1]), and ``per_class`` the mean
+    top-1 probability of the pixels given each label ``(num_labels,)`` (NaN: no pixel)."""
+
+    mean: float
+    margin: float
+    removed: float
+    per_class: np.ndarray
+
+
+#: per-pixel uncertainty kinds of ``Segmenter.uncertainty``
+UNCERTAINTY_KINDS = ("margin", "entropy")
 
 
 @dataclass
@@ -185,6 +211,14 @@ class Segmenter:
     #: image prior (the default: the prior *is* that embedding); with ``mode="whole"`` or
     #: ``global_prior="crop"`` it costs one more CLIP forward per image, so it is off unless set
     return_embeddings: bool = False
+    #: compute :class:`LabelConfidence` with every result, in the same row bands as the labels
+    #: (no further full-resolution memory; it does not change the labels)
+    return_confidence: bool = False
+    #: a per-pixel uncertainty map with every result: None, "margin" (1 - top-1 + top-2 class
+    #: probability) or "entropy" (query entropy / log Q)
+    uncertainty: Optional[str] = None
+    #: labels whose per-pixel class probability map comes with every result (concept heatmaps)
+    probability_maps: Tuple[int, ...] = ()
 
     def __init__(
         self,
@@ -596,12 +630,16 @@ class Segmenter:
         item = canvas.element_size()
         # the whole-image computation holds up to four (Q, H0, W0) tensors (logits, scaled,
         # shifted, exponentiated); row bands hold about (2 + source rows per row) per band
-        whole_fits = budget is None or 4 * q * h0 * w0 * item <= budget
+        extras = self._band_outputs(p.original_size)
+        # the confidence outputs hold one more (Q, H, W) tensor and a boolean one
+        extra = 0.0 if extras is None else 1.0 + 1.0 / item
+        whole_fits = budget is None or (4 + extra) * q * h0 * w0 * item <= budget
         small = h0 + w0 <= SMALL_OUTPUT or (w != w0 and h + w0 <= SMALL_OUTPUT)
         if o.pamr_steps > 0:
-            label_map = self._pamr_labels(p, canvas, thr, dtype, small)
+            label_map = self._pamr_labels(p, canvas, thr, dtype, small, extras)
         elif whole_fits or small:
-            labels = self._labels(upsample_logits(canvas, p.original_size), thr, inplace=True)  # (Q, H0, W0)
+            labels = self._labels(upsample_logits(canvas, p.original_size), thr, inplace=True,
+                                  extras=extras, rows=(0, h0))  # (Q, H0, W0)
             label_map = labels.to("cpu", torch.int64).numpy().astype(dtype)
         else:
             variant = bilinear_variant(canvas.device)
@@ -611,15 +649,20 @@ class Segmenter:
                     f"bilinear up-sampling on {canvas.device} matches none of the known roundings; "
                     "label maps of images over full_res_budget may differ from an unbounded run at a few pixels"
                 )
-            per_pixel = q * item * (2 + -(-h // h0)) + 32  # + top, ids, labels per pixel
+            per_pixel = int(q * item * (2 + extra + -(-h // h0))) + 32 + (0 if extras is None else 48)
             label_map = np.empty((h0, w0), dtype)
             for a, b in row_bands(h0, w0, per_pixel, budget):
                 band = upsample_rows(canvas, p.original_size, a, b, variant)  # (Q, b - a, W0)
-                label_map[a:b] = self._labels(band, thr, inplace=True).to("cpu", torch.int64).numpy()
+                label_map[a:b] = self._labels(band, thr, inplace=True, extras=extras,
+                                              rows=(a, b)).to("cpu", torch.int64).numpy()
                 del band
-        return SegmentationResult(label_map, self.presence_scores(g), thr, p.name)
+        result = SegmentationResult(label_map, self.presence_scores(g), thr, p.name)
+        if extras is not None:
+            extras.attach(result)
+        return result
 
-    def _pamr_labels(self, p: _Prepared, canvas: torch.Tensor, thr: float, dtype, small: bool) -> np.ndarray:
+    def _pamr_labels(self, p: _Prepared, canvas: torch.Tensor, thr: float, dtype, small: bool,
+                     extras: Optional["_BandOutputs"] = None) -> np.ndarray:
         """The label map with PAMR (SPEC K) on the raw query logits at the original size, in row
         bands under ``full_res_budget`` with the exact halo (:func:`~fiftyone_cass.core.pamr.refine_rows`):
         the same label map as the whole image at once. A band is at least one halo tall (fewer
@@ -664,11 +707,18 @@ class Segmenter:
             ext = min(b + halo, h0) - max(a - halo, 0)
             chunk = q if budget is None else max(1, budget // (4 * ext * w0 * item))
             band = refine_rows(read_guide, read_mask, q, h0, a, b, steps, dil, chunk)[0]
-            label_map[a:b] = self._labels(band, thr, inplace=True).to("cpu", torch.int64).numpy()
+            label_map[a:b] = self._labels(band, thr, inplace=True, extras=extras, rows=(a, b)).to("cpu", torch.int64).numpy()
             del band
         return label_map
 
-    def _labels(self, logits: torch.Tensor, thr: float, inplace: bool = False) -> torch.Tensor:
+    def _band_outputs(self, size: Tuple[int, int]) -> Optional["_BandOutputs"]:
+        """The collector of the confidence outputs asked for (None: none)."""
+        if not (self.return_confidence or self.uncertainty or self.probability_maps):
+            return None
+        return _BandOutputs(self, size)
+
+    def _labels(self, logits: torch.Tensor, thr: float, inplace: bool = False,
+                extras: Optional["_BandOutputs"] = None, rows: Tuple[int, int] = (0, 0)) -> torch.Tensor:
         """E.5 / G.8 on full-resolution query logits ``(Q, H, W)`` without materialising the
         query and class probabilities (two Q x H x W tensors and a scatter): the softmax is
         monotone, so the top class is the owner of the top query (queries are ordered by class,
@@ -678,6 +728,18 @@ class Segmenter:
         same values, as in-place and out-of-place operations share their kernels)."""
         scale = self.options.logit_scale
         x = logits.mul_(scale) if inplace else scale * logits
+        if extras is not None:  # the same labels, with the class probabilities' figures
+            conf = pixel_confidence(x, self.query_to_class, inplace=inplace, classes=extras.classes)
+            labels = self.query_to_class[conf.query]
+            if thr > 0:
+                drop = conf.p1 < thr
+                bg = self.background_id or 0
+                removed = drop & (labels != bg)
+                labels = torch.where(drop, torch.full_like(labels, bg), labels)
+            else:
+                removed = torch.zeros_like(labels, dtype=torch.bool)
+            extras.add(conf, labels, removed, rows)
+            return labels
         top, query = x.max(0)
         labels = self.query_to_class[query]
         if thr > 0:
@@ -695,3 +757,39 @@ class Segmenter:
         out = probs.to("cpu", torch.float32).numpy().copy()
         out[~self.has_queries] = np.nan
         return out
+
+
+class _BandOutputs:
+    """Collects, band by band, the outputs besides the labels that ``Segmenter.return_confidence``,
+    ``uncertainty`` and ``probability_maps`` ask for, and attaches them to the result."""
+
+    def __init__(self, seg: "Segmenter", size: Tuple[int, int]):
+        self.num_queries = len(seg.queries)
+        self.sums = ConfidenceSums.empty(seg.num_labels) if seg.return_confidence else None
+        if seg.uncertainty is not None and seg.uncertainty not in UNCERTAINTY_KINDS:
+            raise InvalidInputError(f"uncertainty={seg.uncertainty!r} is not allowed: one of {', '.join(UNCERTAINTY_KINDS)}")
+        self.kind = seg.uncertainty
+        self.uncertainty = np.empty(size, np.float32) if self.kind else None
+        self.classes = tuple(int(c) for c in seg.probability_maps)
+        bad = [c for c in self.classes if not 0 <= c < seg.num_labels]
+        if bad:
+            raise InvalidInputError(f"probability_maps: no label {bad[0]} (labels are 0..{seg.num_labels - 1})")
+        self.maps = {c: np.empty(size, np.float32) for c in self.classes}
+
+    def add(self, conf, labels: torch.Tensor, removed: torch.Tensor, rows: Tuple[int, int]) -> None:
+        a, b = rows
+        if self.sums is not None:
+            self.sums = self.sums + band_sums(conf, labels, removed, len(self.sums.class_pixels))
+        if self.kind == "margin":
+            self.uncertainty[a:b] = (1.0 - conf.margin).clamp_(0.0, 1.0).to("cpu", torch.float32).numpy()
+        elif self.kind == "entropy":
+            self.uncertainty[a:b] = conf.normalized_entropy(self.num_queries).to("cpu", torch.float32).numpy()
+        for c, m in conf.class_maps.items():
+            self.maps[c][a:b] = m.clamp_(0.0, 1.0).to("cpu", torch.float32).numpy()
+
+    def attach(self, result: SegmentationResult) -> None:
+        if self.sums is not None:
+            mean, margin, removed, per_class = self.sums.summary()
+            result.confidence = LabelConfidence(mean, margin, removed, per_class.numpy())
+        result.uncertainty = self.uncertainty
+        result.probabilities = self.maps if self.classes else None

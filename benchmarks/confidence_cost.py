@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -144,8 +143,7 @@ def main(argv=None) -> int:
             print(f"  {v:<14} {m[v]['rss_above_mb']:8.0f} MB   {m[v]['seconds']:.1f} s"
                   + ("" if m[v]["exact"] else "  (upper bound: VmHWM could not be reset)"))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        bench.write_json(args.json, report)  # atomic, as bench.py's
     return 0
 
 

@@ -16,7 +16,9 @@ from ..core import cdam as cdam_ops
 from ..core.eigensolver import PLACEMENTS
 from ..core.entropy import entropy_range, threshold_from_entropy
 from ..core.cass import CassOptions
+from ..core.confidence import ConfidenceSums, band_sums, pixel_confidence
 from ..core.graphs import resample_dino_keys
+from ..core.pamr import pamr_halo, refine_rows
 from ..core.preprocess import clip_normalize
 from ..core.presence import cluster_text, merge_synonyms
 from ..core.windows import (
@@ -100,6 +102,13 @@ class SegmenterOptions:
     entropy_logit_scale: float = setting(50.0, "logit scale of the entropy rule", gt=0)
     entropy_thr_default: float = setting(0.5, "threshold of the entropy rule when it is undecided", min=0, max=1)
     entropy_alpha: float = setting(2.5, "slope of the entropy rule", min=0)
+    # PAMR (SPEC K.1-K.4): on the raw query logits at the original size, before logit_scale,
+    # softmax, synonym merge and background
+    pamr_steps: int = setting(0, "PAMR refinement steps on the full-resolution logits (0: off, the published "
+                              "protocol; 10: the seeds' --pamr on)", min=0, max=1000)
+    pamr_dilations: Tuple[int, ...] = setting((8, 16), "PAMR neighbour dilations, in pixels", item_min=1, item_max=512)
+    pamr_guide: str = setting("processed", "image guiding PAMR: processed (the reference's up-sampled resized, "
+                              "CLIP-normalised image) or original", choices=("processed", "original"))
     # memory (not results): bytes allowed for the full-resolution logits of one image and the
     # up-sampled windows being stitched; larger images are labelled in row bands (the same label
     # maps). None = no bound (the whole image at once: Q x H x W floats, ~0.7 GB per megapixel
@@ -137,9 +146,34 @@ class SegmentationResult:
     #: the global CLIP image embedding ``(E,)`` float32, unit norm, in the text embeddings' space
     #: (the E.1 prior); None when the pipeline did not compute it (see ``Segmenter.return_embeddings``)
     embedding: Optional[np.ndarray] = None
+    #: how sure the engine is of this label map (None unless ``Segmenter.return_confidence``)
+    confidence: Optional["LabelConfidence"] = None
+    #: per-pixel uncertainty ``(H, W)`` float32 in [0, 1] at the original size (None unless
+    #: ``Segmenter.uncertainty`` is set): 1 - margin, or the normalised query entropy
+    uncertainty: Optional[np.ndarray] = None
+    #: per-pixel class probability ``(H, W)`` float32 in [0, 1] of each label in
+    #: ``Segmenter.probability_maps`` (None unless set)
+    probabilities: Optional[Dict[int, np.ndarray]] = None
 
     def presence_dict(self, class_names: Sequence[str]) -> Dict[str, float]:
         return {n: float(p) for n, p in zip(class_names, self.presence) if np.isfinite(p)}
+
+
+@dataclass
+class LabelConfidence:
+    """Per-image confidence of a label map, from the class probabilities of every pixel (E.5):
+    ``mean`` top-1 class probability, ``margin`` mean top-1 minus top-2, ``removed`` the share of
+    pixels the background rule turned into background (each in [0, 1]), and ``per_class`` the mean
+    top-1 probability of the pixels given each label ``(num_labels,)`` (NaN: no pixel)."""
+
+    mean: float
+    margin: float
+    removed: float
+    per_class: np.ndarray
+
+
+#: per-pixel uncertainty kinds of ``Segmenter.uncertainty``
+UNCERTAINTY_KINDS = ("margin", "entropy")
 
 
 @dataclass
@@ -150,6 +184,7 @@ class _Prepared:
     image: torch.Tensor  # CLIP-normalised (3, H, W), possibly padded
     size: Tuple[int, int]  # resized size before padding
     windows: List[Tuple[int, int, int, int]] = field(default_factory=list)
+    rgb: Optional[np.ndarray] = None  # the original pixels, kept only to guide PAMR (pamr_guide="original")
 
 
 class Segmenter:
@@ -176,6 +211,14 @@ class Segmenter:
     #: image prior (the default: the prior *is* that embedding); with ``mode="whole"`` or
     #: ``global_prior="crop"`` it costs one more CLIP forward per image, so it is off unless set
     return_embeddings: bool = False
+    #: compute :class:`LabelConfidence` with every result, in the same row bands as the labels
+    #: (no further full-resolution memory; it does not change the labels)
+    return_confidence: bool = False
+    #: a per-pixel uncertainty map with every result: None, "margin" (1 - top-1 + top-2 class
+    #: probability) or "entropy" (query entropy / log Q)
+    uncertainty: Optional[str] = None
+    #: labels whose per-pixel class probability map comes with every result (concept heatmaps)
+    probability_maps: Tuple[int, ...] = ()
 
     def __init__(
         self,
@@ -478,7 +521,8 @@ class Segmenter:
                 ph, pw = max(-(-h // 16) * 16, 16), max(-(-w // 16) * 16, 16)
                 img = F.pad(img, (0, pw - w, 0, ph - h))
             windows = [(0, ph, 0, pw)]
-        return _Prepared(index, name, (h0, w0), img, (h, w), windows)
+        keep = rgb if (o.pamr_steps > 0 and o.pamr_guide == "original") else None
+        return _Prepared(index, name, (h0, w0), img, (h, w), windows, keep)
 
     def _autocast(self):
         if self.precision == "fp32":
@@ -586,10 +630,16 @@ class Segmenter:
         item = canvas.element_size()
         # the whole-image computation holds up to four (Q, H0, W0) tensors (logits, scaled,
         # shifted, exponentiated); row bands hold about (2 + source rows per row) per band
-        whole_fits = budget is None or 4 * q * h0 * w0 * item <= budget
+        extras = self._band_outputs(p.original_size)
+        # the confidence outputs hold one more (Q, H, W) tensor and a boolean one
+        extra = 0.0 if extras is None else 1.0 + 1.0 / item
+        whole_fits = budget is None or (4 + extra) * q * h0 * w0 * item <= budget
         small = h0 + w0 <= SMALL_OUTPUT or (w != w0 and h + w0 <= SMALL_OUTPUT)
-        if whole_fits or small:
-            labels = self._labels(upsample_logits(canvas, p.original_size), thr, inplace=True)  # (Q, H0, W0)
+        if o.pamr_steps > 0:
+            label_map = self._pamr_labels(p, canvas, thr, dtype, small, extras)
+        elif whole_fits or small:
+            labels = self._labels(upsample_logits(canvas, p.original_size), thr, inplace=True,
+                                  extras=extras, rows=(0, h0))  # (Q, H0, W0)
             label_map = labels.to("cpu", torch.int64).numpy().astype(dtype)
         else:
             variant = bilinear_variant(canvas.device)
@@ -599,15 +649,76 @@ class Segmenter:
                     f"bilinear up-sampling on {canvas.device} matches none of the known roundings; "
                     "label maps of images over full_res_budget may differ from an unbounded run at a few pixels"
                 )
-            per_pixel = q * item * (2 + -(-h // h0)) + 32  # + top, ids, labels per pixel
+            per_pixel = int(q * item * (2 + extra + -(-h // h0))) + 32 + (0 if extras is None else 48)
             label_map = np.empty((h0, w0), dtype)
             for a, b in row_bands(h0, w0, per_pixel, budget):
                 band = upsample_rows(canvas, p.original_size, a, b, variant)  # (Q, b - a, W0)
-                label_map[a:b] = self._labels(band, thr, inplace=True).to("cpu", torch.int64).numpy()
+                label_map[a:b] = self._labels(band, thr, inplace=True, extras=extras,
+                                              rows=(a, b)).to("cpu", torch.int64).numpy()
                 del band
-        return SegmentationResult(label_map, self.presence_scores(g), thr, p.name)
+        result = SegmentationResult(label_map, self.presence_scores(g), thr, p.name)
+        if extras is not None:
+            extras.attach(result)
+        return result
 
-    def _labels(self, logits: torch.Tensor, thr: float, inplace: bool = False) -> torch.Tensor:
+    def _pamr_labels(self, p: _Prepared, canvas: torch.Tensor, thr: float, dtype, small: bool,
+                     extras: Optional["_BandOutputs"] = None) -> np.ndarray:
+        """The label map with PAMR (SPEC K) on the raw query logits at the original size, in row
+        bands under ``full_res_budget`` with the exact halo (:func:`~fiftyone_cass.core.pamr.refine_rows`):
+        the same label map as the whole image at once. A band is at least one halo tall (fewer
+        rows would recompute the halo many times over), so with many names on a wide image a
+        band can hold more than the budget: ~Q x halo x W floats."""
+        o = self.options
+        h0, w0 = p.original_size
+        h, w = p.size
+        q, item = canvas.shape[0], canvas.element_size()
+        budget = o.full_res_budget
+        steps, dil = o.pamr_steps, tuple(o.pamr_dilations)
+        halo = pamr_halo(steps, dil)
+        per_pixel = q * item * (2 + -(-h // h0)) + 32
+        neighbours = 8 * len(dil)
+        whole = small or budget is None or (6 * q + 2 * neighbours + 8) * h0 * w0 * item <= budget
+        if whole:
+            bands, full, variant = [(0, h0)], upsample_logits(canvas, p.original_size), None
+        else:
+            full = None
+            variant = bilinear_variant(canvas.device)
+            if variant is None:
+                variant = "addcmul"
+                self._warn_once(f"bilinear up-sampling on {canvas.device} matches none of the known roundings; "
+                                "PAMR label maps of images over full_res_budget may differ from an unbounded run")
+            bands = row_bands(h0, w0, per_pixel, max(budget, per_pixel * w0 * min(halo, h0)))
+        image = p.image[:, :h, :w]
+
+        def read_guide(e0, e1):
+            if p.rgb is not None:  # the original pixels, CLIP-normalised like the processed image
+                return clip_normalize(torch.as_tensor(np.ascontiguousarray(p.rgb[e0:e1])).to(canvas.device).permute(2, 0, 1))[None]
+            if full is not None:
+                return upsample_logits(image, p.original_size)[None, :, e0:e1]
+            return upsample_rows(image, p.original_size, e0, e1, variant)[None]
+
+        def read_mask(c0, c1, e0, e1):
+            if full is not None:
+                return full[None, c0:c1, e0:e1]
+            return upsample_rows(canvas[c0:c1], p.original_size, e0, e1, variant)[None]
+
+        label_map = np.empty((h0, w0), dtype)
+        for a, b in bands:
+            ext = min(b + halo, h0) - max(a - halo, 0)
+            chunk = q if budget is None else max(1, budget // (4 * ext * w0 * item))
+            band = refine_rows(read_guide, read_mask, q, h0, a, b, steps, dil, chunk)[0]
+            label_map[a:b] = self._labels(band, thr, inplace=True, extras=extras, rows=(a, b)).to("cpu", torch.int64).numpy()
+            del band
+        return label_map
+
+    def _band_outputs(self, size: Tuple[int, int]) -> Optional["_BandOutputs"]:
+        """The collector of the confidence outputs asked for (None: none)."""
+        if not (self.return_confidence or self.uncertainty or self.probability_maps):
+            return None
+        return _BandOutputs(self, size)
+
+    def _labels(self, logits: torch.Tensor, thr: float, inplace: bool = False,
+                extras: Optional["_BandOutputs"] = None, rows: Tuple[int, int] = (0, 0)) -> torch.Tensor:
         """E.5 / G.8 on full-resolution query logits ``(Q, H, W)`` without materialising the
         query and class probabilities (two Q x H x W tensors and a scatter): the softmax is
         monotone, so the top class is the owner of the top query (queries are ordered by class,
@@ -617,6 +728,18 @@ class Segmenter:
         same values, as in-place and out-of-place operations share their kernels)."""
         scale = self.options.logit_scale
         x = logits.mul_(scale) if inplace else scale * logits
+        if extras is not None:  # the same labels, with the class probabilities' figures
+            conf = pixel_confidence(x, self.query_to_class, inplace=inplace, classes=extras.classes)
+            labels = self.query_to_class[conf.query]
+            if thr > 0:
+                drop = conf.p1 < thr
+                bg = self.background_id or 0
+                removed = drop & (labels != bg)
+                labels = torch.where(drop, torch.full_like(labels, bg), labels)
+            else:
+                removed = torch.zeros_like(labels, dtype=torch.bool)
+            extras.add(conf, labels, removed, rows)
+            return labels
         top, query = x.max(0)
         labels = self.query_to_class[query]
         if thr > 0:
@@ -634,3 +757,39 @@ class Segmenter:
         out = probs.to("cpu", torch.float32).numpy().copy()
         out[~self.has_queries] = np.nan
         return out
+
+
+class _BandOutputs:
+    """Collects, band by band, the outputs besides the labels that ``Segmenter.return_confidence``,
+    ``uncertainty`` and ``probability_maps`` ask for, and attaches them to the result."""
+
+    def __init__(self, seg: "Segmenter", size: Tuple[int, int]):
+        self.num_queries = len(seg.queries)
+        self.sums = ConfidenceSums.empty(seg.num_labels) if seg.return_confidence else None
+        if seg.uncertainty is not None and seg.uncertainty not in UNCERTAINTY_KINDS:
+            raise InvalidInputError(f"uncertainty={seg.uncertainty!r} is not allowed: one of {', '.join(UNCERTAINTY_KINDS)}")
+        self.kind = seg.uncertainty
+        self.uncertainty = np.empty(size, np.float32) if self.kind else None
+        self.classes = tuple(int(c) for c in seg.probability_maps)
+        bad = [c for c in self.classes if not 0 <= c < seg.num_labels]
+        if bad:
+            raise InvalidInputError(f"probability_maps: no label {bad[0]} (labels are 0..{seg.num_labels - 1})")
+        self.maps = {c: np.empty(size, np.float32) for c in self.classes}
+
+    def add(self, conf, labels: torch.Tensor, removed: torch.Tensor, rows: Tuple[int, int]) -> None:
+        a, b = rows
+        if self.sums is not None:
+            self.sums = self.sums + band_sums(conf, labels, removed, len(self.sums.class_pixels))
+        if self.kind == "margin":
+            self.uncertainty[a:b] = (1.0 - conf.margin).clamp_(0.0, 1.0).to("cpu", torch.float32).numpy()
+        elif self.kind == "entropy":
+            self.uncertainty[a:b] = conf.normalized_entropy(self.num_queries).to("cpu", torch.float32).numpy()
+        for c, m in conf.class_maps.items():
+            self.maps[c][a:b] = m.clamp_(0.0, 1.0).to("cpu", torch.float32).numpy()
+
+    def attach(self, result: SegmentationResult) -> None:
+        if self.sums is not None:
+            mean, margin, removed, per_class = self.sums.summary()
+            result.confidence = LabelConfidence(mean, margin, removed, per_class.numpy())
+        result.uncertainty = self.uncertainty
+        result.probabilities = self.maps if self.classes else None

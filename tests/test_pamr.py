@@ -1,0 +1,114 @@
+"""PAMR (SPEC K.1-K.3): the reference module's outputs (../shared/parity/pamr.npz, both cases)
+and row bands with the halo equal to the whole image, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fiftyone_cass.core.pamr import pamr, pamr_halo, refine_rows
+
+
+@pytest.mark.parametrize("case", ["a", "b"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-5), (torch.float32, 1e-4)])
+def test_pamr_reproduces_the_reference(parity, case, dtype, tol):
+    d = parity("pamr.npz")
+    if case == "a":  # the CASS post-processing order: both up-sampled to the original size first
+        image, mask = d["a_image_up"], d["a_logits_up"]
+        assert tuple(image.shape[-2:]) == tuple(int(v) for v in d["a_original_size"])
+    else:  # a mask smaller than the image: PAMR's own align_corners=True resize
+        image, mask = d["b_image"], d["b_mask"]
+        assert mask.shape[-1] < image.shape[-1]
+    out = pamr(torch.from_numpy(image).to(dtype), torch.from_numpy(mask).to(dtype), int(d[f"{case}_steps"]),
+               tuple(int(x) for x in d[f"{case}_dilations"]))
+    ref = torch.from_numpy(d[f"{case}_out"])
+    assert out.dtype == dtype and out.shape == ref.shape
+    err = (out.double() - ref).abs().max().item()
+    assert err <= tol, err
+    if case == "a":  # the refinement is not the identity on these inputs
+        assert (ref - torch.from_numpy(mask)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("steps, dilations", [(3, (2, 4)), (2, (1, 3, 5))])
+@pytest.mark.parametrize("rows", [1, 4, 9, 31, 200])
+def test_banded_pamr_equals_the_whole_image(steps, dilations, rows):
+    g = torch.Generator().manual_seed(rows)
+    image = torch.randn(2, 3, 83, 47, generator=g)
+    mask = torch.randn(2, 6, 83, 47, generator=g)
+    ref = pamr(image, mask, steps, dilations)
+    assert rows < pamr_halo(steps, dilations) or rows > 83 or rows == 31
+    out = torch.empty_like(ref)
+    for a in range(0, 83, rows):
+        b = min(a + rows, 83)
+        out[:, :, a:b] = refine_rows(lambda e0, e1: image[:, :, e0:e1], lambda c0, c1, e0, e1: mask[:, c0:c1, e0:e1],
+                                     6, 83, a, b, steps, dilations, channel_chunk=4)
+    assert torch.equal(out, ref)
+    assert not torch.equal(ref, mask)  # PAMR changed something
+
+
+import numpy as np  # noqa: E402
+
+from fiftyone_cass.errors import InvalidInputError  # noqa: E402
+from fiftyone_cass.models.segmenter import Segmenter  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def seg():
+    return Segmenter(classes=["dog, puppy", "cat", "car"], backbone="tiny", method="cass", device="cpu",
+                     background="default", pamr_steps=3, pamr_dilations=(2, 4))
+
+
+@pytest.mark.parametrize("guide", ["processed", "original"])
+@pytest.mark.parametrize("thr", [0.0, 0.35])
+@pytest.mark.parametrize("budget", [2**20, 3 * 2**20])
+def test_segmenter_pamr_bands_equal_the_whole_image(seg, guide, thr, budget, monkeypatch):
+    rng = np.random.default_rng(3)
+    rgb = (rng.random((301, 257, 3)) * 255).astype(np.uint8)
+    monkeypatch.setattr(seg.options, "pamr_guide", guide)
+    monkeypatch.setattr(seg.options, "prob_thd", thr)
+    monkeypatch.setattr(seg.options, "bg_rule", "cass_fixed")
+    p = seg._prepare(0, rgb, "img")
+    assert (p.rgb is not None) == (guide == "original")
+    g = torch.Generator().manual_seed(5)
+    q = len(seg.queries)
+    logits = [0.2 + 0.03 * torch.randn(q, (y2 - y1) // 16, (x2 - x1) // 16, generator=g) for (y1, y2, x1, x2) in p.windows]
+    hr, gg = torch.zeros(len(logits), 2), torch.zeros(q)
+    monkeypatch.setattr(seg.options, "full_res_budget", None)
+    whole = seg._finish(p, logits, hr, gg).label_map
+    monkeypatch.setattr(seg.options, "pamr_steps", 0)
+    plain = seg._finish(p, logits, hr, gg).label_map
+    monkeypatch.setattr(seg.options, "pamr_steps", 3)
+    monkeypatch.setattr(seg.options, "full_res_budget", budget)
+    calls = []
+    import fiftyone_cass.core.pamr as core_pamr
+    real = core_pamr.refine_rows
+    monkeypatch.setattr("fiftyone_cass.models.segmenter.refine_rows", lambda *a, **k: calls.append(a[4:6]) or real(*a, **k))
+    banded = seg._finish(p, logits, hr, gg).label_map
+    assert len(calls) > 1  # really several bands
+    np.testing.assert_array_equal(banded, whole)
+    if thr == 0:
+        assert (whole != plain).any()  # PAMR changed the label map
+        assert len(np.unique(whole)) >= 2
+
+
+def test_pamr_options_are_checked():
+    for bad in ({"pamr_steps": -1}, {"pamr_dilations": (0, 2)}, {"pamr_guide": "sharp"}):
+        with pytest.raises(InvalidInputError, match=next(iter(bad))):
+            Segmenter(classes=["dog"], backbone="tiny", device="cpu", method="cass", **bad)
+
+
+@pytest.mark.parametrize("method", ["cass", "cass+cdam"])
+def test_pamr_end_to_end_every_method(method, monkeypatch):
+    rng = np.random.default_rng(0)
+    img = (rng.random((150, 190, 3)) * 255).astype(np.uint8)
+    off = Segmenter(classes=["dog", "cat", "grass"], backbone="tiny", device="cpu", method=method)
+    on = Segmenter(classes=["dog", "cat", "grass"], backbone="tiny", device="cpu", method=method, pamr_steps=10)
+    calls = []
+    import fiftyone_cass.core.pamr as core_pamr
+    real = core_pamr.refine_rows
+    monkeypatch.setattr("fiftyone_cass.models.segmenter.refine_rows", lambda *a, **k: calls.append(a[4:6]) or real(*a, **k))
+    a = off([img])[0].label_map
+    assert calls == []  # off by default
+    b = on([img])[0].label_map
+    assert calls == [(0, 150)]  # the whole image refined once (it fits the budget)
+    assert a.shape == b.shape == (150, 190)

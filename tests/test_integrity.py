@@ -270,3 +270,99 @@ def test_overwrite_of_the_original_keeps_the_masks_its_clone_uses(fo_dataset, im
     finally:
         if fo.dataset_exists(clone.name):
             fo.delete_dataset(clone.name)
+
+
+def test_apply_and_apply_model_at_once_on_one_field_one_refuses(persistent, images, tmp_path):
+    ds = persistent("am-race", images)
+    go = tmp_path / "go"
+    script = """
+        import os, sys, time
+        import fiftyone as fo
+        from fiftyone_cass.integrations.apply import AutoLabelRun, apply
+        from fiftyone_cass.integrations.fo_model import CassModel
+        slow = AutoLabelRun._write_batch
+        def write(self, batch, outputs):  # long enough for the two runs to overlap
+            time.sleep(0.4)
+            return slow(self, batch, outputs)
+        AutoLabelRun._write_batch = write
+        seg = CassModel.segment
+        def segment(self, *a, **k):
+            time.sleep(0.4)
+            return seg(self, *a, **k)
+        CassModel.segment = segment
+        ds = fo.load_dataset({name!r})
+        model = CassModel(["car", "tree"], **{opts!r}) if sys.argv[1] == "model" else None
+        run = AutoLabelRun(ds, {classes!r}, masks="disk", mask_dir={masks!r}, batch_size=1, **{opts!r})
+        open({ready!r} + sys.argv[1], "w").close()
+        while not os.path.exists({go!r}):
+            time.sleep(0.02)
+        try:
+            if model is None:
+                s = run.run()
+                print("LABELLED", s.num_labeled, s.config_id)
+            else:
+                ds.apply_model(model, "cass", batch_size=1)
+                print("LABELLED", len(ds.exists("cass")), model.config_id)
+        except Exception as exc:
+            print("REFUSED", type(exc).__name__, exc)
+            sys.exit(2)
+    """
+    code = script.format(name=ds.name, ready=str(tmp_path / "ready"), go=str(go), masks=str(tmp_path / "m"),
+                         opts=OPTS, classes=CLASSES)
+    logs = [tmp_path / "apply.log", tmp_path / "model.log"]
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), tag], stdout=open(log, "wb"),
+                              stderr=subprocess.STDOUT, env=os.environ.copy())
+             for tag, log in (("apply", logs[0]), ("model", logs[1]))]
+    deadline = time.monotonic() + 180
+    while not all((tmp_path / f"ready{t}").exists() for t in ("apply", "model")):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [l.read_text() for l in logs]
+        time.sleep(0.05)
+    go.touch()
+    codes = [p.wait(timeout=300) for p in procs]
+    outs = [l.read_text() for l in logs]
+    assert sorted(codes) == [0, 2], outs
+    winner = 0 if codes[0] == 0 else 1
+    assert "LABELLED 6" in outs[winner] and "REFUSED" in outs[1 - winner] and "'cass'" in outs[1 - winner], outs
+    ds.reload()
+    config = outs[winner].split()[-1]
+    assert set(ds.values(f"cass.{CONFIG_ATTR}")) == {config}  # one vocabulary's labels only
+    names = CLASSES if winner == 0 else ["car", "tree"]
+    assert ds.mask_targets["cass"] == {0: "background", **{i + 1: c for i, c in enumerate(names)}}
+    for s in ds:
+        assert set(np.unique(read_mask(s.cass))) <= set(ds.mask_targets["cass"])
+    assert field_claim(ds, "cass") is None
+
+
+def test_apply_model_never_replaces_labels_of_other_settings(fo_dataset, images, tmp_path):
+    from fiftyone_cass.integrations.fo_model import CassModel
+
+    masks = tmp_path / "masks"
+    ds = add_samples(fo_dataset("am-keep"), images[:3])
+    apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
+    before = {s.id: (s.cass.mask_path, s.cass[CONFIG_ATTR]) for s in ds}
+    files = sorted(os.listdir(masks / "cass"))
+    # other settings on the field: refused, nothing changed
+    with pytest.raises(InvalidInputError, match=r"'cass'.*labels of other settings on 3"):
+        ds.apply_model(CassModel(["car", "tree"], **OPTS), "cass", batch_size=BATCH)
+    # the same settings, but the masks are files fiftyone_cass.apply wrote: replacing them would orphan them
+    with pytest.raises(InvalidInputError, match=r"'cass'.*mask files"):
+        ds.apply_model(CassModel(CLASSES, **OPTS), "cass", batch_size=BATCH)
+    ds.reload()
+    assert {s.id: (s.cass.mask_path, s.cass[CONFIG_ATTR]) for s in ds} == before
+    assert sorted(os.listdir(masks / "cass")) == files and field_claim(ds, "cass") is None
+    # FiftyOne's semantics where the field is the model's: a fresh field, then the same settings again
+    model = CassModel(["car", "tree"], **OPTS)
+    ds.apply_model(model, "other", batch_size=BATCH)
+    ds.apply_model(model, "other", batch_size=BATCH)
+    assert set(ds.values(f"other.{CONFIG_ATTR}")) == {model.config_id}
+    assert ds.mask_targets["other"] == {0: "background", 1: "car", 2: "tree"}
+    assert field_claim(ds, "other") is None
+    # a live run with other settings holds the field: apply_model is refused
+    claim = FieldClaim(ds, "fresh", "0123456789abcdef")
+    claim.acquire()
+    try:
+        with pytest.raises(FieldClaimedError, match="being labelled by another run"):
+            ds.apply_model(model, "fresh", batch_size=BATCH)
+    finally:
+        claim.release()
+    assert not ds.has_sample_field("fresh")

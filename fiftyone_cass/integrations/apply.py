@@ -83,6 +83,7 @@ from .fo_model import (  # noqa: F401 - re-exported: the vocabulary and model ca
     presence_tags,
     replace_prefixed_tags,
     stored_scores,
+    written_by_apply,
 )
 
 logger = logging.getLogger(__name__)
@@ -133,11 +134,6 @@ def mask_file_path(mask_dir: str, label_field: str, sample_id: str, dataset_id: 
     The name holds everything that makes the mask unique, so a clone of the dataset (same sample
     ids), another vocabulary or other settings never rewrite a file that a label points at."""
     return os.path.join(mask_dir, label_field, f"{sample_id}-{dataset_id}-{config_id}.png")
-
-
-def _written_by(path: str, sample_id: str, dataset_id: str) -> bool:
-    """Whether ``path`` is a mask file this dataset's runs wrote for the sample (see :func:`mask_file_path`)."""
-    return os.path.basename(path).startswith(f"{sample_id}-{dataset_id}-")
 
 
 def _segmentation_paths(fields, prefix: str = "") -> Iterator[str]:
@@ -668,7 +664,7 @@ class AutoLabelRun:
         ds.set_values(lf, labels, key_field="id")
         # 4. the files the labels pointed at before, if this dataset wrote them and no label of it points there now
         replaced = [p for sid, p in old_paths.items()
-                    if p and labels.get(sid) is not None and labels[sid].mask_path != p and _written_by(p, sid, ds_id)]
+                    if p and labels.get(sid) is not None and labels[sid].mask_path != p and written_by_apply(p, sid, ds_id)]
         if replaced:
             self._remove_unreferenced(replaced)
         return len(batch)

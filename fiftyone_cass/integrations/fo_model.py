@@ -27,6 +27,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import sys
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -44,6 +46,7 @@ from ..models.segmenter import SegmentationResult, Segmenter
 from ..models.vocabulary import Vocabulary
 from ..schema import make_settings, setting_fields, split_settings
 from ..settings import DEFAULT_PRESENCE_THRESHOLD, ModelSettings
+from .claims import FieldClaim
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +86,25 @@ def get_segmenter(**kwargs) -> Segmenter:
 def clear_segmenter_cache() -> None:
     with _SEGMENTERS_LOCK:
         _SEGMENTERS.clear()
+
+
+def written_by_apply(path: Optional[str], sample_id: str, dataset_id: str) -> bool:
+    """Whether ``path`` is a mask file that :func:`fiftyone_cass.apply` wrote for this sample of
+    this dataset (``<sample id>-<dataset id>-<config id>.png``, see ``apply.mask_file_path``)."""
+    return bool(path) and os.path.basename(path).startswith(f"{sample_id}-{dataset_id}-")
+
+
+def _apply_model_call() -> Optional[Tuple[Any, str]]:
+    """``(samples, label_field)`` of the ``fiftyone.core.models.apply_model`` call that is
+    setting up this model (None outside one). FiftyOne never passes the label field to a model;
+    CassModel needs it to claim the field and check what it holds before anything is written."""
+    f = sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_name == "apply_model" and f.f_globals.get("__name__") == "fiftyone.core.models":
+            samples, field = f.f_locals.get("samples"), f.f_locals.get("label_field")
+            return (samples, field) if samples is not None and isinstance(field, str) else None
+        f = f.f_back
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -393,10 +415,56 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         with self._lock:
             self._dataset = None
             self._pending = {}
+        target = _apply_model_call()  # entered by dataset.apply_model: its dataset and label field
+        if target is not None and self.config_id is not None:
+            self._claim_field(*target)
         return self
 
     def __exit__(self, *args):
-        self.finalize()
+        try:
+            self.finalize()
+        finally:
+            claim, self._claim = getattr(self, "_claim", None), None
+            if claim is not None:
+                claim.release()
+
+    def _claim_field(self, samples, field: str) -> None:
+        """Before ``apply_model`` writes ``field``: claims it as :func:`fiftyone_cass.apply` does
+        (:class:`~fiftyone_cass.integrations.claims.FieldClaimedError` while a run with other
+        settings writes it), and refuses a field holding labels of other settings (their ids
+        would be renamed by this model's ``mask_targets``) or mask files written by
+        :func:`fiftyone_cass.apply` (replacing them with database masks would orphan the files).
+        A fresh field, or one written by the same settings in the database, is the model's:
+        FiftyOne's semantics (it is relabelled)."""
+        ds = samples._root_dataset if hasattr(samples, "_root_dataset") else samples
+        claim = FieldClaim(ds, field, self.config_id)
+        claim.acquire()
+        try:
+            ds.reload()
+            f = ds.get_field(field)
+            if not (isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, fo.Segmentation)):
+                self._claim = claim
+                return  # fresh (or not a Segmentation field: FiftyOne's own error follows)
+            ids, cfgs, paths = ds.exists(field).values(["id", f"{field}.{CONFIG_ATTR}", f"{field}.mask_path"])
+            foreign = sum(1 for c in cfgs if c != self.config_id)
+            if foreign:
+                raise InvalidInputError(
+                    f"field {field!r} of dataset {ds.name!r} holds labels of other settings on {foreign} sample(s); "
+                    "apply_model would replace them (and rename their class ids): choose another label_field, or "
+                    "relabel with fiftyone_cass.apply(..., label_field=..., overwrite=True)"
+                )
+            ds_id = str(ds._doc.id)
+            files = sum(1 for sid, p in zip(ids, paths) if written_by_apply(p, sid, ds_id))
+            if files:
+                raise InvalidInputError(
+                    f"field {field!r} of dataset {ds.name!r} holds {files} mask files written by fiftyone_cass.apply "
+                    "with these settings; apply_model would replace them by masks in the database and leave the "
+                    "files behind: run fiftyone_cass.apply(...) again (it resumes), or choose another label_field"
+                )
+        except BaseException:
+            claim.release()
+            raise
+        self._claim = claim
 
     # -------------------------------------------------------------- the inference path
     def _require_vocabulary(self) -> Segmenter:
@@ -598,4 +666,5 @@ __all__ = [
     "presence_tags",
     "replace_prefixed_tags",
     "stored_scores",
+    "written_by_apply",
 ]

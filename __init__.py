@@ -1,9 +1,9 @@
 """This repository as a FiftyOne plugin and a remotely-sourced FiftyOne zoo model.
 
 * Plugin (``fiftyone.yml``): operators ``@fiftyone-cass/cass/auto_label``, ``retag_presence``
-  (``fiftyone_cass/integrations/label_plugin.py``) and ``evaluate_iou``, ``mean_iou``
-  (``fiftyone_cass/integrations/eval_plugin.py``); panel ``cass_iou`` (per-class IoU and presence
-  scores, ``fiftyone_cass/integrations/iou_panel.py``).
+  (``fiftyone_cass/app/label_operators.py``) and ``evaluate_iou``, ``mean_iou``
+  (``fiftyone_cass/app/eval_operators.py``); panel ``cass_iou`` (per-class IoU and presence
+  scores, ``fiftyone_cass/app/iou_panel.py``).
 * Zoo model (``manifest.json``): ``cass-vit-b16-torch``, through :func:`download_model` and
   :func:`load_model` below, e.g.::
 
@@ -34,9 +34,9 @@ def _import_package():
 
 def register(p):
     _import_package()
-    from fiftyone_cass.integrations.eval_plugin import OPERATORS as EVAL_OPERATORS
-    from fiftyone_cass.integrations.iou_panel import PANELS
-    from fiftyone_cass.integrations.label_plugin import OPERATORS as LABEL_OPERATORS
+    from fiftyone_cass.app.eval_operators import OPERATORS as EVAL_OPERATORS
+    from fiftyone_cass.app.iou_panel import PANELS
+    from fiftyone_cass.app.label_operators import OPERATORS as LABEL_OPERATORS
 
     for op in LABEL_OPERATORS + EVAL_OPERATORS + PANELS:
         p.register(op)
@@ -48,7 +48,7 @@ def download_model(model_name, model_path):
     / ``dino_checkpoint``), so a machine without network can still load it from local files.
     This writes ``model_path`` as a small JSON record of where the weights come from."""
     _import_package()
-    from fiftyone_cass.integrations.fo_model import ZOO_MODEL_NAME
+    from fiftyone_cass.fo.model import ZOO_MODEL_NAME
 
     if model_name.split("@")[0] != ZOO_MODEL_NAME:
         raise ValueError(f"unknown model {model_name!r}; this source provides {ZOO_MODEL_NAME!r}")
@@ -70,6 +70,6 @@ def load_model(model_name, model_path, **kwargs):
     ``preset``, ``mask_targets``, ``method``, ``device``, ``precision``, checkpoints, any
     Segmenter option). Unknown arguments and missing weights are clear errors."""
     _import_package()
-    from fiftyone_cass.integrations.fo_model import load_cass_model
+    from fiftyone_cass.fo.model import load_cass_model
 
     return load_cass_model(**kwargs)

@@ -402,14 +402,14 @@ def start_private_mongod(folder: str):
 
 
 def memory_flat(args, device: torch.device) -> Dict:
-    """Labels ``args.memory_flat`` samples through the FiftyOne path (``integrations.apply``)
+    """Labels ``args.memory_flat`` samples through the FiftyOne path (``fo.apply``)
     and samples the RSS after every batch: the growth after the first batch is the figure.
     The FiftyOne database is a private ``mongod`` (see :func:`start_private_mongod`)."""
     folder = tempfile.mkdtemp(prefix="cass_memflat_")
     start_private_mongod(folder)
     import fiftyone as fo
 
-    from fiftyone_cass.integrations import apply as apply_mod
+    from fiftyone_cass.fo import apply as apply_mod
 
     distinct = make_images(parse_sizes(args.memory_sizes), 16, folder)
     name = f"cass-bench-memflat-{os.getpid()}"

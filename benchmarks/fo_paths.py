@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     import torch
 
     from fiftyone_cass import CassModel, Segmenter
-    from fiftyone_cass.integrations.apply import apply
+    from fiftyone_cass.fo.apply import apply
     from fiftyone_cass.models.backbones import cached_models
     from fiftyone_cass.models.presets import cdam_aug_words
 

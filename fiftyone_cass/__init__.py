@@ -2,18 +2,18 @@
 
 __version__ = "0.1.0"
 
-from .errors import CassError, ImageLoadError, InvalidInputError, WeightsUnavailableError  # noqa: F401,E402
-from .models import METHODS, PRESETS, Segmenter, SegmentationResult, SegmenterOptions  # noqa: F401,E402
+from fiftyone_cass.errors import CassError, ImageLoadError, InvalidInputError, WeightsUnavailableError  # noqa: F401,E402
+from fiftyone_cass.models import METHODS, PRESETS, Segmenter, SegmentationResult, SegmenterOptions  # noqa: F401,E402
 
 
 def __getattr__(name):
     # the FiftyOne integration is imported lazily: ``import fiftyone_cass`` stays light
     if name in ("apply", "retag"):
-        from .integrations import apply as _apply_mod
+        from fiftyone_cass.fo import apply as _apply_mod
 
         return getattr(_apply_mod, name)
     if name in ("CassModel", "load_cass_model"):
-        from .integrations import fo_model as _model_mod
+        from fiftyone_cass.fo import model as _model_mod
 
         return getattr(_model_mod, name)
     raise AttributeError(f"module 'fiftyone_cass' has no attribute {name!r}")

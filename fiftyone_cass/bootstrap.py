@@ -123,7 +123,7 @@ def configure_logging(verbose: int) -> None:
         db_logger.addFilter(DropKnownNotice())
     if not verbose:
         # per-sample failures are listed in the final report; keep the progress bar readable
-        logging.getLogger("fiftyone_cass.integrations.apply").setLevel(logging.ERROR)
+        logging.getLogger("fiftyone_cass.fo.apply").setLevel(logging.ERROR)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """``fiftyone-cass``: the command line of fiftyone_cass -- parsing and printing only.
 
 One :class:`Command` per command (``label``, ``demo``, ``eval``, ``app``, ``release``): ``setup(parser)``
-declares its flags (the labelling ones derived from :mod:`fiftyone_cass.settings`), ``execute(parser,
-args)`` calls the library (:mod:`fiftyone_cass.integrations`) and prints what it returns.
+declares its flags (the labelling ones derived from :mod:`fiftyone_cass.config.settings`), ``execute(parser,
+args)`` calls the library (:mod:`fiftyone_cass.fo`, :mod:`fiftyone_cass.protocols`) and prints what it returns.
 
 Exit status: 0 = every target sample is labelled; 1 = some samples failed (listed, and in the
 ``<label_field>_error`` field); 2 = usage or configuration error (bad arguments, missing weights,
@@ -20,10 +20,10 @@ import traceback
 from contextlib import contextmanager
 from typing import Any, Dict, Optional, Sequence
 
-from .bootstrap import DATABASE_HELP, configure_logging, interrupt_on_signals, is_database_error, prepare_environment
-from .errors import InvalidInputError, WeightsUnavailableError
-from .integrations.demo import DEMO_CLASSES, DEMO_DATASET
-from .settings import add_settings_arguments, label_setting_names, parse_segmenter_options, resolve_device
+from fiftyone_cass.bootstrap import DATABASE_HELP, configure_logging, interrupt_on_signals, is_database_error, prepare_environment
+from fiftyone_cass.errors import InvalidInputError, WeightsUnavailableError
+from fiftyone_cass.fo.demo import DEMO_CLASSES, DEMO_DATASET
+from fiftyone_cass.config.settings import add_settings_arguments, label_setting_names, parse_segmenter_options, resolve_device
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -46,7 +46,7 @@ def _usage():
 
 
 def _load_dataset(name: str):
-    from .integrations.folders import load_dataset
+    from fiftyone_cass.fo.folders import load_dataset
 
     with _usage():
         return load_dataset(name, "{name!r} is neither a directory nor a FiftyOne dataset")
@@ -54,7 +54,7 @@ def _load_dataset(name: str):
 
 def _load_weights(args) -> None:
     """The weights before any dataset work: missing ones end the command saying what to do."""
-    from .models.weights import ensure_weights
+    from fiftyone_cass.models.weights import ensure_weights
 
     try:
         ensure_weights(args.backbone, args.method, args.device_resolved, args.clip_checkpoint, args.dino_checkpoint,
@@ -64,9 +64,9 @@ def _load_weights(args) -> None:
 
 
 def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
-    """The :func:`~fiftyone_cass.integrations.apply.apply` arguments of the ``label``/``demo``
+    """The :func:`~fiftyone_cass.fo.apply.apply` arguments of the ``label``/``demo``
     flags: every settings flag's (already checked) value, the vocabulary, the Segmenter options."""
-    from .integrations.labelling import read_classes_file
+    from fiftyone_cass.fo.labelling import read_classes_file
 
     args.device_resolved = resolve_device(args.device)
     kw: Dict[str, Any] = {n: getattr(args, n) for n in label_setting_names()
@@ -93,7 +93,7 @@ def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
 
 def _write_summary(path: Optional[str], data: Dict[str, Any]) -> None:
     """``--summary-json``; a file that cannot be written is a warning (the work is stored)."""
-    from .fileio import write_json
+    from fiftyone_cass.fileio import write_json
 
     try:
         if path:
@@ -159,9 +159,9 @@ class LabelCommand(Command):
         _add_label_options(p)
 
     def execute(self, parser, args):
-        from .integrations.delegation import queue_auto_label
-        from .integrations.folders import open_target
-        from .integrations.labelling import check_gt_field, label_collection
+        from fiftyone_cass.fo.delegation import queue_auto_label
+        from fiftyone_cass.fo.folders import open_target
+        from fiftyone_cass.fo.labelling import check_gt_field, label_collection
 
         kw = _apply_kwargs(args)
         source, is_dir = args.source, os.path.isdir(args.source)
@@ -218,8 +218,8 @@ class DemoCommand(Command):
         _add_label_options(p, demo=True)
 
     def execute(self, parser, args):
-        from .integrations.demo import describe, pixel_shares, prepare_demo
-        from .integrations.labelling import label_collection
+        from fiftyone_cass.fo.demo import describe, pixel_shares, prepare_demo
+        from fiftyone_cass.fo.labelling import label_collection
 
         kw = _apply_kwargs(args, classes=DEMO_CLASSES)
         if not args.skip_existing:
@@ -251,8 +251,8 @@ class EvalCommand(Command):
     PROTOCOL_SETTINGS = ("method", "backbone", "device", "batch_size", "clip_checkpoint", "dino_checkpoint")
 
     def setup(self, p):
-        from .integrations import protocol
-        from .models.presets import PRESET_ALIASES, PRESETS
+        from fiftyone_cass.protocols import runner as protocol
+        from fiftyone_cass.models.presets import PRESET_ALIASES, PRESETS
 
         p.add_argument("target", help="dataset name (or, with --protocol, the benchmark's directory)")
         p.add_argument("--pred-field", default="cass", help="predictions (default cass)")
@@ -278,9 +278,9 @@ class EvalCommand(Command):
 
     def execute(self, parser, args):
         if args.protocol:  # the benchmark runner, with these flags
-            from .integrations import protocol
+            from fiftyone_cass.protocols import runner as protocol
 
-            from .models.presets import get_preset
+            from fiftyone_cass.models.presets import get_preset
 
             try:  # an unknown protocol before the weights (argparse's choices say it first)
                 get_preset(args.protocol)
@@ -294,9 +294,9 @@ class EvalCommand(Command):
                                                    **m.summary(), iou=dict(zip(map(str, m.class_names or range(len(m.iou))),
                                                                                map(float, m.iou)))))
             return EXIT_OK
-        from .integrations.evaluation import format_table
-        from .integrations.fo_evaluation import check_segmentation_fields, evaluate_iou
-        from .integrations.folders import select_view
+        from fiftyone_cass.fo.metrics import format_table
+        from fiftyone_cass.fo.evaluation import check_segmentation_fields, evaluate_iou
+        from fiftyone_cass.fo.folders import select_view
 
         eval_key = args.eval_key or f"eval_{args.pred_field}"
         ds = _load_dataset(args.target)
@@ -334,7 +334,7 @@ class AppCommand(Command):
                        help="seconds to wait for a new App connection before exiting once all are closed (-1: forever)")
 
     def execute(self, parser, args):
-        from .integrations.app_support import launch_app
+        from fiftyone_cass.app.support import launch_app
 
         ds = _load_dataset(args.dataset)
         session = launch_app(ds, port=args.port, address=args.address, remote=args.remote)  # offers "Schedule"
@@ -363,7 +363,7 @@ class ReleaseCommand(Command):
                        help="release it even if a process of this machine that holds it is alive (a reused pid)")
 
     def execute(self, parser, args):
-        from .integrations.claims import field_claim, release_field
+        from fiftyone_cass.fo.claims import field_claim, release_field
 
         ds = _load_dataset(args.dataset)
         claim = field_claim(ds, args.label_field)
@@ -381,7 +381,7 @@ COMMANDS = (LabelCommand, DemoCommand, EvalCommand, AppCommand, ReleaseCommand)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from fiftyone_cass import __version__
 
     parser = argparse.ArgumentParser(
         prog="fiftyone-cass",

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageLoadError
+from fiftyone_cass.errors import ImageLoadError
 
 
 def describe(item: Any, name: Optional[str] = None) -> str:

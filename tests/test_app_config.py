@@ -8,9 +8,9 @@ from fiftyone.operators.executor import resolve_type
 from fiftyone.operators.registry import OperatorRegistry
 
 from _label_helpers import CLASSES, OPTS, add_samples, make_images
-from fiftyone_cass.integrations.folders import import_directory
-from fiftyone_cass.integrations.app_support import PALETTE, show_labels_in_app
-from fiftyone_cass.integrations.apply import apply
+from fiftyone_cass.fo.folders import import_directory
+from fiftyone_cass.app.support import PALETTE, show_labels_in_app
+from fiftyone_cass.fo.apply import apply
 
 AUTO = "@fiftyone-cass/cass/auto_label"
 

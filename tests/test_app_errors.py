@@ -23,8 +23,8 @@ from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionRunState, execute_or_delegate_operator
 
 from _label_helpers import CLASSES, OPTS, add_samples, make_images
-from fiftyone_cass.integrations import app_support
-from fiftyone_cass.integrations.apply import AutoLabelRun, apply
+from fiftyone_cass.app import support as app_support
+from fiftyone_cass.fo.apply import AutoLabelRun, apply
 
 AUTO = "@fiftyone-cass/cass/auto_label"
 EVALUATE = "@fiftyone-cass/cass/evaluate_iou"
@@ -238,7 +238,7 @@ def _eval(ds, **params):
 
 def test_failed_evaluation_leaves_nothing_and_keeps_what_existed(eval_dataset):
     ds = eval_dataset
-    from fiftyone_cass.integrations.fo_evaluation import evaluate_iou
+    from fiftyone_cass.fo.evaluation import evaluate_iou
 
     good = evaluate_iou(ds.limit(2), "predictions", eval_key="good")
     good_values = ds.values("good_iou")
@@ -274,7 +274,7 @@ def test_failed_evaluation_leaves_nothing_and_keeps_what_existed(eval_dataset):
 
 def test_library_call_is_all_or_nothing_too(eval_dataset):
     from fiftyone_cass.errors import InvalidInputError
-    from fiftyone_cass.integrations.fo_evaluation import evaluate_iou
+    from fiftyone_cass.fo.evaluation import evaluate_iou
 
     with pytest.raises(InvalidInputError, match="prediction mask is 3x3"):
         evaluate_iou(eval_dataset, "predictions", eval_key="lib")

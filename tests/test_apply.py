@@ -12,7 +12,7 @@ import fiftyone as fo
 from _label_helpers import (BATCH, CLASSES, OPTS, Reference, add_samples, all_scores, make_bad_files, make_images,
                             read_mask)
 from fiftyone_cass.errors import InvalidInputError
-from fiftyone_cass.integrations.apply import (
+from fiftyone_cass.fo.apply import (
     CONFIG_ATTR,
     AutoLabelRun,
     apply,
@@ -220,7 +220,7 @@ def test_changing_the_classes_of_part_of_a_field_is_refused(fo_dataset, images):
     """mask_targets name the ids of the whole field: a run that would rename them while samples it
     does not relabel keep labels with the old ids is refused before anything is written."""
     from fiftyone_cass import cli
-    from fiftyone_cass.integrations import app_support
+    from fiftyone_cass.app import support as app_support
 
     ds = add_samples(fo_dataset("idspace"), images[:4])
     ids = ds.values("id")
@@ -485,7 +485,7 @@ def test_memory_stays_flat_and_progress_is_reported(fo_dataset, tmp_path):
 
 
 def test_segmenters_stay_loaded_across_calls():
-    from fiftyone_cass.integrations.apply import get_segmenter
+    from fiftyone_cass.fo.apply import get_segmenter
 
     a = get_segmenter(classes=list(CLASSES), batch_size=2, **OPTS)
     b = get_segmenter(classes=list(CLASSES), batch_size=5, **OPTS)

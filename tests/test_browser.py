@@ -37,9 +37,9 @@ from playwright.sync_api import sync_playwright
 import fiftyone as fo
 
 from _label_helpers import CLASSES, OPTS, make_images
-from fiftyone_cass.integrations.apply import apply
-from fiftyone_cass.integrations.fo_evaluation import evaluate_iou
-from fiftyone_cass.integrations.iou_panel import class_rows, worst_class_samples
+from fiftyone_cass.fo.apply import apply
+from fiftyone_cass.fo.evaluation import evaluate_iou
+from fiftyone_cass.app.iou_panel import class_rows, worst_class_samples
 
 ART = Path(__file__).resolve().parent / "artifacts" / "browser"
 CHROMIUM = os.environ.get("FIFTYONE_CASS_CHROMIUM", "/usr/bin/chromium")

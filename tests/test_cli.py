@@ -26,11 +26,11 @@ import fiftyone as fo
 from _label_helpers import BATCH, CLASSES, Reference, all_scores, make_bad_files, make_images, read_mask
 from fiftyone_cass import bootstrap, cli
 from fiftyone_cass.errors import WeightsUnavailableError
-from fiftyone_cass.integrations.demo import DEMO_CLASSES, DEMO_IMAGES
+from fiftyone_cass.fo.demo import DEMO_CLASSES, DEMO_IMAGES
 from fiftyone_cass.models.weights import ensure_weights
-from fiftyone_cass.schema import coerce_settings
-from fiftyone_cass.settings import LabelSettings
-from fiftyone_cass.integrations.apply import CONFIG_ATTR
+from fiftyone_cass.config.schema import coerce_settings
+from fiftyone_cass.config.settings import LabelSettings
+from fiftyone_cass.fo.apply import CONFIG_ATTR
 
 #: the tiny test model, as command-line options (= _label_helpers.OPTS)
 TINY = ["--backbone", "tiny", "--device", "cpu", "--batch-size", str(BATCH),

@@ -23,10 +23,10 @@ import fiftyone as fo
 from _label_helpers import CLASSES, OPTS, make_images, strict_json
 from fiftyone_cass import Segmenter, cli, fileio
 from fiftyone_cass.errors import InvalidInputError
-from fiftyone_cass.integrations.apply import CONFIG_ATTR, AutoLabelRun
+from fiftyone_cass.fo.apply import CONFIG_ATTR, AutoLabelRun
 from fiftyone_cass.models.segmenter import SegmenterOptions
-from fiftyone_cass.schema import coerce_settings
-from fiftyone_cass.settings import parse_segmenter_options
+from fiftyone_cass.config.schema import coerce_settings
+from fiftyone_cass.config.settings import parse_segmenter_options
 from test_cli import TINY, entry_point, run_cli
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 import fiftyone as fo
 
 from _label_helpers import make_images, strict_json
-from fiftyone_cass.integrations.folders import printable, scan_images
+from fiftyone_cass.fo.folders import printable, scan_images
 from test_cli import TINY, run_cli
 
 

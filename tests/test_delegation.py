@@ -20,7 +20,7 @@ from fiftyone.operators.executor import ExecutionRunState, execute_or_delegate_o
 from fiftyone.operators.registry import OperatorRegistry
 
 from _label_helpers import OPTS, add_samples, make_images
-from fiftyone_cass.integrations.app_support import SCHEDULING_ENV, enable_scheduling
+from fiftyone_cass.app.support import SCHEDULING_ENV, enable_scheduling
 
 AUTO = "@fiftyone-cass/cass/auto_label"
 SEG_OPTIONS = {k: v for k, v in OPTS.items() if k not in ("backbone", "device")}

@@ -9,8 +9,8 @@ from PIL import Image
 import fiftyone as fo
 
 from fiftyone_cass.errors import InvalidInputError
-from fiftyone_cass.integrations.evaluation import match_classes_by_name, normalize_class_name
-from fiftyone_cass.integrations.fo_evaluation import evaluate_iou
+from fiftyone_cass.fo.metrics import match_classes_by_name, normalize_class_name
+from fiftyone_cass.fo.evaluation import evaluate_iou
 
 GT_TARGETS = {0: "background", 1: "dog", 2: "cat", 3: "grass", 255: "ignore"}
 GTS = [

@@ -10,8 +10,8 @@ import fiftyone as fo
 import fiftyone.operators as foo
 
 from fiftyone_cass.errors import InvalidInputError
-from fiftyone_cass.integrations.evaluation import IoUAccumulator, LabelMapper
-from fiftyone_cass.integrations.fo_evaluation import (
+from fiftyone_cass.fo.metrics import IoUAccumulator, LabelMapper
+from fiftyone_cass.fo.evaluation import (
     MEAN_IOU_METRIC,
     IoUSegmentationResults,
     evaluate_iou,
@@ -101,7 +101,7 @@ def test_evaluate_iou_operator_stores_loadable_results(seg_dataset):
     assert seg_dataset.has_sample_field("ev_iou") and seg_dataset.has_sample_field("ev_pixel_acc")
     worst = seg_dataset.sort_by("ev_iou").first()
     assert worst.filepath.endswith("img2.png")
-    from fiftyone_cass.integrations.evaluation import sample_scores
+    from fiftyone_cass.fo.metrics import sample_scores
 
     for s, h in zip(seg_dataset, hists):
         assert s["ev_iou"] == pytest.approx(sample_scores(h)["iou"])
@@ -177,7 +177,7 @@ def test_mean_iou_custom_metric_on_fiftyone_simple_backend(seg_dataset):
     assert results.metrics()["mIoU"] == pytest.approx(expected.mIoU)
     loaded = seg_dataset.load_evaluation_results("simple")
     assert loaded.custom_metrics[MEAN_IOU_METRIC]["value"] == pytest.approx(expected.mIoU)
-    from fiftyone_cass.integrations.evaluation import sample_scores
+    from fiftyone_cass.fo.metrics import sample_scores
 
     for s, h in zip(seg_dataset, hists):
         assert s["simple_iou"] == pytest.approx(sample_scores(h)["iou"])
@@ -251,8 +251,8 @@ def _ade_layout(root):
 def test_run_protocol_end_to_end_with_exact_numbers(tmp_path, fiftyone_database):
     import uuid
 
-    from fiftyone_cass.integrations.importers import reduce_zero_label
-    from fiftyone_cass.integrations.protocol import run_protocol
+    from fiftyone_cass.protocols.importers import reduce_zero_label
+    from fiftyone_cass.protocols.runner import run_protocol
 
     labels = _ade_layout(tmp_path)
     seg = ConstantSegmenter(150, value=0)
@@ -285,7 +285,7 @@ def test_protocol_command_with_a_tiny_random_segmenter(tmp_path, fiftyone_databa
     """The CLI path with the real Segmenter (tiny random-weight backbones, CPU)."""
     import uuid
 
-    from fiftyone_cass.integrations.protocol import main
+    from fiftyone_cass.protocols.runner import main
 
     base = tmp_path / "VOCdevkit" / "VOC2012"
     (base / "JPEGImages").mkdir(parents=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fiftyone_cass.errors import InvalidInputError
-from fiftyone_cass.integrations.evaluation import (
+from fiftyone_cass.fo.metrics import (
     IoUAccumulator,
     LabelMapper,
     confusion_histogram,

@@ -17,8 +17,8 @@ import fiftyone.zoo as foz
 
 from _label_helpers import BATCH, CLASSES, OPTS, Reference, add_samples, all_scores, make_bad_files, make_images, read_mask
 from fiftyone_cass import CassModel, InvalidInputError
-from fiftyone_cass.integrations.apply import apply
-from fiftyone_cass.integrations.fo_model import CONFIG_ATTR, ZOO_MODEL_NAME, LoadFailure
+from fiftyone_cass.fo.apply import apply
+from fiftyone_cass.fo.model import CONFIG_ATTR, ZOO_MODEL_NAME, LoadFailure
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

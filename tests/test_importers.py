@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 import fiftyone as fo
 
 from fiftyone_cass.errors import InvalidInputError
-from fiftyone_cass.integrations.importers import (
+from fiftyone_cass.protocols.importers import (
     COCO_THING_IDS,
     coco_semantic_mask,
     load_ade20k,

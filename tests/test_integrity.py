@@ -22,8 +22,8 @@ import fiftyone.core.odm as foo
 from _label_helpers import BATCH, CLASSES, OPTS, add_samples, make_images, read_mask
 from fiftyone_cass import cli
 from fiftyone_cass.errors import InvalidInputError
-from fiftyone_cass.integrations.apply import CONFIG_ATTR, AutoLabelRun, apply, is_valid_png
-from fiftyone_cass.integrations.claims import FieldClaim, FieldClaimedError, field_claim, release_field
+from fiftyone_cass.fo.apply import CONFIG_ATTR, AutoLabelRun, apply, is_valid_png
+from fiftyone_cass.fo.claims import FieldClaim, FieldClaimedError, field_claim, release_field
 
 KW = dict(OPTS, batch_size=BATCH)
 
@@ -63,7 +63,7 @@ def test_two_concurrent_runs_with_different_classes_one_proceeds(persistent, ima
     script = """
         import os, sys, time
         import fiftyone as fo
-        from fiftyone_cass.integrations.apply import AutoLabelRun, apply
+        from fiftyone_cass.fo.apply import AutoLabelRun, apply
         slow = AutoLabelRun._write_batch
         def write(self, batch, outputs):  # long enough for the two runs to overlap
             time.sleep(0.4)
@@ -128,7 +128,7 @@ def test_a_claim_of_a_killed_run_is_recovered(fo_dataset, images, tmp_path):
     code = f"""
         import os, signal
         import fiftyone as fo
-        from fiftyone_cass.integrations.claims import FieldClaim
+        from fiftyone_cass.fo.claims import FieldClaim
         FieldClaim(fo.load_dataset({ds.name!r}), "cass", "0123456789abcdef").acquire()
         os.kill(os.getpid(), signal.SIGKILL)
     """
@@ -138,7 +138,7 @@ def test_a_claim_of_a_killed_run_is_recovered(fo_dataset, images, tmp_path):
     s = apply(ds, CLASSES, masks="database", **KW)  # the dead holder (this host) is dropped
     assert s.num_labeled == 2 and field_claim(ds, "cass") is None
     # a holder on another host (cannot be checked from here) is released by hand, from Python or the CLI
-    from fiftyone_cass.integrations.claims import COLLECTION, FieldInUseError
+    from fiftyone_cass.fo.claims import COLLECTION, FieldInUseError
 
     claims = foo.get_db_conn()[COLLECTION]
 
@@ -213,7 +213,7 @@ def test_a_kill_at_the_rename_leaves_no_file_behind_after_the_rerun(fo_dataset, 
     code = f"""
         import os, signal
         import fiftyone as fo
-        from fiftyone_cass.integrations.apply import apply
+        from fiftyone_cass.fo.apply import apply
         real = os.replace
         def replace(src, dst):  # the process dies exactly between writing the temp file and renaming it
             if src.endswith(".tmp") and dst.endswith(".png"):
@@ -238,7 +238,7 @@ def test_an_unwritable_mask_directory_fails_before_the_model_runs(fo_dataset, im
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the mask directory should be")
     calls = []
-    from fiftyone_cass.integrations.fo_model import CassModel
+    from fiftyone_cass.fo.model import CassModel
 
     original = CassModel.segment
     monkeypatch.setattr(CassModel, "segment", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
@@ -278,8 +278,8 @@ def test_apply_and_apply_model_at_once_on_one_field_one_refuses(persistent, imag
     script = """
         import os, sys, time
         import fiftyone as fo
-        from fiftyone_cass.integrations.apply import AutoLabelRun, apply
-        from fiftyone_cass.integrations.fo_model import CassModel
+        from fiftyone_cass.fo.apply import AutoLabelRun, apply
+        from fiftyone_cass.fo.model import CassModel
         slow = AutoLabelRun._write_batch
         def write(self, batch, outputs):  # long enough for the two runs to overlap
             time.sleep(0.4)
@@ -334,7 +334,7 @@ def test_apply_and_apply_model_at_once_on_one_field_one_refuses(persistent, imag
 
 
 def test_apply_model_never_replaces_labels_of_other_settings(fo_dataset, images, tmp_path):
-    from fiftyone_cass.integrations.fo_model import CassModel
+    from fiftyone_cass.fo.model import CassModel
 
     masks = tmp_path / "masks"
     ds = add_samples(fo_dataset("am-keep"), images[:3])

@@ -10,10 +10,10 @@ import fiftyone.operators as foo
 import fiftyone.plugins as fop
 
 from _label_helpers import CLASSES, OPTS, add_samples, make_images
-from fiftyone_cass.integrations.apply import apply
-from fiftyone_cass.integrations.evaluation import IoUAccumulator, LabelMapper
-from fiftyone_cass.integrations.fo_evaluation import evaluate_iou
-from fiftyone_cass.integrations.iou_panel import (
+from fiftyone_cass.fo.apply import apply
+from fiftyone_cass.fo.metrics import IoUAccumulator, LabelMapper
+from fiftyone_cass.fo.evaluation import evaluate_iou
+from fiftyone_cass.app.iou_panel import (
     class_rows,
     per_sample_class_iou,
     presence_scores,

@@ -20,7 +20,7 @@ from fiftyone.operators.executor import ExecutionRunState, execute_or_delegate_o
 from _label_helpers import (BATCH, CLASSES, OPTS, Reference, add_samples, all_scores, make_bad_files, make_images,
                             read_mask)
 from fiftyone_cass.errors import InvalidInputError
-from fiftyone_cass.integrations.apply import CONFIG_ATTR, apply
+from fiftyone_cass.fo.apply import CONFIG_ATTR, apply
 
 PLUGIN = "@fiftyone-cass/cass"
 AUTO = f"{PLUGIN}/auto_label"

@@ -30,8 +30,8 @@ from PIL import Image
 import fiftyone as fo
 
 from fiftyone_cass import cli
-from fiftyone_cass.shards import shard_index
-from fiftyone_cass.integrations.apply import CONFIG_ATTR, is_valid_png
+from fiftyone_cass.fo.shards import shard_index
+from fiftyone_cass.fo.apply import CONFIG_ATTR, is_valid_png
 
 CLASSES = "dog, frisbee, cat"
 #: the tiny random-weight model in "slide" inference (several windows per image), so that a batch

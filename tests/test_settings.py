@@ -1,4 +1,4 @@
-"""One settings schema (fiftyone_cass/settings.py): the command line's flags, the ``auto_label``
+"""One settings schema (fiftyone_cass/config/settings.py): the command line's flags, the ``auto_label``
 form's inputs and the keywords of ``Segmenter``/``CassModel``/``apply`` are generated from one
 declaration per setting, and one checker turns a bad value into an error naming the setting, the
 value and what is allowed -- exit status 2 on the command line, an invalid input in the App's form,
@@ -15,9 +15,9 @@ import fiftyone as fo
 from _label_helpers import BATCH, CLASSES, OPTS, add_samples, make_images
 from fiftyone_cass import CassModel, Segmenter, cli
 from fiftyone_cass.errors import InvalidInputError
-from fiftyone_cass.integrations.apply import apply
-from fiftyone_cass.schema import setting_fields
-from fiftyone_cass.settings import EngineSettings, LabelSettings, ModelSettings, label_setting_names
+from fiftyone_cass.fo.apply import apply
+from fiftyone_cass.config.schema import setting_fields
+from fiftyone_cass.config.settings import EngineSettings, LabelSettings, ModelSettings, label_setting_names
 from test_cli import run_cli
 
 AUTO = "@fiftyone-cass/cass/auto_label"

@@ -10,11 +10,11 @@ from typing import Optional, Tuple
 
 import torch
 
-from .fusion import fuse_graphs, neighbourhood_attention, range_match
-from .gaussian import gaussian_window
-from .graphs import key_graph, range_normalize
-from .lowrank import eigenscale, energy_rank, lowrank_graph, top_eigenpairs
-from .spectral import graph_eigh, match_heads, normalize_spectrum, spectral_distance, spectrum_with_zeros
+from fiftyone_cass.core.fusion import fuse_graphs, neighbourhood_attention, range_match
+from fiftyone_cass.core.gaussian import gaussian_window
+from fiftyone_cass.core.graphs import key_graph, range_normalize
+from fiftyone_cass.core.lowrank import eigenscale, energy_rank, lowrank_graph, top_eigenpairs
+from fiftyone_cass.core.spectral import graph_eigh, match_heads, normalize_spectrum, spectral_distance, spectrum_with_zeros
 
 
 @dataclass(frozen=True)

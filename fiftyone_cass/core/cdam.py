@@ -22,8 +22,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .entropy import entropy_range, threshold_from_entropy
-from .windows import upsample_logits  # noqa: F401  (G.6 bilinear up-sampling, shared)
+from fiftyone_cass.core.entropy import entropy_range, threshold_from_entropy
+from fiftyone_cass.core.windows import upsample_logits  # noqa: F401  (G.6 bilinear up-sampling, shared)
 
 __all__ = [
     "CDAM_SCALES",

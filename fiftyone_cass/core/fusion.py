@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .graphs import range_normalize
+from fiftyone_cass.core.graphs import range_normalize
 
 
 def range_match(graph: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .eigensolver import symmetric_eigh
+from fiftyone_cass.core.eigensolver import symmetric_eigh
 
 
 def graph_eigh(

@@ -1,46 +1,6 @@
-"""Queueing labelling runs as FiftyOne delegated operations, run later by
-``fiftyone delegated launch`` workers (``fiftyone-cass label --delegate``)."""
+"""Moved to ``fiftyone_cass.fo.delegation``; this old path stays for one release (README, "Old import paths")."""
+import sys as _sys
 
-from __future__ import annotations
+import fiftyone_cass.fo.delegation as _module
 
-from typing import Any, List
-
-from ..errors import InvalidInputError
-from ..settings import label_setting_names, resolve_masks
-
-
-def queue_auto_label(view, workers: int = 1, needed_for: str = "to queue delegated operations",
-                     **apply_kwargs: Any) -> List[str]:
-    """Queues ``workers`` delegated ``auto_label`` operations on ``view`` (shard ``i`` of
-    ``workers`` each, by file path) with the :func:`~fiftyone_cass.integrations.apply.apply`
-    keywords ``apply_kwargs`` (settings and Segmenter options). ``masks="auto"`` is decided here,
-    on the whole view, so every worker stores masks the same way. Returns the operations' ids.
-    Without the plugin where FiftyOne looks for plugins, an
-    :class:`~fiftyone_cass.errors.InvalidInputError` says how to install it (``needed_for``
-    ends its message)."""
-    import fiftyone.operators as foo
-
-    from .label_plugin import AUTO_LABEL_URI
-
-    try:
-        op = foo.get_operator(AUTO_LABEL_URI)
-    except Exception as exc:  # noqa: BLE001 - plugin not installed where FiftyOne looks
-        raise InvalidInputError(
-            f"the FiftyOne plugin {AUTO_LABEL_URI} is not installed ({exc}); install it (symlink or copy this "
-            f"repository into your FIFTYONE_PLUGINS_DIR) {needed_for}"
-        ) from None
-    params = dict(apply_kwargs)
-    if params.get("masks", "auto") == "auto":
-        params["masks"] = resolve_masks("auto", len(view), params.get("mask_dir"))
-    settings = label_setting_names()
-    options = {k: params.pop(k) for k in list(params) if k not in settings}
-    classes = params.pop("classes", None)
-    preset = params.pop("preset", None)
-    gt_field = params.pop("gt_field", None)
-    queued = []
-    for i in range(workers):
-        opts = dict(options, shard=[i, workers]) if workers > 1 else options
-        res = op(view, classes=classes, preset=preset, gt_field=gt_field, delegate=True,
-                 options=opts or None, **params)
-        queued.append(str(res.result["id"]) if isinstance(res.result, dict) and "id" in res.result else str(res.result))
-    return queued
+_sys.modules[__name__] = _module

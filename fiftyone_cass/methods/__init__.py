@@ -8,5 +8,5 @@ calls its hooks and holds no per-method branches. A new family: a module here, r
 name, imported below; it is then a valid ``method=`` (and ``<name>+cdam``) everywhere.
 """
 
-from .base import FamilyOutput, MethodFamily, get_family, method_names, register_family, split_method  # noqa: F401
-from . import cass, naclip, maskclip  # noqa: F401,E402  (import order = registration order = METHODS order)
+from fiftyone_cass.methods.base import FamilyOutput, MethodFamily, get_family, method_names, register_family, split_method  # noqa: F401
+from fiftyone_cass.methods import cass, naclip, maskclip  # noqa: F401,E402  (import order = registration order = METHODS order)

@@ -3,10 +3,10 @@ mixes its map into that attention (SPEC G.6)."""
 
 from __future__ import annotations
 
-from ..core import cdam as cdam_ops
-from ..core.cass import attend_values
-from ..models import clip_visual as cv
-from .base import FamilyOutput, MethodFamily
+from fiftyone_cass.core import cdam as cdam_ops
+from fiftyone_cass.core.cass import attend_values
+from fiftyone_cass.models import clip_visual as cv
+from fiftyone_cass.methods.base import FamilyOutput, MethodFamily
 
 
 class AttentionFamily(MethodFamily):

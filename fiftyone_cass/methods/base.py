@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Tuple, Type
 
 import torch
 
-from ..errors import InvalidInputError
+from fiftyone_cass.errors import InvalidInputError
 
 _FAMILIES: Dict[str, "MethodFamily"] = {}
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from ..core.cass import cass_attention
-from ..core.presence import adjust_text, blend_logits, cluster_leaders
-from .base import register_family
-from .attention import AttentionFamily
+from fiftyone_cass.core.cass import cass_attention
+from fiftyone_cass.core.presence import adjust_text, blend_logits, cluster_leaders
+from fiftyone_cass.methods.base import register_family
+from fiftyone_cass.methods.attention import AttentionFamily
 
 
 @register_family

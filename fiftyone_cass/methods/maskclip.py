@@ -3,10 +3,10 @@ re-weights the values of the block input, CLS token included (H.2)."""
 
 from __future__ import annotations
 
-from ..core import cdam as cdam_ops
-from ..core.cass import attend_values
-from ..models import clip_visual as cv
-from .base import FamilyOutput, MethodFamily, register_family
+from fiftyone_cass.core import cdam as cdam_ops
+from fiftyone_cass.core.cass import attend_values
+from fiftyone_cass.models import clip_visual as cv
+from fiftyone_cass.methods.base import FamilyOutput, MethodFamily, register_family
 
 
 @register_family

@@ -3,9 +3,9 @@ with ``+cdam`` the CDAM map is mixed into that attention (G.6)."""
 
 from __future__ import annotations
 
-from ..core.cass import naclip_attention
-from .attention import AttentionFamily
-from .base import register_family
+from fiftyone_cass.core.cass import naclip_attention
+from fiftyone_cass.methods.attention import AttentionFamily
+from fiftyone_cass.methods.base import register_family
 
 
 @register_family

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..errors import CheckpointError, WeightsUnavailableError
+from fiftyone_cass.errors import CheckpointError, WeightsUnavailableError
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -180,7 +180,7 @@ def _offline_if_hub_unreachable(timeout: float = 3.0) -> None:
     """Before weights are fetched from the model hub: where it cannot be reached, Hugging Face's
     offline mode goes on, so that weights missing from the local cache fail in seconds (a clear
     WeightsUnavailableError) instead of after a minute of download retries."""
-    from .. import bootstrap
+    from fiftyone_cass import bootstrap
 
     if not bootstrap.hub_offline() and not bootstrap.hub_reachable(timeout):
         bootstrap.go_offline()

@@ -12,7 +12,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from ..core.positions import interpolate_position_table
+from fiftyone_cass.core.positions import interpolate_position_table
 
 
 def _blocks(visual):

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..core.positions import interpolate_position_table
-from ..core.preprocess import CLIP_MEAN_255, CLIP_STD_255
+from fiftyone_cass.core.positions import interpolate_position_table
+from fiftyone_cass.core.preprocess import CLIP_MEAN_255, CLIP_STD_255
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

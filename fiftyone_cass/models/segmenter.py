@@ -12,16 +12,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core import cdam as cdam_ops
-from ..core.eigensolver import PLACEMENTS
-from ..core.entropy import entropy_range, threshold_from_entropy
-from ..core.cass import CassOptions
-from ..core.confidence import ConfidenceSums, band_sums, pixel_confidence
-from ..core.graphs import resample_dino_keys
-from ..core.pamr import pamr_halo, refine_rows
-from ..core.preprocess import clip_normalize
-from ..core.presence import cluster_text, merge_synonyms
-from ..core.windows import (
+from fiftyone_cass.core import cdam as cdam_ops
+from fiftyone_cass.core.eigensolver import PLACEMENTS
+from fiftyone_cass.core.entropy import entropy_range, threshold_from_entropy
+from fiftyone_cass.core.cass import CassOptions
+from fiftyone_cass.core.confidence import ConfidenceSums, band_sums, pixel_confidence
+from fiftyone_cass.core.graphs import resample_dino_keys
+from fiftyone_cass.core.pamr import pamr_halo, refine_rows
+from fiftyone_cass.core.preprocess import clip_normalize
+from fiftyone_cass.core.presence import cluster_text, merge_synonyms
+from fiftyone_cass.core.windows import (
     SMALL_OUTPUT,
     bilinear_variant,
     keep_ratio_size,
@@ -31,18 +31,18 @@ from ..core.windows import (
     upsample_logits,
     upsample_rows,
 )
-from ..errors import ImageLoadError, InvalidInputError
-from ..images import describe, load_rgb
-from ..methods import get_family, method_names, split_method
-from ..schema import check_dataclass, setting, setting_fields, settings_doc, split_settings
-from ..settings import DEFAULT_METHOD, EngineSettings, resolve_device
-from . import clip_visual as cv
-from .backbones import cached_models
-from .dino import dino_keys, dino_pixels_from_clip
-from .profiling import NO_STAGE, StageTimer
-from .presets import FREE_VOCAB, Preset, cdam_aug_words
-from .text import text_embedder
-from .vocabulary import Vocabulary
+from fiftyone_cass.errors import ImageLoadError, InvalidInputError
+from fiftyone_cass.images import describe, load_rgb
+from fiftyone_cass.methods import get_family, method_names, split_method
+from fiftyone_cass.config.schema import check_dataclass, setting, setting_fields, settings_doc, split_settings
+from fiftyone_cass.config.settings import DEFAULT_METHOD, EngineSettings, resolve_device
+from fiftyone_cass.models import clip_visual as cv
+from fiftyone_cass.models.backbones import cached_models
+from fiftyone_cass.models.dino import dino_keys, dino_pixels_from_clip
+from fiftyone_cass.models.profiling import NO_STAGE, StageTimer
+from fiftyone_cass.models.presets import FREE_VOCAB, Preset, cdam_aug_words
+from fiftyone_cass.models.text import text_embedder
+from fiftyone_cass.models.vocabulary import Vocabulary
 
 #: the built-in methods (every registered family, alone and with +cdam): see :mod:`fiftyone_cass.methods`
 METHODS = tuple(method_names())
@@ -197,7 +197,7 @@ class Segmenter:
         preset: one of the published protocols (voc21, voc20, context60, context59, coco_object,
             coco_stuff, ade20k, cityscapes): its class file, ids and constants.
         models: ready ``(clip, dino, tokenizer)`` instead of loading the backbone's weights.
-        **settings: :class:`~fiftyone_cass.settings.EngineSettings` fields (below) and any
+        **settings: :class:`~fiftyone_cass.config.settings.EngineSettings` fields (below) and any
             :class:`SegmenterOptions` field; each value is checked against its declaration.
 
     Engine settings:

@@ -27,8 +27,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidInputError
-from ..fileio import atomic_write
+from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.fileio import atomic_write
 
 TEXT_CACHE_VERSION = 1  # bump when the embedding procedure changes
 # |norm - 1| allowed for a cached embedding; float32 normalisation is within ~1e-7

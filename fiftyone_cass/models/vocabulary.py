@@ -1,7 +1,7 @@
 """The vocabulary: what a labelling run predicts and under which ids and names it is written.
 
 One :class:`Vocabulary` is shared by the :class:`~fiftyone_cass.Segmenter` (its class lines,
-queries and label ids) and the FiftyOne side (:class:`~fiftyone_cass.integrations.fo_model.CassModel`,
+queries and label ids) and the FiftyOne side (:class:`~fiftyone_cass.fo.model.CassModel`,
 :func:`fiftyone_cass.apply`: the written ids, ``mask_targets``, presence names). Two id spaces:
 
 * **labels**: the Segmenter's output, ``0..num_labels-1``; label ``j`` is class line ``j``
@@ -26,8 +26,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import InvalidInputError
-from .presets import Preset, default_background_words, get_preset, preset_class_lines
+from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.models.presets import Preset, default_background_words, get_preset, preset_class_lines
 
 #: names of a ground-truth id 0 that mean "background"
 BACKGROUND_NAMES = {"background", "bg", "_background_", "__background__", "unlabeled", "unlabelled", "none"}
@@ -123,7 +123,7 @@ def background_line(background: Union[None, str, Sequence[str]]) -> str:
 
 
 def _check_name_lengths(names: Sequence[str]) -> None:
-    from .text import check_name_lengths  # open_clip's tokenizer, read on first use
+    from fiftyone_cass.models.text import check_name_lengths  # open_clip's tokenizer, read on first use
 
     check_name_lengths(names)
 

@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from ..bootstrap import hub_offline
-from ..errors import WeightsUnavailableError
-from ..settings import resolve_device
+from fiftyone_cass.bootstrap import hub_offline
+from fiftyone_cass.errors import WeightsUnavailableError
+from fiftyone_cass.config.settings import resolve_device
 
 #: how the message names the checkpoint settings: command-line flags, the App form's fields, or
 #: the keyword arguments of Python callers
@@ -80,8 +80,8 @@ def ensure_weights(backbone: str, method: str, device: Optional[str] = None, cli
     (``None``/``"auto"``: the first GPU if there is one), or raises
     :class:`~fiftyone_cass.errors.WeightsUnavailableError` naming the checkpoint settings in the
     caller's ``wording`` (:data:`WORDINGS`). An unknown backbone raises ``ValueError``."""
-    from ..methods import get_family
-    from .backbones import cached_models, get_backbone_spec, load_dino
+    from fiftyone_cass.methods import get_family
+    from fiftyone_cass.models.backbones import cached_models, get_backbone_spec, load_dino
 
     clip = clip_checkpoint or os.environ.get("FIFTYONE_CASS_CLIP_CHECKPOINT") or None
     dino = dino_checkpoint or os.environ.get("FIFTYONE_CASS_DINO_CHECKPOINT") or None

@@ -1,0 +1,1 @@
+"""The FiftyOne App: operators (`label_operators`, `eval_operators`), the panel (`iou_panel`), App support."""

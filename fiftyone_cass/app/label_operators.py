@@ -1,0 +1,527 @@
+"""FiftyOne plugin operators for auto-labelling (thin shells over :mod:`.apply`).
+
+* ``@fiftyone-cass/cass/auto_label`` (:class:`AutoLabel`): Segmentation labels, presence scores and
+  concept tags for the dataset, the current view or the selected samples
+  (:func:`fiftyone_cass.fo.apply.apply`). Immediate execution reports progress to the
+  App between batches (generator execution); delegated execution reports it through
+  ``ctx.set_progress``. From Python::
+
+      op = foo.get_operator("@fiftyone-cass/cass/auto_label")
+      op(dataset_or_view, classes=["dog", "frisbee"], delegate=True)   # queues a delegated run
+
+* ``@fiftyone-cass/cass/retag_presence`` (:class:`RetagPresence`): re-derives the concept tags from
+  the stored presence scores with a new threshold, without running the model
+  (:func:`fiftyone_cass.fo.apply.retag`).
+
+The model stays loaded across calls in one process (FiftyOne App server or delegated worker):
+backbones are cached per process and :func:`~.apply.get_segmenter` keeps recent Segmenters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Dict, Optional
+
+import fiftyone as fo
+import fiftyone.operators as foo
+from fiftyone.operators import types
+
+from fiftyone_cass.models.presets import PRESETS
+from fiftyone_cass.errors import InvalidInputError, WeightsUnavailableError
+from fiftyone_cass.models.segmenter import options_from_json
+from fiftyone_cass.models.weights import ensure_weights
+from fiftyone_cass.config.schema import choices_of, coerce_settings, setting_fields, setting_is_optional, setting_type, split_settings
+from fiftyone_cass.config.settings import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, LabelSettings, format_field, label_setting_names
+from fiftyone_cass.app.support import AUTO_LABEL_FIELDS, FormError, form_message
+from fiftyone_cass.fo.apply import AutoLabelRun, check_threshold, default_tag_prefix, recorded_tag_prefix, retag, run_key_for
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "@fiftyone-cass/cass"
+AUTO_LABEL_URI = f"{PLUGIN_NAME}/auto_label"
+RETAG_URI = f"{PLUGIN_NAME}/retag_presence"
+#: backbones offered in the form; the test-only ones ("tiny", "random-base": random weights) are
+#: accepted from Python/CLI but not offered
+BACKBONES = ("openai",)
+TEST_BACKBONES = ("random-base", "tiny")
+#: immediate runs on larger targets default to delegated execution in the App
+DELEGATE_FROM = 100
+_MISSING = object()
+
+
+def _fields_of(collection, doc_type):
+    return sorted(collection.get_field_schema(embedded_doc_type=doc_type).keys())
+
+
+def _gt_fields(dataset):
+    """Segmentation fields whose (or the default) mask_targets have integer ids."""
+    out = []
+    for f in _fields_of(dataset, fo.Segmentation):
+        t = dataset.mask_targets.get(f) or dataset.default_mask_targets
+        if t and all(isinstance(k, int) for k in t):
+            out.append(f)
+    return out
+
+
+def _default_gt_field(dataset, candidates, label_field):
+    """The ground truth to preselect: ``ground_truth`` if it is one, else the first field that no
+    auto_label run wrote (predictions are not ground truth), else the first."""
+    if "ground_truth" in candidates:
+        return "ground_truth"
+    runs = set(dataset.list_runs())
+    written = {f for f in candidates if run_key_for(f) in runs or f == label_field}
+    return next((f for f in candidates if f not in written), candidates[0])
+
+
+def _devices():
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(n)]
+
+
+def _dropdown(inputs, name, values, default, label, description=None, required=False):
+    view = types.DropdownView()
+    for v in values:
+        view.add_choice(v, label=v)
+    return inputs.enum(name, view.values(), default=default, required=required, label=label,
+                       description=description, view=view)
+
+
+def auto_label_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Operator params -> :func:`~.apply.apply` keyword arguments: every
+    :class:`~fiftyone_cass.config.settings.LabelSettings` field the form (or a Python caller) gave, the
+    vocabulary of the chosen source, and the Segmenter options of the JSON input. Values are
+    checked by the run itself (one checker for every entry point)."""
+    p = params
+    source = p.get("class_source") or ("gt_field" if p.get("gt_field") else "preset" if p.get("preset") else "classes")
+    kw: Dict[str, Any] = {}
+    for name in label_setting_names():
+        if name in _VOCABULARY or name not in p:
+            continue
+        if p[name] is None and not _optional(name):
+            continue  # a cleared input: the default
+        kw[name] = p[name]
+    if source == "gt_field":
+        kw["gt_field"] = p.get("gt_field")
+    elif source == "preset":
+        kw["preset"] = p.get("preset")
+    else:
+        classes = p.get("classes")
+        if isinstance(classes, str) and "\n" in classes:  # one class (with ", " synonyms) per line
+            classes = [line.strip() for line in classes.split("\n") if line.strip()]
+        kw["classes"] = classes
+    kw.update(options_from_json(p.get("options")))
+    return kw
+
+
+_SETTINGS = setting_fields(LabelSettings)
+_VOCABULARY = ("classes", "preset", "gt_field")
+
+
+def _optional(name: str) -> bool:
+    return _SETTINGS[name].default is None or setting_is_optional(LabelSettings, name)  # None means "none"
+
+
+def _add_setting(ctx, inputs, name: str, default: Any = _MISSING, choices=None, **overrides):
+    """The form input of :class:`~fiftyone_cass.config.settings.LabelSettings` field ``name``: its type,
+    label, help text, default and allowed values come from the declaration; a value outside them
+    marks the input invalid with the checker's message."""
+    f = _SETTINGS[name]
+    meta = f.metadata
+    kw = dict(label=meta.get("label", name), description=meta.get("help"))
+    kw.update(overrides)
+    value = f.default if default is _MISSING else default
+    value = format_field(value, ctx.params.get("label_field") or LabelSettings.label_field) if isinstance(value, str) else value
+    choices = choices if choices is not None else choices_of(meta)
+    base = setting_type(LabelSettings, name)
+    if choices is not None:
+        prop = _dropdown(inputs, name, [c for c in choices], value, kw.pop("label"), **kw)
+    elif base is bool:
+        prop = inputs.bool(name, default=value, **kw)
+    elif base is int:
+        prop = inputs.int(name, default=value, min=meta.get("min"), max=meta.get("max"), **kw)
+    elif base is float:
+        prop = inputs.float(name, default=value, min=meta.get("min"), max=meta.get("max"), **kw)
+    else:
+        prop = inputs.str(name, default=value, **kw)
+    return _check_given(ctx, prop, name)
+
+
+def _check_given(ctx, prop, name: str):
+    """Marks ``prop`` invalid, with the checker's message in the form's words, when the value
+    given for setting ``name`` is outside its declaration."""
+    given = ctx.params.get(name)
+    if given not in (None, ""):
+        try:
+            coerce_settings(LabelSettings, {name: given})
+        except InvalidInputError as exc:
+            prop.invalid = True
+            # the input shows its help text already: the message ends at what is allowed
+            help_text = _SETTINGS[name].metadata.get("help")
+            text = str(exc)
+            if help_text and text.endswith(f" ({help_text})"):
+                text = text[: -len(help_text) - 3]
+            prop.error_message = form_message(InvalidInputError(text), AUTO_LABEL_FIELDS)
+    return prop
+
+
+class AutoLabel(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="auto_label",
+            label="Auto-label segmentations (CASS)",
+            description=(
+                "Training-free open-vocabulary semantic segmentation (CASS + CDAM): Segmentation "
+                "labels, per-class presence scores and concept tags"
+            ),
+            icon="auto_awesome",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_delegation(self, ctx):
+        d = ctx.params.get("delegate")
+        return None if d is None else bool(d)
+
+    def resolve_execution_options(self, ctx):
+        from fiftyone.operators.executor import ExecutionOptions
+
+        forced = self.resolve_delegation(ctx)
+        if forced is not None:
+            return super().resolve_execution_options(ctx)
+        try:
+            big = len(ctx.target_view(param_name="target")) >= DELEGATE_FROM
+        except Exception:  # noqa: BLE001 - options only
+            big = False
+        return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True,
+                                default_choice_to_delegated=big)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(
+            ctx,
+            name="target",
+            action_description="Label",
+            dataset_description="Label the entire dataset",
+            current_view_description="Label the current view",
+            selected_samples_description="Label the selected samples",
+            require_flat=True,
+        )
+        ds = ctx.dataset
+
+        radio = types.RadioGroup()
+        radio.add_choice("classes", label="Class names", description="Type the classes (comma or new-line separated)")
+        radio.add_choice("gt_field", label="Classes of a ground-truth field",
+                         description="Use the mask_targets of a Segmentation field, so that label ids match it")
+        radio.add_choice("preset", label="Preset", description="A published benchmark vocabulary and protocol")
+        inputs.enum("class_source", radio.values(), default="classes", label="Classes", view=radio)
+        source = ctx.params.get("class_source") or "classes"
+        if source == "classes":
+            prop = inputs.str("classes", required=True, label="Class names",
+                              description="e.g. dog, frisbee, person (one class per line to give synonyms: 'person, people')")
+            if ctx.params.get("classes") is not None and not str(ctx.params.get("classes")).strip():
+                prop.invalid = True
+                prop.error_message = "Type at least one class name"
+        elif source == "gt_field":
+            gts = _gt_fields(ds)
+            if not gts:
+                inputs.view("no_gt", types.Warning(label="No Segmentation field with integer mask_targets",
+                                                   description="Set dataset.mask_targets[field] first"))
+            else:
+                default_gt = _default_gt_field(ds, gts, ctx.params.get("label_field") or "cass")
+                _dropdown(inputs, "gt_field", gts, default_gt, "Ground-truth field", required=True,
+                          description="Predicted ids will equal this field's mask_targets ids")
+        else:
+            _dropdown(inputs, "preset", sorted(PRESETS), "coco_object", "Preset", required=True)
+
+        label_field = ctx.params.get("label_field") or "cass"
+        prop = _add_setting(ctx, inputs, "label_field", required=True)
+        if not prop.invalid and ds.has_sample_field(label_field):
+            _add_setting(ctx, inputs, "skip_existing")
+            _add_setting(ctx, inputs, "overwrite", label=f"Overwrite existing labels in '{label_field}'")
+            if not (ctx.params.get("overwrite") or ctx.params.get("skip_existing")):
+                inputs.view("field_exists", types.Notice(
+                    label=f"Field '{label_field}' exists: a run with its settings resumes it; other settings "
+                          "need “Overwrite existing labels” or “Skip samples that already have labels”"))
+
+        _add_setting(ctx, inputs, "method")
+        chosen = ctx.params.get("backbone")
+        if os.environ.get("FIFTYONE_CASS_FORM_TEST_BACKBONES", "").lower() in ("1", "true", "yes", "on"):
+            backbones = list(BACKBONES) + list(TEST_BACKBONES)  # the browser test's server offers them
+        else:
+            backbones = list(BACKBONES) + ([chosen] if chosen in TEST_BACKBONES else [])  # Python callers' test models
+        _add_setting(ctx, inputs, "backbone", choices=backbones,
+                     description="The published CLIP ViT-B/16 (OpenAI) + DINO ViT-B/8 weights")
+        devices = _devices()
+        dev = ctx.params.get("device")
+        if dev and dev not in devices:
+            devices.append(dev)
+        _add_setting(ctx, inputs, "device", default="auto", choices=devices)
+        _add_setting(ctx, inputs, "batch_size")
+        _add_setting(ctx, inputs, "precision")
+
+        masks = types.RadioGroup()
+        masks.add_choice("auto", label="Auto", description=f"On disk from {DISK_THRESHOLD} samples on, else in the database")
+        masks.add_choice("disk", label="On disk (PNG, mask_path)")
+        masks.add_choice("database", label="In the database")
+        _check_given(ctx, inputs.enum("masks", masks.values(), default=LabelSettings.masks,
+                                      label=_SETTINGS["masks"].metadata["label"], view=masks), "masks")
+        if (ctx.params.get("masks") or "auto") != "database":
+            _add_setting(ctx, inputs, "mask_dir")
+        for name in ("presence_field", "tag_prefix", "presence_threshold", "embeddings_field"):
+            _add_setting(ctx, inputs, name)
+        inputs.str("options", label=AUTO_LABEL_FIELDS["options"],
+                   description='Segmenter options, e.g. {"mode": "whole", "short_side": 448}')
+        _add_setting(ctx, inputs, "clip_checkpoint")
+        _add_setting(ctx, inputs, "dino_checkpoint")
+        return types.Property(inputs, view=types.View(label="Auto-label segmentations (CASS)"))
+
+    def execute(self, ctx):
+        if ctx.delegated or ctx.params.get("return_summary"):
+            return self._execute_plain(ctx)
+        return self._execute_streaming(ctx)
+
+    @staticmethod
+    def _label(done, total):
+        return f"Labeled {done} of {total} samples"
+
+    @staticmethod
+    def _prepare(ctx) -> AutoLabelRun:
+        """Weights first (fails fast, naming the form's checkpoint fields, or the keyword arguments
+        for Python callers), then the run."""
+        kw = auto_label_kwargs(ctx.params)
+        python = bool(ctx.params.get("return_summary")) and not ctx.delegated
+        run, _ = split_settings(LabelSettings, kw)
+        try:
+            ensure_weights(run.backbone, run.method, run.device, run.clip_checkpoint, run.dino_checkpoint,
+                           wording="python" if python else "form")
+        except WeightsUnavailableError as exc:
+            raise FormError(str(exc)) from None
+        return AutoLabelRun(ctx.target_view(param_name="target", require_flat=True), **kw)
+
+    def _execute_plain(self, ctx):
+        """Delegated (and Python) execution: progress through ``ctx.set_progress`` (stored on the
+        delegated run), the summary as the result. Errors raise (a delegated run shows them in
+        the App's Runs list, in the form's words)."""
+
+        def report(pb):
+            ctx.set_progress(progress=pb.progress, label=self._label(pb.iteration, pb.total))
+
+        try:
+            run = self._prepare(ctx)
+            summary = run.run(progress=fo.report_progress(report, dt=2.0))
+        except Exception as exc:
+            if not ctx.delegated:
+                raise  # Python callers get the library's exception
+            raise FormError(form_message(exc, AUTO_LABEL_FIELDS)) from exc
+        ctx.set_progress(progress=1.0, label=self._label(summary.num_processed, summary.num_processed))
+        _compute_metadata(run.view)
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        return summary.to_dict()
+
+    def _execute_streaming(self, ctx):
+        """Immediate execution from the App: a generator that updates the App's progress bar
+        after every batch, then shows the summary. Any error, raised before or during the
+        streamed progress, ends the stream with an error notification and an error summary in
+        the form's words (FiftyOne drops exceptions raised inside a streamed generator: the App
+        would show nothing)."""
+        run = None
+        try:
+            yield ctx.trigger("set_progress", dict(progress=0.0, label="Loading the model"))
+            run = self._prepare(ctx)
+            for done, total in run.iter_progress():
+                yield ctx.trigger("set_progress", dict(progress=(done / total) if total else 1.0,
+                                                       label=self._label(done, total)))
+        except Exception as exc:  # noqa: BLE001 - reported to the App user below
+            msg = form_message(exc, AUTO_LABEL_FIELDS)
+            logger.warning("auto_label failed: %s", msg, exc_info=not isinstance(exc, ValueError))
+            if run is not None and run.summary.num_processed:
+                yield ctx.trigger("reload_dataset")
+            yield ctx.ops.notify(f"Auto-labelling failed: {msg}", variant="error")
+            yield ctx.trigger("show_output", dict(outputs=self._error_outputs(msg).to_json(), results={"error": msg}))
+            return
+        _compute_metadata(run.view)
+        yield ctx.trigger("reload_dataset")
+        active = list(ctx.active_fields or [])
+        if active and run.label_field not in active:  # the user's own ticks win over the dataset's defaults
+            yield ctx.ops.set_active_fields(active + [run.label_field])
+        results = run.summary.to_dict()
+        results["mask_dir"] = results.get("mask_dir") or "none: masks are in the database"
+        yield ctx.trigger("show_output", dict(outputs=self._outputs().to_json(), results=results))
+
+    @staticmethod
+    def _error_outputs(msg):
+        outputs = types.Object()
+        outputs.view("error_notice", types.Error(label="Auto-labelling failed", description=msg))
+        return types.Property(outputs, view=types.View(label="Auto-labelling failed"))
+
+    def _outputs(self):
+        outputs = types.Object()
+        outputs.str("label_field", label="Label field")
+        outputs.int("num_labeled", label="Labeled")
+        outputs.int("num_already_done", label="Already done")
+        outputs.int("num_failed", label="Failed")
+        outputs.list("failure_reasons", types.List(types.String()), label="Failures by reason ([reason, count])",
+                     view=types.JSONView())
+        outputs.str("mask_dir", label="Mask directory")
+        return types.Property(outputs, view=types.View(label="Auto-labelling summary"))
+
+    def resolve_output(self, ctx):
+        results = ctx.results or {}
+        if results.get("error"):
+            return self._error_outputs(results["error"])
+        if not results and not ctx.delegated:
+            return None  # immediate App runs show their summary themselves (show_output)
+        return self._outputs()
+
+    def __call__(
+        self,
+        sample_collection,
+        classes=None,
+        preset: Optional[str] = None,
+        gt_field: Optional[str] = None,
+        label_field: str = "cass",
+        delegate: bool = False,
+        delegation_target: Optional[str] = None,
+        selected=None,
+        options: Optional[Dict[str, Any]] = None,
+        **kwargs,
+    ):
+        """Runs the operator from Python (``delegate=True`` queues a delegated operation).
+
+        Arguments as :func:`fiftyone_cass.fo.apply.apply` (``options``: dict of Segmenter
+        options). ``selected``: sample ids to label within ``sample_collection``. Returns the
+        :class:`fiftyone.operators.executor.ExecutionResult` (``.result`` is the summary dict, or
+        the queued operation when delegated)."""
+        # settings go in as the form's parameters, Segmenter options into "options"; anything else
+        # is a typo that the form would drop silently
+        from fiftyone_cass.models.segmenter import SegmenterOptions
+
+        option_names = set(setting_fields(SegmenterOptions))
+        unknown = sorted(k for k in kwargs if k not in label_setting_names() and k not in option_names)
+        if unknown:
+            raise InvalidInputError(f"unknown argument(s) {', '.join(unknown)}: the settings are "
+                                    f"{', '.join(label_setting_names())}; Segmenter options go in options={{...}} "
+                                    "or as keywords")
+        options = dict(options or {}, **{k: kwargs.pop(k) for k in list(kwargs) if k in option_names})
+        params: Dict[str, Any] = dict(kwargs, label_field=label_field, return_summary=True)
+        if sum(x is not None for x in (classes, preset, gt_field)) != 1:
+            raise ValueError("give exactly one of classes, preset or gt_field")
+        if gt_field is not None:
+            params.update(class_source="gt_field", gt_field=gt_field)
+        elif preset is not None:
+            params.update(class_source="preset", preset=preset)
+        else:
+            # a list travels as one class per line (so that ", " synonyms stay within their class)
+            params.update(class_source="classes", classes=classes if isinstance(classes, str) else "\n".join(classes) + "\n")
+        if options:
+            params["options"] = json.dumps(options)
+        return _call(self.uri, sample_collection, params, delegate, delegation_target, selected)
+
+
+def _compute_metadata(view):
+    """Image width/height for the App's sidebar (samples without metadata only; never fails)."""
+    try:
+        view.exists("metadata", False).compute_metadata(skip_failures=True, warn_failures=False, progress=False)
+    except Exception as exc:  # noqa: BLE001 - cosmetic
+        logger.warning("could not compute metadata: %s", exc)
+
+
+def _call(uri, sample_collection, params, delegate, delegation_target, selected):
+    if isinstance(sample_collection, fo.Dataset):
+        ctx = dict(dataset=sample_collection)
+        target = "DATASET"
+    else:
+        ctx = dict(view=sample_collection)
+        target = "CURRENT_VIEW"
+    if selected:
+        ctx["selected"] = list(selected)
+        target = "SELECTED_SAMPLES"
+    params = dict(params, target=target)
+    return foo.execute_operator(uri, ctx, params=params, request_delegation=bool(delegate),
+                                delegation_target=delegation_target)
+
+
+#: retag's Python keyword -> label of the retag_presence form
+RETAG_FIELDS = {"presence_field": "Presence score field", "threshold": "Threshold", "tag_prefix": "Tag prefix"}
+
+
+class RetagPresence(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="retag_presence",
+            label="Re-tag concepts from presence scores (CASS)",
+            description="Recompute the <prefix>:<class> sample tags from stored presence scores with a new threshold",
+            icon="sell",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx, name="target", action_description="Re-tag",
+                           dataset_description="Re-tag the entire dataset",
+                           current_view_description="Re-tag the current view",
+                           selected_samples_description="Re-tag the selected samples", require_flat=True)
+        fields = _fields_of(ctx.dataset, fo.Classifications)
+        if not fields:
+            inputs.view("none", types.Warning(label="No presence scores",
+                                              description="Run auto_label first (it writes <field>_presence)"))
+            return types.Property(inputs, view=types.View(label="Re-tag concepts"))
+        default = next((f for f in fields if f.endswith("_presence")), fields[0])
+        _dropdown(inputs, "presence_field", fields, default, "Presence score field", required=True)
+        pf = ctx.params.get("presence_field") or default
+        prop = inputs.float("threshold", default=DEFAULT_PRESENCE_THRESHOLD, required=True, label="Threshold",
+                            min=0, max=1, description="Classes scoring at least this get a tag")
+        if ctx.params.get("threshold") not in (None, ""):
+            try:
+                check_threshold(ctx.params["threshold"])
+            except InvalidInputError as exc:
+                prop.invalid = True
+                prop.error_message = form_message(exc, RETAG_FIELDS)
+        default_prefix = (recorded_tag_prefix(ctx.dataset, pf) if pf in fields else None) or default_tag_prefix(pf)
+        inputs.str("tag_prefix", default=default_prefix, label="Tag prefix",
+                   description="Tags <prefix>:<class> (default: the prefix the labelling run used)")
+        return types.Property(inputs, view=types.View(label="Re-tag concepts"))
+
+    def execute(self, ctx):
+        try:
+            counts = retag(
+                ctx.target_view(param_name="target", require_flat=True),
+                presence_field=ctx.params["presence_field"],
+                threshold=ctx.params.get("threshold", DEFAULT_PRESENCE_THRESHOLD),
+                tag_prefix=ctx.params.get("tag_prefix") or None,
+            )
+        except InvalidInputError as exc:
+            raise FormError(form_message(exc, RETAG_FIELDS)) from exc
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        changed = counts.pop("_samples_changed")
+        return {"samples_changed": changed, "tag_counts": counts}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("samples_changed", label="Samples whose tags changed")
+        outputs.obj("tag_counts", label="Samples per tag", view=types.JSONView())
+        return types.Property(outputs, view=types.View(label="Re-tagged"))
+
+    def __call__(self, sample_collection, presence_field="cass_presence", threshold=DEFAULT_PRESENCE_THRESHOLD,
+                 tag_prefix=None, delegate=False, delegation_target=None, selected=None):
+        params = dict(presence_field=presence_field, threshold=threshold)
+        if tag_prefix:
+            params["tag_prefix"] = tag_prefix
+        return _call(self.uri, sample_collection, params, delegate, delegation_target, selected)
+
+
+OPERATORS = [AutoLabel, RetagPresence]
+
+__all__ = ["AUTO_LABEL_URI", "AutoLabel", "OPERATORS", "RETAG_URI", "RetagPresence", "auto_label_kwargs"]

@@ -1,0 +1,1 @@
+"""Settings declared once (`schema`: typed fields; `settings`: every labelling setting)."""

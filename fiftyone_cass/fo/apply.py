@@ -1,0 +1,824 @@
+"""Auto-labelling of FiftyOne samples with CASS (+ CDAM): the library function behind the
+``auto_label`` / ``retag_presence`` operators (and the CLI).
+
+``apply(sample_collection, classes=[...])`` writes, for every target sample,
+
+* ``<label_field>``: a :class:`fiftyone.core.labels.Segmentation` at the image's original size,
+  its mask in a PNG file (``mask_path``, ``<mask_dir>/<label_field>/<sample id>.png``) or in the
+  database (``mask``); ``dataset.mask_targets[label_field]`` names the ids (0 = background for a
+  free vocabulary);
+* ``<label_field>_presence``: ``fo.Classifications`` of the classes whose presence score (the
+  object-presence prior of CASS, a softmax over the classes of the global image-text similarity)
+  is at least ``presence_threshold``, with every class's score in ``all_labels``/``all_scores``;
+* sample tags ``<tag_prefix>:<class>`` for the classes whose score is at least
+  ``presence_threshold`` (re-tag from the stored scores with :func:`retag`);
+* ``<label_field>_error``: why the sample could not be labelled (cleared on success);
+* ``<label_field>_embedding``: the global CLIP image embedding, for text search.
+
+Reliability (a run can be killed at any point and started again):
+
+* samples go through in batches: masks are written first (temp file + ``os.replace``, so a mask
+  file is complete or absent), then the batch's samples are saved, the label field last;
+* every label records ``config_id``, a hash of the settings that determine the masks. A sample is
+  *done* when its label has the current ``config_id`` and its mask is present and valid (a PNG
+  with its end chunk, or a mask in the database). Running again with the same settings labels
+  only the samples that are not done, so a killed run resumes and a finished run is a no-op;
+  nothing is labelled twice and no sample points at a missing or truncated mask file;
+* ``shard=(i, n)`` keeps the samples whose file path hashes to ``i`` modulo ``n``
+  (:mod:`fiftyone_cass.fo.shards`, the key of every entry point): ``n`` processes with
+  ``i = 0..n-1`` label one dataset concurrently without overlap;
+* an unreadable image is skipped with its error in ``<label_field>_error`` and the log; the
+  returned :class:`ApplySummary` counts the failures by reason;
+* memory stays flat: only ids/filepaths of the target are listed up front, images and masks are
+  held one batch at a time.
+
+Vocabulary (``classes``, ``preset`` or ``gt_field``, exactly one):
+
+* ``classes``: free text; label ids 1..C in order, 0 = background;
+* ``preset``: a published protocol (``voc21``, ``ade20k``, ...) with its class file and ids;
+* ``gt_field``: the ``mask_targets`` of an existing ground-truth field, so that the predicted ids
+  *equal* the GT ids. The GT id 0 is background when it is named like one (``background``,
+  ``unlabeled``, ...); otherwise (``reduce_zero_label`` label spaces) every GT id is a real class
+  and the background threshold is switched off (``bg_rule="none"``), so that every pixel gets a
+  class. Ids named ``ignore``/``void`` (e.g. 255) are not predicted. The Segmenter vocabulary is
+  the GT classes in id order and its output ids are mapped to the GT ids with a lookup table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+import fiftyone as fo
+import fiftyone.core.fields as fof
+import fiftyone.core.utils as fou
+from fiftyone import ViewField as F
+
+from fiftyone_cass.app.support import show_labels_in_app
+from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.fileio import atomic_write, remove_orphaned_temp_files
+from fiftyone_cass.fo.shards import shard_index, validate_shard  # noqa: F401 - re-exported
+from fiftyone_cass.models.segmenter import Segmenter
+from fiftyone_cass.config.schema import coerce_settings, setting_fields, settings_doc, split_settings
+from fiftyone_cass.config.settings import DISK_THRESHOLD, RESERVED_FIELDS, LabelSettings, ModelSettings, format_field, resolve_masks  # noqa: F401
+from fiftyone_cass.fo.claims import FieldClaim, FieldClaimedError, release_field  # noqa: F401 - re-exported
+from fiftyone_cass.fo.model import (  # noqa: F401 - re-exported: the vocabulary and model cache live with the model
+    CONFIG_ATTR,
+    DEFAULT_PRESENCE_THRESHOLD,
+    CassModel,
+    clear_segmenter_cache,
+    get_segmenter,
+    load_item,
+    presence_label,
+    presence_tags,
+    replace_prefixed_tags,
+    stored_scores,
+    written_by_apply,
+)
+
+logger = logging.getLogger(__name__)
+
+#: run key (``dataset.list_runs()``) under which the settings of a label field are recorded
+RUN_KEY_PREFIX = "cass_"
+#: keys of the presence field's ``info`` (FiftyOne field metadata) recording the label field and the
+#: tag prefix of the run that wrote it: :func:`retag`'s default prefix
+LABEL_FIELD_INFO = "cass_label_field"
+TAG_PREFIX_INFO = "cass_tag_prefix"
+_MAX_LISTED_FAILURES = 1000
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+# ------------------------------------------------------------------------------------------------
+# Small helpers (public: the CLI and the tests use them)
+# ------------------------------------------------------------------------------------------------
+def is_valid_png(path: Optional[str]) -> bool:
+    """Cheap check that a mask file is present and complete: PNG signature and IEND trailer."""
+    if not path:
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if head != _PNG_SIGNATURE:
+                return False
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 8 + 25 + 12:
+                return False
+            f.seek(-12, os.SEEK_END)
+            return f.read(12) == _PNG_END
+    except OSError:
+        return False
+
+
+def write_mask_png(path: str, label_map: np.ndarray) -> None:
+    """Writes ``label_map`` (uint8, or uint16 for > 256 labels) to ``path`` atomically
+    (:func:`fiftyone_cass.fileio.atomic_write`: hidden temp file, fsync, ``os.replace``)."""
+    arr = np.ascontiguousarray(label_map)
+    if arr.dtype not in (np.uint8, np.uint16):
+        arr = arr.astype(np.uint16 if int(arr.max(initial=0)) > 255 else np.uint8)
+    atomic_write(path, lambda f: Image.fromarray(arr).save(f, format="PNG"))
+
+
+def mask_file_path(mask_dir: str, label_field: str, sample_id: str, dataset_id: str, config_id: str) -> str:
+    """Where a sample's mask is written: ``<mask_dir>/<label_field>/<sample id>-<dataset id>-<config id>.png``.
+    The name holds everything that makes the mask unique, so a clone of the dataset (same sample
+    ids), another vocabulary or other settings never rewrite a file that a label points at."""
+    return os.path.join(mask_dir, label_field, f"{sample_id}-{dataset_id}-{config_id}.png")
+
+
+def _segmentation_paths(fields, prefix: str = "") -> Iterator[str]:
+    """The paths of the Segmentation fields (also inside embedded documents) of a dataset
+    document's ``sample_fields``."""
+    for f in fields or []:
+        path = prefix + f.get("name", "")
+        doc_type = f.get("embedded_doc_type") or ""
+        if doc_type == "fiftyone.core.labels.Segmentation":
+            yield path
+        elif f.get("fields"):
+            yield from _segmentation_paths(f["fields"], path + ".")
+
+
+def referenced_mask_paths(paths: Sequence[str]) -> set:
+    """The ``paths`` that a Segmentation of *any* dataset in the database points at: clones,
+    merged or copied samples share their mask files with the dataset that wrote them, so a file
+    is unreferenced only when no dataset refers to it."""
+    import fiftyone.core.odm as foo
+
+    paths = list(set(p for p in paths if p))
+    found: set = set()
+    if not paths:
+        return found
+    conn = foo.get_db_conn()
+    for doc in conn.datasets.find({}, {"sample_collection_name": 1, "sample_fields": 1}):
+        fields = list(_segmentation_paths(doc.get("sample_fields")))
+        coll = doc.get("sample_collection_name")
+        if not fields or not coll:
+            continue
+        query = {"$or": [{f"{f}.mask_path": {"$in": paths}} for f in fields]}
+        for d in conn[coll].find(query, {f: 1 for f in fields}):
+            for f in fields:
+                v = d
+                for part in f.split("."):
+                    v = v.get(part) if isinstance(v, dict) else None
+                if isinstance(v, dict) and v.get("mask_path") in paths:
+                    found.add(v["mask_path"])
+    return found
+
+
+def default_mask_dir(dataset) -> str:
+    """``<fo.config.default_dataset_dir>/fiftyone_cass_masks/<dataset name>``."""
+    safe = re.sub(r"[^\w.-]+", "_", dataset.name).strip("._") or "dataset"
+    return os.path.join(fo.config.default_dataset_dir, "fiftyone_cass_masks", safe)
+
+
+def run_key_for(label_field: str) -> str:
+    return RUN_KEY_PREFIX + label_field
+
+
+# ------------------------------------------------------------------------------------------------
+# Summary
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class ApplySummary:
+    """What a call of :func:`apply` did. ``str(summary)`` is a human-readable report."""
+
+    label_field: str
+    config_id: str
+    num_target: int = 0  # samples in the target collection
+    num_in_shard: int = 0  # of those, in this process's shard
+    num_already_done: int = 0  # skipped: labelled already (same settings, or skip_existing)
+    num_labeled: int = 0
+    num_failed: int = 0
+    failure_reasons: Dict[str, int] = field(default_factory=dict)
+    failures: List[Tuple[str, str, str]] = field(default_factory=list)  # (id, filepath, error), capped
+    mask_dir: Optional[str] = None  # None: masks in the database
+    mask_targets: Dict[int, str] = field(default_factory=dict)
+    presence_field: Optional[str] = None
+    error_field: Optional[str] = None
+    shard: Optional[Tuple[int, int]] = None
+    seconds: float = 0.0
+
+    @property
+    def num_processed(self) -> int:
+        return self.num_labeled + self.num_failed
+
+    def to_dict(self, max_failures: int = 20) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["failures"] = [list(f) for f in self.failures[:max_failures]]
+        # [reason, count] pairs, most frequent first (reasons may hold characters that are not
+        # valid database keys, and the dict is stored as the result of delegated runs)
+        d["failure_reasons"] = [[r, n] for r, n in sorted(self.failure_reasons.items(), key=lambda x: -x[1])]
+        d["mask_targets"] = {str(k): v for k, v in self.mask_targets.items()}
+        d["shard"] = list(self.shard) if self.shard else None
+        d["num_processed"] = self.num_processed
+        return d
+
+    def __str__(self) -> str:
+        where = f"PNG files under {os.path.join(self.mask_dir, self.label_field)}" if self.mask_dir else "the database"
+        shard = f" (shard {self.shard[0]}/{self.shard[1]}: {self.num_in_shard} samples)" if self.shard else ""
+        lines = [
+            f"{self.label_field}: labeled {self.num_labeled} of {self.num_target} target samples{shard} "
+            f"in {self.seconds:.1f}s, masks in {where}; {self.num_already_done} already done",
+        ]
+        if self.num_failed:
+            lines.append(f"{self.num_failed} failed (see the '{self.error_field}' field):")
+            for reason, n in sorted(self.failure_reasons.items(), key=lambda x: -x[1]):
+                lines.append(f"  {n} x {reason}")
+        else:
+            lines.append("0 failed")
+        return "\n".join(lines)
+
+
+def _reason(error: str, filepath: str) -> str:
+    """An error message without the sample's own path, to group failures by cause."""
+    r = error.replace(filepath, "<image>") if filepath else error
+    if r.startswith("<image>: "):
+        r = r[len("<image>: "):]
+    r = r.strip()
+    return (r[:160] + "...") if len(r) > 160 else (r or "unknown error")
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+class AutoLabelRun:
+    """One labelling run. ``apply()`` is ``AutoLabelRun(...).run(progress)``; the operators drive
+    :meth:`iter_progress` to report progress between batches. Arguments: see :func:`apply`."""
+
+    def __init__(
+        self,
+        sample_collection,
+        classes: Union[None, str, Sequence[str]] = None,
+        *,
+        segmenter: Optional[Segmenter] = None,
+        **settings,
+    ):
+        # every LabelSettings field checked once (the rest are Segmenter options, checked by it)
+        run, options = split_settings(LabelSettings, dict(settings, classes=classes))
+        classes, preset, gt_field, label_field = run.classes, run.preset, run.gt_field, run.label_field
+        presence_field, tag_prefix, error_field, embeddings_field = (
+            run.presence_field, run.tag_prefix, run.error_field, run.embeddings_field)
+        model_kwargs = {n: getattr(run, n) for n in setting_fields(ModelSettings)}
+        self.started = time.monotonic()
+        self.view = sample_collection
+        self.dataset = sample_collection._root_dataset
+        if self.dataset.media_type != "image" or sample_collection.media_type != "image":
+            raise InvalidInputError(
+                f"dataset {self.dataset.name!r} has media type {sample_collection.media_type!r}; "
+                "only image collections can be labelled (for grouped datasets pass a flat view, "
+                "e.g. dataset.select_group_slices('left'))"
+            )
+        if sample_collection._is_generated or sample_collection._is_dynamic_groups:
+            raise InvalidInputError(
+                "patches/frames/clips views and dynamic groups cannot be labelled: pass a view of the "
+                "dataset's samples (e.g. the base view)"
+            )
+        self.label_field = label_field
+        self.presence_field = format_field(presence_field, label_field) or None
+        self.tag_prefix = (format_field(tag_prefix, label_field) or None) if self.presence_field else None
+        self.error_field = format_field(error_field, label_field) or None
+        self.embeddings_field = format_field(embeddings_field, label_field) or None
+        extra = (("presence_field", self.presence_field), ("error_field", self.error_field),
+                 ("embeddings_field", self.embeddings_field))
+        for name, f in extra:
+            if f is not None and (not f.isidentifier() or f in RESERVED_FIELDS or f == label_field):
+                raise InvalidInputError(f"{name} {f!r} is not a usable field name: " + (
+                    "it is the same as label_field" if f == label_field else "it is a built-in FiftyOne field"
+                    if f in RESERVED_FIELDS else "it is not a valid Python identifier"))
+        used = [f for _, f in extra if f]
+        if len(set(used)) != len(used):
+            raise InvalidInputError(f"presence_field, error_field and embeddings_field must differ, got {used}")
+        if run.skip_existing and run.overwrite:  # which one would win is not what the caller meant
+            raise InvalidInputError("skip_existing=True and overwrite=True exclude each other: skip_existing keeps the "
+                                    "labels of other settings, overwrite replaces them; choose one")
+        self.skip_existing = run.skip_existing
+        self.overwrite = run.overwrite
+        self.shard = run.shard
+        self.masks = run.masks
+        self._mask_dir_arg = run.mask_dir
+        self.batch_size = run.batch_size
+
+        # the model (before any write: a bad vocabulary or missing weights fail here)
+        given = [x for x in (("classes", classes), ("preset", preset), ("gt_field", gt_field)) if x[1] is not None]
+        if segmenter is None and len(given) != 1:
+            raise InvalidInputError(
+                "give exactly one of classes=[...], preset='...' or gt_field='...' "
+                f"(got {', '.join(g[0] for g in given) or 'none'})"
+            )
+        gt_targets = None
+        if gt_field is not None and gt_field == label_field:
+            raise InvalidInputError(
+                f"label_field {label_field!r} is the gt_field: the predictions would replace the ground truth "
+                "they take their classes from; choose another label_field"
+            )
+        if gt_field is not None:
+            if not self.dataset.has_sample_field(gt_field):
+                raise InvalidInputError(f"gt_field {gt_field!r} is not a field of dataset {self.dataset.name!r}")
+            gt_targets = self.dataset.mask_targets.get(gt_field) or self.dataset.default_mask_targets or {}
+        self.model = CassModel(
+            classes if (classes is None or isinstance(classes, str)) else list(classes),
+            preset=preset, mask_targets=gt_targets, mask_targets_name=f"gt_field {gt_field!r} mask_targets",
+            segmenter=segmenter, **model_kwargs, **options,
+        )
+        self.presence_threshold = self.model.presence_threshold
+        self.segmenter = self.model.segmenter
+        self.vocab = self.model.vocab
+        self.settings = self.model.settings
+        self.config_id = self.model.config_id
+        self.summary = ApplySummary(label_field, self.config_id, mask_targets=dict(self.vocab.mask_targets),
+                                    presence_field=self.presence_field, error_field=self.error_field,
+                                    shard=self.shard)
+        self._todo: Optional[List[Tuple[str, str]]] = None
+        self._claim: Optional[FieldClaim] = None
+
+    # -------------------------------------------------------------- planning
+    def _check_field_type(self, name: str, embedded=None, ftype=None):
+        f = self.dataset.get_field(name)
+        if f is None:
+            return False
+        if embedded is not None:
+            ok = isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, embedded)
+            what = embedded.__name__
+        else:
+            ok = isinstance(f, ftype)
+            what = ftype.__name__
+        if not ok:
+            raise InvalidInputError(f"field {name!r} of dataset {self.dataset.name!r} exists and is not a {what} field")
+        return True
+
+    def _declare(self, name, **kwargs):
+        if self.dataset.has_sample_field(name):
+            return
+        try:
+            self.dataset.add_sample_field(name, **kwargs)
+        except ValueError:  # another process declared it meanwhile
+            self.dataset.reload()
+            if not self.dataset.has_sample_field(name):
+                raise
+
+    def plan(self) -> int:
+        """Decides which samples to label and prepares the dataset. Returns how many to label.
+        Raises :class:`InvalidInputError` (before writing anything) when the label field holds
+        labels of other settings and neither ``overwrite`` nor ``skip_existing`` is set, and when
+        the run's classes would rename the field's ids under labels it keeps (samples outside the
+        target, or kept by ``skip_existing``)."""
+        ds = self.dataset
+        ds.reload()  # fields/runs/mask_targets another process may have written
+        lf = self.label_field
+        if self._claim is None or not self._claim.held:  # before looking at the field: check and claim are atomic
+            self._claim = FieldClaim(ds, lf, self.config_id)
+            self._claim.acquire()
+            self._release = weakref.finalize(self, self._claim.release)  # also if never run
+        try:
+            return self._plan()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Gives up this run's claim on the label field (done at the end of the run)."""
+        if self._claim is not None:
+            self._claim.release()
+
+    def _plan(self) -> int:
+        ds, lf = self.dataset, self.label_field
+        exists = self._check_field_type(lf, embedded=fo.Segmentation)
+        if self.presence_field:
+            self._check_field_type(self.presence_field, embedded=fo.Classifications)
+        if self.error_field:
+            self._check_field_type(self.error_field, ftype=fof.StringField)
+        if self.embeddings_field:
+            self._check_field_type(self.embeddings_field, ftype=fof.VectorField)
+
+        ids = self.view.values("id")
+        self.summary.num_target = len(ids)
+        target = set(ids)
+        done: set = set()
+        if exists:
+            # read from the dataset (the target view may exclude the field), keep the target's
+            lids, cfgs, paths, has_mask = ds.exists(lf).values(
+                ["id", f"{lf}.{CONFIG_ATTR}", f"{lf}.mask_path", F(f"{lf}.mask").exists()]
+            )
+            # labels of other settings that this run leaves as they are (checked below)
+            outside = sum(1 for sid, c in zip(lids, cfgs) if sid not in target and c != self.config_id)
+            keep = [k for k, sid in enumerate(lids) if sid in target]
+            lids, cfgs, paths, has_mask = ([x[k] for k in keep] for x in (lids, cfgs, paths, has_mask))
+            foreign = sum(1 for c in cfgs if c != self.config_id)
+            if foreign and not (self.overwrite or self.skip_existing):
+                raise InvalidInputError(
+                    f"field {lf!r} of dataset {ds.name!r} already holds labels of other settings on "
+                    f"{foreign} of the {len(ids)} target samples; pass overwrite=True to replace them "
+                    "or skip_existing=True to label only the samples without labels "
+                    "(a run with the same settings resumes by itself)"
+                )
+            for sid, cfg, path, in_db in zip(lids, cfgs, paths, has_mask):
+                if cfg != self.config_id and not self.skip_existing:
+                    continue
+                if (path and is_valid_png(path)) or (not path and in_db):
+                    done.add(sid)
+            skipped_old = {sid for sid, cfg in zip(lids, cfgs) if sid in done and cfg != self.config_id}
+
+        if self.shard is not None:  # by file path, as every entry point (fiftyone_cass.fo.shards)
+            i, n = self.shard
+            paths = dict(zip(*self.view.values(["id", "filepath"])))
+            ids = [s for s in ids if shard_index(paths[s], n) == i]
+        self.summary.num_in_shard = len(ids)
+        self.summary.num_already_done = sum(1 for s in ids if s in done)
+        todo_ids = set(s for s in ids if s not in done)
+        if exists and todo_ids:  # (mask_targets are written only when there is something to label)
+            self._check_kept_labels(outside, len(skipped_old & set(ids)))
+
+        # storage
+        use_disk = resolve_masks(self.masks, self.summary.num_target, self._mask_dir_arg) == "disk"
+        self.mask_dir = os.path.abspath(os.path.expanduser(self._mask_dir_arg or default_mask_dir(ds))) if use_disk else None
+        self.summary.mask_dir = self.mask_dir
+        if self.mask_dir and todo_ids:
+            self._check_mask_dir()
+
+        # schema, mask_targets, run record (idempotent: concurrent workers write the same)
+        self._declare(lf, ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
+        self._declare(f"{lf}.{CONFIG_ATTR}", ftype=fof.StringField)
+        if self.presence_field:
+            self._declare(self.presence_field, ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Classifications)
+        if self.error_field:
+            self._declare(self.error_field, ftype=fof.StringField)
+        if self.embeddings_field:
+            self._declare(self.embeddings_field, ftype=fof.VectorField)
+        if todo_ids:
+            if self.presence_field:
+                self._record_tag_prefix()
+            targets = dict(ds.mask_targets)
+            if targets.get(lf) != self.vocab.mask_targets:
+                targets[lf] = dict(self.vocab.mask_targets)
+                ds.mask_targets = targets
+                ds.save()
+            self._record_run()
+            show_labels_in_app(ds, lf, self.vocab.mask_targets)  # one colour per class, field ticked
+
+        # (id, filepath) of the samples to label, in the order of the target collection
+        if todo_ids:
+            all_ids, all_paths = self.view.values(["id", "filepath"])
+            self._todo = [(s, p) for s, p in zip(all_ids, all_paths) if s in todo_ids]
+        else:
+            self._todo = []
+        return len(self._todo)
+
+    def _check_kept_labels(self, outside: int, skipped: int) -> None:
+        """``dataset.mask_targets[label_field]`` names the ids of the whole field. Refuses (before
+        anything is written) to change it while labels of other settings stay in the field: the
+        ``outside`` samples not in the target and the ``skipped`` ones kept by ``skip_existing``
+        would have their ids read with the new names. A new vocabulary that keeps every old id's
+        name (classes added at the end) changes nothing for them and is allowed."""
+        old = {int(k): v for k, v in (self.dataset.mask_targets.get(self.label_field) or {}).items()}
+        new = self.vocab.mask_targets
+        kept = outside + skipped
+        if not kept or not old or all(new.get(k) == v for k, v in old.items()):
+            return
+        changed = [f"{k}: {v!r} -> {new[k]!r}" if k in new else f"{k}: {v!r} -> unnamed"
+                   for k, v in sorted(old.items()) if new.get(k) != v]
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        where = " and ".join(w for w in (
+            f"{outside} outside this run's target" if outside else "",
+            f"{skipped} kept by skip_existing" if skipped else "") if w)
+        raise InvalidInputError(
+            f"field {self.label_field!r} of dataset {self.dataset.name!r} holds labels of other classes on "
+            f"{kept} sample(s) that this run would not relabel ({where}); their masks use the field's current "
+            f"class ids, which this run's classes would rename for the whole field (id {shown}). To relabel "
+            "every sample of the field, run on the whole dataset and pass overwrite=True; or choose another "
+            "label_field"
+        )
+
+    def _check_mask_dir(self) -> None:
+        """Fails once, before the model runs, when masks cannot be written (read-only or missing
+        permissions, not a directory, full); removes the temp files of killed runs."""
+        folder = os.path.join(self.mask_dir, self.label_field)
+        probe = os.path.join(folder, f".write-check-{os.getpid()}")
+        try:
+            atomic_write(probe, lambda f: f.write(b"\x00" * 4096))
+            os.remove(probe)
+        except OSError as exc:
+            raise InvalidInputError(
+                f"cannot write masks to {folder!r} ({type(exc).__name__}: {exc}); choose another mask "
+                "directory (mask_dir / --mask-dir) or keep masks in the database (masks='database')"
+            ) from None
+        removed = remove_orphaned_temp_files(folder)
+        if removed:
+            logger.info("%s: removed %d temp file(s) left by killed runs", folder, len(removed))
+
+    def _record_tag_prefix(self) -> None:
+        """Records the label field and tag prefix on the presence field's ``info`` (retag's default prefix)."""
+        try:
+            f = self.dataset.get_field(self.presence_field)
+            info = dict(f.info or {})
+            want = {LABEL_FIELD_INFO: self.label_field, TAG_PREFIX_INFO: self.tag_prefix}
+            if any(info.get(k) != v for k, v in want.items()):
+                f.info = {**info, **want}
+                f.save()
+        except Exception as exc:  # noqa: BLE001 - retag falls back to the run record
+            logger.warning("could not record the tag prefix on field %r of %s: %s", self.presence_field,
+                           self.dataset.name, exc)
+
+    def _record_run(self):
+        key = run_key_for(self.label_field)
+        cfg = self.dataset.init_run(
+            method="fiftyone_cass.auto_label",
+            label_field=self.label_field,
+            config_id=self.config_id,
+            settings=self.settings,
+            mask_targets={str(k): v for k, v in self.vocab.mask_targets.items()},
+            presence_field=self.presence_field,
+            tag_prefix=self.tag_prefix,
+            presence_threshold=self.presence_threshold,
+            mask_dir=self.mask_dir,
+        )
+        try:
+            if self.dataset.has_run(key):
+                info = self.dataset.get_run_info(key)
+                if getattr(info.config, "config_id", None) == self.config_id:
+                    return
+            self.dataset.register_run(key, cfg, overwrite=True, cleanup=False)
+        except Exception as exc:  # noqa: BLE001 - the record is informative only
+            logger.warning("could not record run %r on %s: %s", key, self.dataset.name, exc)
+
+    # -------------------------------------------------------------- labelling
+    def iter_progress(self) -> Iterator[Tuple[int, int]]:
+        """Labels the planned samples batch by batch, yielding ``(done, total)`` after each batch
+        is saved (plans first if :meth:`plan` was not called). :attr:`summary` is complete at
+        the end.
+
+        Three stages overlap: while the engine segments batch i, a loader thread decodes batch
+        i + 1 and a writer thread saves batch i - 1 (PNG encoding and database writes). Batches
+        are saved in order, one at a time, each as before (masks, then the other fields, then
+        the label), so an interrupted run still leaves whole samples only. At most three batches
+        are in memory."""
+        if self._todo is None:
+            self.plan()
+        try:
+            yield from self._iter_batches()
+        finally:
+            self.release()
+
+    def _iter_batches(self) -> Iterator[Tuple[int, int]]:
+        todo = self._todo
+        total = len(todo)
+        yield 0, total
+        batches = [todo[start : start + self.batch_size] for start in range(0, total, self.batch_size)]
+        done = 0
+        if batches:
+            with ThreadPoolExecutor(1, thread_name_prefix="cass-load") as loader, ThreadPoolExecutor(
+                1, thread_name_prefix="cass-write"
+            ) as writer:
+                loading = loader.submit(self._load_batch, batches[0])
+                writing = None
+                for i, batch in enumerate(batches):
+                    loaded = loading.result()
+                    if i + 1 < len(batches):
+                        loading = loader.submit(self._load_batch, batches[i + 1])
+                    paths = [p for _, p in batch]
+                    outputs = self.model.segment(loaded, paths, embeddings=bool(self.embeddings_field))
+                    del loaded
+                    if writing is not None:
+                        done += writing.result()
+                        yield done, total
+                    writing = writer.submit(self._write_batch, batch, outputs)
+                    del outputs
+                done += writing.result()
+                yield done, total
+        self.summary.seconds = time.monotonic() - self.started
+        level = logging.WARNING if self.summary.num_failed else logging.INFO
+        logger.log(level, "%s", self.summary)
+
+    def run(self, progress=None) -> ApplySummary:
+        """Runs to the end. ``progress``: FiftyOne's convention (None: ``fo.config.show_progress_bars``,
+        a bool, or a callable receiving the :class:`fiftyone.core.utils.ProgressBar`)."""
+        total = self.plan() if self._todo is None else len(self._todo)
+        with fou.ProgressBar(total=total, progress=progress) as pb:
+            for done, _ in self.iter_progress():
+                pb.set_iteration(done)
+        return self.summary
+
+    def _load_batch(self, batch: List[Tuple[str, str]]):
+        return [load_item(p, p) for _, p in batch]
+
+    def _write_batch(self, batch: List[Tuple[str, str]], outputs) -> int:
+        """Saves one batch's results and errors; returns the number of samples processed."""
+        model, lf = self.model, self.label_field
+        ids = [s for s, _ in batch]
+        paths = [p for _, p in batch]
+
+        labels: Dict[str, Any] = {}
+        presence: Dict[str, Any] = {}
+        embeddings: Dict[str, Any] = {}
+        new_tags: Dict[str, List[str]] = {}
+        errors: Dict[str, Optional[str]] = {}
+        ds = self.dataset
+        ds_id = str(ds._doc.id)
+        old_paths = dict(zip(*ds.select(ids).values(["id", f"{lf}.mask_path"]))) if self.mask_dir else {}
+        # 1. masks (files first, atomically, each under a new name: nothing a label points at is rewritten)
+        for sid, path, (res, err) in zip(ids, paths, outputs):
+            if res is not None:
+                try:
+                    if self.mask_dir:
+                        mpath = mask_file_path(self.mask_dir, lf, sid, ds_id, self.config_id)
+                        write_mask_png(mpath, self.vocab.map(res.label_map))
+                        labels[sid] = model.segmentation_label(res, mask_path=mpath)
+                    else:
+                        labels[sid] = model.segmentation_label(res)
+                except Exception as exc:  # noqa: BLE001 - e.g. disk full: reported per sample
+                    res, err = None, f"{path}: cannot write mask ({type(exc).__name__}: {exc})"
+            if res is None:
+                err = err or f"{path}: unknown error"
+                errors[sid] = err
+                labels[sid] = presence[sid] = embeddings[sid] = None
+                new_tags[sid] = []
+                self._record_failure(sid, path, err)
+                continue
+            errors[sid] = None
+            presence[sid] = model.presence_label(res)
+            embeddings[sid] = res.embedding
+            if self.tag_prefix:
+                new_tags[sid] = presence_tags(self.tag_prefix, self.vocab.names, res.presence, self.presence_threshold,
+                                              skip=[self.vocab.names[self.vocab.background_label]]
+                                              if self.vocab.background_label is not None else ())
+            self.summary.num_labeled += 1
+
+        # 2. everything but the label, 3. the label (a sample is done once its label is saved)
+        if self.error_field:
+            ds.set_values(self.error_field, errors, key_field="id")
+        if self.embeddings_field:
+            ds.set_values(self.embeddings_field, embeddings, key_field="id")
+        if self.presence_field:
+            ds.set_values(self.presence_field, presence, key_field="id")
+            if self.tag_prefix:
+                replace_prefixed_tags(ds, ids, self.tag_prefix, new_tags)
+        ds.set_values(lf, labels, key_field="id")
+        # 4. the files the labels pointed at before, if this dataset wrote them and no label of it points there now
+        replaced = [p for sid, p in old_paths.items()
+                    if p and labels.get(sid) is not None and labels[sid].mask_path != p and written_by_apply(p, sid, ds_id)]
+        if replaced:
+            self._remove_unreferenced(replaced)
+        return len(batch)
+
+    def _remove_unreferenced(self, paths: List[str]) -> None:
+        for p in set(paths) - referenced_mask_paths(paths):
+            try:
+                os.remove(p)
+            except OSError as exc:
+                logger.warning("could not remove the replaced mask file %s: %s", p, exc)
+
+    def _record_failure(self, sid: str, path: str, err: str):
+        self.summary.num_failed += 1
+        reason = _reason(err, path)
+        self.summary.failure_reasons[reason] = self.summary.failure_reasons.get(reason, 0) + 1
+        if len(self.summary.failures) < _MAX_LISTED_FAILURES:
+            self.summary.failures.append((sid, path, err))
+        logger.warning("sample %s skipped: %s", sid, err)
+
+
+def apply(sample_collection, classes=None, *, progress=None, **kwargs) -> ApplySummary:
+    """Labels the samples of ``sample_collection`` with open-vocabulary semantic segmentation.
+
+    Give the vocabulary as ``classes`` (list, or one string separated by commas/new lines; in a
+    list an entry may hold ", "-separated synonyms), ``preset=`` or ``gt_field=``. Masks go to
+    ``<mask_dir>/<label_field>/<sample id>-<dataset id>-<settings id>.png`` when on disk.
+
+    Args:
+        sample_collection: a FiftyOne dataset or view of images (exactly its samples are labelled)
+        progress (None): FiftyOne progress convention (bool or callable receiving the ProgressBar)
+        segmenter (None): a ready :class:`Segmenter` instead of classes/preset/gt_field
+        **kwargs: the :class:`~fiftyone_cass.config.settings.LabelSettings` below (each value is checked
+            against its declaration: :class:`~fiftyone_cass.InvalidInputError` names the setting, the
+            value and what is allowed) and any :class:`fiftyone_cass.SegmenterOptions` field
+
+    Settings (``name (default): meaning; allowed values``):
+{settings}
+
+    Returns:
+        an :class:`ApplySummary` (``print(summary)`` for a report)
+    """
+    return AutoLabelRun(sample_collection, classes, **kwargs).run(progress=progress)
+
+
+apply.__doc__ = apply.__doc__.replace("{settings}", settings_doc(LabelSettings, indent="        "))
+
+
+# ------------------------------------------------------------------------------------------------
+# Re-tagging from stored scores
+# ------------------------------------------------------------------------------------------------
+def default_tag_prefix(presence_field: str) -> str:
+    return presence_field[: -len("_presence")] if presence_field.endswith("_presence") else presence_field
+
+
+def recorded_tag_prefix(dataset, presence_field: str) -> Optional[str]:
+    """The tag prefix of the :func:`apply` run that wrote ``presence_field`` (its label field when
+    that run wrote no tags), from the field's ``info`` or, for fields written before it was
+    recorded there, the run records; None when neither says."""
+    f = dataset.get_field(presence_field)
+    info = (getattr(f, "info", None) or {}) if f is not None else {}
+    if info.get(TAG_PREFIX_INFO) or info.get(LABEL_FIELD_INFO):
+        return info.get(TAG_PREFIX_INFO) or info.get(LABEL_FIELD_INFO)
+    for key in dataset.list_runs():
+        if not key.startswith(RUN_KEY_PREFIX):
+            continue
+        try:
+            cfg = dataset.get_run_info(key).config
+        except Exception:  # noqa: BLE001 - a record of another tool or version
+            continue
+        if getattr(cfg, "presence_field", None) == presence_field:
+            return getattr(cfg, "tag_prefix", None) or getattr(cfg, "label_field", None)
+    return None
+
+
+def check_threshold(threshold, name: str = "threshold") -> float:
+    """``threshold`` as a float, checked as the ``presence_threshold`` setting (a finite number from
+    0 to 1); the :class:`InvalidInputError` names ``name``."""
+    try:
+        return coerce_settings(LabelSettings, {"presence_threshold": threshold})["presence_threshold"]
+    except InvalidInputError as exc:
+        raise InvalidInputError(str(exc).replace("option presence_threshold=", f"option {name}=", 1)) from None
+
+
+def retag(
+    sample_collection,
+    presence_field: str = "cass_presence",
+    threshold: float = DEFAULT_PRESENCE_THRESHOLD,
+    tag_prefix: Optional[str] = None,
+    skip_labels: Sequence[str] = ("background",),
+) -> Dict[str, int]:
+    """Re-derives the ``<tag_prefix>:<class>`` sample tags of ``sample_collection`` from the stored
+    presence scores (no model is run): tags with the prefix are removed from every sample with
+    scores, and each class whose score is at least ``threshold`` is tagged. Where the full score
+    vector is stored (``all_labels``/``all_scores``), the visible presence labels are redone with
+    the new threshold too.
+
+    ``threshold`` is checked as apply's ``presence_threshold`` (a finite number from 0 to 1).
+    ``tag_prefix`` defaults to the prefix of the :func:`apply` run that wrote ``presence_field``
+    (:func:`recorded_tag_prefix`), else ``presence_field`` without its ``_presence`` suffix. Returns
+    ``{tag: number of samples}`` over the collection (plus ``"_samples_changed"``)."""
+    ds = sample_collection._root_dataset
+    if not ds.has_sample_field(presence_field):
+        raise InvalidInputError(f"dataset {ds.name!r} has no field {presence_field!r}")
+    f = ds.get_field(presence_field)
+    if not (isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, fo.Classifications)):
+        raise InvalidInputError(f"field {presence_field!r} is not a Classifications field")
+    threshold = check_threshold(threshold)
+    prefix = tag_prefix or recorded_tag_prefix(ds, presence_field) or default_tag_prefix(presence_field)
+    skip = set(skip_labels or ())
+    target = set(sample_collection.values("id"))
+    # read from the dataset (the view may exclude the field), keep the collection's samples
+    ids, stored = ds.exists(presence_field).values(["id", presence_field])
+    new_tags: Dict[str, List[str]] = {}
+    relabel: Dict[str, Any] = {}
+    counts: Dict[str, int] = {}
+    for sid, label in zip(ids, stored):
+        if sid not in target:
+            continue
+        pairs = stored_scores(label)
+        names = [n for n, _ in pairs]
+        scores = [np.nan if s is None else float(s) for _, s in pairs]
+        new_tags[sid] = presence_tags(prefix, names, scores, threshold, skip=skip)
+        for t in new_tags[sid]:
+            counts[t] = counts.get(t, 0) + 1
+        if label.has_field("all_scores"):  # the full vector is stored: the visible labels follow
+            bg = names.index("background") if "background" in names else None
+            new = presence_label(names, scores, threshold, bg)
+            if [(c.label, c.confidence) for c in new.classifications] != [
+                (c.label, c.confidence) for c in label.classifications or []
+            ]:
+                relabel[sid] = new
+    if relabel:
+        ds.set_values(presence_field, relabel, key_field="id")
+    changed = replace_prefixed_tags(ds, list(new_tags), prefix, new_tags) if new_tags else 0
+    counts = dict(sorted(counts.items()))
+    counts["_samples_changed"] = changed
+    return counts
+
+
+__all__ = [
+    "ApplySummary",
+    "AutoLabelRun",
+    "DISK_THRESHOLD",
+    "apply",
+    "check_threshold",
+    "clear_segmenter_cache",
+    "default_mask_dir",
+    "get_segmenter",
+    "is_valid_png",
+    "mask_file_path",
+    "recorded_tag_prefix",
+    "referenced_mask_paths",
+    "retag",
+    "shard_index",
+    "validate_shard",
+    "write_mask_png",
+]

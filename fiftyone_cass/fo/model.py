@@ -1,0 +1,670 @@
+"""CASS (+ CDAM) as a FiftyOne model: ``dataset.apply_model``, ``compute_embeddings``, text prompts,
+and the model zoo entry ``cass-vit-b16-torch``.
+
+:class:`CassModel` is a :class:`fiftyone.core.models.Model` with FiftyOne's batching conventions:
+
+* :class:`~fiftyone.core.models.SupportsGetItem` + :class:`~fiftyone.core.models.TorchModelMixin`:
+  ``apply_model(..., batch_size=, num_workers=)`` decodes images in DataLoader workers
+  (:class:`ImageGetItem`), and a batch reaches :meth:`CassModel.predict_all` as a list of RGB
+  arrays of any sizes (the engine batches windows, not images);
+* :class:`~fiftyone.core.models.EmbeddingsMixin`: the global CLIP ViT-B/16 image embedding (the
+  CASS presence prior, E.1), unit norm;
+* :class:`~fiftyone.core.models.PromptMixin`: text embeddings in the same space (the 80-template
+  ensemble the engine uses for class names), so FiftyOne Brain sorts by free text;
+* :class:`~fiftyone.core.models.SamplesMixin` (with no fields needed): the model learns which
+  dataset it labels, so that at the end of ``apply_model`` it names the written field's ids
+  (``dataset.mask_targets``) and writes the presence scores and concept tags (see
+  :meth:`CassModel.finalize`).
+
+The same object is the one inference path of the project: :func:`fiftyone_cass.apply` (the
+operator, the CLI) decodes with :func:`load_item` and segments with :meth:`CassModel.segment`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+import fiftyone as fo
+import fiftyone.core.fields as fof
+import fiftyone.core.models as fom
+from fiftyone import ViewField as F
+from fiftyone.utils.torch import GetItem
+
+from fiftyone_cass.errors import ImageLoadError, InvalidInputError
+from fiftyone_cass.images import describe, load_rgb
+from fiftyone_cass.models.segmenter import SegmentationResult, Segmenter
+from fiftyone_cass.models.vocabulary import Vocabulary
+from fiftyone_cass.config.schema import make_settings, setting_fields, split_settings
+from fiftyone_cass.config.settings import DEFAULT_PRESENCE_THRESHOLD, ModelSettings
+from fiftyone_cass.fo.claims import FieldClaim
+
+logger = logging.getLogger(__name__)
+
+#: the model's name in the FiftyOne model zoo (``manifest.json`` at the repository root)
+ZOO_MODEL_NAME = "cass-vit-b16-torch"
+#: attribute of each written Segmentation that identifies the settings that made it
+CONFIG_ATTR = "config_id"
+
+
+# ------------------------------------------------------------------------------------------------
+# Segmenters kept loaded across calls (the backbones themselves are cached per process too)
+# ------------------------------------------------------------------------------------------------
+_SEGMENTERS: "collections.OrderedDict[str, Segmenter]" = collections.OrderedDict()
+_SEGMENTERS_LOCK = threading.Lock()
+_MAX_SEGMENTERS = 4
+
+
+def get_segmenter(**kwargs) -> Segmenter:
+    """A :class:`Segmenter` for these arguments, reused across calls in this process (an LRU of
+    the last few configurations). ``batch_size`` is not part of the key."""
+    batch_size = make_settings(ModelSettings, {"batch_size": kwargs.pop("batch_size", ModelSettings.batch_size)}).batch_size
+    key = json.dumps(kwargs, sort_keys=True, default=repr)
+    with _SEGMENTERS_LOCK:
+        seg = _SEGMENTERS.get(key)
+        if seg is not None:
+            _SEGMENTERS.move_to_end(key)
+    if seg is None:
+        seg = Segmenter(batch_size=int(batch_size), **kwargs)
+        with _SEGMENTERS_LOCK:
+            _SEGMENTERS[key] = seg
+            while len(_SEGMENTERS) > _MAX_SEGMENTERS:
+                _SEGMENTERS.popitem(last=False)
+    seg.batch_size = int(batch_size)
+    return seg
+
+
+def clear_segmenter_cache() -> None:
+    with _SEGMENTERS_LOCK:
+        _SEGMENTERS.clear()
+
+
+def written_by_apply(path: Optional[str], sample_id: str, dataset_id: str) -> bool:
+    """Whether ``path`` is a mask file that :func:`fiftyone_cass.apply` wrote for this sample of
+    this dataset (``<sample id>-<dataset id>-<config id>.png``, see ``apply.mask_file_path``)."""
+    return bool(path) and os.path.basename(path).startswith(f"{sample_id}-{dataset_id}-")
+
+
+def _apply_model_call() -> Optional[Tuple[Any, str]]:
+    """``(samples, label_field)`` of the ``fiftyone.core.models.apply_model`` call that is
+    setting up this model (None outside one). FiftyOne never passes the label field to a model;
+    CassModel needs it to claim the field and check what it holds before anything is written."""
+    f = sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_name == "apply_model" and f.f_globals.get("__name__") == "fiftyone.core.models":
+            samples, field = f.f_locals.get("samples"), f.f_locals.get("label_field")
+            return (samples, field) if samples is not None and isinstance(field, str) else None
+        f = f.f_back
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Decoding (the same function in DataLoader workers and in apply()'s loader thread)
+# ------------------------------------------------------------------------------------------------
+class LoadFailure:
+    """An image that could not be decoded, as a value: a DataLoader worker returns it instead of
+    raising, so one bad file does not take its whole batch down (FiftyOne skips a batch whose
+    items raised). Picklable."""
+
+    __slots__ = ("name", "message")
+
+    def __init__(self, name: str, message: str):
+        self.name = name
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"LoadFailure({self.message!r})"
+
+
+def load_item(item: Any, name: Optional[str] = None) -> Union[np.ndarray, LoadFailure]:
+    """An RGB uint8 array for a path / PIL image / array, or a :class:`LoadFailure` naming it."""
+    if isinstance(item, LoadFailure):
+        return item
+    name = describe(item, name)
+    try:
+        return load_rgb(item, name)
+    except ImageLoadError as exc:
+        return LoadFailure(name, str(exc))
+
+
+class ImageGetItem(GetItem):
+    """How FiftyOne's DataLoader feeds :class:`CassModel`: the sample's ``filepath`` decoded to an
+    RGB uint8 array (EXIF orientation applied), or a :class:`LoadFailure`."""
+
+    @property
+    def required_keys(self):
+        return ["filepath"]
+
+    def __call__(self, d):
+        path = d["filepath"]
+        return load_item(path, path)
+
+
+def collate_list(batch):
+    """Images of different sizes stay a list (the engine batches their windows)."""
+    return list(batch)
+
+
+# ------------------------------------------------------------------------------------------------
+# Presence scores: visible labels only above the threshold, the full vector kept
+# ------------------------------------------------------------------------------------------------
+def _finite(x) -> bool:
+    return x is not None and bool(np.isfinite(x))
+
+
+def presence_label(names: Sequence[str], scores: Sequence[float], threshold: float,
+                   background_label: Optional[int] = None) -> fo.Classifications:
+    """``fo.Classifications`` whose labels are the classes scoring at least ``threshold`` (with
+    their score as confidence, best first), and whose attributes ``all_labels`` / ``all_scores``
+    keep every class's score (None: no query, e.g. an empty background line), so thresholds and
+    tags can be changed later from stored data (:func:`fiftyone_cass.retag`)."""
+    visible = [
+        (float(s), names[j]) for j, s in enumerate(scores)
+        if j != background_label and _finite(s) and s >= threshold
+    ]
+    visible.sort(key=lambda x: -x[0])
+    return fo.Classifications(
+        classifications=[fo.Classification(label=n, confidence=s) for s, n in visible],
+        all_labels=list(names),
+        all_scores=[float(s) if _finite(s) else None for s in scores],
+    )
+
+
+def stored_scores(label) -> List[Tuple[str, Optional[float]]]:
+    """``[(class, score)]`` of a stored presence label: the full vector when it has one, else its
+    classifications (labels written before the full vector was stored)."""
+    if label is None:
+        return []
+    if label.has_field("all_labels") and label.has_field("all_scores"):
+        return list(zip(label["all_labels"], label["all_scores"]))
+    return [(c.label, c.confidence) for c in (label.classifications or [])]
+
+
+def presence_tags(prefix: str, names: Sequence[str], scores: Sequence[Optional[float]], threshold: float,
+                  skip: Sequence[str] = ("background",)) -> List[str]:
+    """``<prefix>:<class>`` for each class scoring at least ``threshold`` (background never)."""
+    skip = set(skip or ())
+    return [f"{prefix}:{n}" for n, s in zip(names, scores) if n not in skip and _finite(s) and s >= threshold]
+
+
+def replace_prefixed_tags(dataset, ids: Sequence[str], prefix: str, new_tags: Dict[str, List[str]]) -> int:
+    """Replaces the tags starting with ``<prefix>:`` of the samples ``ids`` by ``new_tags[id]``,
+    keeping every other tag. Returns the number of samples whose tags changed."""
+    pre = prefix + ":"
+    cur_ids, cur_tags = dataset.select(list(ids)).values(["id", "tags"])
+    updates = {}
+    for sid, tags in zip(cur_ids, cur_tags):
+        tags = list(tags or [])
+        kept = [t for t in tags if not t.startswith(pre)]
+        merged = kept + [t for t in new_tags.get(sid, []) if t not in kept]
+        if merged != tags:
+            updates[sid] = merged
+    if updates:
+        dataset.set_values("tags", updates, key_field="id")
+    return len(updates)
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class CassModelConfig(ModelSettings):
+    """The settings a :class:`CassModel` was made with (FiftyOne reads ``model.config``): its
+    :class:`~fiftyone_cass.config.settings.ModelSettings` plus the vocabulary and Segmenter options."""
+
+    classes: Optional[List[str]] = None
+    preset: Optional[str] = None
+    mask_targets: Optional[Dict[int, str]] = None
+    presence: bool = True
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModelMixin,
+                fom.EmbeddingsMixin, fom.PromptMixin):
+    """Open-vocabulary semantic segmentation (CASS + CDAM) as a FiftyOne model.
+
+    Args:
+        classes: class names (a list, or one string separated by commas / new lines; a list entry
+            may hold ", "-separated synonyms). Or give ``preset=`` or ``mask_targets=``. With none
+            of the three the model only embeds images and prompts.
+        preset: a published protocol (``voc21``, ``coco_object``, ``ade20k``, ...)
+        mask_targets: a ground truth's ``{id: name}``: the classes to predict, written under
+            those ids (id 0 named like background is background)
+        presence (True): at the end of ``apply_model``, write ``<field>_presence`` and the tags
+            ``<field>:<class>`` (see :meth:`finalize`)
+        **settings: :class:`~fiftyone_cass.config.settings.ModelSettings` fields (``method``, ``backbone``,
+            ``device``, ``batch_size``, ``precision``, checkpoints, ``background``,
+            ``presence_threshold``: see :func:`fiftyone_cass.config.settings`) and any
+            :class:`fiftyone_cass.SegmenterOptions` field
+        segmenter: a ready :class:`fiftyone_cass.Segmenter` instead of classes/preset/mask_targets
+
+    Bad arguments raise :class:`fiftyone_cass.InvalidInputError`; missing weights raise
+    :class:`fiftyone_cass.WeightsUnavailableError` at once.
+    """
+
+    def __init__(
+        self,
+        classes: Union[None, str, Sequence[str]] = None,
+        *,
+        preset: Optional[str] = None,
+        mask_targets: Optional[Dict[Any, str]] = None,
+        mask_targets_name: str = "mask_targets",
+        presence: bool = True,
+        segmenter: Optional[Segmenter] = None,
+        **settings,
+    ):
+        fom.SamplesMixin.__init__(self)
+        model_settings, options = split_settings(ModelSettings, settings)  # the rest: Segmenter options
+        self.presence_threshold = model_settings.presence_threshold
+        self.presence = bool(presence)
+        method, backbone, device = model_settings.method, model_settings.backbone, model_settings.device
+        batch_size, precision, background = model_settings.batch_size, model_settings.precision, model_settings.background
+        clip_checkpoint, dino_checkpoint = model_settings.clip_checkpoint, model_settings.dino_checkpoint
+        if model_settings.window_batch != ModelSettings.window_batch:
+            options["window_batch"] = model_settings.window_batch
+        self._preprocess = True
+        self._lock = threading.Lock()
+        self._dataset = None
+        self._pending: Dict[str, np.ndarray] = {}
+        self._last_embeddings: Optional[np.ndarray] = None
+
+        given = [n for n, v in (("classes", classes), ("preset", preset), ("mask_targets", mask_targets)) if v is not None]
+        kw = dict(method=method, backbone=backbone, device=device, precision=precision,
+                  clip_checkpoint=clip_checkpoint, dino_checkpoint=dino_checkpoint, batch_size=batch_size)
+        self._embed_kw = dict(kw, method="maskclip", classes=["object"], **options)
+        checkpoints = (clip_checkpoint, dino_checkpoint)
+        if segmenter is not None:
+            if given:
+                raise InvalidInputError("give either a segmenter or classes/preset/mask_targets, not both")
+            self.segmenter: Optional[Segmenter] = segmenter
+            segmenter.batch_size = int(batch_size)
+            self.vocab: Optional[Vocabulary] = Vocabulary.of_segmenter(segmenter)
+            checkpoints = (None, None)
+        elif len(given) > 1:
+            raise InvalidInputError(f"give one of classes=[...], preset='...' or mask_targets={{...}}, not {' and '.join(given)}")
+        elif given:
+            gt: Optional[Vocabulary] = None
+            if preset is not None:
+                kw["preset"] = preset
+            elif classes is not None:
+                kw.update(classes=classes if isinstance(classes, str) else list(classes), background=background)
+            else:
+                # the ground truth's ids: the Segmenter predicts its classes, written under its ids
+                gt = Vocabulary.from_mask_targets(mask_targets, mask_targets_name, background)
+                kw.update(classes=gt.classes, background=background)
+                if gt.background_id is None:  # id 0 is a class: every pixel gets a class
+                    if options.get("bg_rule", "none") != "none":
+                        raise InvalidInputError(
+                            f"{mask_targets_name}: its id 0 is a class, not background, so bg_rule must be 'none'"
+                        )
+                    options = {**options, "bg_rule": "none"}
+            try:
+                self.segmenter = get_segmenter(**kw, **options)
+            except InvalidInputError as exc:
+                where = f"{mask_targets_name}" if gt is not None else "vocabulary"
+                raise InvalidInputError(f"{where}: {exc}") from exc
+            self.vocab = gt if gt is not None else dataclasses.replace(self.segmenter.vocabulary, source=given[0])
+            if self.vocab.class_lines != self.segmenter.class_lines:  # one vocabulary on both sides
+                raise RuntimeError(f"the segmenter's class lines differ from the vocabulary's: {self.segmenter.class_lines!r}")
+        else:  # embeddings and prompts only
+            self.segmenter = None
+            self.vocab = None
+            self._embedding_segmenter()  # loads CLIP now: missing weights fail here, not mid-run
+        self.config = CassModelConfig(
+            **dataclasses.asdict(model_settings),
+            classes=None if self.vocab is None else list(self.vocab.mask_targets.values()),
+            preset=preset, mask_targets=None if self.vocab is None else dict(self.vocab.mask_targets),
+            presence=self.presence, options=dict(options),
+        )
+        self.settings: Optional[Dict[str, Any]] = None
+        self.config_id: Optional[str] = None
+        if self.segmenter is not None:
+            seg = self.segmenter
+            self.settings = {
+                "version": 1,
+                "class_lines": list(seg.class_lines),
+                "lut": None if self.vocab.lut is None else [int(x) for x in self.vocab.lut],
+                "method": seg.method,
+                "backbone": seg.backbone,
+                "precision": seg.precision,
+                "clip_checkpoint": checkpoints[0],
+                "dino_checkpoint": checkpoints[1],
+                "options": json.loads(json.dumps(dataclasses.asdict(seg.options), default=list)),
+            }
+            self.config_id = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    # -------------------------------------------------------------- FiftyOne's model interface
+    @property
+    def media_type(self):
+        return "image"
+
+    @property
+    def ragged_batches(self):
+        # False, so that FiftyOne honours batch_size; collate_list keeps different sizes as a list
+        return False
+
+    @property
+    def transforms(self):
+        return None
+
+    @property
+    def preprocess(self):
+        return self._preprocess
+
+    @preprocess.setter
+    def preprocess(self, value):
+        self._preprocess = bool(value)
+
+    @property
+    def has_collate_fn(self):
+        return True
+
+    collate_fn = staticmethod(collate_list)
+
+    @property
+    def has_embeddings(self):
+        return True
+
+    @property
+    def can_embed_prompts(self):
+        return True
+
+    @property
+    def device(self):
+        return (self.segmenter or self._embedding_segmenter()).device
+
+    @property
+    def _using_gpu(self):
+        return self.device.type == "cuda"
+
+    @property
+    def mask_targets(self) -> Optional[Dict[int, str]]:
+        """``{id: class name}`` of the masks this model writes (None: no vocabulary)."""
+        return None if self.vocab is None else dict(self.vocab.mask_targets)
+
+    @property
+    def classes(self) -> Optional[List[str]]:
+        """The class names, background excluded."""
+        return None if self.vocab is None else self.vocab.classes
+
+    def build_get_item(self, field_mapping=None):
+        return ImageGetItem(field_mapping=field_mapping)
+
+    @property
+    def needs_fields(self):
+        return self._fields
+
+    @needs_fields.setter
+    def needs_fields(self, fields):
+        # dataset.apply_model sets this before its first batch (compute_embeddings does not): a
+        # model without a vocabulary fails there once, instead of once per batch
+        if self.segmenter is None:
+            self._require_vocabulary()
+        self._fields = fields
+
+    def __enter__(self):
+        with self._lock:
+            self._dataset = None
+            self._pending = {}
+        target = _apply_model_call()  # entered by dataset.apply_model: its dataset and label field
+        if target is not None and self.config_id is not None:
+            self._claim_field(*target)
+        return self
+
+    def __exit__(self, *args):
+        try:
+            self.finalize()
+        finally:
+            claim, self._claim = getattr(self, "_claim", None), None
+            if claim is not None:
+                claim.release()
+
+    def _claim_field(self, samples, field: str) -> None:
+        """Before ``apply_model`` writes ``field``: claims it as :func:`fiftyone_cass.apply` does
+        (:class:`~fiftyone_cass.fo.claims.FieldClaimedError` while a run with other
+        settings writes it), and refuses a field holding labels of other settings (their ids
+        would be renamed by this model's ``mask_targets``) or mask files written by
+        :func:`fiftyone_cass.apply` (replacing them with database masks would orphan the files).
+        A fresh field, or one written by the same settings in the database, is the model's:
+        FiftyOne's semantics (it is relabelled)."""
+        ds = samples._root_dataset if hasattr(samples, "_root_dataset") else samples
+        claim = FieldClaim(ds, field, self.config_id)
+        claim.acquire()
+        try:
+            ds.reload()
+            f = ds.get_field(field)
+            if not (isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, fo.Segmentation)):
+                self._claim = claim
+                return  # fresh (or not a Segmentation field: FiftyOne's own error follows)
+            ids, cfgs, paths = ds.exists(field).values(["id", f"{field}.{CONFIG_ATTR}", f"{field}.mask_path"])
+            foreign = sum(1 for c in cfgs if c != self.config_id)
+            if foreign:
+                raise InvalidInputError(
+                    f"field {field!r} of dataset {ds.name!r} holds labels of other settings on {foreign} sample(s); "
+                    "apply_model would replace them (and rename their class ids): choose another label_field, or "
+                    "relabel with fiftyone_cass.apply(..., label_field=..., overwrite=True)"
+                )
+            ds_id = str(ds._doc.id)
+            files = sum(1 for sid, p in zip(ids, paths) if written_by_apply(p, sid, ds_id))
+            if files:
+                raise InvalidInputError(
+                    f"field {field!r} of dataset {ds.name!r} holds {files} mask files written by fiftyone_cass.apply "
+                    "with these settings; apply_model would replace them by masks in the database and leave the "
+                    "files behind: run fiftyone_cass.apply(...) again (it resumes), or choose another label_field"
+                )
+        except BaseException:
+            claim.release()
+            raise
+        self._claim = claim
+
+    # -------------------------------------------------------------- the inference path
+    def _require_vocabulary(self) -> Segmenter:
+        if self.segmenter is None:
+            raise InvalidInputError(
+                "this CassModel has no vocabulary (it can embed images and prompts only): pass "
+                "classes=[...], preset='...' or mask_targets={...} to segment"
+            )
+        return self.segmenter
+
+    def _embedding_segmenter(self) -> Segmenter:
+        return self.segmenter if self.segmenter is not None else get_segmenter(**self._embed_kw)
+
+    def segment(self, loaded: Sequence[Union[np.ndarray, LoadFailure]], names: Sequence[str],
+                embeddings: Optional[bool] = None) -> List[Tuple[Optional[SegmentationResult], Optional[str]]]:
+        """THE inference step of the project: decoded images (or :class:`LoadFailure`) in,
+        ``(result | None, error | None)`` per image out; one bad image never fails the others."""
+        seg = self._require_vocabulary()
+        pairs = [(None, x.message) if isinstance(x, LoadFailure) else (x, None) for x in loaded]
+        return seg.segment_loaded(pairs, list(names), embeddings)
+
+    def segmentation_label(self, result: SegmentationResult, mask_path: Optional[str] = None) -> fo.Segmentation:
+        """The ``fo.Segmentation`` of a result, in the written ids, tagged with :attr:`config_id`;
+        the mask inline, or ``mask_path`` when the caller has written it there."""
+        if mask_path is not None:
+            return fo.Segmentation(mask_path=mask_path, **{CONFIG_ATTR: self.config_id})
+        return fo.Segmentation(mask=self.vocab.map(result.label_map), **{CONFIG_ATTR: self.config_id})
+
+    def presence_label(self, result: SegmentationResult) -> fo.Classifications:
+        return presence_label(self.vocab.names, result.presence, self.presence_threshold, self.vocab.background_label)
+
+    def _decode(self, args) -> Tuple[List[Union[np.ndarray, LoadFailure]], List[str]]:
+        loaded, names = [], []
+        for i, a in enumerate(args):
+            name = a.name if isinstance(a, LoadFailure) else describe(a, None if not isinstance(a, np.ndarray) else f"image {i}")
+            loaded.append(load_item(a, name))
+            names.append(name)
+        return loaded, names
+
+    def predict(self, arg, sample=None):
+        return self.predict_all([arg], samples=None if sample is None else [sample])[0]
+
+    def predict_all(self, args, samples=None):
+        """``fo.Segmentation`` per image (None for an image that cannot be read or segmented:
+        it is logged by name and FiftyOne leaves its field empty)."""
+        self._require_vocabulary()
+        loaded, names = self._decode(args)
+        samples = list(samples) if samples is not None else None
+        if samples is not None:
+            names = [s.filepath for s in samples]
+        outputs = self.segment(loaded, names)
+        labels = []
+        embeddings = []
+        for k, (res, err) in enumerate(outputs):
+            if res is None:
+                who = f"sample {samples[k].id}" if samples is not None else names[k]
+                logger.warning("%s skipped: %s", who, err)
+                labels.append(None)
+                embeddings.append(None)
+                continue
+            labels.append(self.segmentation_label(res))
+            embeddings.append(res.embedding)
+            if samples is not None and self.presence:
+                with self._lock:
+                    self._dataset = samples[k]._dataset
+                    self._pending[samples[k].id] = res.presence
+        if embeddings and all(e is not None for e in embeddings):
+            self._last_embeddings = np.stack(embeddings)
+        return labels
+
+    # -------------------------------------------------------------- embeddings and prompts
+    def get_embeddings(self):
+        if self._last_embeddings is None:
+            raise ValueError("no embeddings: call embed()/embed_all() or predict() first")
+        return self._last_embeddings
+
+    def embed(self, arg):
+        out = self.embed_all([arg])
+        if out[0] is None:
+            raise ImageLoadError(self._decode([arg])[0][0].message)
+        return out[0]
+
+    def embed_all(self, args):
+        """Unit-norm global CLIP embeddings ``(B, E)`` float32; with an unreadable image, a list
+        holding None in its place (FiftyOne stores nothing for it) and a warning naming it."""
+        seg = self._embedding_segmenter()
+        loaded, names = self._decode(args)
+        out: List[Optional[np.ndarray]] = [None] * len(loaded)
+        good = [i for i, x in enumerate(loaded) if not isinstance(x, LoadFailure)]
+        for i, x in enumerate(loaded):
+            if isinstance(x, LoadFailure):
+                logger.warning("%s skipped: %s", x.name, x.message)
+        for start in range(0, len(good), seg.batch_size):
+            idx = good[start : start + seg.batch_size]
+            try:
+                emb = seg.embed_arrays([loaded[i] for i in idx], [names[i] for i in idx])
+            except Exception:  # noqa: BLE001 - isolate the failing image
+                emb = []
+                for i in idx:
+                    try:
+                        emb.append(seg.embed_arrays([loaded[i]], [names[i]])[0])
+                    except Exception as exc:  # noqa: BLE001 - reported per image
+                        logger.warning("%s skipped: %s: %s", names[i], type(exc).__name__, exc)
+                        emb.append(None)
+            for i, e in zip(idx, emb):
+                out[i] = e
+        if all(e is not None for e in out):
+            self._last_embeddings = np.stack(out) if out else np.zeros((0, 0), np.float32)
+            return self._last_embeddings
+        return out
+
+    def embed_prompt(self, arg):
+        return self.embed_prompts([arg])[0]
+
+    def embed_prompts(self, args):
+        """Unit-norm text embeddings ``(N, E)`` float32 of free-text prompts, averaged over the 80
+        OpenAI ImageNet templates as for class names."""
+        if isinstance(args, str):  # one prompt, not its characters
+            args = [args]
+        for i, a in enumerate(args):
+            if not isinstance(a, str) or not a.strip():
+                raise InvalidInputError(f"prompt {i + 1} of {list(args)!r} is not a non-empty text")
+        prompts = [a.strip() for a in args]
+        seg = self._embedding_segmenter()
+        if not prompts:  # (no text to embed: the width of the shared image-text space)
+            return np.zeros((0, int(seg.clip.visual.output_dim)), np.float32)
+        return seg.embedder(prompts).to("cpu").float().numpy()
+
+    # -------------------------------------------------------------- after apply_model
+    def finalize(self) -> Optional[Dict[str, int]]:
+        """Completes an ``apply_model`` run on a dataset: for every Segmentation field holding
+        labels of this model's settings (``config_id``), sets ``dataset.mask_targets[field]``
+        and writes ``<field>_presence`` (:func:`presence_label`) and the tags ``<field>:<class>``
+        of the samples labelled in this run. Called by FiftyOne when ``apply_model`` ends (the
+        model is a context manager); returns ``{field: samples}`` (None when nothing was run)."""
+        with self._lock:
+            ds, pending = self._dataset, self._pending
+            self._dataset, self._pending = None, {}
+        if ds is None or not pending or self.vocab is None:
+            return None
+        ds = ds._root_dataset if hasattr(ds, "_root_dataset") else ds
+        ds.reload()
+        ids = list(pending)
+        done: Dict[str, int] = {}
+        for field in sorted(ds.get_field_schema(embedded_doc_type=fo.Segmentation)):
+            mine = ds.select(ids).match(F(f"{field}.{CONFIG_ATTR}") == self.config_id).values("id")
+            if not mine:
+                continue
+            targets = dict(ds.mask_targets)
+            if targets.get(field) != self.vocab.mask_targets:
+                targets[field] = dict(self.vocab.mask_targets)
+                ds.mask_targets = targets
+                ds.save()
+            pf = f"{field}_presence"
+            f = ds.get_field(pf)
+            if f is not None and not (isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, fo.Classifications)):
+                logger.warning("%s: field %r exists and is not Classifications: presence scores not written", ds.name, pf)
+                continue
+            labels = {sid: presence_label(self.vocab.names, pending[sid], self.presence_threshold,
+                                          self.vocab.background_label) for sid in mine}
+            ds.set_values(pf, labels, key_field="id")
+            tags = {sid: presence_tags(field, self.vocab.names, pending[sid], self.presence_threshold,
+                                       skip=("background",)) for sid in mine}
+            replace_prefixed_tags(ds, mine, field, tags)
+            done[field] = len(mine)
+        return done
+
+
+def load_cass_model(**kwargs) -> CassModel:
+    """The zoo entry point: ``CassModel(**kwargs)``; unknown arguments are a clear error naming
+    what it accepts (:class:`~fiftyone_cass.config.settings.ModelSettings` fields, Segmenter options)."""
+    from fiftyone_cass.models.segmenter import SegmenterOptions
+
+    known = {"classes", "preset", "mask_targets", "presence"} | set(setting_fields(ModelSettings))
+    known |= set(setting_fields(SegmenterOptions))
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise InvalidInputError(
+            f"{ZOO_MODEL_NAME}: unknown argument(s) {', '.join(map(repr, unknown))}; accepted: classes, preset, "
+            f"mask_targets, presence, {', '.join(setting_fields(ModelSettings))} and any fiftyone_cass.SegmenterOptions field"
+        )
+    return CassModel(**kwargs)
+
+
+__all__ = [
+    "CONFIG_ATTR",
+    "CassModel",
+    "CassModelConfig",
+    "DEFAULT_PRESENCE_THRESHOLD",
+    "ImageGetItem",
+    "LoadFailure",
+    "Vocabulary",
+    "ZOO_MODEL_NAME",
+    "clear_segmenter_cache",
+    "get_segmenter",
+    "load_cass_model",
+    "load_item",
+    "presence_label",
+    "presence_tags",
+    "replace_prefixed_tags",
+    "stored_scores",
+    "written_by_apply",
+]

@@ -1,0 +1,1 @@
+"""Published evaluation protocols: ground-truth importers and the protocol runner."""

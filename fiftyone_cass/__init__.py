@@ -3,10 +3,15 @@
 __version__ = "0.1.0"
 
 from fiftyone_cass.errors import CassError, ImageLoadError, InvalidInputError, WeightsUnavailableError  # noqa: F401,E402
-from fiftyone_cass.models import METHODS, PRESETS, Segmenter, SegmentationResult, SegmenterOptions  # noqa: F401,E402
+from fiftyone_cass.models.presets import PRESETS  # noqa: F401,E402  (the live preset registry)
+from fiftyone_cass.models.segmenter import Segmenter, SegmentationResult, SegmenterOptions  # noqa: F401,E402
 
 
 def __getattr__(name):
+    if name == "METHODS":  # read from the registry now: a family registered after import is listed
+        from fiftyone_cass.methods import method_names
+
+        return tuple(method_names())
     # the FiftyOne integration is imported lazily: ``import fiftyone_cass`` stays light
     if name in ("apply", "retag"):
         from fiftyone_cass.fo import apply as _apply_mod

@@ -23,7 +23,8 @@ from typing import Any, Dict, Optional, Sequence
 from fiftyone_cass.bootstrap import DATABASE_HELP, configure_logging, interrupt_on_signals, is_database_error, prepare_environment
 from fiftyone_cass.errors import InvalidInputError, WeightsUnavailableError
 from fiftyone_cass.fo.demo import DEMO_CLASSES, DEMO_DATASET
-from fiftyone_cass.config.settings import add_settings_arguments, label_setting_names, parse_segmenter_options, resolve_device
+from fiftyone_cass.config.settings import add_settings_arguments, label_setting_names, resolve_device
+from fiftyone_cass.models.segmenter import parse_segmenter_options
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -252,7 +253,7 @@ class EvalCommand(Command):
 
     def setup(self, p):
         from fiftyone_cass.protocols import runner as protocol
-        from fiftyone_cass.models.presets import PRESET_ALIASES, PRESETS
+        from fiftyone_cass.config.registry import PRESETS
 
         p.add_argument("target", help="dataset name (or, with --protocol, the benchmark's directory)")
         p.add_argument("--pred-field", default="cass", help="predictions (default cass)")
@@ -271,7 +272,7 @@ class EvalCommand(Command):
         p.add_argument("--summary-json", metavar="FILE", default=None,
                        help="also write mIoU, the other summary figures and each class's IoU as JSON")
         g = p.add_argument_group("benchmark protocol (--protocol)")
-        g.add_argument("--protocol", default=None, choices=[*PRESETS, *PRESET_ALIASES], metavar="NAME",
+        g.add_argument("--protocol", default=None, choices=[*PRESETS, *PRESETS.aliases], metavar="NAME",  # read now
                        help=f"run a published benchmark on the directory TARGET: one of {', '.join(PRESETS)}")
         protocol.add_arguments(g, model=False)
         add_settings_arguments(p, self.PROTOCOL_SETTINGS, {"model": "benchmark protocol (--protocol): model"})
@@ -280,11 +281,11 @@ class EvalCommand(Command):
         if args.protocol:  # the benchmark runner, with these flags
             from fiftyone_cass.protocols import runner as protocol
 
-            from fiftyone_cass.models.presets import get_preset
+            from fiftyone_cass.protocols.records import get_protocol
 
-            try:  # an unknown protocol before the weights (argparse's choices say it first)
-                get_preset(args.protocol)
-            except ValueError as exc:
+            try:  # an unknown protocol, or a preset without a loader, before the weights
+                get_protocol(args.protocol, need_loader=True)
+            except InvalidInputError as exc:
                 raise UsageError(f"--protocol: {exc}") from None
             args.device = args.device_resolved = resolve_device(args.device)
             _load_weights(args)

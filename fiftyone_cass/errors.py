@@ -20,3 +20,12 @@ class WeightsUnavailableError(CassError, RuntimeError):
 class CheckpointError(InvalidInputError):
     """A local checkpoint file that cannot be used (not a state dict, pickled objects, other model);
     the message names the file and what was expected."""
+
+
+def is_sample_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a problem of one sample's data, reported on that sample while the run
+    goes on: an input error (an unreadable image, a bad value) or running out of memory on it
+    (retried alone, it may fit). Anything else is a bug: it stops the run with its traceback
+    (``fiftyone-cass label`` exit 3, the operator's "unexpected error"), and is not retried
+    image by image."""
+    return isinstance(exc, (InvalidInputError, MemoryError)) or type(exc).__name__ == "OutOfMemoryError"

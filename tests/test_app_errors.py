@@ -200,7 +200,7 @@ def test_form_message_maps_keywords_to_labels():
         app_support.EVALUATE_FIELDS)
     assert m == "tick “Resize mismatched predictions” to resize; or tick “Skip samples without predictions”; “Predictions” 'x'"
     m = app_support.form_message(KeyError("x"), app_support.AUTO_LABEL_FIELDS)
-    assert m.startswith("KeyError: ") and "server log" in m
+    assert m.startswith("Unexpected error: KeyError: ") and "server log" in m
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from fiftyone_cass.errors import InvalidInputError
 from fiftyone_cass.fo.apply import CONFIG_ATTR, AutoLabelRun
 from fiftyone_cass.models.segmenter import SegmenterOptions
 from fiftyone_cass.config.schema import coerce_settings
-from fiftyone_cass.config.settings import parse_segmenter_options
+from fiftyone_cass.models.segmenter import parse_segmenter_options
 from test_cli import TINY, entry_point, run_cli
 
 

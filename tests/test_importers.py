@@ -20,11 +20,11 @@ from fiftyone_cass.protocols.importers import (
     load_coco_object,
     load_coco_stuff,
     load_context,
-    load_protocol_dataset,
     load_voc,
     protocol_class_names,
     reduce_zero_label,
 )
+from fiftyone_cass.protocols.records import load_protocol_dataset
 
 H, W = 16, 20
 
@@ -302,3 +302,32 @@ def test_missing_layout_and_existing_name_are_clear_errors(tmp_path, new_name):
     assert len(load_voc(tmp_path, name=name, masks_dir=tmp_path / "m", overwrite=True)) == 1
     with pytest.raises(InvalidInputError, match="unknown preset"):
         load_protocol_dataset("pascal", tmp_path)
+
+
+def test_protocols_are_one_record_each_and_listed_live(tmp_path, monkeypatch, capsys):
+    """Issue 19: one record per protocol (preset, loader, default split, published mIoU); a preset
+    registered without a loader is a clear input error (exit 2), not a KeyError (exit 3)."""
+    from fiftyone_cass import PRESETS, cli
+    from fiftyone_cass.models.presets import Preset
+    from fiftyone_cass.protocols import records
+    from fiftyone_cass.protocols.runner import run_protocol
+
+    ade = records.get_protocol("ade20k")
+    assert ade.preset is PRESETS["ade20k"] and ade.loader is load_ade20k and ade.default_split == "validation"
+    assert ade.published_miou["cass"] == 20.4 and records.published_miou("city_scapes", "cass") == 39.4
+    assert set(records.protocol_names()) == set(PRESETS)  # every built-in preset has its record
+
+    monkeypatch.setitem(PRESETS, "mine", Preset("mine", "cass_cls_voc21.txt", num_classes=21))
+    with pytest.raises(InvalidInputError, match=r"preset 'mine' has no dataset loader.*protocols with a loader: voc21"):
+        run_protocol("mine", tmp_path)
+    with pytest.raises(InvalidInputError, match="no dataset loader"):
+        load_protocol_dataset("mine", tmp_path)
+    # the command line lists it (read from the registry now) and refuses it as an input error
+    rc = cli.main(["eval", "--protocol", "mine", str(tmp_path), "--backbone", "tiny", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "preset 'mine' has no dataset loader" in err and "Traceback" not in err, err
+    # registered with a loader, it is a protocol like the others
+    calls = []
+    monkeypatch.setitem(records.PROTOCOLS, "mine", records.Protocol("mine", lambda root, **kw: calls.append(kw) or 1,
+                                                                      default_split="test"))
+    assert load_protocol_dataset("mine", tmp_path) == 1 and calls[0]["split"] == "test"

@@ -150,3 +150,58 @@ def test_presence_histograms_of_a_labelled_field(fo_dataset, tmp_path):
         data.update(p.get("data", p))
     traces = data["presence_chart"]
     assert {t["name"] for t in traces} == set(CLASSES) and all(t["type"] == "histogram" for t in traces)
+
+
+def test_panel_sample_iou_equals_the_backend_when_classes_are_matched_by_name_with_a_missed_class(fo_dataset, tmp_path):
+    """Issue 19: the prediction names its classes in other ids, and one of them ("lawn") is not a
+    ground-truth class: its pixels are misses. GT all road; prediction half road, half lawn: the
+    backend's road IoU is 2 / (4 + 2 - 2) = 0.5; the panel used to drop the missed pixels (1.0)."""
+    ds = fo_dataset("panel_by_name")
+    gts = [np.zeros((2, 2), np.uint8), np.ones((2, 2), np.uint8)]  # A: all road, B: all car
+    preds = [np.array([[1, 1], [0, 0]], np.uint8), np.full((2, 2), 2, np.uint8)]  # A: road, lawn; B: car
+    ds.add_samples([
+        fo.Sample(filepath=_png(tmp_path / f"m{i}.png", np.zeros((2, 2, 3), np.uint8)),
+                  ground_truth=fo.Segmentation(mask=g), predictions=fo.Segmentation(mask=p))
+        for i, (g, p) in enumerate(zip(gts, preds))
+    ])
+    ds.mask_targets = {"ground_truth": {0: "road", 1: "car"}, "predictions": {0: "lawn", 1: "road", 2: "car"}}
+    ds.save()
+    r = evaluate_iou(ds, "predictions", eval_key="ev")
+    assert r.class_match["mapped_by_name"] is True and r.class_match["unmatched_pred_classes"] == ["lawn"]
+    assert r.per_class_iou()["road"] == pytest.approx(0.5)
+    a, b = ds.values("id")
+    per = per_sample_class_iou(ds, ds.load_evaluation_results("ev"))
+    assert per[a] == {"road": pytest.approx(0.5)} and per[b] == {"car": pytest.approx(1.0)}
+    # the same number as the backend's per-sample IoU field
+    assert ds[a]["ev_iou"] == pytest.approx(per[a]["road"])
+    assert worst_class_samples(ds, ds.load_evaluation_results("ev"), "road") == [(a, pytest.approx(0.5))]
+
+
+def test_panel_computes_once_per_evaluation_and_reuses_it_on_clicks(evaluated, monkeypatch):
+    import fiftyone_cass.app.iou_panel as panel
+
+    loads = []
+    real = panel.per_sample_class_iou
+    monkeypatch.setattr(panel, "per_sample_class_iou", lambda ds, r: loads.append(r.key) or real(ds, r))
+    ds = evaluated
+    _, calls = _panel(ds, "on_load")
+    state = {}
+    for p in calls.get("patch_panel_state", []):
+        state.update(p.get("state", p))
+    assert loads == ["ev"]
+    for name in ("tree", "car"):  # clicks on bars, a header, a row: no new computation
+        _, calls = _panel(ds, "on_click_bar", state=state, x=name)
+        assert calls["set_view"]
+    _panel(ds, "on_click_cell", state=state, row=-1, column=1)
+    _panel(ds, "on_click_cell", state=state, row=0, column=0)
+    assert loads == ["ev"]
+    # a new run under the same key is another evaluation: computed again, with its own numbers
+    ds.delete_evaluation("ev")
+    evaluate_iou(ds, "ground_truth", gt_field="ground_truth", eval_key="ev")
+    assert state["scores"]["mIoU"] < 100
+    _, calls = _panel(ds, "on_load", state=state)
+    assert loads == ["ev", "ev"]
+    new = {}
+    for p in calls.get("patch_panel_state", []):
+        new.update(p.get("state", p))
+    assert new["scores"]["mIoU"] == pytest.approx(100.0)

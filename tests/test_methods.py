@@ -35,6 +35,19 @@ def test_a_family_registered_from_outside_is_a_method():
 
     try:
         assert "scaledclip+cdam" in method_names() and "scaledclip" in method_names()
+        # listed live: the package's METHODS, the settings' choices and the command line's flag
+        import argparse
+
+        import fiftyone_cass
+        from fiftyone_cass.config.schema import choices_of, coerce_settings
+        from fiftyone_cass.config.settings import EngineSettings, LabelSettings, add_settings_arguments
+
+        assert fiftyone_cass.METHODS[-2:] == ("scaledclip+cdam", "scaledclip")
+        assert coerce_settings(EngineSettings, {"method": "scaledclip+cdam"}) == {"method": "scaledclip+cdam"}
+        parser = argparse.ArgumentParser()
+        add_settings_arguments(parser, ["method"], {})
+        assert parser.parse_args(["--method", "scaledclip+cdam"]).method == "scaledclip+cdam"
+        assert "scaledclip" in choices_of(LabelSettings.__dataclass_fields__["method"].metadata)
         rgb = (np.random.default_rng(0).random((40, 52, 3)) * 255).astype(np.uint8)
         for method in ("scaledclip", "scaledclip+cdam"):
             seg = Segmenter(classes="dog, cat", method=method, **OPTS)
@@ -46,4 +59,4 @@ def test_a_family_registered_from_outside_is_a_method():
         assert len(calls) == 2
     finally:
         base._FAMILIES.pop("scaledclip", None)
-    assert "scaledclip" not in method_names()
+    assert "scaledclip" not in method_names() and "scaledclip" not in fiftyone_cass.METHODS

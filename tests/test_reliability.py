@@ -311,3 +311,70 @@ def test_bad_input_matrix_completes_labels_the_good_and_names_the_bad(tmp_path, 
         smp = by_path[path]
         assert smp.cass is None and smp.cass_presence is None
         assert os.path.basename(path) in smp.cass_error
+
+
+@pytest.fixture
+def buggy_family():
+    """A method family with a programming error (issue 19): ``buggy`` raises ZeroDivisionError in
+    its last block; ``calls`` counts how often it ran."""
+    from fiftyone_cass.methods import base, register_family
+    from fiftyone_cass.methods.maskclip import MaskCLIP
+
+    calls = []
+
+    @register_family
+    class Buggy(MaskCLIP):
+        name = "buggy"
+
+        def features(self, seg, x, crops, grid):
+            calls.append(x.shape[0])
+            return 1 / 0
+
+    yield calls
+    base._FAMILIES.pop("buggy", None)
+
+
+def test_a_bug_in_a_family_stops_label_with_exit_3_and_its_traceback(tmp_path, dataset_name, capsys, buggy_family):
+    make_dir(tmp_path / "in", 5)
+    summary = tmp_path / "s.json"
+    rc = cli.main([str(a) for a in ["label", tmp_path / "in", "--dataset", dataset_name, "--classes", CLASSES,
+                                    *TINY_IN_PROCESS, "--method", "buggy", "--masks", "database",
+                                    "--summary-json", summary]])
+    captured = capsys.readouterr()
+    assert rc == 3, captured.err
+    assert "Traceback (most recent call last)" in captured.err and "ZeroDivisionError" in captured.err
+    assert "internal error: ZeroDivisionError" in captured.err
+    assert "failed" not in captured.out and "FAILED" not in captured.out  # not "N failed"
+    assert len(buggy_family) == 1  # stopped at the first call: not retried image by image, no next batch
+    ds = fo.load_dataset(dataset_name)
+    assert len(ds.exists("cass")) == 0 and len(ds.exists("cass_error")) == 0  # no sample marked as failed
+
+
+def test_a_bug_in_a_family_is_an_unexpected_error_in_the_operator_and_apply_model_keeps_skip_failures(
+        fo_dataset, tmp_path, buggy_family):
+    import asyncio
+    import json
+
+    from fiftyone.operators.executor import execute_or_delegate_operator
+
+    from fiftyone_cass.fo.model import CassModel
+
+    paths = [str(p) for p in make_dir(tmp_path / "in", 3)]
+    ds = fo_dataset("buggy")
+    ds.add_samples([fo.Sample(filepath=p) for p in paths])
+    opts = {"mode": "whole", "short_side": 64, "long_side": 128, "bg_rule": "none"}
+    params = dict(class_source="classes", classes=CLASSES, label_field="cass", backbone="tiny", device="cpu",
+                  batch_size=3, masks="database", method="buggy", options=json.dumps(opts))
+    request = dict(dataset_name=ds.name, view=ds.view()._serialize(), params=params)
+    result = asyncio.run(execute_or_delegate_operator("@fiftyone-cass/cass/auto_label", request))
+    messages = [m.body.to_json() for m in result.result] if result.is_generator else []
+    errors = [m["params"]["message"] for m in messages
+              if m["operator_uri"] == "notify" and m["params"].get("variant") == "error"]
+    assert len(errors) == 1 and "Unexpected error: ZeroDivisionError" in errors[0] and "server log" in errors[0], errors
+    assert len(ds.exists("cass")) == 0 and len(ds.exists("cass_error")) == 0
+
+    model = CassModel(classes=CLASSES, method="buggy", backbone="tiny", device="cpu", batch_size=3, **opts)
+    with pytest.raises(ZeroDivisionError):
+        ds.apply_model(model, "cass", skip_failures=False)
+    ds.apply_model(model, "cass", skip_failures=True)  # FiftyOne's choice: the batch is skipped, logged
+    assert len(ds.exists("cass")) == 0

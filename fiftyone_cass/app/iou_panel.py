@@ -27,11 +27,11 @@ import numpy as np
 
 import fiftyone as fo
 import fiftyone.operators as foo
-from fiftyone.operators import types
+from fiftyone.operators import execution_cache, types
 
 from fiftyone_cass.fo.metrics import metrics_from_histogram
 from fiftyone_cass.fo.model import stored_scores
-from fiftyone_cass.fo.evaluation import IoUSegmentationResults, histogram_from_results
+from fiftyone_cass.fo.evaluation import IoUSegmentationResults, histogram_from_results, per_sample_class_iou  # noqa: F401 - re-exported
 
 PANEL_NAME = "cass_iou"
 COLUMNS = [("class", "Class"), ("iou", "IoU (%)"), ("acc", "Accuracy (%)"), ("gt_pixels", "GT pixels")]
@@ -85,45 +85,38 @@ def sort_rows(rows: Sequence[Dict], key: str = "iou", descending: bool = False) 
     return sorted(have, key=lambda r: r[key], reverse=descending) + missing
 
 
-def _label_to_sample(dataset, gt_field: str) -> Dict[str, str]:
-    ids, label_ids = dataset.values(["id", f"{gt_field}._id"])
-    out = {str(s): str(s) for s in ids}  # matches may already hold sample ids
-    out.update({str(l): str(s) for s, l in zip(ids, label_ids) if l is not None})
-    return out
-
-
-def per_sample_class_iou(dataset, results) -> Dict[str, Dict[str, float]]:
-    """Sample id -> {class: IoU (fraction)} for the classes present in the sample's ground truth
-    or prediction, from the evaluation's pixel matches."""
-    if results.ytrue_ids is None or not len(results.ytrue):
-        return {}
-    classes = [str(c) for c in results.classes]
-    index = {c: i for i, c in enumerate(classes)}
-    to_sample = _label_to_sample(dataset, results.config.gt_field)
-    C = len(classes)
-    hists: Dict[str, np.ndarray] = {}
-    for yt, yp, w, gid in zip(results.ytrue, results.ypred, results.weights, results.ytrue_ids):
-        sid = to_sample.get(str(gid))
-        i, j = index.get(str(yt)), index.get(str(yp))
-        if sid is None or i is None or j is None:
-            continue
-        hists.setdefault(sid, np.zeros((C, C), dtype=np.int64))[i, j] += int(w)
-    out = {}
-    for sid, h in hists.items():
-        tp = np.diag(h).astype(np.float64)
-        union = h.sum(0) + h.sum(1) - tp
-        out[sid] = {classes[c]: float(tp[c] / union[c]) for c in np.nonzero(union > 0)[0]}
-    return out
-
-
 def worst_class_samples(dataset, results, class_name: str) -> List[Tuple[str, float]]:
     """``(sample id, IoU of class_name)`` for the samples where ``class_name`` is present and has
     the lowest IoU of the sample's classes, worst first."""
+    return worst_of(per_sample_class_iou(dataset, results), class_name)
+
+
+def worst_of(per_sample: Dict[str, Dict[str, float]], class_name: str) -> List[Tuple[str, float]]:
+    """:func:`worst_class_samples` from already computed per-sample class IoUs."""
     out = []
-    for sid, ious in per_sample_class_iou(dataset, results).items():
+    for sid, ious in per_sample.items():
         if class_name in ious and ious[class_name] <= min(ious.values()):
             out.append((sid, ious[class_name]))
     return sorted(out, key=lambda t: (t[1], t[0]))
+
+
+@execution_cache(residency="ephemeral", max_size=16)
+def evaluation_numbers(ctx, eval_key: str, timestamp: str) -> Dict:
+    """The panel's numbers of one evaluation, computed once per evaluation run (FiftyOne's
+    execution cache, keyed on the dataset, the key and the run's timestamp: a rerun under the same
+    key is a new entry) and reused by every click: ``summary``, ``rows`` (:func:`class_rows`) and
+    ``per_sample`` (:func:`per_sample_class_iou`). Not to be modified by callers."""
+    results = ctx.dataset.load_evaluation_results(eval_key)
+    return {
+        "summary": summary(ctx.dataset, results),
+        "rows": class_rows(ctx.dataset, results),
+        "per_sample": per_sample_class_iou(ctx.dataset, results),
+    }
+
+
+def _numbers(ctx, eval_key):
+    info = ctx.dataset.get_evaluation_info(eval_key)
+    return evaluation_numbers(ctx, eval_key, str(info.timestamp))
 
 
 def presence_fields(dataset) -> List[str]:
@@ -211,8 +204,7 @@ class IoUPanel(foo.Panel):
         key = ctx.panel.state.eval_key
         if not key:
             return
-        results = ctx.dataset.load_evaluation_results(key)
-        hits = worst_class_samples(ctx.dataset, results, class_name)
+        hits = worst_of(_numbers(ctx, key)["per_sample"], class_name)
         ctx.panel.state.selected_class = class_name
         ctx.panel.state.selected_count = len(hits)
         ctx.ops.set_view(ctx.dataset.select([sid for sid, _ in hits], ordered=True))
@@ -224,9 +216,9 @@ class IoUPanel(foo.Panel):
         ds = ctx.dataset
         key = ctx.panel.state.eval_key
         if key and key in ds.list_evaluations():
-            results = ds.load_evaluation_results(key)
-            s = summary(ds, results)
-            rows = sort_rows(class_rows(ds, results), ctx.panel.state.sort_by or "iou", bool(ctx.panel.state.descending))
+            numbers = _numbers(ctx, key)
+            s = numbers["summary"]
+            rows = sort_rows(numbers["rows"], ctx.panel.state.sort_by or "iou", bool(ctx.panel.state.descending))
             ctx.panel.state.scores = s
             ctx.panel.state.rows_shown = [r["class"] for r in rows]
             ctx.panel.set_data("class_table", [{k: ("–" if v is None else v) for k, v in r.items()} for r in rows])

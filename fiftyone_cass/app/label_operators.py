@@ -35,12 +35,12 @@ from fiftyone_cass.models.weights import ensure_weights
 from fiftyone_cass.config.schema import choices_of, coerce_settings, setting_fields, setting_is_optional, setting_type, split_settings
 from fiftyone_cass.config.settings import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, LabelSettings, format_field, label_setting_names
 from fiftyone_cass.app.support import AUTO_LABEL_FIELDS, FormError, form_message
+from fiftyone_cass.fo.delegation import AUTO_LABEL_URI  # noqa: F401 - re-exported
 from fiftyone_cass.fo.apply import AutoLabelRun, check_threshold, default_tag_prefix, recorded_tag_prefix, retag, run_key_for
 
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "@fiftyone-cass/cass"
-AUTO_LABEL_URI = f"{PLUGIN_NAME}/auto_label"
 RETAG_URI = f"{PLUGIN_NAME}/retag_presence"
 #: backbones offered in the form; the test-only ones ("tiny", "random-base": random weights) are
 #: accepted from Python/CLI but not offered

@@ -29,8 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from fiftyone_cass.config import registry
 from fiftyone_cass.config.schema import setting, setting_fields
-from fiftyone_cass.fo.shards import validate_shard
+from fiftyone_cass.errors import InvalidInputError
 
 DEFAULT_METHOD = "cass+cdam"
 DEFAULT_PRESENCE_THRESHOLD = 0.1
@@ -41,15 +42,11 @@ RESERVED_FIELDS = frozenset({"id", "_id", "filepath", "tags", "metadata", "media
 
 
 def _methods():
-    from fiftyone_cass.methods import method_names  # registered families (imported late: they import the models)
-
-    return method_names()
+    return registry.method_names()  # the registered families, at the time of the check
 
 
 def _presets():
-    from fiftyone_cass.models.presets import PRESETS
-
-    return tuple(sorted(PRESETS))
+    return tuple(sorted(registry.PRESETS))
 
 
 def _device(value) -> Optional[str]:
@@ -77,30 +74,6 @@ def resolve_device(device: Optional[str]) -> str:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(f"device={device!r}: CUDA is not available on this machine (use device='cpu')")
     return str(dev)
-
-
-def parse_segmenter_options(json_text: Optional[str] = None, pairs: Sequence[str] = ()) -> Dict[str, Any]:
-    """Segmenter options given as text (the command line's ``--options JSON`` and ``-o key=value``):
-    a JSON object and ``key=value`` strings (``true``/``false``, numbers, ``0.25,0.5`` for lists),
-    converted to the types of :class:`~fiftyone_cass.SegmenterOptions` and range-checked. An
-    :class:`~fiftyone_cass.errors.InvalidInputError` names ``--options`` or ``-o`` and the option."""
-    from fiftyone_cass.errors import InvalidInputError
-    from fiftyone_cass.models.segmenter import SegmenterOptions, options_from_json
-    from fiftyone_cass.config.schema import coerce_settings
-
-    try:
-        given_json = options_from_json(json_text)
-    except InvalidInputError as exc:  # "options must be a JSON object" -> "--options must be ..."
-        raise InvalidInputError(f"--{exc}") from None
-    out = coerce_settings(SegmenterOptions, given_json, what="--options")  # names --options itself
-    given = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInputError(f"-o/--option takes key=value, got {pair!r}")
-        given[key.strip()] = value
-    out.update(coerce_settings(SegmenterOptions, given, what="-o"))
-    return out
 
 
 def _background(value):
@@ -147,11 +120,22 @@ def _masks(value) -> str:
     return text
 
 
+def validate_shard(shard) -> Optional[Tuple[int, int]]:
+    """``(index, count)`` from a pair, or None; a clear error for anything else."""
+    if shard is None:
+        return None
+    try:
+        i, n = (int(x) for x in shard)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"shard must be a pair (index, count), got {shard!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise InvalidInputError(f"shard {shard!r}: need count >= 1 and 0 <= index < count")
+    return i, n
+
+
 def _shard(value) -> Optional[Tuple[int, int]]:
     if isinstance(value, str):
         value = value.split("/")
-    from fiftyone_cass.errors import InvalidInputError
-
     try:
         return validate_shard(value)
     except InvalidInputError:

@@ -64,7 +64,7 @@ import fiftyone.core.fields as fof
 import fiftyone.core.utils as fou
 from fiftyone import ViewField as F
 
-from fiftyone_cass.app.support import show_labels_in_app
+from fiftyone_cass.fo.app_config import show_labels_in_app
 from fiftyone_cass.errors import InvalidInputError
 from fiftyone_cass.fileio import atomic_write, remove_orphaned_temp_files
 from fiftyone_cass.fo.shards import shard_index, validate_shard  # noqa: F401 - re-exported
@@ -634,7 +634,7 @@ class AutoLabelRun:
                         labels[sid] = model.segmentation_label(res, mask_path=mpath)
                     else:
                         labels[sid] = model.segmentation_label(res)
-                except Exception as exc:  # noqa: BLE001 - e.g. disk full: reported per sample
+                except OSError as exc:  # e.g. disk full: reported per sample (anything else is a bug: raised)
                     res, err = None, f"{path}: cannot write mask ({type(exc).__name__}: {exc})"
             if res is None:
                 err = err or f"{path}: unknown error"

@@ -8,6 +8,9 @@ from typing import Any, List
 from fiftyone_cass.errors import InvalidInputError
 from fiftyone_cass.config.settings import label_setting_names, resolve_masks
 
+#: the operator that delegated runs execute (:mod:`fiftyone_cass.app.label_operators`)
+AUTO_LABEL_URI = "@fiftyone-cass/cass/auto_label"
+
 
 def queue_auto_label(view, workers: int = 1, needed_for: str = "to queue delegated operations",
                      **apply_kwargs: Any) -> List[str]:
@@ -20,7 +23,6 @@ def queue_auto_label(view, workers: int = 1, needed_for: str = "to queue delegat
     ends its message)."""
     import fiftyone.operators as foo
 
-    from fiftyone_cass.app.label_operators import AUTO_LABEL_URI
 
     try:
         op = foo.get_operator(AUTO_LABEL_URI)

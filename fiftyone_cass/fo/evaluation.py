@@ -44,6 +44,7 @@ from fiftyone_cass.fo.metrics import (
     IoUMetrics,
     LabelMapper,
     check_ignore_collision,
+    class_ious,
     format_table,
     match_classes_by_name,
     metrics_from_histogram,
@@ -247,7 +248,7 @@ class IoUEvaluation(fous.SegmentationEvaluation):
         mapper = LabelMapper(values, ignore_index=cfg.ignore_index)
         acc = IoUAccumulator(mapper=mapper, class_names=classes, resize=cfg.resize, strict=cfg.strict)
         C = mapper.num_classes
-        matches = []
+        matches, missed = [], []
         save = eval_key is not None
         if save:
             iou_field, pacc_field = self._fields(eval_key)
@@ -277,6 +278,8 @@ class IoUEvaluation(fous.SegmentationEvaluation):
             h = acc.update(pred, gt, sample=_sample_name(sample))
             for i, j in zip(*np.nonzero(h[:, :C])):
                 matches.append((classes[i], classes[j], int(h[i, j]), gt_seg.id, pred_seg.id))
+            for i in np.nonzero(h[:, C])[0]:  # FiftyOne's matches have no "miss" class: kept aside
+                missed.append([classes[i], int(h[i, C]), gt_seg.id])
             if save:
                 s = sample_scores(h)
                 sample[iou_field] = s["iou"]
@@ -291,6 +294,7 @@ class IoUEvaluation(fous.SegmentationEvaluation):
             matches=matches,
             missing=None,
             missed_pixels=acc.hist[:, C],
+            missed_matches=missed,
             class_values=values,
             class_match=None if match is None else {
                 "pred_to_gt": sorted([int(p), int(g)] for p, g in match.pred_to_gt.items()),
@@ -306,7 +310,9 @@ class IoUSegmentationResults(fous.SegmentationResults):
     """:class:`SegmentationResults` plus the mmseg IoU numbers.
 
     Extra attributes: ``missed_pixels`` (per GT class, pixels predicted with a value that is not a
-    class), ``class_values`` (the pixel value of each class) and ``class_match`` (None when ids
+    class), ``missed_matches`` (``[GT class, pixels, GT label id]`` of those pixels per sample: the
+    per-sample IoU counts them, :func:`sample_histograms`), ``class_values`` (the pixel value of
+    each class) and ``class_match`` (None when ids
     were compared as they are; else ``pred_to_gt`` pairs, ``unmatched_pred_classes``,
     ``unmatched_gt_classes`` and ``mapped_by_name``).
     """
@@ -325,6 +331,7 @@ class IoUSegmentationResults(fous.SegmentationResults):
         class_values=None,
         class_match=None,
         backend=None,
+        missed_matches=None,
     ):
         super().__init__(
             samples,
@@ -340,6 +347,7 @@ class IoUSegmentationResults(fous.SegmentationResults):
         n = len(self.pixel_confusion_matrix)
         self.missed_pixels = np.zeros(n, dtype=np.int64) if missed_pixels is None else np.asarray(missed_pixels, dtype=np.int64)
         self.class_values = list(range(n)) if class_values is None else [int(v) for v in class_values]
+        self.missed_matches = [[str(c), int(w), str(g)] for c, w, g in (missed_matches or [])]
         self.class_match = class_match
 
     @classmethod
@@ -350,6 +358,7 @@ class IoUSegmentationResults(fous.SegmentationResults):
             config,
             eval_key,
             missed_pixels=d.get("missed_pixels"),
+            missed_matches=d.get("missed_matches"),
             class_values=d.get("class_values"),
             class_match=d.get("class_match"),
             **kwargs,
@@ -521,29 +530,50 @@ def histogram_from_results(samples, results, ignore_index=IGNORE_INDEX) -> Tuple
     return hist, [str(results.classes[i]) for i in keep]
 
 
-def per_sample_iou_from_matches(samples, results, ignore_index=IGNORE_INDEX) -> Dict[str, Optional[float]]:
-    """Sample id -> the image's nan-mean IoU, rebuilt from ``results`` matches (needs GT label ids)."""
-    if results.ytrue_ids is None or len(results.ytrue) == 0:
-        return {}
+def sample_histograms(samples, results, ignore_index=IGNORE_INDEX) -> Tuple[Dict[str, np.ndarray], List[str]]:
+    """Each sample's ``(C, C + 1)`` histogram rebuilt from an evaluation's pixel matches (any
+    FiftyOne ``SegmentationResults`` with GT label ids), and the class names: the ignore class
+    loses its GT rows; a predicted value that is not a class (the ignore class, an unmatched
+    name, this backend's ``missed_matches``) is a miss, column ``C``. The one per-sample source of
+    the backend's custom metric and of the App panel; :func:`~fiftyone_cass.fo.metrics.class_ious`
+    and :func:`~fiftyone_cass.fo.metrics.sample_scores` turn a histogram into scores."""
     keep, ign = _class_partition(samples, results, ignore_index)
     classes = [str(c) for c in results.classes]
+    names = [classes[k] for k in keep]
+    if results.ytrue_ids is None or len(results.ytrue) == 0:
+        return {}, names
     index = {classes[k]: i for i, k in enumerate(keep)}
     ignored = {classes[k] for k in ign}
     C = len(keep)
     gt_field = results.config.gt_field
-    ids, gt_ids = samples.values(["id", f"{gt_field}.id"])
-    label_to_sample = {str(g): s for s, g in zip(ids, gt_ids) if g is not None}
+    ids, gt_ids = samples.values(["id", f"{gt_field}._id"])
+    to_sample = {str(s): str(s) for s in ids}  # matches may hold sample ids
+    to_sample.update({str(g): str(s) for s, g in zip(ids, gt_ids) if g is not None})
+    rows = zip(results.ytrue, results.ypred, results.weights, results.ytrue_ids)
+    missed = ((c, None, w, g) for c, w, g in getattr(results, "missed_matches", None) or ())
     hists: Dict[str, np.ndarray] = {}
-    for yt, yp, w, gid in zip(results.ytrue, results.ypred, results.weights, results.ytrue_ids):
-        yt, yp = str(yt), str(yp)
-        if yt in ignored or yt not in index:
-            continue
-        sid = label_to_sample.get(str(gid))
-        if sid is None:
-            continue
-        h = hists.setdefault(sid, np.zeros((C, C + 1), dtype=np.int64))
-        h[index[yt], index.get(yp, C)] += int(w)
+    for source in (rows, missed):
+        for yt, yp, w, gid in source:
+            yt = str(yt)
+            sid = to_sample.get(str(gid))
+            if yt in ignored or yt not in index or sid is None:
+                continue
+            h = hists.setdefault(sid, np.zeros((C, C + 1), dtype=np.int64))
+            h[index[yt], index.get(None if yp is None else str(yp), C)] += int(w)
+    return hists, names
+
+
+def per_sample_iou_from_matches(samples, results, ignore_index=IGNORE_INDEX) -> Dict[str, Optional[float]]:
+    """Sample id -> the image's nan-mean IoU, rebuilt from ``results`` matches (needs GT label ids)."""
+    hists, _ = sample_histograms(samples, results, ignore_index)
     return {sid: sample_scores(h)["iou"] for sid, h in hists.items()}
+
+
+def per_sample_class_iou(samples, results, ignore_index=IGNORE_INDEX) -> Dict[str, Dict[str, float]]:
+    """Sample id -> {class: IoU} for the classes present in the sample's GT or prediction (the
+    numbers whose mean is the backend's ``<eval_key>_iou``)."""
+    hists, names = sample_histograms(samples, results, ignore_index)
+    return {sid: class_ious(h, names) for sid, h in hists.items()}
 
 
 def check_segmentation_fields(dataset, *fields: str) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "IoUAccumulator",
     "confusion_histogram",
     "metrics_from_histogram",
+    "class_ious",
     "sample_scores",
     "resize_nearest",
     "align_prediction",
@@ -364,9 +365,17 @@ def metrics_from_histogram(hist: np.ndarray, class_names: Optional[Sequence[str]
     )
 
 
+def class_ious(hist: np.ndarray, class_names: Sequence[str]) -> Dict[str, float]:
+    """``{class: IoU}`` of one image's ``(C, C + 1)`` histogram, for the classes present in its GT
+    or prediction (missed pixels, column ``C``, count in the GT class's union): the per-sample
+    class IoU of the evaluation backend (:func:`sample_scores` is their mean) and of the App panel."""
+    m = metrics_from_histogram(hist, class_names)
+    return {str(n): float(v) for n, v in zip(class_names, m.iou) if np.isfinite(v)}
+
+
 def sample_scores(hist: np.ndarray) -> Dict[str, Optional[float]]:
-    """Per-image ``iou`` (nan-mean IoU over the classes present in its GT or prediction) and
-    ``pixel_acc``; None where undefined (no evaluated pixel)."""
+    """Per-image ``iou`` (nan-mean IoU over the classes present in its GT or prediction, the mean of
+    :func:`class_ious`) and ``pixel_acc``; None where undefined (no evaluated pixel)."""
     m = metrics_from_histogram(hist)
     out = {"iou": m.mIoU, "pixel_acc": m.aAcc}
     return {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in out.items()}

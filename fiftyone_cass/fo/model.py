@@ -40,7 +40,7 @@ import fiftyone.core.models as fom
 from fiftyone import ViewField as F
 from fiftyone.utils.torch import GetItem
 
-from fiftyone_cass.errors import ImageLoadError, InvalidInputError
+from fiftyone_cass.errors import ImageLoadError, InvalidInputError, is_sample_error
 from fiftyone_cass.images import describe, load_rgb
 from fiftyone_cass.models.segmenter import SegmentationResult, Segmenter
 from fiftyone_cass.models.vocabulary import Vocabulary
@@ -561,12 +561,16 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
             idx = good[start : start + seg.batch_size]
             try:
                 emb = seg.embed_arrays([loaded[i] for i in idx], [names[i] for i in idx])
-            except Exception:  # noqa: BLE001 - isolate the failing image
+            except Exception as exc:  # noqa: BLE001 - a sample's error: isolate the failing image
+                if not is_sample_error(exc):
+                    raise  # a bug (FiftyOne's skip_failures decides what happens to the batch)
                 emb = []
                 for i in idx:
                     try:
                         emb.append(seg.embed_arrays([loaded[i]], [names[i]])[0])
                     except Exception as exc:  # noqa: BLE001 - reported per image
+                        if not is_sample_error(exc):
+                            raise
                         logger.warning("%s skipped: %s: %s", names[i], type(exc).__name__, exc)
                         emb.append(None)
             for i, e in zip(idx, emb):

@@ -9,24 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Optional, Tuple
 
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.config.settings import validate_shard  # noqa: F401 - the shard setting's check, re-exported
 
 
 def shard_index(filepath: str, num_shards: int) -> int:
     """The shard (``0..num_shards-1``) of a file path."""
     return int(hashlib.md5(os.fsencode(filepath)).hexdigest()[:12], 16) % int(num_shards)
-
-
-def validate_shard(shard) -> Optional[Tuple[int, int]]:
-    """``(index, count)`` from a pair, or None; a clear error for anything else."""
-    if shard is None:
-        return None
-    try:
-        i, n = (int(x) for x in shard)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"shard must be a pair (index, count), got {shard!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise InvalidInputError(f"shard {shard!r}: need count >= 1 and 0 <= index < count")
-    return i, n

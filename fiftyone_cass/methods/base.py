@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple, Type
+from typing import List, Optional, Tuple, Type
 
 import torch
 
+from fiftyone_cass.config import registry
 from fiftyone_cass.errors import InvalidInputError
 
-_FAMILIES: Dict[str, "MethodFamily"] = {}
+#: the registered families, by name (:data:`fiftyone_cass.config.registry.METHOD_FAMILIES`)
+_FAMILIES = registry.METHOD_FAMILIES
 
 
 @dataclass
@@ -61,13 +63,14 @@ def register_family(cls: Type[MethodFamily]) -> Type[MethodFamily]:
     """Class decorator: registers a :class:`MethodFamily` under ``cls.name``."""
     if not cls.name or "+" in cls.name:
         raise ValueError(f"a method family needs a name without '+', got {cls.name!r}")
-    _FAMILIES[cls.name] = cls()
+    _FAMILIES.register(cls.name, cls())
     return cls
 
 
 def method_names() -> List[str]:
-    """Every valid ``method=``: ``<family>+cdam`` and ``<family>``, in registration order."""
-    return [m for f in _FAMILIES for m in (f"{f}+cdam", f)]
+    """Every valid ``method=``: ``<family>+cdam`` and ``<family>``, in registration order, read
+    from the registry at each call (a family registered after import is listed)."""
+    return list(registry.method_names())
 
 
 def split_method(method: str) -> Tuple[str, bool]:

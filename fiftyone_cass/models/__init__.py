@@ -1,4 +1,7 @@
-"""Backbones, text embeddings, presets and the segmenter pipeline."""
+"""Backbones, text embeddings, presets and the segmenter pipeline.
 
-from fiftyone_cass.models.presets import PRESETS, get_preset  # noqa: F401
-from fiftyone_cass.models.segmenter import METHODS, Segmenter, SegmentationResult, SegmenterOptions  # noqa: F401
+Import from the modules (``fiftyone_cass.models.segmenter``, ``.presets``, ...) or from
+``fiftyone_cass``: this package imports nothing, so that the method families
+(:mod:`fiftyone_cass.methods`) can use its building blocks (``clip_visual``) while the
+Segmenter uses the families, without an import cycle.
+"""

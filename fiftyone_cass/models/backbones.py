@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from fiftyone_cass.config import registry
 from fiftyone_cass.errors import CheckpointError, WeightsUnavailableError
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
@@ -33,7 +34,9 @@ class BackboneSpec:
     random_seed: Optional[int] = None  # seed for random-weight backbones (deterministic tests)
 
 
-BACKBONES: Dict[str, BackboneSpec] = {
+#: name -> :class:`BackboneSpec`, the live registry (:data:`fiftyone_cass.config.registry.BACKBONES`)
+BACKBONES = registry.BACKBONES
+BACKBONES.update({
     "openai": BackboneSpec("ViT-B-16", "openai", "vit_base_patch8_224.dino", True),
     "random-base": BackboneSpec("ViT-B-16", None, "vit_base_patch8_224.dino", False, random_seed=0),
     "tiny": BackboneSpec(
@@ -44,7 +47,7 @@ BACKBONES: Dict[str, BackboneSpec] = {
         dict(embed_dim=64, depth=2, num_heads=4),
         random_seed=0,
     ),
-}
+})
 
 
 def _register_configs() -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
+
+from fiftyone_cass.config import registry
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,10 @@ class Preset:
     num_queries: int = 0
 
 
-PRESETS: Dict[str, Preset] = {
+#: name -> :class:`Preset`, the live registry (:data:`fiftyone_cass.config.registry.PRESETS`): a
+#: preset registered later (``PRESETS["mine"] = Preset("mine", ...)``) is offered everywhere
+PRESETS = registry.PRESETS
+PRESETS.update({
     p.name: p
     for p in [
         Preset("voc21", "cass_cls_voc21.txt", mode="whole", prob_thd=0.1, gamma=0.10, alpha=0.03,
@@ -51,8 +56,8 @@ PRESETS: Dict[str, Preset] = {
                alpha=0.03, h_threshold=0.14, eigenscale=False, global_prior="crop", num_classes=19,
                num_queries=19),
     ]
-}
-PRESET_ALIASES = {"city_scapes": "cityscapes", "coco_stuff164k": "coco_stuff"}
+})
+PRESET_ALIASES = PRESETS.aliases
 
 # Constants for a free vocabulary (no preset): COCO-Object-like slide protocol.
 FREE_VOCAB = Preset("custom", "", prob_thd=0.0, gamma=0.25, alpha=0.03, h_threshold=0.10, has_background=True)

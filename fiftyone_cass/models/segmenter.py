@@ -31,7 +31,7 @@ from fiftyone_cass.core.windows import (
     upsample_logits,
     upsample_rows,
 )
-from fiftyone_cass.errors import ImageLoadError, InvalidInputError
+from fiftyone_cass.errors import ImageLoadError, InvalidInputError, is_sample_error
 from fiftyone_cass.images import describe, load_rgb
 from fiftyone_cass.methods import get_family, method_names, split_method
 from fiftyone_cass.config.schema import check_dataclass, setting, setting_fields, settings_doc, split_settings
@@ -44,8 +44,14 @@ from fiftyone_cass.models.presets import FREE_VOCAB, Preset, cdam_aug_words
 from fiftyone_cass.models.text import text_embedder
 from fiftyone_cass.models.vocabulary import Vocabulary
 
-#: the built-in methods (every registered family, alone and with +cdam): see :mod:`fiftyone_cass.methods`
-METHODS = tuple(method_names())
+
+
+def __getattr__(name):
+    if name == "METHODS":  # every registered family, alone and with +cdam, now (fiftyone_cass.methods)
+        return tuple(method_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # EngineSettings.precision
 
 
@@ -132,6 +138,28 @@ def options_from_json(value) -> Dict[str, Any]:
         raise InvalidInputError(f"options must be a JSON object, e.g. '{{\"mode\": \"whole\"}}': {exc}") from None
     if not isinstance(out, dict):
         raise InvalidInputError("options must be a JSON object")
+    return out
+
+
+def parse_segmenter_options(json_text: Optional[str] = None, pairs: Sequence[str] = ()) -> Dict[str, Any]:
+    """Segmenter options given as text (the command line's ``--options JSON`` and ``-o key=value``):
+    a JSON object and ``key=value`` strings (``true``/``false``, numbers, ``0.25,0.5`` for lists),
+    converted to the types of :class:`~fiftyone_cass.SegmenterOptions` and range-checked. An
+    :class:`~fiftyone_cass.errors.InvalidInputError` names ``--options`` or ``-o`` and the option."""
+    from fiftyone_cass.config.schema import coerce_settings
+
+    try:
+        given_json = options_from_json(json_text)
+    except InvalidInputError as exc:  # "options must be a JSON object" -> "--options must be ..."
+        raise InvalidInputError(f"--{exc}") from None
+    out = coerce_settings(SegmenterOptions, given_json, what="--options")  # names --options itself
+    given = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"-o/--option takes key=value, got {pair!r}")
+        given[key.strip()] = value
+    out.update(coerce_settings(SegmenterOptions, given, what="-o"))
     return out
 
 
@@ -391,9 +419,11 @@ class Segmenter:
     def segment_loaded(self, loaded: Sequence[Tuple[Optional[np.ndarray], Optional[str]]], names: Sequence[str],
                        return_embeddings: Optional[bool] = None):
         """Segments the output of :meth:`load_safe` in batches of ``batch_size``; a failed load
-        stays an error, and a batch that raises is retried one image at a time so that only the
-        failing image is reported. Returns ``(result | None, error | None)`` per image.
-        ``return_embeddings``: see :meth:`segment_arrays`."""
+        stays an error, and a batch that raises a sample's error (an input error or out of memory,
+        :func:`~fiftyone_cass.errors.is_sample_error`) is retried one image at a time so that only
+        the failing image is reported. Any other exception is a bug and propagates at once.
+        Returns ``(result | None, error | None)`` per image. ``return_embeddings``: see
+        :meth:`segment_arrays`."""
         names = self._names(loaded, names)
         out: List[Tuple[Optional[SegmentationResult], Optional[str]]] = [(None, err) for _, err in loaded]
         good, good_names, where = [], [], []
@@ -408,13 +438,17 @@ class Segmenter:
                 res = self.segment_arrays(good[sl], good_names[sl], return_embeddings)
                 for i, r in zip(where[sl], res):
                     out[i] = (r, None)
-            except Exception as exc:  # isolate the failing image by retrying one at a time
+            except Exception as exc:  # a sample's error: isolate the failing image by retrying one at a time
+                if not is_sample_error(exc):
+                    raise  # a bug: not a per-image failure
+                del exc
                 for i, arr, n in zip(where[sl], good[sl], good_names[sl]):
                     try:
                         out[i] = (self.segment_arrays([arr], [n], return_embeddings)[0], None)
                     except Exception as exc1:  # noqa: BLE001 - reported per image
+                        if not is_sample_error(exc1):
+                            raise
                         out[i] = (None, f"{n}: {type(exc1).__name__}: {exc1}")
-                del exc
         return out
 
     @torch.no_grad()

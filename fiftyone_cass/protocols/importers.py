@@ -523,21 +523,3 @@ def load_cityscapes(root, split="val", name=None, max_samples=None, **kwargs) ->
         else:
             raise InvalidInputError(f"Cityscapes: no gtFine labelTrainIds/labelIds file for {img}")
     return build_dataset(items, "cityscapes", name, rule=", ".join(sorted(rules)), **kwargs)
-
-
-LOADERS = {
-    "voc21": lambda root, **kw: load_voc(root, protocol="voc21", **kw),
-    "voc20": lambda root, **kw: load_voc(root, protocol="voc20", **kw),
-    "context60": lambda root, **kw: load_context(root, protocol="context60", **kw),
-    "context59": lambda root, **kw: load_context(root, protocol="context59", **kw),
-    "ade20k": load_ade20k,
-    "coco_object": load_coco_object,
-    "coco_stuff": load_coco_stuff,
-    "cityscapes": load_cityscapes,
-}
-
-
-def load_protocol_dataset(protocol: str, root, **kwargs) -> fo.Dataset:
-    """Dispatches to the importer of ``protocol`` (preset names; aliases such as ``city_scapes``)."""
-    key = protocol_info(protocol).name
-    return LOADERS[key](root, **kwargs)

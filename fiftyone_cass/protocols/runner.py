@@ -11,9 +11,9 @@ Command line (weights from the model hubs, or local files)::
     python -m fiftyone_cass.protocols.runner ade20k /data/ade --method cass --device cuda \\
         [--clip-checkpoint clip.safetensors --dino-checkpoint dino_vitbase8_pretrain.pth]
 
-The dataset is imported with :mod:`.importers` (GT in the protocol's label space, 255 ignored),
+The dataset is imported with its record's loader (:mod:`.records`, :mod:`.importers`) (GT in the protocol's label space, 255 ignored),
 predicted with ``Segmenter(preset=protocol, ...)`` (same class-file ids), and evaluated with
-:func:`.fo_evaluation.evaluate_iou` (mmseg ``IoUMetric`` semantics). Everything stays in FiftyOne
+:func:`fiftyone_cass.fo.evaluation.evaluate_iou` (mmseg ``IoUMetric`` semantics). Everything stays in FiftyOne
 (``predictions`` field, evaluation run ``eval_<protocol>``) for inspection in the App.
 """
 
@@ -27,25 +27,12 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from fiftyone_cass.errors import InvalidInputError
 from fiftyone_cass.fo.metrics import IoUMetrics, format_table
+from fiftyone_cass.protocols.records import PROTOCOLS, get_protocol, load_protocol_dataset, protocol_names
 
 if TYPE_CHECKING:  # FiftyOne is imported by the functions, so that add_arguments() stays light
     import fiftyone as fo
 
     from fiftyone_cass.fo.evaluation import IoUSegmentationResults
-
-#: Published mIoU (%) with CLIP ViT-B/16 (SPEC section I). CASS: CASS paper (DINO ViT-B/8, no PAMR).
-#: MaskCLIP / MaskCLIP+CDAM: CDAM poster, baselines reproduced under CDAM's protocol.
-PAPER_MIOU: Dict[str, Dict[str, float]] = {
-    "cass": {"voc21": 65.8, "context60": 36.7, "coco_object": 37.8, "voc20": 87.8, "context59": 40.2,
-             "coco_stuff": 26.7, "cityscapes": 39.4, "ade20k": 20.4},
-    "maskclip": {"voc21": 33.1, "context60": 23.3, "coco_object": 24.8, "coco_stuff": 16.5,
-                 "cityscapes": 23.8, "ade20k": 12.2},
-    "maskclip+cdam": {"voc21": 55.9, "context60": 30.5, "coco_object": 34.3, "coco_stuff": 24.5,
-                      "cityscapes": 27.6, "ade20k": 17.8},
-}
-
-DEFAULT_SPLITS = {"ade20k": "validation", "coco_object": "val2017", "coco_stuff": "val2017"}
-
 
 @dataclass
 class ProtocolRun:
@@ -121,15 +108,16 @@ def run_protocol(
     must be the protocol's (``len(segmenter.mask_targets) == num_classes`` is checked when available).
     """
     from fiftyone_cass.fo.evaluation import evaluate_iou
-    from fiftyone_cass.protocols.importers import load_protocol_dataset, protocol_info, protocol_mask_targets
+    from fiftyone_cass.protocols.importers import protocol_mask_targets
 
-    preset = protocol_info(protocol)
+    record = get_protocol(protocol, need_loader=dataset is None)  # a given dataset needs no loader
+    preset = record.preset
     key = preset.name
     if dataset is None:
         if dataset_dir is None:
             raise InvalidInputError("pass dataset_dir (the benchmark's directory) or an imported dataset")
         kw = dict(importer_kwargs or {})
-        kw.setdefault("split", split or DEFAULT_SPLITS.get(key, "val"))
+        kw.setdefault("split", split or record.default_split)
         dataset = load_protocol_dataset(
             key,
             dataset_dir,
@@ -175,7 +163,7 @@ def run_protocol(
     metrics = results.iou_metrics()
     ref = None
     method_name = getattr(segmenter, "method", method)
-    paper = PAPER_MIOU.get(method_name, {}).get(key)
+    paper = record.published_miou.get(method_name)
     if paper is not None:
         ref = {f"paper ({method_name}, full val set)": paper}
     title = f"{key} | {method_name} | {len(dataset)} images | eval_key={eval_key}"
@@ -199,7 +187,8 @@ def add_arguments(p, model: bool = True) -> None:
         p.add_argument("--resize-nearest", action="store_true", help="resize mismatched predictions to the GT size")
     p.add_argument("--split", default=None,
                    help="the benchmark's split to import (default val; "
-                        + ", ".join(f"{v} for {k}" for k, v in DEFAULT_SPLITS.items()) + ")")
+                        + ", ".join(f"{PROTOCOLS[k].default_split} for {k}" for k in protocol_names()
+                                    if PROTOCOLS[k].default_split != "val") + ")")
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--name", default=None, help="FiftyOne dataset name (default <protocol>-<split>)")
     p.add_argument("--masks-dir", default=None, help="where GT/prediction PNGs are written")
@@ -227,7 +216,7 @@ def main(argv=None) -> int:
         prog="python -m fiftyone_cass.protocols.runner",
         description="Reproduce a paper protocol: import the benchmark, predict with the preset, print mIoU.",
     )
-    p.add_argument("protocol", help="voc21, voc20, context60, context59, coco_object, coco_stuff, ade20k, cityscapes")
+    p.add_argument("protocol", help=", ".join(protocol_names()))
     p.add_argument("data_dir", help="the benchmark's directory (mmseg layout; see fiftyone_cass.protocols.importers)")
     add_arguments(p)
     a = p.parse_args(argv)

@@ -45,16 +45,19 @@ def import_graph():
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = _resolve(mod, is_pkg, node.level, node.module)
-                targets = [base]
                 # ``from pkg import sub`` imports the submodule ``pkg.sub``
-                targets += [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods]
+                subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods]
+                # ``pkg`` itself counts unless only its submodules are imported
+                targets = subs + ([base] if len(subs) < len(node.names) else [])
             for t in targets:
-                # importing ``a.b.c`` runs ``a``, ``a.b`` and ``a.b.c``; the package ``__init__``
-                # of an ancestor of this module is already running, not an edge
+                # importing ``a.b.c`` runs ``a``, ``a.b`` and ``a.b.c``: each is an edge, except an
+                # ancestor package of this module that is only passed through (Python initialises
+                # it before this module runs); a name taken from an ancestor package counts
                 parts = t.split(".")
                 for i in range(1, len(parts) + 1):
                     name = ".".join(parts[:i])
-                    if name in mods and name != mod and not mod.startswith(name + "."):
+                    through = name != t and mod.startswith(name + ".")
+                    if name in mods and name != mod and not through:
                         edges.setdefault(name, node.lineno)
         graph[mod] = edges
     return graph
@@ -92,6 +95,11 @@ def test_graph_counts_imports_in_functions_and_submodules():
     assert "fiftyone_cass.fo.apply" in g[PKG]
     # ``from fiftyone_cass.methods import cass`` imports the submodule
     assert "fiftyone_cass.methods.cass" in g["fiftyone_cass.methods"]
+    # a name taken from the package root (``from fiftyone_cass import __version__``) is an edge
+    assert PKG in g["fiftyone_cass.cli"]
+    # a relative import resolves (``from . import x`` style is resolved against the package)
+    assert _resolve("fiftyone_cass.fo.apply", False, 2, "models") == "fiftyone_cass.models"
+    assert _resolve("fiftyone_cass.fo", True, 1, "apply") == "fiftyone_cass.fo.apply"
 
 
 def test_cycle_finder_finds_a_cycle():

@@ -183,7 +183,7 @@ def _offline_if_hub_unreachable(timeout: float = 3.0) -> None:
     """Before weights are fetched from the model hub: where it cannot be reached, Hugging Face's
     offline mode goes on, so that weights missing from the local cache fail in seconds (a clear
     WeightsUnavailableError) instead of after a minute of download retries."""
-    from fiftyone_cass import bootstrap
+    import fiftyone_cass.bootstrap as bootstrap
 
     if not bootstrap.hub_offline() and not bootstrap.hub_reachable(timeout):
         bootstrap.go_offline()

@@ -137,7 +137,7 @@ def run_protocol(
         if segmenter_factory is not None:
             segmenter = segmenter_factory()
         else:
-            from fiftyone_cass import Segmenter
+            from fiftyone_cass.models.segmenter import Segmenter
 
             segmenter = Segmenter(
                 preset=key, method=method, backbone=backbone, device=device, batch_size=batch_size,

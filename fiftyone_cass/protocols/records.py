@@ -99,8 +99,8 @@ for _record in (
              published_miou=_miou(40.2)),
     Protocol("coco_object", imp.load_coco_object, "val2017", _miou(37.8, 24.8, 34.3)),
     Protocol("coco_stuff", imp.load_coco_stuff, "val2017", _miou(26.7, 16.5, 24.5)),
-    Protocol("cityscapes", imp.load_cityscapes, published_miou=_miou(39.4, 23.8, 27.6)),
     Protocol("ade20k", imp.load_ade20k, "validation", _miou(20.4, 12.2, 17.8)),
+    Protocol("cityscapes", imp.load_cityscapes, published_miou=_miou(39.4, 23.8, 27.6)),
 ):
     register_protocol(_record)
 del _record

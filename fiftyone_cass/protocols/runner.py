@@ -187,7 +187,7 @@ def add_arguments(p, model: bool = True) -> None:
         p.add_argument("--resize-nearest", action="store_true", help="resize mismatched predictions to the GT size")
     p.add_argument("--split", default=None,
                    help="the benchmark's split to import (default val; "
-                        + ", ".join(f"{PROTOCOLS[k].default_split} for {k}" for k in protocol_names()
+                        + ", ".join(f"{PROTOCOLS[k].default_split} for {k}" for k in sorted(protocol_names())
                                     if PROTOCOLS[k].default_split != "val") + ")")
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--name", default=None, help="FiftyOne dataset name (default <protocol>-<split>)")

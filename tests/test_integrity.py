@@ -57,39 +57,71 @@ def _digest(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def test_two_concurrent_runs_with_different_classes_one_proceeds(persistent, images, tmp_path):
-    ds = persistent("claim", images)
-    go = tmp_path / "go"
-    script = """
-        import os, sys, time
-        import fiftyone as fo
-        from fiftyone_cass.fo.apply import AutoLabelRun, apply
-        slow = AutoLabelRun._write_batch
-        def write(self, batch, outputs):  # long enough for the two runs to overlap
-            time.sleep(0.4)
-            return slow(self, batch, outputs)
-        AutoLabelRun._write_batch = write
-        ds = fo.load_dataset({name!r})
-        classes = sys.argv[1].split(",")
-        open({ready!r} + sys.argv[2], "w").close()
+#: the prelude of the worker processes of the concurrency tests: a slow writer (and, with
+#: ``slow_segment``, a slow CassModel) so that runs overlap, and ``barrier()``: announce
+#: ``<ready><tag>``, then wait for the test to create ``<go>``
+_WORKER = """
+    import os, sys, time
+    import fiftyone as fo
+    from fiftyone_cass import cli
+    from fiftyone_cass.fo.apply import AutoLabelRun, apply
+    from fiftyone_cass.fo.model import CassModel
+    TAG = sys.argv[1]
+    def barrier():
+        open({ready!r} + TAG, "w").close()
         while not os.path.exists({go!r}):
             time.sleep(0.02)
+    slow = AutoLabelRun._write_batch
+    BATCHES = []
+    def write(self, batch, outputs):  # long enough for the runs to overlap
+        time.sleep(0.4)
+        if len(BATCHES) == {pause_after!r}:  # the test acts (deletes, removes...) between two batches
+            barrier()
+        BATCHES.append(len(batch))
+        return slow(self, batch, outputs)
+    AutoLabelRun._write_batch = write
+    if {slow_segment!r}:
+        seg = CassModel.segment
+        def segment(self, *a, **k):
+            time.sleep(0.4)
+            return seg(self, *a, **k)
+        CassModel.segment = segment
+"""
+
+
+def _workers(tmp_path: Path, body: str, tags, args=None, pause_after=None, slow_segment=False, **fmt):
+    """Starts one worker process per tag (``sys.argv[1]`` = tag, ``sys.argv[2:]`` = ``args[tag]``):
+    :data:`_WORKER`'s prelude, then ``body`` (formatted with ``fmt``). Without ``pause_after`` the
+    body calls ``barrier()`` itself before its run. Returns ``(processes, logs, go)`` once every
+    worker waits at its barrier; create ``go`` to let them continue."""
+    go = tmp_path / "go"
+    ready = str(tmp_path / "ready")
+    code = textwrap.dedent(_WORKER.format(ready=ready, go=str(go), pause_after=pause_after,
+                                          slow_segment=slow_segment)) + textwrap.dedent(body.format(**fmt))
+    logs = [tmp_path / f"{t}.log" for t in tags]
+    procs = [subprocess.Popen([sys.executable, "-c", code, t, *((args or {}).get(t, ()))], stdout=open(log, "wb"),
+                              stderr=subprocess.STDOUT, env=os.environ.copy()) for t, log in zip(tags, logs)]
+    deadline = time.monotonic() + 240
+    while not all(Path(ready + t).exists() for t in tags):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [l.read_text() for l in logs]
+        time.sleep(0.05)
+    return procs, logs, go
+
+
+def test_two_concurrent_runs_with_different_classes_one_proceeds(persistent, images, tmp_path):
+    ds = persistent("claim", images)
+    body = """
+        barrier()
         try:
-            s = apply(ds, classes, masks="disk", mask_dir={masks!r}, batch_size=1, **{opts!r})
+            s = apply(fo.load_dataset({name!r}), sys.argv[2].split(","), masks="disk", mask_dir={masks!r},
+                      batch_size=1, **{opts!r})
         except Exception as exc:
             print("REFUSED", type(exc).__name__, exc)
             sys.exit(2)
         print("LABELLED", s.num_labeled, s.config_id)
     """
-    code = script.format(name=ds.name, ready=str(tmp_path / "ready"), go=str(go), masks=str(tmp_path / "m"), opts=OPTS)
-    logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), cls, tag],
-                              stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=os.environ.copy())
-             for cls, tag, log in ((",".join(CLASSES), "a", logs[0]), ("dog,cat", "b", logs[1]))]
-    deadline = time.monotonic() + 180
-    while not all((tmp_path / f"ready{t}").exists() for t in "ab"):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [l.read_text() for l in logs]
-        time.sleep(0.05)
+    procs, logs, go = _workers(tmp_path, body, ["a", "b"], args={"a": [",".join(CLASSES)], "b": ["dog,cat"]},
+                               name=ds.name, masks=str(tmp_path / "m"), opts=OPTS)
     go.touch()
     codes = [p.wait(timeout=300) for p in procs]
     outs = [l.read_text() for l in logs]
@@ -274,28 +306,11 @@ def test_overwrite_of_the_original_keeps_the_masks_its_clone_uses(fo_dataset, im
 
 def test_apply_and_apply_model_at_once_on_one_field_one_refuses(persistent, images, tmp_path):
     ds = persistent("am-race", images)
-    go = tmp_path / "go"
-    script = """
-        import os, sys, time
-        import fiftyone as fo
-        from fiftyone_cass.fo.apply import AutoLabelRun, apply
-        from fiftyone_cass.fo.model import CassModel
-        slow = AutoLabelRun._write_batch
-        def write(self, batch, outputs):  # long enough for the two runs to overlap
-            time.sleep(0.4)
-            return slow(self, batch, outputs)
-        AutoLabelRun._write_batch = write
-        seg = CassModel.segment
-        def segment(self, *a, **k):
-            time.sleep(0.4)
-            return seg(self, *a, **k)
-        CassModel.segment = segment
+    body = """
         ds = fo.load_dataset({name!r})
-        model = CassModel(["car", "tree"], **{opts!r}) if sys.argv[1] == "model" else None
+        model = CassModel(["car", "tree"], **{opts!r}) if TAG == "model" else None
         run = AutoLabelRun(ds, {classes!r}, masks="disk", mask_dir={masks!r}, batch_size=1, **{opts!r})
-        open({ready!r} + sys.argv[1], "w").close()
-        while not os.path.exists({go!r}):
-            time.sleep(0.02)
+        barrier()
         try:
             if model is None:
                 s = run.run()
@@ -307,16 +322,8 @@ def test_apply_and_apply_model_at_once_on_one_field_one_refuses(persistent, imag
             print("REFUSED", type(exc).__name__, exc)
             sys.exit(2)
     """
-    code = script.format(name=ds.name, ready=str(tmp_path / "ready"), go=str(go), masks=str(tmp_path / "m"),
-                         opts=OPTS, classes=CLASSES)
-    logs = [tmp_path / "apply.log", tmp_path / "model.log"]
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), tag], stdout=open(log, "wb"),
-                              stderr=subprocess.STDOUT, env=os.environ.copy())
-             for tag, log in (("apply", logs[0]), ("model", logs[1]))]
-    deadline = time.monotonic() + 180
-    while not all((tmp_path / f"ready{t}").exists() for t in ("apply", "model")):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [l.read_text() for l in logs]
-        time.sleep(0.05)
+    procs, logs, go = _workers(tmp_path, body, ["apply", "model"], slow_segment=True, name=ds.name,
+                               masks=str(tmp_path / "m"), opts=OPTS, classes=CLASSES)
     go.touch()
     codes = [p.wait(timeout=300) for p in procs]
     outs = [l.read_text() for l in logs]
@@ -366,3 +373,4 @@ def test_apply_model_never_replaces_labels_of_other_settings(fo_dataset, images,
     finally:
         claim.release()
     assert not ds.has_sample_field("fresh")
+

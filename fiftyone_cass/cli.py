@@ -5,7 +5,8 @@ declares its flags (the labelling ones derived from :mod:`fiftyone_cass.config.s
 args)`` calls the library (:mod:`fiftyone_cass.fo`, :mod:`fiftyone_cass.protocols`) and prints what it returns.
 
 Exit status: 0 = every target sample is labelled; 1 = some samples failed (listed, and in the
-``<label_field>_error`` field); 2 = usage or configuration error (bad arguments, missing weights,
+``<label_field>_error`` field), were deleted during the run, or the run stopped because its dataset
+or mask folder was deleted under it; 2 = usage or configuration error (bad arguments, missing weights,
 no database); 3 = unexpected internal error; 130 = interrupted.
 """
 
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any, Dict, Optional, Sequence
 
 from fiftyone_cass.bootstrap import DATABASE_HELP, configure_logging, interrupt_on_signals, is_database_error, prepare_environment
-from fiftyone_cass.errors import InvalidInputError, WeightsUnavailableError
+from fiftyone_cass.errors import InvalidInputError, RunAbortedError, WeightsUnavailableError
 from fiftyone_cass.fo.demo import DEMO_CLASSES, DEMO_DATASET
 from fiftyone_cass.config.settings import add_settings_arguments, label_setting_names, parse_segmenter_options, resolve_device
 
@@ -473,6 +474,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (InvalidInputError, WeightsUnavailableError) as exc:
         print(f"{error} {cli_message(str(exc), _flags_of(parser, args.command))}", file=sys.stderr)
         return EXIT_USAGE
+    except RunAbortedError as exc:  # the dataset or the mask folder vanished under the run
+        print(f"{error} {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         try:
             print(f"\nfiftyone-cass {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

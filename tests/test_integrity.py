@@ -374,3 +374,79 @@ def test_apply_model_never_replaces_labels_of_other_settings(fo_dataset, images,
         claim.release()
     assert not ds.has_sample_field("fresh")
 
+
+# ------------------------------------------------------------------------------------------------
+# issue 24 item 4: the dataset, some samples or the mask folder deleted while a run labels them
+# ------------------------------------------------------------------------------------------------
+CLI_TINY = ["--backbone", "tiny", "--device", "cpu", "--method", "cass", "--batch-size", "2",
+            "-o", "mode=whole", "-o", "short_side=64", "-o", "long_side=128", "-o", "bg_rule=none"]
+_CLI_BODY = """
+    code = cli.main(["label", {name!r}, "--classes", "dog, cat", "--masks", "disk", "--mask-dir", {masks!r},
+                     *{opts!r}])
+    print("EXIT", code)
+    sys.exit(code)
+"""
+
+
+def _pngs(folder: Path):
+    return sorted(f for f in os.listdir(folder) if f.endswith(".png")) if folder.is_dir() else []
+
+
+def _pause_mid_run(persistent, images, tmp_path, prefix):
+    """A ``label`` command in another process on a persistent dataset of 6 samples (batches of 2),
+    stopped after its first batch is saved."""
+    ds = persistent(prefix, images)
+    masks = tmp_path / "m"
+    procs, logs, go = _workers(tmp_path, _CLI_BODY, ["w"], pause_after=1, name=ds.name, masks=str(masks),
+                               opts=CLI_TINY)
+    assert len(_pngs(masks / "cass")) == 2 and len(ds.exists("cass")) == 2
+    return ds, masks, procs[0], logs[0], go
+
+
+def test_a_dataset_deleted_mid_run_stops_the_run_and_leaves_no_mask_file(persistent, images, tmp_path):
+    ds, masks, proc, log, go = _pause_mid_run(persistent, images, tmp_path, "gone-ds")
+    name = ds.name
+    fo.delete_dataset(name)
+    go.touch()
+    code, out = proc.wait(timeout=300), log.read_text()
+    assert code == 1, out
+    assert f"dataset {name!r} was deleted while it was being labelled" in out, out
+    assert "labelled now" not in out and "internal error" not in out and "Traceback" not in out, out
+    assert _pngs(masks / "cass") == []  # the files of the deleted dataset's samples are removed
+
+
+def test_samples_deleted_mid_run_are_reported_and_get_no_mask_file(persistent, images, tmp_path):
+    ds, masks, proc, log, go = _pause_mid_run(persistent, images, tmp_path, "gone-samples")
+    gone = ds.exists("cass", False).take(3, seed=1).values("id")
+    ds.delete_samples(gone)
+    go.touch()
+    code, out = proc.wait(timeout=300), log.read_text()
+    assert code == 1, out
+    assert "3 sample(s) were deleted from the dataset during the run" in out, out
+    assert "3 labelled now" in out, out
+    ds.reload()
+    assert len(ds) == 3 and len(ds.exists("cass")) == 3
+    # every mask file is one that a label points at: none for the deleted samples
+    assert _pngs(masks / "cass") == sorted(os.path.basename(p) for p in ds.values("cass.mask_path"))
+    assert all(is_valid_png(p) for p in ds.values("cass.mask_path"))
+
+
+def test_a_mask_folder_removed_mid_run_stops_the_run_and_no_label_points_at_a_missing_file(
+        persistent, images, tmp_path):
+    import shutil
+
+    ds, masks, proc, log, go = _pause_mid_run(persistent, images, tmp_path, "gone-masks")
+    shutil.rmtree(masks / "cass")
+    go.touch()
+    code, out = proc.wait(timeout=300), log.read_text()
+    assert code == 1, out
+    assert f"the mask folder {str(masks / 'cass')!r} was removed during the run" in out, out
+    assert "Traceback" not in out, out
+    ds.reload()
+    for p in ds.exists("cass").values("cass.mask_path"):
+        assert is_valid_png(p), p  # no label points at a missing file
+    assert _pngs(masks / "cass") == sorted(os.path.basename(p) for p in ds.exists("cass").values("cass.mask_path"))
+    assert cli.main(["label", ds.name, "--classes", "dog, cat", "--masks", "disk", "--mask-dir", str(masks),
+                     *CLI_TINY]) == 0  # a rerun finishes the job
+    ds.reload()
+    assert len(ds.exists("cass")) == 6 and all(is_valid_png(p) for p in ds.values("cass.mask_path"))

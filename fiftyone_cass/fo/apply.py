@@ -65,7 +65,7 @@ import fiftyone.core.utils as fou
 from fiftyone import ViewField as F
 
 from fiftyone_cass.app.support import show_labels_in_app
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.errors import InvalidInputError, RunAbortedError
 from fiftyone_cass.fileio import atomic_write, remove_orphaned_temp_files
 from fiftyone_cass.fo.shards import shard_index, validate_shard  # noqa: F401 - re-exported
 from fiftyone_cass.models.segmenter import Segmenter
@@ -199,6 +199,7 @@ class ApplySummary:
     num_already_done: int = 0  # skipped: labelled already (same settings, or skip_existing)
     num_labeled: int = 0
     num_failed: int = 0
+    num_vanished: int = 0  # samples deleted from the dataset while the run labelled it (no mask file left)
     failure_reasons: Dict[str, int] = field(default_factory=dict)
     failures: List[Tuple[str, str, str]] = field(default_factory=list)  # (id, filepath, error), capped
     mask_dir: Optional[str] = None  # None: masks in the database
@@ -236,7 +237,19 @@ class ApplySummary:
                 lines.append(f"  {n} x {reason}")
         else:
             lines.append("0 failed")
+        if self.num_vanished:
+            lines.append(f"{self.num_vanished} sample(s) were deleted from the dataset during the run (not labelled, "
+                         "no mask file left)")
         return "\n".join(lines)
+
+
+def _identity(folder: str) -> Optional[Tuple[int, int]]:
+    """``(device, inode)`` of a folder (None if it is gone): a removed and re-created folder differs."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _reason(error: str, filepath: str) -> str:
@@ -340,6 +353,7 @@ class AutoLabelRun:
                                     shard=self.shard)
         self._todo: Optional[List[Tuple[str, str]]] = None
         self._claim: Optional[FieldClaim] = None
+        self._folder_id: Optional[Tuple[int, int]] = None  # (device, inode) of the mask folder at the start
 
     # -------------------------------------------------------------- planning
     def _check_field_type(self, name: str, embedded=None, ftype=None):
@@ -511,6 +525,7 @@ class AutoLabelRun:
                 f"cannot write masks to {folder!r} ({type(exc).__name__}: {exc}); choose another mask "
                 "directory (mask_dir / --mask-dir) or keep masks in the database (masks='database')"
             ) from None
+        self._folder_id = _identity(folder)
         removed = remove_orphaned_temp_files(folder)
         if removed:
             logger.info("%s: removed %d temp file(s) left by killed runs", folder, len(removed))
@@ -593,6 +608,7 @@ class AutoLabelRun:
                     writing = writer.submit(self._write_batch, batch, outputs)
                     del outputs
                 done += writing.result()
+                self._check_still_there()
                 yield done, total
         self.summary.seconds = time.monotonic() - self.started
         level = logging.WARNING if self.summary.num_failed else logging.INFO
@@ -623,6 +639,15 @@ class AutoLabelRun:
         errors: Dict[str, Optional[str]] = {}
         ds = self.dataset
         ds_id = str(ds._doc.id)
+        # the dataset, the samples and the mask folder may have been deleted since the plan
+        self._check_still_there()
+        present = self._present(ids)
+        if len(present) < len(ids):
+            self.summary.num_vanished += len(ids) - len(present)
+            keep = [k for k, sid in enumerate(ids) if sid in present]
+            ids, paths, outputs = [ids[k] for k in keep], [paths[k] for k in keep], [outputs[k] for k in keep]
+            if not ids:
+                return len(batch)
         old_paths = dict(zip(*ds.select(ids).values(["id", f"{lf}.mask_path"]))) if self.mask_dir else {}
         # 1. masks (files first, atomically, each under a new name: nothing a label points at is rewritten)
         for sid, path, (res, err) in zip(ids, paths, outputs):
@@ -662,6 +687,7 @@ class AutoLabelRun:
             if self.tag_prefix:
                 replace_prefixed_tags(ds, ids, self.tag_prefix, new_tags)
         ds.set_values(lf, labels, key_field="id")
+        self._check_saved(labels)
         # 4. the files the labels pointed at before, if this dataset wrote them and no label of it points there now
         replaced = [p for sid, p in old_paths.items()
                     if p and labels.get(sid) is not None and labels[sid].mask_path != p and written_by_apply(p, sid, ds_id)]
@@ -669,12 +695,90 @@ class AutoLabelRun:
             self._remove_unreferenced(replaced)
         return len(batch)
 
-    def _remove_unreferenced(self, paths: List[str]) -> None:
+    def _remove_unreferenced(self, paths: List[str]) -> int:
+        removed = 0
         for p in set(paths) - referenced_mask_paths(paths):
             try:
                 os.remove(p)
+                removed += 1
+            except FileNotFoundError:
+                pass
             except OSError as exc:
-                logger.warning("could not remove the replaced mask file %s: %s", p, exc)
+                logger.warning("could not remove the mask file %s: %s", p, exc)
+        return removed
+
+    # -------------------------------------------------------------- what vanished under the run
+    def _dataset_exists(self) -> bool:
+        import fiftyone.core.odm as foo
+
+        return foo.get_db_conn().datasets.count_documents({"_id": self.dataset._doc.id}, limit=1) > 0
+
+    def _present(self, ids: Sequence[str], projection=None) -> Dict[str, dict]:
+        """``{id: document}`` of the samples of ``ids`` that are still in the dataset."""
+        from bson import ObjectId
+
+        coll = self.dataset._sample_collection
+        docs = coll.find({"_id": {"$in": [ObjectId(s) for s in ids]}}, projection or {"_id": 1})
+        return {str(d["_id"]): d for d in docs}
+
+    def _check_still_there(self) -> None:
+        """Stops the run (:class:`RunAbortedError`) when its dataset was deleted or its mask folder
+        removed (or replaced) since the plan."""
+        if not self._dataset_exists():
+            self._abort_dataset_deleted()
+        if self.mask_dir and self._folder_id is not None:
+            folder = os.path.join(self.mask_dir, self.label_field)
+            if _identity(folder) != self._folder_id:
+                self._abort_folder_removed(folder)
+
+    def _check_saved(self, labels: Dict[str, Any]) -> None:
+        """After the labels of a batch are saved: a sample deleted meanwhile got no label, so its new
+        mask file is removed (and the run stopped if the whole dataset is gone)."""
+        written = {sid: lab.mask_path for sid, lab in labels.items() if lab is not None}
+        if not written:
+            return
+        lf = self.label_field
+        docs = self._present(list(written), {f"{lf}.mask_path": 1})
+        if len(docs) == len(written):
+            return
+        if not self._dataset_exists():
+            self._abort_dataset_deleted()
+        gone = [sid for sid in written if sid not in docs]
+        self.summary.num_vanished += len(gone)
+        self.summary.num_labeled -= len(gone)
+        self._remove_unreferenced([written[sid] for sid in gone if written[sid]])
+
+    def _abort_dataset_deleted(self) -> None:
+        ds_id = str(self.dataset._doc.id)
+        removed = 0
+        if self.mask_dir:  # every mask this job wrote for the deleted dataset, unless another dataset uses it
+            folder = os.path.join(self.mask_dir, self.label_field)
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                names = []
+            mine = [os.path.join(folder, n) for n in names if n.endswith(f"-{ds_id}-{self.config_id}.png")]
+            removed = self._remove_unreferenced(mine)
+        raise RunAbortedError(
+            f"dataset {self.dataset.name!r} was deleted while it was being labelled: the run stopped"
+            + (f"; the {removed} mask file(s) written for its samples were removed" if self.mask_dir else "")
+        )
+
+    def _abort_folder_removed(self, folder: str) -> None:
+        """The mask folder vanished: the labels of these settings whose files went with it are
+        removed (no sample points at a missing file) and the run stops; a rerun relabels them."""
+        lf = self.label_field
+        ds = self.dataset
+        ids, cfgs, paths = ds.exists(lf).values(["id", f"{lf}.{CONFIG_ATTR}", f"{lf}.mask_path"])
+        lost = {sid: None for sid, c, p in zip(ids, cfgs, paths)
+                if c == self.config_id and p and os.path.dirname(p) == folder and not os.path.exists(p)}
+        if lost:
+            ds.set_values(lf, lost, key_field="id")
+        raise RunAbortedError(
+            f"the mask folder {folder!r} was removed during the run: the run stopped, and the {len(lost)} label(s) "
+            f"of field {lf!r} of dataset {ds.name!r} whose mask files were in it were removed (no sample points at "
+            "a missing file); run the same command again to label them"
+        )
 
     def _record_failure(self, sid: str, path: str, err: str):
         self.summary.num_failed += 1

@@ -49,6 +49,7 @@ class LabelReport:
     num_already_done: int = 0
     num_labeled: int = 0
     num_failed: int = 0
+    num_vanished: int = 0  # samples deleted from the dataset during the run
     failure_reasons: Dict[str, int] = field(default_factory=dict)
     failures: List[Tuple[str, str, str]] = field(default_factory=list)
     mask_dir: Optional[str] = None
@@ -75,6 +76,7 @@ class LabelReport:
         self.num_already_done += s.num_already_done
         self.num_labeled += s.num_labeled
         self.num_failed += s.num_failed
+        self.num_vanished += s.num_vanished
         for k, v in s.failure_reasons.items():
             self.failure_reasons[k] = self.failure_reasons.get(k, 0) + v
         self.failures.extend(s.failures)
@@ -85,14 +87,14 @@ class LabelReport:
 
     @property
     def complete(self) -> bool:
-        """Every target sample labelled and every file of the folder imported."""
-        return not (self.num_failed or self.skipped)
+        """Every target sample labelled (none deleted under the run) and every file of the folder imported."""
+        return not (self.num_failed or self.skipped or self.num_vanished)
 
     def to_dict(self) -> Dict[str, Any]:
         return dict(
             dataset=self.dataset, label_field=self.label_field, num_target=self.num_target,
             num_in_shard=self.num_in_shard, num_already_done=self.num_already_done,
-            num_labeled=self.num_labeled, num_failed=self.num_failed,
+            num_labeled=self.num_labeled, num_failed=self.num_failed, num_vanished=self.num_vanished,
             failure_reasons=self.failure_reasons,
             failures=[dict(id=i, filepath=p, error=e) for i, p, e in self.failures],
             mask_dir=self.mask_dir, masks=self.masks, config_id=self.config_id,
@@ -117,6 +119,9 @@ class LabelReport:
             f"{f'new masks in {where}' if self.num_labeled else 'no mask written'}; "
             f"{self.seconds:.1f}s"
         )
+        if self.num_vanished:
+            lines.append(f"{self.num_vanished} sample(s) were deleted from the dataset during the run: not labelled, "
+                         "no mask file left for them")
         if self.tags:
             lines.append("presence tags: " + ", ".join(f"{t} ({n})" for t, n in self.tags.items()))
         if self.skipped:

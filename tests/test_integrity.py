@@ -450,3 +450,63 @@ def test_a_mask_folder_removed_mid_run_stops_the_run_and_no_label_points_at_a_mi
                      *CLI_TINY]) == 0  # a rerun finishes the job
     ds.reload()
     assert len(ds.exists("cass")) == 6 and all(is_valid_png(p) for p in ds.values("cass.mask_path"))
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 24 item 5: resume decides "done" from a mask that fits the image and the vocabulary
+# ------------------------------------------------------------------------------------------------
+def _image_size(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size[::-1]  # (height, width)
+
+
+def test_resume_relabels_masks_of_the_wrong_size_or_values_and_symlinks(fo_dataset, images, tmp_path):
+    from PIL import Image
+
+    masks = tmp_path / "masks"
+    ds = add_samples(fo_dataset("resume-png"), images[:4])
+    apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
+    a, b, c, d = list(ds)
+    Image.fromarray(np.zeros((5, 7), np.uint8)).save(a.cass.mask_path)  # a valid PNG of the wrong size
+    wrong = np.full(_image_size(b.filepath), 9, np.uint8)  # the right size, a value outside mask_targets
+    Image.fromarray(wrong).save(b.cass.mask_path)
+    elsewhere = tmp_path / "copy.png"  # c's own (valid) mask, reached through a symbolic link
+    os.replace(c.cass.mask_path, elsewhere)
+    os.symlink(elsewhere, c.cass.mask_path)
+    s = apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
+    assert (s.num_labeled, s.num_already_done) == (3, 1)
+    ds.reload()
+    targets = set(ds.mask_targets["cass"])
+    for smp in ds:
+        m = read_mask(smp.cass)
+        assert m.shape == _image_size(smp.filepath) and set(np.unique(m)) <= targets
+        assert not os.path.islink(smp.cass.mask_path)
+    assert ds[d.filepath].cass.mask_path == d.cass.mask_path  # the good one was kept
+
+
+def test_a_sample_whose_filepath_changed_is_not_done(fo_dataset, images, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    masks = tmp_path / "masks"
+    ds = add_samples(fo_dataset("resume-path"), images[:2])
+    apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
+    first, second = list(ds)
+    first.filepath = images[5]  # another image, of another size
+    first.save()
+    same_size = tmp_path / "same-size.png"  # another image of the same size as the second one
+    arr = np.asarray(Image.open(second.filepath).convert("RGB"))[::-1].copy()
+    Image.fromarray(arr).save(same_size)
+    second.filepath = str(same_size)
+    second.save()
+    s = apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
+    assert (s.num_labeled, s.num_already_done) == (2, 0)
+    ds.reload()
+    for smp in ds:
+        assert read_mask(smp.cass).shape == _image_size(smp.filepath)
+    again = apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
+    assert (again.num_labeled, again.num_already_done) == (0, 2)
+    shutil.rmtree(masks)

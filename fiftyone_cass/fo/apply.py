@@ -19,9 +19,11 @@ Reliability (a run can be killed at any point and started again):
 
 * samples go through in batches: masks are written first (temp file + ``os.replace``, so a mask
   file is complete or absent), then the batch's samples are saved, the label field last;
-* every label records ``config_id``, a hash of the settings that determine the masks. A sample is
-  *done* when its label has the current ``config_id`` and its mask is present and valid (a PNG
-  with its end chunk, or a mask in the database). Running again with the same settings labels
+* every label records ``config_id``, a hash of the settings that determine the masks, and
+  ``source_filepath``, the image it was made from. A sample is *done* when its label has the
+  current ``config_id``, was made from the sample's current file path, and its mask is present
+  and valid: a mask in the database, or a PNG file (not a symbolic link, named for the sample) of
+  the image's size whose values are ids of the vocabulary's ``mask_targets`` (:func:`mask_fits`). Running again with the same settings labels
   only the samples that are not done, so a killed run resumes and a finished run is a no-op;
   nothing is labelled twice and no sample points at a missing or truncated mask file;
 * ``shard=(i, n)`` keeps the samples whose file path hashes to ``i`` modulo ``n``
@@ -95,6 +97,9 @@ RUN_KEY_PREFIX = "cass_"
 LABEL_FIELD_INFO = "cass_label_field"
 TAG_PREFIX_INFO = "cass_tag_prefix"
 _MAX_LISTED_FAILURES = 1000
+#: attribute of a label recording the file path of the image it was made from (a sample whose
+#: ``filepath`` changed is labelled again)
+SOURCE_ATTR = "source_filepath"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
@@ -117,6 +122,29 @@ def is_valid_png(path: Optional[str]) -> bool:
             f.seek(-12, os.SEEK_END)
             return f.read(12) == _PNG_END
     except OSError:
+        return False
+
+
+def mask_fits(mask_path: str, sample_id: str, image_path: str, allowed: np.ndarray) -> bool:
+    """Whether the mask file ``mask_path`` of sample ``sample_id`` can stand for the label of
+    ``image_path``: a regular file (not a symbolic link) named for this sample, a one-channel PNG of
+    the image's displayed size (EXIF orientation applied, as the masks are) whose every value ``v``
+    has ``allowed[v]``."""
+    try:
+        if os.path.islink(mask_path) or not re.match(re.escape(sample_id) + r"[-.]", os.path.basename(mask_path)):
+            return False
+        with Image.open(image_path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees when displayed
+                w, h = h, w
+        with Image.open(mask_path) as m:
+            if m.format != "PNG" or m.size != (w, h):
+                return False
+            arr = np.asarray(m)
+        if arr.ndim != 2 or arr.dtype.kind not in "iu" or (arr.size and int(arr.min()) < 0):
+            return False
+        return bool(arr.size == 0 or (int(arr.max()) < len(allowed) and allowed[arr].all()))
+    except Exception:  # noqa: BLE001 - unreadable image or mask: not done (the run reports the image)
         return False
 
 
@@ -440,6 +468,7 @@ class AutoLabelRun:
                     continue
                 if (path and is_valid_png(path)) or (not path and in_db):
                     done.add(sid)
+            done -= self._stale(ds.select(sorted(done & set(lids))))
             skipped_old = {sid for sid, cfg in zip(lids, cfgs) if sid in done and cfg != self.config_id}
 
         if self.shard is not None:  # by file path, as every entry point (fiftyone_cass.fo.shards)
@@ -462,6 +491,7 @@ class AutoLabelRun:
         # schema, mask_targets, run record (idempotent: concurrent workers write the same)
         self._declare(lf, ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
         self._declare(f"{lf}.{CONFIG_ATTR}", ftype=fof.StringField)
+        self._declare(f"{lf}.{SOURCE_ATTR}", ftype=fof.StringField)
         if self.presence_field:
             self._declare(self.presence_field, ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Classifications)
         if self.error_field:
@@ -486,6 +516,35 @@ class AutoLabelRun:
         else:
             self._todo = []
         return len(self._todo)
+
+    def _stale(self, view) -> set:
+        """The samples of ``view`` (labelled with these settings, their mask present) whose label
+        does not fit what they are now: made from another file path (recorded in the label), or a
+        mask file that is a symbolic link, named for another sample, not of the image's size (as
+        displayed: EXIF orientation) or holding ids outside this vocabulary's ``mask_targets``."""
+        lf = self.label_field
+        fields = ["id", "filepath", f"{lf}.{CONFIG_ATTR}", f"{lf}.mask_path"]
+        has_source = self.dataset.get_field(f"{lf}.{SOURCE_ATTR}") is not None
+        values = view.values(fields + ([f"{lf}.{SOURCE_ATTR}"] if has_source else []))
+        sources = values[4] if has_source else [None] * len(values[0])
+        allowed = np.zeros(1 << 16, dtype=bool)
+        allowed[list(self.vocab.mask_targets)] = True
+        stale, check = set(), []
+        for sid, fp, cfg, mpath, src in zip(*values[:4], sources):
+            if cfg != self.config_id:
+                continue  # labels of other settings kept by skip_existing: kept as they are
+            if src is not None and src != fp:
+                stale.add(sid)
+            elif mpath:
+                check.append((sid, fp, mpath))
+        if check:
+            with ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="cass-check") as pool:
+                fits = pool.map(lambda x: mask_fits(x[2], x[0], x[1], allowed), check)
+                stale.update(x[0] for x, ok in zip(check, fits) if not ok)
+        if stale:
+            logger.info("%s: %d label(s) of these settings do not fit their sample any more and are redone",
+                        lf, len(stale))
+        return stale
 
     def _check_kept_labels(self, outside: int, skipped: int) -> None:
         """``dataset.mask_targets[label_field]`` names the ids of the whole field. Refuses (before
@@ -669,6 +728,7 @@ class AutoLabelRun:
                 self._record_failure(sid, path, err)
                 continue
             errors[sid] = None
+            labels[sid][SOURCE_ATTR] = path
             presence[sid] = model.presence_label(res)
             embeddings[sid] = res.embedding
             if self.tag_prefix:
@@ -919,6 +979,7 @@ __all__ = [
     "get_segmenter",
     "is_valid_png",
     "mask_file_path",
+    "mask_fits",
     "recorded_tag_prefix",
     "referenced_mask_paths",
     "retag",

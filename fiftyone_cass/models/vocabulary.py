@@ -67,33 +67,56 @@ def queries_from_class_lines(lines: Sequence[str]) -> Tuple[List[str], List[int]
     return queries, owner
 
 
-def name_key(name: str) -> str:
-    """A name as the tokenizer sees it: Unicode NFC (ftfy), lower case, runs of white space as one
-    ("café" typed in NFC and in NFD is one name)."""
-    return " ".join(unicodedata.normalize("NFC", name).lower().split())
+def _tokenizer():
+    from fiftyone_cass.models.text import default_tokenizer  # open_clip's CLIP tokenizer, read on first use
+
+    return default_tokenizer()
+
+
+def name_key(name: str) -> Tuple[int, ...]:
+    """A name as the text encoder sees it: the token ids of open_clip's CLIP tokenizer, which
+    cleans the text first (ftfy's ``fix_text``: Unicode NFC, ligatures, full-width letters,
+    mojibake; HTML entities unescaped twice; lower case; runs of white space as one). Two names
+    with the same key get the same embedding: "fish"/"\ufb01sh", "cat"/"\uff43\uff41\uff54",
+    "caf\u00e9"/"caf\u00c3\u00a9", "dog"/"&#100;og", NFC/NFD forms."""
+    return tuple(_tokenizer().encode(name))
+
+
+def check_name_characters(name: str, where: str = "class name") -> None:
+    """Refuses a name holding a control character (NUL, ESC, DEL, tab, ...): the tokenizer drops
+    or changes them silently, so the name would not be what the user sees."""
+    for ch in name:
+        if unicodedata.category(ch) == "Cc":
+            raise InvalidInputError(f"{where} {name!r} holds the control character U+{ord(ch):04X}; remove it")
 
 
 def _same_text(a: str, b: str) -> str:
-    if a != b and unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b):
+    if a == b or " ".join(a.lower().split()) == " ".join(b.lower().split()):
+        return ""
+    if unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b):
         return " (the same text in two Unicode forms, NFC and NFD)"
-    return ""
+    seen = _tokenizer().decode(list(name_key(a))).strip()
+    return f" (the text encoder reads both as {seen!r})"
 
 
 def _norm_name(name: str) -> str:
     return str(name).strip().lower()
 
 
-def check_class_lines(lines: Sequence[str]) -> Dict[str, Tuple[int, str]]:
-    """Refuses an empty vocabulary, empty names, duplicates (compared with :func:`name_key`, so
-    NFC/NFD and case or spacing variants are duplicates) and 'background' as a class. Returns
+def check_class_lines(lines: Sequence[str]) -> Dict[Tuple[int, ...], Tuple[int, str]]:
+    """Refuses an empty vocabulary, empty names, names with control characters, duplicates
+    (compared with :func:`name_key`, the tokens the text encoder sees: NFC/NFD, case, spacing,
+    ligature, full-width, mojibake and HTML-entity variants are duplicates) and 'background' as a
+    class. Returns
     ``{key: (line index, name)}`` of every synonym."""
     if not lines or all(not line for line in lines):
         raise InvalidInputError("the vocabulary is empty: give at least one class name")
     if any(not line for line in lines):
         raise InvalidInputError(f"empty class name in {list(lines)!r}")
-    seen: Dict[str, Tuple[int, str]] = {}
+    seen: Dict[Tuple[int, ...], Tuple[int, str]] = {}
     for i, line in enumerate(lines):
         for raw in (p.strip() for p in line.split(",")):
+            check_name_characters(raw)
             name = name_key(raw)
             if not name:
                 raise InvalidInputError(f"empty synonym in class {line!r}")
@@ -106,7 +129,7 @@ def check_class_lines(lines: Sequence[str]) -> Dict[str, Tuple[int, str]]:
             if name in seen:
                 raise InvalidInputError(f"duplicate synonym {raw!r} in class {line!r}" + _same_text(seen[name][1], raw))
             seen[name] = (i, raw)
-    if any(name_key(line.split(",")[0]) == "background" for line in lines):
+    if any(name_key(line.split(",")[0]) == name_key("background") for line in lines):
         raise InvalidInputError("'background' is label 0 and cannot be a class; use background=[...] for words")
     return seen
 
@@ -181,6 +204,7 @@ class Vocabulary:
         seen = check_class_lines(lines)
         bg = background_line(background)
         for w in (p.strip() for p in bg.split(",") if p.strip()):
+            check_name_characters(w, "background word")
             if name_key(w) in seen:
                 raise InvalidInputError(f"background word {w!r} is also a class name" + _same_text(seen[name_key(w)][1], w))
         # every name must fit CLIP's context in each of the 80 template sentences
@@ -324,6 +348,7 @@ __all__ = [
     "Vocabulary",
     "background_line",
     "check_class_lines",
+    "check_name_characters",
     "name_key",
     "parse_classes",
     "queries_from_class_lines",

@@ -109,7 +109,8 @@ def _add_label_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     titles = {"vocabulary": "vocabulary" + (" (default: the demo classes)" if demo else " (exactly one of --classes, --classes-file, --preset, --gt-field)")}
     groups = add_settings_arguments(p, [n for n in label_setting_names() if n not in skip], titles)
     groups["vocabulary"].add_argument("--classes-file", metavar="FILE",
-                                      help="one class per line; a line may list synonyms: 'person, people'")
+                                      help="one class per line; a line may list synonyms: 'person, people'; blank lines and lines "
+                                           "starting with '#' are comments (skipped)")
     groups["model"].add_argument("--options", metavar="JSON", default=None,
                                  help='Segmenter options as a JSON object, e.g. \'{"mode": "whole", "short_side": 448}\'')
     groups["model"].add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
@@ -161,7 +162,7 @@ class LabelCommand(Command):
 
     def execute(self, parser, args):
         from fiftyone_cass.fo.delegation import queue_auto_label
-        from fiftyone_cass.fo.folders import open_target
+        from fiftyone_cass.fo.folders import mask_folder_exclusion, open_target
         from fiftyone_cass.fo.labelling import check_gt_field, label_collection
 
         kw = _apply_kwargs(args)
@@ -181,8 +182,10 @@ class LabelCommand(Command):
         if not args.delegate:
             _load_weights(args)
         with _usage():
-            ds, view, imported = open_target(source, args.dataset, args.saved_view, args.tags, args.shard,
-                                             exclude=[kw["mask_dir"]] if kw.get("mask_dir") else [])
+            ds, view, imported = open_target(
+                source, args.dataset, args.saved_view, args.tags, args.shard,
+                exclude=mask_folder_exclusion(source, kw.get("mask_dir"), kw.get("label_field") or "cass"),
+                exclude_reason="the mask folder of this run (--mask-dir), not imported")
         check_gt_field(ds, args.gt_field)  # (a directory imported into an existing dataset)
         if args.delegate:  # queue --workers delegated runs for `fiftyone delegated launch`
             for line in imported.skipped_lines() if imported else ():

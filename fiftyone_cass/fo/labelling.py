@@ -23,7 +23,8 @@ MAX_LISTED = 20
 
 def read_classes_file(path: str, what: str = "classes file") -> List[str]:
     """The classes listed in a text file, one per line (a line may list synonyms: ``person,
-    people``); blank lines and ``#`` comments are skipped. UTF-8 (a byte-order mark is skipped);
+    people``); blank lines and lines starting with ``#`` (after leading spaces) are comments,
+    skipped (the documented rule of ``--classes-file``). UTF-8 (a byte-order mark is skipped);
     ``what`` names the file in errors."""
     try:
         with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first class
@@ -64,12 +65,15 @@ class LabelReport:
     error_field: Optional[str] = None
     #: (path, reason) of the paths of an imported folder that could not be imported
     skipped: List[Tuple[str, str]] = field(default_factory=list)
+    #: (path, reason) of the folders left out of the import on purpose (the mask folder): not a failure
+    excluded: List[Tuple[str, str]] = field(default_factory=list)
 
     def add_import(self, imported) -> None:
         """Adds a :class:`~fiftyone_cass.fo.folders.ImportReport` (or None: no import)."""
         if imported is not None:
             self.imported, self.image_files = imported.added, imported.found
             self.skipped = [(x.path, x.reason) for x in imported.skipped]
+            self.excluded = [(x.path, x.reason) for x in getattr(imported, "excluded", ())]
 
     def add(self, s) -> None:
         """Adds a run's :class:`~fiftyone_cass.fo.apply.ApplySummary`."""
@@ -103,6 +107,7 @@ class LabelReport:
             image_files=self.image_files, tags=self.tags, seconds=round(self.seconds, 3),
             error_field=self.error_field,
             skipped=[dict(path=p, reason=r) for p, r in self.skipped],
+            excluded=[dict(path=p, reason=r) for p, r in self.excluded],
         )
 
     def text(self, max_listed: int = MAX_LISTED) -> str:
@@ -124,6 +129,7 @@ class LabelReport:
                          "no mask file left for them")
         if self.tags:
             lines.append("presence tags: " + ", ".join(f"{t} ({n})" for t, n in self.tags.items()))
+        lines += [f"  SKIPPED {p}: {r}" for p, r in self.excluded[:max_listed]]
         if self.skipped:
             lines.append(f"{len(self.skipped)} path(s) of the folder could not be imported:")
             lines += [f"  SKIPPED {p}: {r}" for p, r in self.skipped[:max_listed]]

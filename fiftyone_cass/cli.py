@@ -173,6 +173,14 @@ class LabelCommand(Command):
             raise UsageError("--workers must be >= 1")
         if is_dir and args.saved_view:
             raise UsageError("--saved-view applies to an existing dataset, not to a directory")
+        if is_dir and args.dataset is not None:
+            import fiftyone as fo
+
+            from fiftyone_cass.fo.folders import check_dataset_name
+
+            with _usage():
+                if not fo.dataset_exists(args.dataset):
+                    check_dataset_name(args.dataset, "--dataset")
         if not is_dir and args.dataset and args.dataset != source:
             raise UsageError(f"--dataset names the dataset to import a directory into; {source!r} is not a directory")
         if not is_dir:  # fails now, before the weights are loaded, if there is no such dataset

@@ -74,3 +74,80 @@ def test_labelling_with_a_gt_class_at_the_ignore_value_255_is_said(caplog):
     with caplog.at_level(logging.WARNING, logger="fiftyone_cass"):
         Vocabulary.from_mask_targets({0: "background", 1: "cat", 255: "void"}, "gt_field 'gt'")
     assert caplog.text == ""  # 255 named as ignored: nothing to say
+
+
+# ------------------------------------------------------------------------------------------------
+# item 8: smaller ones
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [" ", "", "###"])
+def test_a_blank_dataset_name_is_a_usage_error(tmp_path, capsys, name):
+    d = tmp_path / "photos"
+    make_images(d, 1)
+    before = set(fo.list_datasets())
+    rc, out = run_cli("label", d, "--dataset", name, "--classes", "cat", *TINY, capsys=capsys)
+    assert rc == 2, out.err
+    assert "--dataset" in out.err and repr(name) in out.err and "Traceback" not in out.err, out.err
+    assert set(fo.list_datasets()) == before
+
+
+def test_a_300_character_dataset_name_is_refused_before_anything_is_created(tmp_path, capsys):
+    d = tmp_path / "photos"
+    make_images(d, 1)
+    name = "n" * 300
+    before = set(fo.list_datasets())
+    rc, out = run_cli("label", d, "--dataset", name, "--classes", "cat", *TINY, capsys=capsys)
+    assert rc == 2, out.err
+    assert "--dataset" in out.err and "300 characters" in out.err and "Traceback" not in out.err, out.err
+    assert set(fo.list_datasets()) == before
+    for n in set(fo.list_datasets()) - before:  # (cleanup if it was created after all)
+        fo.delete_dataset(n)
+
+
+def test_segmenter_with_models_that_are_not_a_triple_is_a_clear_error():
+    from fiftyone_cass import Segmenter
+
+    for bad in ("x", (1, 2), None and ()):
+        if bad is None:
+            continue
+        with pytest.raises(InvalidInputError, match=r"models must be .*\(clip, dino, tokenizer\)"):
+            Segmenter(["cat"], backbone="tiny", device="cpu", models=bad)
+
+
+def test_a_second_interrupt_exits_without_a_traceback(tmp_path, names):
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    d = tmp_path / "photos"
+    make_images(d, 6)
+    name = names.new("sigint")
+    started = tmp_path / "started"
+    code = textwrap.dedent(f"""
+        import sys, time
+        from fiftyone_cass import cli
+        from fiftyone_cass.fo.apply import AutoLabelRun
+        slow = AutoLabelRun._write_batch
+        def write(self, batch, outputs):  # a long write: the interrupts arrive while it runs
+            open({str(started)!r}, "w").close()
+            time.sleep(4)
+            return slow(self, batch, outputs)
+        AutoLabelRun._write_batch = write
+        sys.exit(cli.main(["label", {str(d)!r}, "--dataset", {name!r}, "--classes", "cat, dog", *{TINY!r}]))
+    """)
+    log = tmp_path / "log"
+    with open(log, "wb") as f:
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while not started.exists():
+        assert time.monotonic() < deadline and p.poll() is None, log.read_text()
+        time.sleep(0.05)
+    for _ in range(4):  # ctrl + c, again, again...
+        p.send_signal(signal.SIGINT)
+        time.sleep(0.7)
+    rc = p.wait(timeout=120)
+    out = log.read_text()
+    assert rc == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert "interrupted" in out

@@ -220,6 +220,29 @@ def import_images(dataset, paths: Sequence[str], batch: int = IMPORT_BATCH) -> i
 # ------------------------------------------------------------------------------------------------
 # Datasets
 # ------------------------------------------------------------------------------------------------
+#: the longest dataset name accepted for a new dataset: the name also names the folder of its
+#: masks (``default_mask_dir``), and file systems allow 255 bytes per file name
+MAX_DATASET_NAME = 200
+
+
+def check_dataset_name(name: str, what: str = "dataset name") -> None:
+    """Refuses (:class:`InvalidInputError`, before anything is created) a name for a new dataset
+    that is blank, that FiftyOne cannot turn into its URL name (no letter or digit), or longer
+    than :data:`MAX_DATASET_NAME` characters."""
+    import fiftyone.core.utils as fou
+
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInputError(f"{what} {name!r} is blank: give a name with letters or digits")
+    if len(name) > MAX_DATASET_NAME:
+        raise InvalidInputError(f"{what} of {len(name)} characters is too long: at most {MAX_DATASET_NAME} "
+                                "(it also names the folder of its masks)")
+    try:
+        fou.to_slug(name)
+    except ValueError:
+        raise InvalidInputError(f"{what} {name!r} cannot name a FiftyOne dataset: it needs at least one letter or "
+                                "digit") from None
+
+
 def open_or_create_dataset(name: str):
     """Loads dataset ``name``, or creates it persistent (tolerating another process creating it
     at the same moment)."""
@@ -293,6 +316,10 @@ def import_directory(directory: str, dataset_name: str, shard: Optional[Tuple[in
         raise InvalidInputError(f"the folder name {printable(root)} is not valid UTF-8; FiftyOne stores file paths "
                                 "as UTF-8 text")
     excluded: List[SkippedPath] = []
+    import fiftyone as fo
+
+    if not fo.dataset_exists(dataset_name):
+        check_dataset_name(dataset_name)
     files, skipped = scan_images(root, exclude, excluded, exclude_reason)
     if not files:
         why = f" ({len(skipped)} path(s) skipped: {skipped[0].path}: {skipped[0].reason})" if skipped else ""

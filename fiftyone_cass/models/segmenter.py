@@ -258,6 +258,9 @@ class Segmenter:
         if models is None:
             models = cached_models(backbone, engine.clip_checkpoint, engine.dino_checkpoint, self.device,
                                    self.family.needs_dino)
+        if not isinstance(models, (tuple, list)) or len(models) != 3:
+            raise InvalidInputError(f"models must be a (clip, dino, tokenizer) tuple of loaded models (dino None "
+                                    f"for methods without DINO), not {type(models).__name__} {models!r:.80}")
         self.clip, self.dino, self.tokenizer = models
         self.visual = self.clip.visual
         if self.family.needs_dino and self.dino is None:

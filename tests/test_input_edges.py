@@ -151,3 +151,27 @@ def test_a_second_interrupt_exits_without_a_traceback(tmp_path, names):
     assert rc == 130, out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     assert "interrupted" in out
+
+
+def test_runs_of_overlapping_shards_at_the_same_time_are_warned_about(fo_dataset, tmp_path, caplog):
+    from _label_helpers import BATCH, OPTS, add_samples
+    from fiftyone_cass.fo.apply import AutoLabelRun
+
+    ds = add_samples(fo_dataset("shards"), make_images(tmp_path / "im", 4))
+    kw = dict(OPTS, batch_size=BATCH, masks="database")
+    first = AutoLabelRun(ds, ["cat"], shard=(0, 2), **kw)
+    first.plan()  # running: holds the field's claim with its shard
+    try:
+        with caplog.at_level(logging.WARNING, logger="fiftyone_cass"):
+            disjoint = AutoLabelRun(ds, ["cat"], shard=(1, 2), **kw)
+            disjoint.plan()
+            disjoint.release()
+        assert "overlap" not in caplog.text  # 0/2 and 1/2 share nothing
+        with caplog.at_level(logging.WARNING, logger="fiftyone_cass"):
+            other = AutoLabelRun(ds, ["cat"], shard=(0, 3), **kw)
+            other.plan()
+            other.release()
+        assert "shard 0/3" in caplog.text and "shard 0/2" in caplog.text and "overlap" in caplog.text, caplog.text
+        assert "labelled twice" in caplog.text
+    finally:
+        first.release()

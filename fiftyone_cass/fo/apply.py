@@ -89,6 +89,8 @@ from fiftyone_cass.fo.model import (  # noqa: F401 - re-exported: the vocabulary
 )
 
 logger = logging.getLogger(__name__)
+#: warnings about shards (not silenced by the command line, which keeps this module's log quiet)
+shard_logger = logging.getLogger("fiftyone_cass.fo.shards")
 
 #: run key (``dataset.list_runs()``) under which the settings of a label field are recorded
 RUN_KEY_PREFIX = "cass_"
@@ -421,11 +423,39 @@ class AutoLabelRun:
             self._claim = FieldClaim(ds, lf, self.config_id)
             self._claim.acquire()
             self._release = weakref.finalize(self, self._claim.release)  # also if never run
+            self._warn_overlapping_shards()
         try:
             return self._plan()
         except BaseException:
             self.release()
             raise
+
+    def _warn_overlapping_shards(self) -> None:
+        """Records this run's shard on its claim and warns when a live run of the same settings on
+        the same field takes samples that this one takes too (``0/2`` with ``0/3``, a shard with a
+        run on everything, two runs of one shard): those samples would be labelled twice."""
+        from fiftyone_cass.fo import claims
+
+        try:
+            coll, key = claims._collection(), claims._key(self.dataset, self.label_field)
+            mine = list(self.shard) if self.shard else None
+            coll.update_one({"_id": key, "holders.run": self._claim.run_id}, {"$set": {"holders.$.shard": mine}})
+            doc = coll.find_one({"_id": key}) or {}
+        except Exception as exc:  # noqa: BLE001 - a warning only
+            logger.debug("could not record the shard on the claim: %s", exc)
+            return
+        what = lambda s: f"shard {s[0]}/{s[1]}" if s else "all samples (no shard)"  # noqa: E731
+        for h in doc.get("holders", []):
+            if h.get("run") == self._claim.run_id or "shard" not in h or claims.holder_is_dead(h):
+                continue
+            theirs = h.get("shard")
+            if mine and theirs and mine[1] == theirs[1] and mine[0] != theirs[0]:
+                continue  # disjoint shards of one split
+            shard_logger.warning(
+                "field %r of dataset %r: this run takes %s and the run of pid %s on %s, with the same settings, "
+                "takes %s: the samples of both overlap and are labelled twice at the same time; run the shards "
+                "i/N of one N", self.label_field, self.dataset.name, what(mine), h.get("pid"), h.get("host"),
+                what(theirs))
 
     def release(self) -> None:
         """Gives up this run's claim on the label field (done at the end of the run)."""

@@ -22,6 +22,11 @@ class CheckpointError(InvalidInputError):
     the message names the file and what was expected."""
 
 
+class RunAbortedError(CassError, RuntimeError):
+    """A labelling run stopped because what it writes to vanished under it (its dataset deleted,
+    its mask folder removed); the message says what happened, what was cleaned up and what to do."""
+
+
 def is_sample_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a problem of one sample's data, reported on that sample while the run
     goes on: an input error (an unreadable image, a bad value) or running out of memory on it

@@ -3,6 +3,7 @@ class merging -> background. Batched over windows of several images (SPEC A, E, 
 
 from __future__ import annotations
 
+import os
 import dataclasses
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
@@ -185,6 +186,16 @@ class _Prepared:
     size: Tuple[int, int]  # resized size before padding
     windows: List[Tuple[int, int, int, int]] = field(default_factory=list)
     rgb: Optional[np.ndarray] = None  # the original pixels, kept only to guide PAMR (pamr_guide="original")
+
+
+def device_memory_bytes(device) -> Optional[int]:
+    """The memory of ``device``: a GPU's total memory, else the machine's RAM (None if unknown)."""
+    try:
+        if torch.device(device).type == "cuda":
+            return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        return None
 
 
 class Segmenter:
@@ -510,6 +521,7 @@ class Segmenter:
             raise ImageLoadError(f"{name}: image has zero size {w0}x{h0}")
         o = self.options
         h, w = keep_ratio_size(h0, w0, o.long_side, o.short_side)
+        self._check_memory(name, h, w)
         resized = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR) if (h, w) != (h0, w0) else rgb
         img = clip_normalize(torch.as_tensor(np.array(resized, copy=not resized.flags.writeable)).to(self.device).permute(2, 0, 1))
         if o.mode == "slide":
@@ -526,6 +538,23 @@ class Segmenter:
             windows = [(0, ph, 0, pw)]
         keep = rgb if (o.pamr_steps > 0 and o.pamr_guide == "original") else None
         return _Prepared(index, name, (h0, w0), img, (h, w), windows, keep)
+
+    def _check_memory(self, name: str, h: int, w: int) -> None:
+        """Refuses (per image, before anything is allocated) a processing size whose whole-image
+        pass cannot fit the device: CLIP's attention over every patch of the resized image (heads x
+        tokens^2 floats, in whole mode and for the image-level prior) and the logits canvases."""
+        o = self.options
+        ph, pw = cv.patch_size(self.visual)
+        tokens = max(h // ph, 1) * max(w // pw, 1)
+        whole_pass = o.mode != "slide" or o.global_prior == "image"
+        need = (cv.num_heads(self.visual) * tokens * tokens * 4 if whole_pass else 0) + 3 * len(self.queries) * h * w * 4
+        have = device_memory_bytes(self.device)
+        if have is not None and need > have:
+            raise InvalidInputError(
+                f"{name}: with short_side={o.short_side} and long_side={o.long_side} it is processed at {w}x{h} "
+                f"({tokens} CLIP tokens), which needs about {need / 2**30:.0f} GiB, more than the "
+                f"{have / 2**30:.0f} GiB of memory of {self.device}; lower short_side/long_side (e.g. the "
+                "defaults)")
 
     def _autocast(self):
         if self.precision == "fp32":

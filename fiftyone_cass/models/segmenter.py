@@ -196,7 +196,9 @@ class Segmenter:
             0 is background; classes get ids 1..C in order.
         preset: one of the published protocols (voc21, voc20, context60, context59, coco_object,
             coco_stuff, ade20k, cityscapes): its class file, ids and constants.
-        models: ready ``(clip, dino, tokenizer)`` instead of loading the backbone's weights.
+        models: ready ``(clip, dino, tokenizer)`` instead of loading the backbone's weights; a
+            fourth item ``(prior_clip, prior_tokenizer)`` gives the prior CLIP of a record with one
+            (SPEC L.1; otherwise it is loaded as the record says).
         **settings: :class:`~fiftyone_cass.config.settings.EngineSettings` fields (below) and any
             :class:`SegmenterOptions` field; each value is checked against its declaration.
 

@@ -322,3 +322,15 @@ def test_zoo_names_map_to_records(tmp_path):
         load_cass_model("cass-vit-b16-dinov2-torch", classes=["a"], backbone="openai")
     m = load_cass_model("cass-vit-b16-dinov3-torch", classes=["a"], backbone="tiny-dinov3", device="cpu")
     assert m.segmenter.backbone == "tiny-dinov3" and type(m.segmenter.dino).__name__ == "Eva"
+
+
+def test_cli_backbone_flag_takes_the_registry_names(tmp_path, capsys):
+    from fiftyone_cass import cli
+
+    try:
+        rc = cli.main(["label", str(tmp_path), "--classes", "cat", "--backbone", "dinov9"])
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--backbone" in err and "'dinov9' is not allowed" in err and "openai-dinov3" in err

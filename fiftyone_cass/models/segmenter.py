@@ -4,6 +4,7 @@ class merging -> background. Batched over windows of several images (SPEC A, E, 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -261,9 +262,11 @@ class Segmenter:
         if models is None:
             models = cached_models(backbone, engine.clip_checkpoint, engine.dino_checkpoint, self.device,
                                    self.family.needs_dino)
+        if not isinstance(models, (tuple, list)) or len(models) not in (3, 4):
+            raise InvalidInputError(f"models must be a (clip, dino, tokenizer) tuple of loaded models (dino None "
+                                    f"for methods without DINO), or (clip, dino, tokenizer, (prior, tokenizer)), "
+                                    f"not {type(models).__name__} {models!r:.80}")
         models = tuple(models)
-        if len(models) not in (3, 4):
-            raise InvalidInputError("models must be (clip, dino, tokenizer) or (clip, dino, tokenizer, (prior, tokenizer))")
         self.clip, self.dino, self.tokenizer = models[:3]
         self.visual = self.clip.visual
         # the object-presence prior's CLIP (SPEC L.1): its own image forward and text embeddings
@@ -702,9 +705,10 @@ class Segmenter:
                      extras: Optional["_BandOutputs"] = None) -> np.ndarray:
         """The label map with PAMR (SPEC K) on the raw query logits at the original size, in row
         bands under ``full_res_budget`` with the exact halo (:func:`~fiftyone_cass.core.pamr.refine_rows`):
-        the same label map as the whole image at once. A band is at least one halo tall (fewer
-        rows would recompute the halo many times over), so with many names on a wide image a
-        band can hold more than the budget: ~Q x halo x W floats."""
+        the same label map as the whole image at once. Band heights and channel chunks come from
+        :func:`pamr_band_plan`: what one band holds stays under the budget, however thin that
+        makes the bands (each band recomputes its halo: thin bands cost time, not memory; a larger
+        ``full_res_budget`` buys speed)."""
         o = self.options
         h0, w0 = p.original_size
         h, w = p.size
@@ -712,8 +716,8 @@ class Segmenter:
         budget = o.full_res_budget
         steps, dil = o.pamr_steps, tuple(o.pamr_dilations)
         halo = pamr_halo(steps, dil)
-        per_pixel = q * item * (2 + -(-h // h0)) + 32
         neighbours = 8 * len(dil)
+        extra = 0.0 if extras is None else 1.0 + 1.0 / item
         whole = small or budget is None or (6 * q + 2 * neighbours + 8) * h0 * w0 * item <= budget
         if whole:
             bands, full, variant = [(0, h0)], upsample_logits(canvas, p.original_size), None
@@ -724,7 +728,11 @@ class Segmenter:
                 variant = "addcmul"
                 self._warn_once(f"bilinear up-sampling on {canvas.device} matches none of the known roundings; "
                                 "PAMR label maps of images over full_res_budget may differ from an unbounded run")
-            bands = row_bands(h0, w0, per_pixel, max(budget, per_pixel * w0 * min(halo, h0)))
+            rows, _, need = pamr_band_plan(q, h0, w0, item, budget, steps, dil, extra)
+            if need > budget:
+                self._warn_once(f"PAMR on {w0}-pixel-wide images needs {need / 2**20:.0f} MiB per band at least "
+                                f"(full_res_budget={budget}): that band is used")
+            bands = [(a, min(a + rows, h0)) for a in range(0, h0, rows)]
         image = p.image[:, :h, :w]
 
         def read_guide(e0, e1):
@@ -742,7 +750,7 @@ class Segmenter:
         label_map = np.empty((h0, w0), dtype)
         for a, b in bands:
             ext = min(b + halo, h0) - max(a - halo, 0)
-            chunk = q if budget is None else max(1, budget // (4 * ext * w0 * item))
+            chunk = q if whole else _pamr_chunk(q, ext, w0, item, budget)
             band = refine_rows(read_guide, read_mask, q, h0, a, b, steps, dil, chunk)[0]
             label_map[a:b] = self._labels(band, thr, inplace=True, extras=extras, rows=(a, b)).to("cpu", torch.int64).numpy()
             del band
@@ -794,6 +802,54 @@ class Segmenter:
         out = probs.to("cpu", torch.float32).numpy().copy()
         out[~self.has_queries] = np.nan
         return out
+
+
+def _pamr_chunk(q: int, ext: int, width: int, item: int, budget: int) -> int:
+    """Mask channels refined at a time over ``ext`` rows: a quarter of the budget (the mask
+    rows, their padded copy, a product and the output: ~4 tensors of the chunk)."""
+    return max(1, min(q, (budget // 4) // (4 * ext * width * item)))
+
+
+def pamr_band_plan(q: int, height: int, width: int, item: int, budget: int, steps: int, dilations: Sequence[int],
+                   extra: float = 0.0, align: int = 32) -> Tuple[int, int, int]:
+    """``(band rows, channel chunk, bytes)`` of banded PAMR (SPEC K.3) on ``q`` query channels of
+    ``item``-byte floats over a ``height`` x ``width`` image under ``budget`` bytes: the tallest
+    band whose estimated memory fits. A band of ``h`` rows reads ``E = h + 2 halo`` rows
+    (:func:`~fiftyone_cass.core.pamr.pamr_halo`; fewer at the image's borders) and holds:
+
+    * per read row: the neighbour weights (P = 8 x len(dilations) per pixel), the guide and
+      pamr_weights' temporaries (4 x 3 channels), a few rows of scratch: ``(P + 16) x W`` floats;
+    * per read row: the mask channels being refined, ``4 x chunk x W`` floats (chunk: a quarter
+      of the budget);
+    * per band row: the refined query logits and the label step's work, ``(Q x (1 + extra)) x W``
+      floats and 32 bytes per pixel (``extra``: the confidence outputs' additions).
+
+    The band height is a multiple of the rows holding a multiple of ``align`` pixels (as
+    :func:`~fiftyone_cass.core.windows.row_bands`, for the same vectorised rounding as the whole
+    image). When even the thinnest band does not fit, it is returned with its (larger) bytes."""
+    halo = pamr_halo(steps, dilations)
+    neighbours = 8 * len(dilations)
+    unit = align // math.gcd(align, width)
+
+    def need(h: int) -> Tuple[int, int]:
+        ext = min(h + 2 * halo, height)
+        chunk = _pamr_chunk(q, ext, width, item, budget)
+        fixed = (neighbours + 16 + 4 * chunk) * ext * width * item
+        return int(fixed + (q * (1.0 + extra) * item + 32) * h * width), chunk
+
+    lo, hi = 1, max(1, -(-height // unit))  # band heights in units of `unit` rows
+    if need(min(unit, height))[0] > budget:
+        rows = min(unit, height)
+        return rows, need(rows)[1], need(rows)[0]
+    while lo < hi:  # the largest multiple that fits
+        mid = (lo + hi + 1) // 2
+        if need(min(mid * unit, height))[0] <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    rows = min(lo * unit, height)
+    b, chunk = need(rows)
+    return rows, chunk, b
 
 
 class _BandOutputs:

@@ -13,7 +13,6 @@ no database); 3 = unexpected internal error; 130 = interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shlex
@@ -391,20 +390,15 @@ class ReleaseCommand(Command):
 
 
 class BackbonesCommand(Command):
-    name, help = "backbones", "list the backbone records (--backbone NAME), their weights and offline files"
-    progress = False
+    name, help, progress = "backbones", "list the backbone records (--backbone NAME), their weights and files", False
 
     def setup(self, p):
         p.add_argument("--all", action="store_true", help="also the test records (random weights)")
         p.add_argument("--json", action="store_true", help="the records as JSON")
 
     def execute(self, parser, args):
-        from fiftyone_cass.models import backbones as bb
-
-        names = bb.backbone_names(include_test=args.all)
-        print(json.dumps([bb.BACKBONES[n].summary() for n in names], indent=2) if args.json
-              else bb.describe_backbones(include_test=args.all))
-        return EXIT_OK
+        from fiftyone_cass.models.backbones import listing
+        return print(listing(args.all, args.json)) or EXIT_OK
 
 
 COMMANDS = (LabelCommand, DemoCommand, EvalCommand, AppCommand, ReleaseCommand, BackbonesCommand)

@@ -188,6 +188,16 @@ def backbone_for_zoo_name(model_name: str) -> str:
     return names[base]
 
 
+def listing(include_test: bool = False, as_json: bool = False) -> str:
+    """What ``fiftyone-cass backbones`` prints: :func:`describe_backbones`, or the records'
+    :meth:`BackboneSpec.summary` as a JSON list."""
+    if as_json:
+        import json
+
+        return json.dumps([BACKBONES[n].summary() for n in backbone_names(include_test)], indent=2)
+    return describe_backbones(include_test)
+
+
 def describe_backbones(include_test: bool = False) -> str:
     """The live listing (``fiftyone-cass backbones``): one block per record."""
     lines = []

@@ -389,7 +389,19 @@ class ReleaseCommand(Command):
         return EXIT_OK
 
 
-COMMANDS = (LabelCommand, DemoCommand, EvalCommand, AppCommand, ReleaseCommand)
+class BackbonesCommand(Command):
+    name, help, progress = "backbones", "list the backbone records (--backbone NAME), their weights and files", False
+
+    def setup(self, p):
+        p.add_argument("--all", action="store_true", help="also the test records (random weights)")
+        p.add_argument("--json", action="store_true", help="the records as JSON")
+
+    def execute(self, parser, args):
+        from fiftyone_cass.models.backbones import listing
+        return print(listing(args.all, args.json)) or EXIT_OK
+
+
+COMMANDS = (LabelCommand, DemoCommand, EvalCommand, AppCommand, ReleaseCommand, BackbonesCommand)
 
 
 def build_parser() -> argparse.ArgumentParser:

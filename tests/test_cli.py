@@ -241,9 +241,11 @@ def test_unreachable_hub_switches_to_cache_only_and_says_so(monkeypatch):
     monkeypatch.delenv("FIFTYONE_CASS_DINO_CHECKPOINT", raising=False)
     monkeypatch.setattr(bootstrap, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(WeightsUnavailableError) as e:
-        ensure_weights("openai", "cass+cdam", "cpu", wording="cli")
-    msg = str(e.value)
-    assert "cannot be reached" in msg and "CLIP and DINO" in msg and "--clip-checkpoint" in msg
+        ensure_weights("openai", "cass+cdam", "cpu")
+    # the error references the checkpoint settings; the command line names them as its flags
+    msg = cli.cli_message(e.value, cli._flags_of(cli.build_parser(), "label"))
+    assert "cannot be reached" in msg and "CLIP and DINO" in msg and "--clip-checkpoint /path/" in msg
+    assert "clip_checkpoint=" in str(e.value)  # Python's words for Python callers
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
 
 

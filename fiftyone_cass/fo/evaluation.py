@@ -36,7 +36,7 @@ import fiftyone as fo
 import fiftyone.core.fields as fof
 import fiftyone.utils.eval.segmentation as fous
 
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.errors import InvalidInputError, use
 from fiftyone_cass.fo.metrics import (
     IGNORE_INDEX,
     ClassMatch,
@@ -265,7 +265,7 @@ class IoUEvaluation(fous.SegmentationEvaluation):
                     continue
                 raise InvalidInputError(
                     f"sample {_sample_name(sample)} has a ground-truth mask but no prediction mask in "
-                    f"{pred_field!r}; predict every sample of the view, or pass skip_missing=True"
+                    f"{pred_field!r}; predict every sample of the view, or {use('skip_missing', True)}"
                 )
             try:
                 gt = gt_seg.get_mask()

@@ -55,6 +55,12 @@ def _register_configs() -> None:
 
 
 def _offline_hint(what: str, exc: BaseException) -> WeightsUnavailableError:
+    err = _offline_error(what, exc)
+    err.model = what  # "CLIP" or "DINO": which weights are missing
+    return err
+
+
+def _offline_error(what: str, exc: BaseException) -> WeightsUnavailableError:
     return WeightsUnavailableError(
         f"could not obtain the {what} weights ({type(exc).__name__}: {exc}). This machine may have no "
         "access to the model hub. Download them elsewhere and pass local files: "

@@ -9,37 +9,28 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Optional
 
 from fiftyone_cass.bootstrap import hub_offline
-from fiftyone_cass.errors import WeightsUnavailableError
+from fiftyone_cass.errors import WeightsUnavailableError, kw
 from fiftyone_cass.config.settings import resolve_device
 
-#: how the message names the checkpoint settings: command-line flags, the App form's fields, or
-#: the keyword arguments of Python callers
-WORDINGS = ("cli", "form", "python")
-
-_CLI_HELP = (
+_HELP = (
     "The 'openai' backbone needs CLIP ViT-B/16 (OpenAI weights; hub repo timm/vit_base_patch16_clip_224.openai) "
     "and DINO ViT-B/8 (timm vit_base_patch8_224.dino), downloaded from the Hugging Face hub on first use and "
-    "cached. To use local files instead: --clip-checkpoint /path/open_clip_model.safetensors "
-    "--dino-checkpoint /path/dino_vitbase8_pretrain.pth (or export FIFTYONE_CASS_CLIP_CHECKPOINT and "
+    f"cached. To use local files instead: {kw('clip_checkpoint', '/path/open_clip_model.safetensors')} "
+    f"{kw('dino_checkpoint', '/path/dino_vitbase8_pretrain.pth')} (or export FIFTYONE_CASS_CLIP_CHECKPOINT and "
     "FIFTYONE_CASS_DINO_CHECKPOINT)."
 )
 
 
-def _missing_file(what: str, path: str, wording: str) -> str:
-    if wording == "cli":
-        return f"{what} checkpoint not found: {path} (--{what.lower()}-checkpoint / FIFTYONE_CASS_{what}_CHECKPOINT)"
-    where = f"the form's “{what} checkpoint file” field" if wording == "form" else f"{what.lower()}_checkpoint="
-    return f"{what} checkpoint file not found: {path}. Fix {where} (or FIFTYONE_CASS_{what}_CHECKPOINT on the server)."
+def _missing_file(what: str, path: str, server: bool) -> str:
+    return (f"{what} checkpoint file not found: {path}. Fix {kw(what.lower() + '_checkpoint')} (or "
+            f"FIFTYONE_CASS_{what}_CHECKPOINT{' on the server' if server else ''}).")
 
 
-def _cli_message(exc: BaseException, hub_unreachable: bool) -> str:
-    m = re.search(r"the (CLIP|DINO) weights", str(exc))
-    what = m.group(1) if m else "model"
+def _local_message(exc: BaseException, hub_unreachable: bool, what: str) -> str:
     cause = exc.__cause__
     detail = " ".join((f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)).split())
     if len(detail) > 300:
@@ -50,13 +41,12 @@ def _cli_message(exc: BaseException, hub_unreachable: bool) -> str:
         reason = "HF_HUB_OFFLINE is set and they are not in the local cache"
     else:
         reason, detail = f"the download failed ({detail})", ""
-    msg = f"the {what} weights are missing: {reason}. {_CLI_HELP}"
+    msg = f"the {what} weights are missing: {reason}. {_HELP}"
     return msg + (f" [details: {detail}]" if detail else "")
 
 
-def _server_message(exc: BaseException, hub_unreachable: bool, backbone: str, wording: str) -> str:
-    m = re.search(r"the (CLIP|DINO) weights", str(exc))
-    what = m.group(1) if m else "model"
+def _server_message(exc: BaseException, hub_unreachable: bool, backbone: str) -> str:
+    what = getattr(exc, "model", "model")
     if hub_unreachable:
         why = "the model hub (huggingface.co) cannot be reached from the FiftyOne server and they are not in its cache"
     elif hub_offline():
@@ -67,19 +57,20 @@ def _server_message(exc: BaseException, hub_unreachable: bool, backbone: str, wo
     return (
         f"The {what} weights of the '{backbone}' backbone are missing: {why}. Download them elsewhere "
         "(CLIP: open_clip_model.safetensors from timm/vit_base_patch16_clip_224.openai; DINO: "
-        "dino_vitbase8_pretrain.pth), copy them to the server and give their paths "
-        + ("in the form's “CLIP checkpoint file” and “DINO checkpoint file” fields." if wording == "form"
-           else "as clip_checkpoint= and dino_checkpoint= (or FIFTYONE_CASS_CLIP_CHECKPOINT / "
-                "FIFTYONE_CASS_DINO_CHECKPOINT).")
+        "dino_vitbase8_pretrain.pth), copy them to the server and give their paths as "
+        f"{kw('clip_checkpoint')} and {kw('dino_checkpoint')} (or FIFTYONE_CASS_CLIP_CHECKPOINT / "
+        "FIFTYONE_CASS_DINO_CHECKPOINT on the server)."
     )
 
 
 def ensure_weights(backbone: str, method: str, device: Optional[str] = None, clip_checkpoint=None,
-                   dino_checkpoint=None, wording: str = "python") -> None:
+                   dino_checkpoint=None, server: bool = False) -> None:
     """Loads the backbones of a run (``method`` decides whether DINO is needed) on ``device``
     (``None``/``"auto"``: the first GPU if there is one), or raises
-    :class:`~fiftyone_cass.errors.WeightsUnavailableError` naming the checkpoint settings in the
-    caller's ``wording`` (:data:`WORDINGS`). An unknown backbone raises ``ValueError``."""
+    :class:`~fiftyone_cass.errors.WeightsUnavailableError` referencing the checkpoint settings
+    (each surface names them in its words: :meth:`~fiftyone_cass.errors.InvalidInputError.render`);
+    ``server``: the run is on a FiftyOne server (the App's operator), not the user's machine.
+    An unknown backbone raises ``ValueError``."""
     from fiftyone_cass.methods import get_family
     from fiftyone_cass.models.backbones import cached_models, get_backbone_spec, load_dino
 
@@ -88,7 +79,7 @@ def ensure_weights(backbone: str, method: str, device: Optional[str] = None, cli
     need_dino = get_family(method).needs_dino
     for what, path in (("CLIP", clip), ("DINO", dino if need_dino else None)):
         if path and not Path(path).expanduser().is_file():
-            raise WeightsUnavailableError(_missing_file(what, path, wording))
+            raise WeightsUnavailableError(_missing_file(what, path, server))
     was_offline = hub_offline()
     dev = resolve_device(device)
     root = logging.getLogger()
@@ -100,17 +91,17 @@ def ensure_weights(backbone: str, method: str, device: Optional[str] = None, cli
         # cached_models checks the hub before a download and switches to the local cache where it
         # cannot be reached: offline mode that this call turned on says so
         hub_unreachable = not was_offline and hub_offline()
-        if wording != "cli":
-            raise WeightsUnavailableError(_server_message(exc, hub_unreachable, backbone, wording)) from None
-        msg = _cli_message(exc, hub_unreachable)
-        if msg.startswith("the CLIP weights") and need_dino and not dino and hub_offline():
+        if server:
+            raise WeightsUnavailableError(_server_message(exc, hub_unreachable, backbone)) from None
+        what = getattr(exc, "model", "model")
+        if what == "CLIP" and need_dino and not dino and hub_offline():
             # offline, so this is only a cache lookup: say whether DINO is missing as well
             try:
                 load_dino(get_backbone_spec(backbone), None, "cpu")
             except WeightsUnavailableError:
-                msg = "the CLIP and DINO weights" + msg[len("the CLIP weights"):]
+                what = "CLIP and DINO"
             except Exception:  # noqa: BLE001 - the CLIP message stands
                 pass
-        raise WeightsUnavailableError(msg) from None
+        raise WeightsUnavailableError(_local_message(exc, hub_unreachable, what)) from None
     finally:
         root.setLevel(old_level)

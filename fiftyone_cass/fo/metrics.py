@@ -224,7 +224,7 @@ class LabelMapper:
         if len(set(self.values)) != len(self.values):
             raise InvalidInputError(f"class values must be unique, got {self.values}")
         if ignore_index is not None and int(ignore_index) in self.values:
-            raise InvalidInputError(f"ignore_index {ignore_index} is also a class value")
+            raise InvalidInputError(f"{kw('ignore_index')} {ignore_index} is also a class value")
         if any(v < 0 for v in self.values):
             raise InvalidInputError("class values must be non-negative integers")
         self.ignore_index = None if ignore_index is None else int(ignore_index)

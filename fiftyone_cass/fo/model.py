@@ -40,7 +40,7 @@ import fiftyone.core.models as fom
 from fiftyone import ViewField as F
 from fiftyone.utils.torch import GetItem
 
-from fiftyone_cass.errors import ImageLoadError, InvalidInputError
+from fiftyone_cass.errors import SOME_LIST, SOME_TEXT, ImageLoadError, InvalidInputError, kw
 from fiftyone_cass.images import describe, load_rgb
 from fiftyone_cass.models.segmenter import SegmentationResult, Segmenter
 from fiftyone_cass.models.vocabulary import Vocabulary
@@ -289,7 +289,8 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
             segmenter.batch_size = int(s.batch_size)
             self.vocab: Optional[Vocabulary] = Vocabulary.of_segmenter(segmenter)
         elif len(given) > 1:
-            raise InvalidInputError(f"give one of classes=[...], preset='...' or mask_targets={{...}}, not {' and '.join(given)}")
+            raise InvalidInputError(f"give one of {kw('classes', SOME_LIST)}, {kw('preset', SOME_TEXT)} or "
+                                    f"mask_targets={{...}}, not {' and '.join(given)}")
         elif given:
             gt: Optional[Vocabulary] = None
             seg_classes = None

@@ -201,7 +201,7 @@ def _check_vocabulary(ctx, prop) -> None:
     text = ctx.params.get("classes")
     if text is None or prop.invalid:
         return
-    if not str(text).strip(" ,\n\t"):
+    if not str(text).strip():
         prop.invalid = True
         prop.error_message = "Type at least one class name"
         return

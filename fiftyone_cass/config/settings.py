@@ -8,20 +8,27 @@ Three layers, each a dataclass of :func:`~fiftyone_cass.config.schema.setting` f
 * :class:`LabelSettings` -- a labelling run's additions (:func:`~fiftyone_cass.apply`: vocabulary
   source, fields, where masks go, resume/overwrite, shard).
 
-What the algorithm computes is :class:`~fiftyone_cass.SegmenterOptions` (``-o``/``--options``).
-The entry points are derived from these declarations: ``Segmenter(**kw)``, ``CassModel(**kw)``
-and ``apply(**kw)`` check their keywords here; the command line's flags
-(:func:`add_settings_arguments`, used by :mod:`fiftyone_cass.cli`) and the ``auto_label`` form's inputs
-(:mod:`fiftyone_cass.app.label_operators`) are generated from the fields; one checker
-(:func:`~fiftyone_cass.config.schema.coerce_settings`) turns any bad value into an error naming the
-setting, the value and what is allowed.
+What the algorithm computes is :class:`~fiftyone_cass.SegmenterOptions` (``-o``/``--options``,
+the ``options`` setting; :mod:`fiftyone_cass.config.options`).
 
-A new setting is one field here (with ``label`` for the App's form and ``group`` for the command
-line's help) and the code that uses it. Metadata keys beyond :mod:`fiftyone_cass.config.schema`'s:
-``label`` (the form's label), ``group`` (the command line's argument group), ``flag`` (False: no
-command-line flag), ``off_flag`` (a flag that sets the value to None, e.g. ``--no-tags``; ``off_help`` its help),
-``metavar``, ``hidden`` (a flag or input for tests only: not listed), ``form`` (False: not in the
-form).
+One settings object per request: where a request enters (the command line, the operator,
+``apply``, ``CassModel``, ``Segmenter``), :func:`build_settings` builds and checks it once (the
+device resolved, the Segmenter options merged into ``options``) and each layer hands it down
+unchanged (``settings=``; :func:`settings_for`). The command line's flags
+(:func:`add_settings_arguments`, used by :mod:`fiftyone_cass.cli`) and the ``auto_label`` form's
+inputs (:mod:`fiftyone_cass.app.label_operators`) are generated from the fields; one checker
+(:func:`~fiftyone_cass.config.schema.coerce_settings`) turns any bad value into a
+:class:`~fiftyone_cass.errors.SettingError` (the setting, the value, what is allowed), which each
+surface words itself.
+
+A new setting is one field here and the code that uses it. Every field declares ``output``
+(whether it changes what a run writes; the settings hash is made of exactly those:
+:func:`settings_hash_values`). Metadata keys beyond :mod:`fiftyone_cass.config.schema`'s:
+``label`` (the form's label), ``group`` (the form's section and the command line's argument group:
+:data:`GROUP_TITLES`), ``flag`` (False: no command-line flag), ``off_flag`` (a flag that sets the
+value to None, e.g. ``--no-tags``; ``off_help`` its help), ``metavar``, ``hidden`` (a flag or input
+for tests only: not listed), ``form`` (False: not in the form), ``multiline`` (the value is a list
+of lines: a text area), ``form_choices`` (``(value, label, description)``: radio buttons).
 """
 
 from __future__ import annotations

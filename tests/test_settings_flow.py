@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import dataclasses
-import json
 import pathlib
 
 import pytest
@@ -32,8 +30,7 @@ from fiftyone_cass import CassModel, Segmenter, cli
 from fiftyone_cass.app.support import AUTO_LABEL_FIELDS, form_message
 from fiftyone_cass.config.options import SegmenterOptions
 from fiftyone_cass.config.schema import coerce_settings, output_settings, setting_fields
-from fiftyone_cass.config.settings import (EngineSettings, LabelSettings, ModelSettings, build_settings,
-                                           settings_hash_values)
+from fiftyone_cass.config.settings import EngineSettings, LabelSettings, build_settings, settings_hash_values
 from fiftyone_cass.errors import InvalidInputError, SettingError
 from fiftyone_cass.fo.apply import apply
 from test_cli import TINY, run_cli

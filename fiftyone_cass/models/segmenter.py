@@ -3,7 +3,6 @@ class merging -> background. Batched over windows of several images (SPEC A, E, 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -35,7 +34,7 @@ from fiftyone_cass.images import describe, load_rgb
 from fiftyone_cass.methods import get_family, method_names, split_method
 from fiftyone_cass.config.options import SegmenterOptions, options_from_json  # noqa: F401 - re-exported
 from fiftyone_cass.config.schema import settings_doc
-from fiftyone_cass.config.settings import DEFAULT_METHOD, EngineSettings, settings_for
+from fiftyone_cass.config.settings import EngineSettings, settings_for
 from fiftyone_cass.models import clip_visual as cv
 from fiftyone_cass.models.backbones import cached_models
 from fiftyone_cass.models.dino import dino_keys, dino_pixels_from_clip

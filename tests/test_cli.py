@@ -80,7 +80,8 @@ def test_usage_errors_exit_2_with_a_message(capsys, tmp_path, cleanup_datasets):
     rc, out = run_cli("label", tmp_path, "--classes", "cat", *TINY, capsys=capsys)  # empty directory
     assert rc == 2 and "no image files found" in out.err
     rc, out = run_cli("demo", "--clip-checkpoint", tmp_path / "nope.safetensors", capsys=capsys)
-    assert rc == 2 and "CLIP checkpoint not found" in out.err and "Traceback" not in out.err
+    assert rc == 2 and "CLIP checkpoint file not found" in out.err and "Traceback" not in out.err
+    assert "Fix --clip-checkpoint" in out.err  # the setting, named by its flag
     rc, out = run_cli("app", "no-such-dataset", capsys=capsys)
     assert rc == 2 and "neither a directory nor a FiftyOne dataset" in out.err
     assert coerce_settings(LabelSettings, {"shard": "1/3"})["shard"] == (1, 3)  # the --shard flag's parser

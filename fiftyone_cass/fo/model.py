@@ -330,12 +330,16 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         if self.segmenter is not None:
             seg = self.segmenter
             # the settings that change outputs (declared output=True), from the segmenter's own
-            # settings: memory, placement, batching and device settings are not part of it
+            # settings (a stand-in without them: its method, backbone and precision): memory,
+            # placement, batching and device settings are not part of it
+            seg_settings = getattr(seg, "settings", None) or replace_settings(
+                s, method=seg.method, backbone=seg.backbone, precision=seg.precision, clip_checkpoint=None,
+                dino_checkpoint=None)
             self.settings = {
                 "version": 2,
                 "class_lines": list(seg.class_lines),
                 "lut": None if self.vocab.lut is None else [int(x) for x in self.vocab.lut],
-                **settings_hash_values(seg.settings, seg.options),
+                **settings_hash_values(seg_settings, seg.options),
             }
             self.config_id = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
 

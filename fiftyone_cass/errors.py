@@ -162,3 +162,8 @@ def render(exc: BaseException, wording: Wording) -> str:
     if callable(r) and hasattr(exc, "template"):
         return r(wording)
     return str(exc)
+
+
+class RunAbortedError(CassError, RuntimeError):
+    """A labelling run stopped because what it writes to vanished under it (its dataset deleted,
+    its mask folder removed); the message says what happened, what was cleaned up and what to do."""

@@ -28,6 +28,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 from fiftyone.operators import types
 
+from fiftyone_cass.models.backbones import BACKBONES as BACKBONE_RECORDS, backbone_names
 from fiftyone_cass.errors import InvalidInputError, WeightsUnavailableError, kw
 from fiftyone_cass.models.vocabulary import vocabulary_of
 from fiftyone_cass.models.weights import ensure_weights
@@ -42,10 +43,10 @@ logger = logging.getLogger(__name__)
 PLUGIN_NAME = "@fiftyone-cass/cass"
 AUTO_LABEL_URI = f"{PLUGIN_NAME}/auto_label"
 RETAG_URI = f"{PLUGIN_NAME}/retag_presence"
-#: backbones offered in the form; the test-only ones ("tiny", "random-base": random weights) are
-#: accepted from Python/CLI but not offered
-BACKBONES = ("openai",)
-TEST_BACKBONES = ("random-base", "tiny")
+#: backbones offered in the form, from the one registry (models/backbones.py); the test-only ones
+#: (random weights: "tiny*", "random-base") are accepted from Python/CLI but not offered
+BACKBONES = backbone_names(include_test=False)
+TEST_BACKBONES = tuple(n for n in backbone_names() if n not in BACKBONES)
 #: immediate runs on larger targets default to delegated execution in the App
 DELEGATE_FROM = 100
 _MISSING = object()
@@ -296,7 +297,8 @@ def _model_inputs(ctx, inputs) -> None:
     if dev and dev not in devices:
         devices.append(dev)
     dynamic = {  # choices known only on the server
-        "backbone": dict(choices=backbones, description="The published CLIP ViT-B/16 (OpenAI) + DINO ViT-B/8 weights"),
+        "backbone": dict(choices=backbones,
+                         description=BACKBONE_RECORDS[chosen if chosen in BACKBONE_RECORDS else "openai"].description),
         "device": dict(default="auto", choices=devices),
     }
     for name in _group_fields("model"):

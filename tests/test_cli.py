@@ -115,7 +115,7 @@ def test_label_directory_then_resume_then_dataset_input(tmp_path, capsys, refere
             assert {t for t in smp.tags if t.startswith("cass:")} == {
                 f"cass:{c}" for c, v in all_scores(smp.cass_presence).items() if v >= 0.1}
         else:
-            assert smp.cass is None and os.path.basename(smp.filepath) in smp.cass_error
+            assert smp.cass is None and smp.cass_error and not smp.cass_error.startswith(smp.filepath)
 
     # the same command again: nothing imported, nothing relabelled, the bad files fail again
     rc, out = run_cli("label", img_dir, "--dataset", name, "--classes", ", ".join(CLASSES), *TINY,

@@ -368,6 +368,7 @@ class AutoLabel(foo.Operator):
         outputs.int("num_labeled", label="Labeled")
         outputs.int("num_already_done", label="Already done")
         outputs.int("num_failed", label="Failed")
+        outputs.list("failed_files", types.String(), label="Failed files (path: reason)")
         outputs.list("failure_reasons", types.List(types.String()), label="Failures by reason ([reason, count])",
                      view=types.JSONView())
         outputs.str("mask_dir", label="Mask directory")

@@ -27,8 +27,9 @@ Reliability (a run can be killed at any point and started again):
 * ``shard=(i, n)`` keeps the samples whose file path hashes to ``i`` modulo ``n``
   (:mod:`fiftyone_cass.fo.shards`, the key of every entry point): ``n`` processes with
   ``i = 0..n-1`` label one dataset concurrently without overlap;
-* an unreadable image is skipped with its error in ``<label_field>_error`` and the log; the
-  returned :class:`ApplySummary` counts the failures by reason;
+* an unreadable image is skipped with its error in ``<label_field>_error`` (the reason first,
+  without the sample's own path) and the log; the returned :class:`ApplySummary` lists the failed
+  files and counts the failures by reason;
 * memory stays flat: only ids/filepaths of the target are listed up front, images and masks are
   held one batch at a time.
 
@@ -95,6 +96,8 @@ RUN_KEY_PREFIX = "cass_"
 LABEL_FIELD_INFO = "cass_label_field"
 TAG_PREFIX_INFO = "cass_tag_prefix"
 _MAX_LISTED_FAILURES = 1000
+#: failed files listed by ``str(ApplySummary)``
+MAX_LISTED_FILES = 20
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
@@ -215,6 +218,8 @@ class ApplySummary:
     def to_dict(self, max_failures: int = 20) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["failures"] = [list(f) for f in self.failures[:max_failures]]
+        # "<path>: <reason>", what the App's result lists
+        d["failed_files"] = [f"{p}: {e}" for _, p, e in self.failures[:max_failures]]
         # [reason, count] pairs, most frequent first (reasons may hold characters that are not
         # valid database keys, and the dict is stored as the result of delegated runs)
         d["failure_reasons"] = [[r, n] for r, n in sorted(self.failure_reasons.items(), key=lambda x: -x[1])]
@@ -232,11 +237,25 @@ class ApplySummary:
         ]
         if self.num_failed:
             lines.append(f"{self.num_failed} failed (see the '{self.error_field}' field):")
+            for _, path, err in self.failures[:MAX_LISTED_FILES]:
+                lines.append(f"  {path}: {err}")
+            if self.num_failed > MAX_LISTED_FILES:
+                lines.append(f"  ... and {self.num_failed - MAX_LISTED_FILES} more")
+            lines.append("failures by reason:")
             for reason, n in sorted(self.failure_reasons.items(), key=lambda x: -x[1]):
                 lines.append(f"  {n} x {reason}")
         else:
             lines.append("0 failed")
         return "\n".join(lines)
+
+
+def sample_error(error: str, filepath: str) -> str:
+    """What ``<label_field>_error`` stores: the reason first, without the sample's own path in
+    front (the App shows the field as a chip cut after a few words; the path is the sample's
+    ``filepath``)."""
+    if filepath and error.startswith(filepath + ": "):
+        error = error[len(filepath) + 2:]
+    return error.strip() or "unknown error"
 
 
 def _reason(error: str, filepath: str) -> str:
@@ -637,7 +656,7 @@ class AutoLabelRun:
                 except Exception as exc:  # noqa: BLE001 - e.g. disk full: reported per sample
                     res, err = None, f"{path}: cannot write mask ({type(exc).__name__}: {exc})"
             if res is None:
-                err = err or f"{path}: unknown error"
+                err = sample_error(err or "unknown error", path)
                 errors[sid] = err
                 labels[sid] = presence[sid] = embeddings[sid] = None
                 new_tags[sid] = []

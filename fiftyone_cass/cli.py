@@ -200,6 +200,10 @@ class LabelCommand(Command):
         report.add_import(imported)
         print(report.text())
         print(f"open it with: fiftyone-cass app {shlex.quote(ds.name)}")
+        if report.num_labeled:
+            from fiftyone_cass.app.support import OPEN_APP_COLORS_HINT
+
+            print(OPEN_APP_COLORS_HINT.replace("“", "'").replace("”", "'"))
         _write_summary(args.summary_json, report.to_dict())
         return EXIT_OK if report.complete else EXIT_FAILED
 

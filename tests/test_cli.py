@@ -103,6 +103,7 @@ def test_label_directory_then_resume_then_dataset_input(tmp_path, capsys, refere
     for p in (bad["garbage"], bad["empty"]):
         assert f"FAILED {p}: " in out.out  # reported by name
     assert "open it with: fiftyone-cass app" in out.out
+    assert "In an App opened before this run, run 'Show class colours (CASS)'" in out.out  # issue 21 item 2
 
     ds = fo.load_dataset(name)
     assert ds.persistent and len(ds) == 7

@@ -5,8 +5,10 @@
 * :class:`FormError`: an error already in the form's words (the weights check,
   :func:`fiftyone_cass.models.weights.ensure_weights`, words its messages for the form);
 * :func:`show_labels_in_app`: makes a freshly written Segmentation field visible in the App, one
-  colour per class (``dataset.app_config.color_scheme`` from ``mask_targets``), ticked in the
-  sidebar, with its class names in the field's description;
+  colour per class (``dataset.app_config.color_scheme`` from ``mask_targets``), the only label
+  field ticked in the sidebar, with its class names in the field's description;
+  :func:`color_scheme_params` / :func:`refresh_app_server_colors` bring those colours to an App
+  that is already running;
 * :func:`enable_scheduling` / :func:`launch_app`: the App offers "Schedule" for delegated runs.
 """
 
@@ -144,13 +146,8 @@ def show_labels_in_app(dataset, label_field: str, mask_targets: Optional[Mapping
         cfg.color_scheme = scheme
 
         active = cfg.active_fields
-        if active is None:  # the App's default ticks label fields: keep them ticked
-            labels = sorted(dataset.get_field_schema(embedded_doc_type=fo.Label))
-            cfg.active_fields = fo.ActiveFields(paths=labels + ([] if label_field in labels else [label_field]))
-        elif active.exclude:
-            active.paths = [p for p in (active.paths or []) if p != label_field]
-        elif label_field not in (active.paths or []):
-            active.paths = list(active.paths or []) + [label_field]
+        kept = [] if active is None or active.exclude else list(active.paths or [])
+        cfg.active_fields = fo.ActiveFields(paths=active_fields_after_run(dataset, kept, label_field))
         dataset.save()
 
         names = ", ".join(f"{int(k)} {v}" for k, v in sorted(targets.items(), key=lambda kv: int(kv[0])))
@@ -162,6 +159,63 @@ def show_labels_in_app(dataset, label_field: str, mask_targets: Optional[Mapping
                 field.save()
     except Exception as exc:  # noqa: BLE001 - cosmetic only
         logger.warning("could not set the App colours of field %r: %s", label_field, exc)
+
+
+def active_fields_after_run(dataset, active, label_field: str) -> list:
+    """The App's ticked fields after a run wrote ``label_field``: that field is the only label
+    field ticked (older runs' masks would pile up under the new ones); ticked fields that are not
+    label fields stay ticked."""
+    import fiftyone as fo
+
+    labels = set(dataset.get_field_schema(embedded_doc_type=fo.Label))
+    return [p for p in (active or []) if p.split(".")[0] not in labels and p != label_field] + [label_field]
+
+
+def color_scheme_params(dataset) -> dict:
+    """The parameters of the App's built-in ``set_color_scheme`` operator that give a running App
+    the dataset's stored colours (``dataset.app_config.color_scheme``: ``color_by`` and the
+    per-field colours, e.g. the ``maskTargetsColors`` of :func:`show_labels_in_app`).
+
+    FiftyOne 1.22's App server builds its session's colour scheme from the dataset's App config
+    only when the dataset is opened (App start, or another dataset opened); a page reload keeps
+    the session's scheme, so a field labelled while the App runs is drawn with pool colours
+    (which a reload may reshuffle). Triggering ``set_color_scheme`` with these parameters (the
+    operator spreads keys it does not know, such as ``fields``, into the scheme) sets them."""
+    scheme = dataset.app_config.color_scheme
+    fields = []
+    for f in (scheme.fields if scheme is not None else None) or []:
+        f = dict(f)
+        fields.append({"path": f.get("path"), "fieldColor": f.get("fieldColor"),
+                       "colorByAttribute": f.get("colorByAttribute"), "valueColors": f.get("valueColors"),
+                       "maskTargetsColors": f.get("maskTargetsColors")})
+    params = {"fields": fields}
+    if scheme is not None and scheme.color_by:
+        params["color_by"] = scheme.color_by
+    return params
+
+
+def refresh_app_server_colors(dataset) -> bool:
+    """In the App server's process (an immediate operator run), the server's session state takes
+    the dataset's stored colour scheme, so that later page loads draw it too (see
+    :func:`color_scheme_params`). Elsewhere (a delegated run, the CLI, tests) it does nothing.
+    Returns whether the state was updated. Never raises."""
+    try:
+        mod = sys.modules.get("fiftyone.server.events.state")
+        state = getattr(mod, "_state", None) if mod is not None else None
+        if state is None or state.dataset is None or state.dataset.name != dataset.name:
+            return False
+        import fiftyone.core.state as fos
+
+        state.color_scheme = fos.build_color_scheme(None, dataset, state.config)
+        return True
+    except Exception as exc:  # noqa: BLE001 - cosmetic only
+        logger.warning("could not refresh the App server's colours: %s", exc)
+        return False
+
+
+#: what a user with an App opened before the run does to see its colours (delegated runs, CLI)
+OPEN_APP_COLORS_HINT = ("In an App opened before this run, run “Show class colours (CASS)” (operator browser: "
+                        "press ` and search CASS) to draw its classes in their colours (or restart the App)")
 
 
 # ------------------------------------------------------------------------------------------------

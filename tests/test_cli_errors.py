@@ -221,6 +221,30 @@ def test_classes_file_that_is_endless_huge_a_fifo_or_a_device_is_a_usage_error(t
     assert len(read_classes_file(str(big))) == 2000
 
 
+def test_eval_skip_missing_lists_skipped_samples_in_its_words_and_counts_only_evaluated(tmp_path, capsys, names):
+    """Issue 21 item 9: a raw Python UserWarning with its source line, and "3 samples" for 2 evaluated."""
+    name = names.new("skipmiss")
+    ds = fo.Dataset(name)
+    samples = []
+    for i in range(3):
+        gt = np.zeros((8, 8), np.uint8)
+        gt[:4] = 1
+        s = fo.Sample(filepath=str(tmp_path / f"img{i}.png"), ground_truth=fo.Segmentation(mask=gt))
+        if i:
+            s["cass"] = fo.Segmentation(mask=gt)
+        samples.append(s)
+    ds.add_samples(samples)
+    ds.mask_targets = {"ground_truth": {0: "background", 1: "cat"}, "cass": {0: "background", 1: "cat"}}
+    ds.save()
+    rc, out = run_cli("eval", name, "--skip-missing", "--no-progress", capsys=capsys)
+    assert rc == 0, out.err
+    assert "UserWarning" not in out.err and "warnings.warn" not in out.err, out.err
+    skipped = [line for line in out.err.splitlines() if "SKIPPED" in line]
+    assert len(skipped) == 1 and f"SKIPPED {tmp_path / 'img0.png'} (id " in skipped[0], out.err
+    assert skipped[0].endswith("): no prediction mask in 'cass'"), out.err
+    assert "| 2 samples evaluated (1 skipped) |" in out.out, out.out
+
+
 def test_eval_key_that_fiftyone_refuses_is_a_usage_error_naming_eval_key(tmp_path, capsys, names):
     name = names.new("evkey")
     gt = np.zeros((8, 8), np.uint8)

@@ -72,7 +72,13 @@ def test_form_hides_test_backbones_and_preselects_a_ground_truth(fo_dataset, tmp
     assert [c["value"] for c in form["backbone"]["view"]["choices"]] == ["openai"]
     assert form["device"]["default"] == "auto" and "cpu" in [c["value"] for c in form["device"]["view"]["choices"]]
     # a Python caller's test backbone is still accepted
-    assert "tiny" in [c["value"] for c in _form(ds, {"backbone": "tiny"})["backbone"]["view"]["choices"]]
+    tiny = _form(ds, {"backbone": "tiny"})["backbone"]
+    assert "tiny" in [c["value"] for c in tiny["view"]["choices"]]
+    # its help says what it is (not "the published weights") and how to see masks (issue 21 items 7, 9)
+    help_ = tiny["view"]["description"]
+    assert "published" not in help_ and "random weights" in help_, help_
+    assert '{"bg_rule": "none"}' in help_ and "every pixel is background" in help_
+    assert "published" in form["backbone"]["view"]["description"]
     gt = _form(ds, {"class_source": "gt_field"})["gt_field"]
     assert {c["value"] for c in gt["view"]["choices"]} == {"annotations", "cass"}
     assert gt["default"] == "annotations"  # not the prediction field "cass" (written by auto_label)

@@ -58,6 +58,14 @@ BACKBONES = ("openai",)
 TEST_BACKBONES = ("random-base", "tiny")
 #: immediate runs on larger targets default to delegated execution in the App
 DELEGATE_FROM = 100
+#: the Backbone input's help for the chosen backbone
+_TEST_MASKS = ('masks mean nothing, and with the default background rule (entropy) every pixel is background: '
+               'set {"bg_rule": "none"} in “Advanced options (JSON)” to see masks')
+BACKBONE_HELP = {
+    "openai": "The published CLIP ViT-B/16 (OpenAI) + DINO ViT-B/8 weights",
+    "tiny": "Test model: random weights, CLIP 2 layers of width 64 + DINO ViT-B/8 architecture; " + _TEST_MASKS,
+    "random-base": "Test model: random weights, CLIP ViT-B/16 + DINO ViT-B/8 architecture; " + _TEST_MASKS,
+}
 _MISSING = object()
 
 
@@ -267,7 +275,7 @@ class AutoLabel(foo.Operator):
         else:
             backbones = list(BACKBONES) + ([chosen] if chosen in TEST_BACKBONES else [])  # Python callers' test models
         _add_setting(ctx, inputs, "backbone", choices=backbones,
-                     description="The published CLIP ViT-B/16 (OpenAI) + DINO ViT-B/8 weights")
+                     description=BACKBONE_HELP.get(chosen or "openai", BACKBONE_HELP["openai"]))
         devices = _devices()
         dev = ctx.params.get("device")
         if dev and dev not in devices:

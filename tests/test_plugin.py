@@ -269,8 +269,11 @@ def test_retag_operator_checks_the_threshold_and_uses_the_recorded_prefix(fo_dat
     assert "“Threshold” -1 is not allowed: a finite number from 0 to 1" in form["threshold"]["error_message"]
     # the form and the operator default to the prefix apply used
     assert _form(ds, RETAG, {"presence_field": "pp"})["tag_prefix"]["default"] == "tp"
+    # ... and to the field's current threshold (issue 21 item 9: it was always 0.1)
+    assert _form(ds, RETAG, {"presence_field": "pp"})["threshold"]["default"] == 0.0
     res = op(ds, presence_field="pp", threshold=1.0).result
     assert res["samples_changed"] == 2
+    assert _form(ds, RETAG, {"presence_field": "pp"})["threshold"]["default"] == 1.0  # retag's threshold now
     assert not [t for s in ds for t in s.tags if t.startswith(("tp:", "pp:", "lf:"))]
 
 

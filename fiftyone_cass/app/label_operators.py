@@ -45,7 +45,15 @@ from fiftyone_cass.app.support import (
     form_message,
     refresh_app_server_colors,
 )
-from fiftyone_cass.fo.apply import AutoLabelRun, check_threshold, default_tag_prefix, recorded_tag_prefix, retag, run_key_for
+from fiftyone_cass.fo.apply import (
+    AutoLabelRun,
+    check_threshold,
+    default_tag_prefix,
+    recorded_tag_prefix,
+    recorded_threshold,
+    retag,
+    run_key_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -509,8 +517,11 @@ class RetagPresence(foo.Operator):
         default = next((f for f in fields if f.endswith("_presence")), fields[0])
         _dropdown(inputs, "presence_field", fields, default, "Presence score field", required=True)
         pf = ctx.params.get("presence_field") or default
-        prop = inputs.float("threshold", default=DEFAULT_PRESENCE_THRESHOLD, required=True, label="Threshold",
-                            min=0, max=1, description="Classes scoring at least this get a tag")
+        current = (recorded_threshold(ctx.dataset, pf) if pf in fields else None)
+        prop = inputs.float("threshold", default=DEFAULT_PRESENCE_THRESHOLD if current is None else current,
+                            required=True, label="Threshold", min=0, max=1,
+                            description="Classes scoring at least this get a tag (default: the threshold the "
+                                        "field's tags were last made with)")
         if ctx.params.get("threshold") not in (None, ""):
             try:
                 check_threshold(ctx.params["threshold"])

@@ -95,6 +95,8 @@ RUN_KEY_PREFIX = "cass_"
 #: tag prefix of the run that wrote it: :func:`retag`'s default prefix
 LABEL_FIELD_INFO = "cass_label_field"
 TAG_PREFIX_INFO = "cass_tag_prefix"
+#: the presence threshold the field's labels and tags were made with (apply, then retag)
+THRESHOLD_INFO = "cass_presence_threshold"
 _MAX_LISTED_FAILURES = 1000
 #: failed files listed by ``str(ApplySummary)``
 MAX_LISTED_FILES = 20
@@ -539,7 +541,8 @@ class AutoLabelRun:
         try:
             f = self.dataset.get_field(self.presence_field)
             info = dict(f.info or {})
-            want = {LABEL_FIELD_INFO: self.label_field, TAG_PREFIX_INFO: self.tag_prefix}
+            want = {LABEL_FIELD_INFO: self.label_field, TAG_PREFIX_INFO: self.tag_prefix,
+                    THRESHOLD_INFO: float(self.presence_threshold)}
             if any(info.get(k) != v for k, v in want.items()):
                 f.info = {**info, **want}
                 f.save()
@@ -758,6 +761,37 @@ def recorded_tag_prefix(dataset, presence_field: str) -> Optional[str]:
     return None
 
 
+def recorded_threshold(dataset, presence_field: str) -> Optional[float]:
+    """The presence threshold ``presence_field``'s labels and tags were last made with (by
+    :func:`apply` or :func:`retag`), from the field's ``info`` or the run records; None when
+    neither says."""
+    f = dataset.get_field(presence_field)
+    info = (getattr(f, "info", None) or {}) if f is not None else {}
+    if info.get(THRESHOLD_INFO) is not None:
+        return float(info[THRESHOLD_INFO])
+    for key in dataset.list_runs():
+        if not key.startswith(RUN_KEY_PREFIX):
+            continue
+        try:
+            cfg = dataset.get_run_info(key).config
+        except Exception:  # noqa: BLE001 - a record of another tool or version
+            continue
+        if getattr(cfg, "presence_field", None) == presence_field and getattr(cfg, "presence_threshold", None) is not None:
+            return float(cfg.presence_threshold)
+    return None
+
+
+def _record_threshold(dataset, presence_field: str, threshold: float) -> None:
+    try:
+        f = dataset.get_field(presence_field)
+        info = dict(f.info or {})
+        if info.get(THRESHOLD_INFO) != threshold:
+            f.info = {**info, THRESHOLD_INFO: float(threshold)}
+            f.save()
+    except Exception as exc:  # noqa: BLE001 - only the form's default depends on it
+        logger.warning("could not record the threshold on field %r: %s", presence_field, exc)
+
+
 def check_threshold(threshold, name: str = "threshold") -> float:
     """``threshold`` as a float, checked as the ``presence_threshold`` setting (a finite number from
     0 to 1); the :class:`InvalidInputError` names ``name``."""
@@ -818,6 +852,7 @@ def retag(
     if relabel:
         ds.set_values(presence_field, relabel, key_field="id")
     changed = replace_prefixed_tags(ds, list(new_tags), prefix, new_tags) if new_tags else 0
+    _record_threshold(ds, presence_field, threshold)  # the retag form's next default
     counts = dict(sorted(counts.items()))
     counts["_samples_changed"] = changed
     return counts

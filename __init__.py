@@ -40,6 +40,10 @@ def register(p):
 
     for op in LABEL_OPERATORS + EVAL_OPERATORS + PANELS:
         p.register(op)
+    # the App server embeds text queries of a similarity index with the zoo model: make it known
+    from fiftyone_cass.app.support import register_zoo_entry
+
+    register_zoo_entry(_HERE)
 
 
 def download_model(model_name, model_path):

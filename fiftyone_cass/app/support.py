@@ -219,6 +219,72 @@ OPEN_APP_COLORS_HINT = ("In an App opened before this run, run “Show class col
 
 
 # ------------------------------------------------------------------------------------------------
+# The zoo entry for the App server (text search in the grid embeds the query with the zoo model)
+# ------------------------------------------------------------------------------------------------
+ZOO_SOURCE_DIR = "fiftyone-cass"
+ZOO_FILES = ("manifest.json", "__init__.py")
+
+
+def zoo_entry_known(model_name: str, zoo_dir: str) -> bool:
+    """Whether a manifest under ``zoo_dir`` (FiftyOne's ``model_zoo_dir``, walked as FiftyOne
+    walks it) lists ``model_name``."""
+    for root, dirs, files in os.walk(zoo_dir, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if "manifest.json" in files:
+            try:
+                with open(os.path.join(root, "manifest.json"), encoding="utf-8") as f:
+                    if f'"{model_name}"' in f.read(1 << 20):
+                        return True
+            except OSError:
+                pass
+            dirs[:] = []
+    return False
+
+
+def register_zoo_entry(plugin_dir: str, environ=None) -> Optional[str]:
+    """Makes the plugin's zoo model (``manifest.json`` + the root ``__init__.py`` of ``plugin_dir``)
+    known to this process's FiftyOne, as ``foz.register_zoo_model_source`` would: the two files are
+    copied to ``<model_zoo_dir>/fiftyone-cass`` unless a manifest there already lists the model.
+    Called when FiftyOne loads the plugin, so that the App server can embed text queries of a
+    similarity index made with ``model="cass-vit-b16-torch"`` without a restart or a manual copy.
+    ``FIFTYONE_CASS_NO_ZOO_REGISTER=1`` turns it off. Returns the folder written, or None.
+    Never raises (text search is an extra)."""
+    environ = os.environ if environ is None else environ
+    if _is_on(environ.get("FIFTYONE_CASS_NO_ZOO_REGISTER")):
+        return None
+    try:
+        import json
+        import shutil
+
+        import fiftyone as fo
+
+        zoo_dir = fo.config.model_zoo_dir
+        with open(os.path.join(plugin_dir, "manifest.json"), encoding="utf-8") as f:
+            names = [m["base_name"] for m in json.load(f)["models"]]
+        if not zoo_dir or all(zoo_entry_known(n, zoo_dir) for n in names):
+            return None
+        dest = os.path.join(zoo_dir, ZOO_SOURCE_DIR)
+        os.makedirs(dest, exist_ok=True)
+        for name in reversed(ZOO_FILES):  # the manifest last: a half-made entry is never listed
+            tmp = os.path.join(dest, f".{name}.tmp{os.getpid()}")
+            shutil.copyfile(os.path.join(plugin_dir, name), tmp)
+            os.replace(tmp, os.path.join(dest, name))
+        try:
+            import fiftyone.zoo.models as fozm
+
+            getattr(fozm, "_invalidate_zoo_models_manifest", lambda: None)()
+        except Exception:  # noqa: BLE001
+            pass
+        logger.info("registered the zoo model(s) %s for this FiftyOne in %s", names, dest)
+        return dest
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("could not register the plugin's zoo model (text search in the App needs it: "
+                       "copy manifest.json and __init__.py of the plugin into a folder under "
+                       "fo.config.model_zoo_dir): %s", exc)
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
 # Delegation ("Schedule" in the App's Execute menu)
 # ------------------------------------------------------------------------------------------------
 SCHEDULING_ENV = "FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"

@@ -30,6 +30,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 from fiftyone.operators import types
 
+from fiftyone_cass.models.backbones import BACKBONES as BACKBONE_RECORDS, backbone_names
 from fiftyone_cass.models.presets import PRESETS
 from fiftyone_cass.errors import InvalidInputError, WeightsUnavailableError
 from fiftyone_cass.models.segmenter import options_from_json
@@ -60,21 +61,25 @@ logger = logging.getLogger(__name__)
 PLUGIN_NAME = "@fiftyone-cass/cass"
 AUTO_LABEL_URI = f"{PLUGIN_NAME}/auto_label"
 RETAG_URI = f"{PLUGIN_NAME}/retag_presence"
-#: backbones offered in the form; the test-only ones ("tiny", "random-base": random weights) are
-#: accepted from Python/CLI but not offered
-BACKBONES = ("openai",)
-TEST_BACKBONES = ("random-base", "tiny")
+#: backbones offered in the form, from the one registry (models/backbones.py); the test-only ones
+#: (random weights: "tiny*", "random-base") are accepted from Python/CLI but not offered
+BACKBONES = backbone_names(include_test=False)
+TEST_BACKBONES = tuple(n for n in backbone_names() if n not in BACKBONES)
 #: immediate runs on larger targets default to delegated execution in the App
 DELEGATE_FROM = 100
-#: the Backbone input's help for the chosen backbone
-_TEST_MASKS = ('masks mean nothing, and with the default background rule (entropy) every pixel is background: '
-               'set {"bg_rule": "none"} in “Advanced options (JSON)” to see masks')
-BACKBONE_HELP = {
-    "openai": "The published CLIP ViT-B/16 (OpenAI) + DINO ViT-B/8 weights",
-    "tiny": "Test model: random weights, CLIP 2 layers of width 64 + DINO ViT-B/8 architecture; " + _TEST_MASKS,
-    "random-base": "Test model: random weights, CLIP ViT-B/16 + DINO ViT-B/8 architecture; " + _TEST_MASKS,
-}
+#: what the Backbone help adds for a test backbone (random weights): why nothing is drawn by default
+_TEST_MASKS = ('test model with random weights: masks mean nothing, and with the default background rule '
+               '(entropy) every pixel is background: set {"bg_rule": "none"} in “Advanced options (JSON)” '
+               'to see masks')
 _MISSING = object()
+
+
+def backbone_help(chosen: Optional[str]) -> str:
+    """The Backbone input's help: the chosen record's description, and for a test backbone why its
+    default draws nothing (issue 21 item 7)."""
+    name = chosen if chosen in BACKBONE_RECORDS else "openai"
+    text = BACKBONE_RECORDS[name].description
+    return f"{text}; {_TEST_MASKS}" if name in TEST_BACKBONES else text
 
 
 def _fields_of(collection, doc_type):
@@ -283,7 +288,7 @@ class AutoLabel(foo.Operator):
         else:
             backbones = list(BACKBONES) + ([chosen] if chosen in TEST_BACKBONES else [])  # Python callers' test models
         _add_setting(ctx, inputs, "backbone", choices=backbones,
-                     description=BACKBONE_HELP.get(chosen or "openai", BACKBONE_HELP["openai"]))
+                     description=backbone_help(chosen))
         devices = _devices()
         dev = ctx.params.get("device")
         if dev and dev not in devices:

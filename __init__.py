@@ -1,7 +1,7 @@
 """This repository as a FiftyOne plugin and a remotely-sourced FiftyOne zoo model.
 
-* Plugin (``fiftyone.yml``): operators ``@fiftyone-cass/cass/auto_label``, ``retag_presence``
-  (``fiftyone_cass/app/label_operators.py``) and ``evaluate_iou``, ``mean_iou``
+* Plugin (``fiftyone.yml``): operators ``@fiftyone-cass/cass/auto_label``, ``retag_presence``,
+  ``show_class_colors`` (``fiftyone_cass/app/label_operators.py``) and ``evaluate_iou``, ``mean_iou``
   (``fiftyone_cass/app/eval_operators.py``); panel ``cass_iou`` (per-class IoU and presence
   scores, ``fiftyone_cass/app/iou_panel.py``).
 * Zoo models (``manifest.json``): one per backbone record, ``cass-vit-b16-torch`` (the default),
@@ -10,6 +10,10 @@
 
       foz.register_zoo_model_source("https://github.com/fiftyone-cass/fiftyone_cass")
       model = foz.load_zoo_model("cass-vit-b16-torch", classes=["dog", "frisbee"])
+
+  :func:`register` also copies ``manifest.json`` and this file under ``model_zoo_dir`` when no
+  manifest there lists these models, so that the App server can embed text queries
+  (``fiftyone_cass.app.support.register_zoo_entry``).
 
 Both import the package ``fiftyone_cass`` that sits next to this file, unless it is installed.
 """
@@ -41,6 +45,10 @@ def register(p):
 
     for op in LABEL_OPERATORS + EVAL_OPERATORS + PANELS:
         p.register(op)
+    # the App server embeds text queries of a similarity index with the zoo model: make it known
+    from fiftyone_cass.app.support import register_zoo_entry
+
+    register_zoo_entry(_HERE)
 
 
 def download_model(model_name, model_path):

@@ -205,6 +205,10 @@ class LabelCommand(Command):
         report.add_import(imported)
         print(report.text())
         print(f"open it with: fiftyone-cass app {shlex.quote(ds.name)}")
+        if report.num_labeled:
+            from fiftyone_cass.app.support import OPEN_APP_COLORS_HINT
+
+            print(OPEN_APP_COLORS_HINT.replace("“", "'").replace("”", "'"))
         _write_summary(args.summary_json, report.to_dict())
         return EXIT_OK if report.complete else EXIT_FAILED
 
@@ -312,11 +316,24 @@ class EvalCommand(Command):
                              f"truth's ids: fiftyone-cass label {shlex.quote(ds.name)} --gt-field {args.gt_field} "
                              f"--label-field {args.pred_field}")
         check_segmentation_fields(ds, args.pred_field, args.gt_field)
-        m = evaluate_iou(view, args.pred_field, gt_field=args.gt_field, eval_key=eval_key, overwrite=True,
-                         ignore_index=None if args.ignore_index < 0 else args.ignore_index,
-                         resize="nearest" if args.resize_nearest else None, strict=args.strict,
-                         skip_missing=args.skip_missing, progress=args.progress).iou_metrics()
-        title = f"{ds.name} | {args.pred_field} vs {args.gt_field} | {len(view)} samples | eval_key={eval_key}"
+        import warnings
+
+        with warnings.catch_warnings():  # skipped samples: listed below in the command line's words
+            warnings.filterwarnings("ignore", message="Skipping sample", category=UserWarning)
+            results = evaluate_iou(view, args.pred_field, gt_field=args.gt_field, eval_key=eval_key, overwrite=True,
+                                   ignore_index=None if args.ignore_index < 0 else args.ignore_index,
+                                   resize="nearest" if args.resize_nearest else None, strict=args.strict,
+                                   skip_missing=args.skip_missing, progress=args.progress)
+        m = results.iou_metrics()
+        n = results.num_evaluated if results.num_evaluated is not None else len(view)
+        skipped = f" ({len(results.skipped)} skipped)" if results.skipped else ""
+        title = f"{ds.name} | {args.pred_field} vs {args.gt_field} | {n} samples evaluated{skipped} | eval_key={eval_key}"
+        if results.skipped:
+            print(f"fiftyone-cass: warning: {len(results.skipped)} sample(s) skipped:", file=sys.stderr)
+            for name, why in results.skipped[:20]:
+                print(f"  SKIPPED {name}: {why}", file=sys.stderr)
+            if len(results.skipped) > 20:
+                print(f"  ... and {len(results.skipped) - 20} more", file=sys.stderr)
         print(format_table(m, title=title, per_class=not args.no_per_class))
         _write_summary(args.summary_json, dict(dataset=ds.name, eval_key=eval_key, **m.summary(), iou={
             str(n): float(v) for n, v in zip(m.class_names or range(len(m.iou)), m.iou)}))

@@ -24,7 +24,7 @@ def _field_scheme(ds, path):
     return next(f for f in ds.app_config.color_scheme.fields if f["path"] == path)
 
 
-def test_labelled_field_has_one_colour_per_class_and_is_ticked(fo_dataset, tmp_path):
+def test_labelled_field_has_one_colour_per_class_and_is_the_only_ticked_label_field(fo_dataset, tmp_path):
     ds = add_samples(fo_dataset("colors"), make_images(tmp_path, 2))
     ds.add_sample_field("ground_truth", fo.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
     apply(ds, CLASSES, masks="database", batch_size=2, **OPTS)
@@ -35,7 +35,7 @@ def test_labelled_field_has_one_colour_per_class_and_is_ticked(fo_dataset, tmp_p
     assert [c["intTarget"] for c in colors] == [1, 2, 3]  # every class but background (never drawn)
     assert len({c["color"] for c in colors}) == 3 and colors[0]["color"] == PALETTE[0]
     active = ds.app_config.active_fields
-    assert not active.exclude and "cass" in active.paths and "ground_truth" in active.paths
+    assert not active.exclude and active.paths == ["cass"]  # only the new field: older masks do not pile up
     assert ds.get_field("cass").description == "Classes: 0 background, 1 dog, 2 frisbee, 3 cat"
 
     # a user's own colours for the same classes survive a rerun; other fields' entries are kept
@@ -54,7 +54,11 @@ def test_labelled_field_has_one_colour_per_class_and_is_ticked(fo_dataset, tmp_p
     apply(ds, ["dog", "sky"], label_field="cass", overwrite=True, masks="database", batch_size=2, **OPTS)
     ds.reload()
     assert [c["intTarget"] for c in _field_scheme(ds, "cass")["maskTargetsColors"]] == [1, 2]
-    assert "cass" not in ds.app_config.active_fields.paths
+    assert not ds.app_config.active_fields.exclude and ds.app_config.active_fields.paths == ["cass"]
+    # a second field: it alone is ticked
+    apply(ds, ["dog"], label_field="cass2", masks="database", batch_size=2, **OPTS)
+    ds.reload()
+    assert ds.app_config.active_fields.paths == ["cass2"]
 
 
 def test_form_hides_test_backbones_and_preselects_a_ground_truth(fo_dataset, tmp_path):
@@ -70,7 +74,13 @@ def test_form_hides_test_backbones_and_preselects_a_ground_truth(fo_dataset, tmp
         "openai", "openai-l14-prior", "openai-dinov2", "openai-dinov3"]
     assert form["device"]["default"] == "auto" and "cpu" in [c["value"] for c in form["device"]["view"]["choices"]]
     # a Python caller's test backbone is still accepted
-    assert "tiny" in [c["value"] for c in _form(ds, {"backbone": "tiny"})["backbone"]["view"]["choices"]]
+    tiny = _form(ds, {"backbone": "tiny"})["backbone"]
+    assert "tiny" in [c["value"] for c in tiny["view"]["choices"]]
+    # its help says what it is (not "the published weights") and how to see masks (issue 21 items 7, 9)
+    help_ = tiny["view"]["description"]
+    assert "published" not in help_ and "random weights" in help_, help_
+    assert '{"bg_rule": "none"}' in help_ and "every pixel is background" in help_
+    assert "published" in form["backbone"]["view"]["description"]
     gt = _form(ds, {"class_source": "gt_field"})["gt_field"]
     assert {c["value"] for c in gt["view"]["choices"]} == {"annotations", "cass"}
     assert gt["default"] == "annotations"  # not the prediction field "cass" (written by auto_label)

@@ -64,7 +64,15 @@ def test_database_masks_equal_library_output_with_scores_tags_and_failures(fo_da
     assert sum(summary.failure_reasons.values()) == 3
     assert "3 failed" in str(summary)
     errs = dict(zip(*ds.values(["filepath", "cass_error"])))
-    assert errs[bad["garbage"]].startswith(bad["garbage"]) and "decode" in errs[bad["garbage"]]
+    # the reason first (the App's error chip is cut after a few words; the path is the sample's own)
+    assert errs[bad["garbage"]].startswith("cannot decode image"), errs[bad["garbage"]]
+    assert errs[bad["empty"]].startswith("file is empty"), errs[bad["empty"]]
+    assert errs[bad["missing"]].startswith("no such image file"), errs[bad["missing"]]
+    # the summary names the failed files, each with its reason
+    text = str(summary)
+    for p in (bad["garbage"], bad["empty"], bad["missing"]):
+        assert f"  {p}: {errs[p]}" in text, text
+    assert summary.to_dict()["failed_files"] == [f"{p}: {e}" for _, p, e in summary.failures]
     assert "empty" in errs[bad["empty"]] and "no such image file" in errs[bad["missing"]]
     assert all(errs[p] is None for p in images[:4])
     assert set(ds.exists("cass").values("filepath")) == set(images[:4])

@@ -7,11 +7,15 @@ ground truth. The tests run in file order on that page, as a user would:
 1. the grid draws the labelled masks (the field is ticked, and its pixels change the tile);
 2. the operator browser lists the plugin's operators;
 3. ``auto_label`` runs from its form on two selected samples, and its labels land in the database
-   (the Execute menu also offers "Schedule");
+   (the Execute menu also offers "Schedule"); afterwards the new field is the only ticked label
+   field and is drawn in its class colours (the palette reaches the running App);
 4. an error (other settings on a labelled field) is shown with its message in the form's words;
-5. ``evaluate_iou`` runs from its form and shows mIoU in percent;
-6. the plugin's panel shows per-class IoU of the newest evaluation, and a click on a class filters
-   the grid.
+5. ``evaluate_iou`` runs from its form and shows mIoU in percent, and names the predicted class
+   that the ground truth lacks;
+6. the plugin's panel shows per-class IoU of the newest evaluation (its own, made by a fixture),
+   the unmatched-class notice, and a click on a class filters the grid.
+
+Each test needs only the module's fixtures (``-k NAME`` runs it alone).
 
 Screenshots go to ``tests/artifacts/browser/`` (git-ignored). Chromium is Debian's
 (``scripts/setup.sh`` installs it); set ``FIFTYONE_CASS_CHROMIUM`` to use another binary.
@@ -58,8 +62,10 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, fiftyone_database):
-    """A dataset (4 images: 'cass' labelled by the tiny model, a ground truth, an evaluation
-    'eval_cass') and an App server for it."""
+    """A dataset (4 images: 'cass' labelled by the tiny model, a ground truth 'ground_truth' with
+    the same classes, a ground truth 'gt_small' without 'frisbee', an evaluation 'eval_cass') and
+    an App server for it. Labels are drawn opaque (colour scheme opacity 1), so that a tile's
+    mask pixels have the class colours themselves."""
     tmp = tmp_path_factory.mktemp("browser")
     name = f"browser-{os.getpid()}"
     ds = fo.Dataset(name)
@@ -72,7 +78,13 @@ def app(tmp_path_factory, fiftyone_database):
         gt[: gt.shape[0] // 3] = 1  # the top third is "dog": a ground truth that differs
         s["ground_truth"] = fo.Segmentation(mask=gt)
         s.save()
-    ds.mask_targets = dict(ds.mask_targets, ground_truth=ds.mask_targets["cass"])
+    small = np.array([0, 1, 0, 2], np.uint8)  # background, dog, frisbee -> background, cat
+    for s in ds:
+        s["gt_small"] = fo.Segmentation(mask=small[s.ground_truth.mask])
+        s.save()
+    ds.mask_targets = dict(ds.mask_targets, ground_truth=ds.mask_targets["cass"],
+                           gt_small={0: "background", 1: "dog", 2: "cat"})
+    ds.app_config.color_scheme.opacity = 1.0
     ds.save()
     evaluate_iou(ds, "cass", "ground_truth", eval_key="eval_cass")
 
@@ -242,16 +254,53 @@ def test_auto_label_runs_from_the_form_on_selected_samples(app, page):
     summary = output.inner_text()
     _shot(page, "3b_auto_label_summary")
     assert "browser_lbl" in summary and "Labeled:\n\n2" in summary
+    assert "only ticked label field" in summary  # the result says what the App shows
     output.get_by_role("button", name="Done").click()
-    page.wait_for_timeout(1500)
-    assert "Mui-checked" in page.locator("[data-cy=checkbox-browser_lbl]").get_attribute("class")
+    page.wait_for_timeout(2500)
+    new_box = page.locator("[data-cy=checkbox-browser_lbl]")
+    assert "Mui-checked" in new_box.get_attribute("class")
+    # older fields are unticked: masks do not pile up (issue 21 item 8)
+    assert "Mui-checked" not in page.locator("[data-cy=checkbox-cass]").get_attribute("class")
+    _shot(page, "3c_new_field_colours")
+    # the new field is drawn in its class colours from mask_targets, without an App restart (item 2)
+    _assert_class_colours(page, ds, "browser_lbl", [0, 2], new_box)
+
+
+def _hex_rgb(h):
+    return np.array([int(h[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.float64)
+
+
+def _assert_class_colours(page, ds, field, tiles, checkbox):
+    """Pixels that the field's masks change (tile with the field ticked vs unticked) have the
+    colours of the dataset's scheme for the field (one per class, support.class_colors)."""
+    from fiftyone_cass.app.support import class_colors
+
+    ds.reload()
+    ids = ds.values("id")
+    present = set()
+    for i in tiles:
+        present |= set(np.unique(ds[ids[i]][field].mask).tolist()) - {0}
+    assert present, "the run drew no class: nothing to check"
+    colors = {c["intTarget"]: _hex_rgb(c["color"]) for c in class_colors(ds.mask_targets[field])}
+    with_masks = [_tile(page, i) for i in tiles]
+    checkbox.click()
+    page.wait_for_timeout(2500)
+    without = [_tile(page, i) for i in tiles]
+    checkbox.click()
+    page.wait_for_timeout(2500)
+    changed = np.concatenate([w[np.abs(w - wo).max(axis=2) > 30] for w, wo in zip(with_masks, without)])
+    assert len(changed) > 100, len(changed)
+    want = np.stack([colors[c] for c in sorted(present)])
+    dist = np.abs(changed[:, None, :] - want[None, :, :]).max(axis=2).min(axis=1)
+    share = float((dist <= 12).mean())
+    assert share > 0.6, (share, sorted(present), changed[:5])
 
 
 def test_an_error_is_shown_with_its_message(app, page):
     ds = app["dataset"]
-    before = {s.id: s.browser_lbl.mask.copy() for s in ds.exists("browser_lbl")}
+    before = {s.id: s.cass.mask.copy() for s in ds.exists("cass")}
     dialog = _open_operator(page, "Auto-label", "Auto-label segmentations (CASS)")
-    _fill_auto_label(page, dialog, "frisbee", "browser_lbl")  # other settings on a labelled field
+    _fill_auto_label(page, dialog, "frisbee", "cass")  # other settings on the fixture's labelled field
     dialog.get_by_role("button", name="Execute").click()
     page.get_by_text("Auto-labelling failed", exact=True).first.wait_for(timeout=120_000)
     page.wait_for_timeout(1000)
@@ -262,8 +311,8 @@ def test_an_error_is_shown_with_its_message(app, page):
     page.get_by_role("button", name="Done").click()
     page.wait_for_timeout(800)
     ds.reload()
-    for s in ds.exists("browser_lbl"):  # nothing was rewritten
-        np.testing.assert_array_equal(s.browser_lbl.mask, before[s.id])
+    for s in ds.exists("cass"):  # nothing was rewritten
+        np.testing.assert_array_equal(s.cass.mask, before[s.id])
 
 
 def test_an_invalid_value_is_marked_in_the_form(app, page):
@@ -293,6 +342,7 @@ def test_evaluation_from_the_form_shows_percent(app, page):
     page.wait_for_timeout(1500)
     form = dialog.inner_text()
     assert "eval_cass_iou" in form  # the default key eval_<predictions> names the per-sample fields
+    _choose(page, dialog, "Ground truth", "gt_small")  # has no 'frisbee'
     _input(dialog, "Evaluation key").fill("eval_form")
     page.wait_for_timeout(1500)
     dialog.get_by_role("button", name="Execute").click()
@@ -300,6 +350,9 @@ def test_evaluation_from_the_form_shows_percent(app, page):
     output.get_by_role("button", name="Close").wait_for(timeout=120_000)
     text = output.inner_text()
     _shot(page, "5_evaluation_result")
+    # the unmatched predicted class is named, and the two accuracies explained (issue 21 item 4)
+    assert "Classes without a ground-truth match" in text and "'frisbee'" in text, text
+    assert "FiftyOne's Model Evaluation panel" in text
     ds.reload()
     assert "eval_form" in ds.list_evaluations() and ds.has_sample_field("eval_form_iou")
     miou = 100 * ds.load_evaluation_results("eval_form").mean_iou()
@@ -308,9 +361,18 @@ def test_evaluation_from_the_form_shows_percent(app, page):
     page.wait_for_timeout(800)
 
 
-def test_panel_shows_per_class_iou(app, page):
+@pytest.fixture
+def panel_eval(app):
+    """An evaluation of its own, the newest (the panel preselects it), whose ground truth lacks
+    the predicted class 'frisbee'."""
     ds = app["dataset"]
-    results = ds.load_evaluation_results("eval_form")  # the newest evaluation is preselected
+    evaluate_iou(ds, "cass", "gt_small", eval_key="eval_panel", overwrite=True)
+    return "eval_panel"
+
+
+def test_panel_shows_per_class_iou(app, page, panel_eval):
+    ds = app["dataset"]
+    results = ds.load_evaluation_results(panel_eval)  # the newest evaluation is preselected
     rows = [r for r in class_rows(ds, results) if r["iou"] is not None]
     assert rows
     page.locator("[data-cy=new-panel-btn]").click()
@@ -328,6 +390,8 @@ def test_panel_shows_per_class_iou(app, page):
         assert float(shown[r["class"]]) == pytest.approx(r["iou"], abs=0.05)
     text = page.locator("body").inner_text()
     assert "mIoU" in text and "%" in text
+    # the predicted class the ground truth lacks is named above the table (issue 21 item 4)
+    assert "Classes without a ground-truth match" in text and "'frisbee'" in text, text
 
     worst = min(rows, key=lambda r: r["iou"])["class"]
     expected = len(worst_class_samples(ds, results, worst))

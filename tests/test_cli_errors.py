@@ -194,6 +194,57 @@ def test_classes_file_that_is_not_utf8_is_a_usage_error_and_a_bom_is_not_a_class
     assert fo.load_dataset(name).mask_targets["cass"] == {0: "background", 1: "cat", 2: "dog"}
 
 
+def test_classes_file_that_is_endless_huge_a_fifo_or_a_device_is_a_usage_error(tmp_path, capsys):
+    """/dev/zero filled memory and ended in 'internal error: MemoryError' (exit 3); a FIFO blocks
+    open() forever. Only a regular file of at most MAX_CLASSES_FILE_BYTES is read (issue 21 item 11)."""
+    from fiftyone_cass.fo.labelling import MAX_CLASSES_FILE_BYTES
+
+    img_dir = tmp_path / "imgs"
+    make_images(img_dir, 1)
+    huge = tmp_path / "huge.txt"
+    with open(huge, "wb") as f:  # sparse: no disk used
+        f.truncate(MAX_CLASSES_FILE_BYTES + 1)
+    fifo = tmp_path / "classes.fifo"
+    os.mkfifo(fifo)
+    for path, why in [("/dev/zero", "not a regular file"), (fifo, "not a regular file"),
+                      (huge, "larger than"), (tmp_path, "not a regular file")]:
+        rc, out = run_cli("label", img_dir, "--classes-file", path, *TINY, capsys=capsys)
+        lines = _err_lines(out.err)
+        assert rc == 2, (path, out.err)
+        assert len(lines) == 1 and f"--classes-file {path}" in lines[0] and why in lines[0], lines
+        assert "Traceback" not in out.err and "internal error" not in out.err
+    # a large but legal vocabulary still reads
+    big = tmp_path / "many.txt"
+    big.write_text("".join(f"class{i}\n" for i in range(2000)))
+    from fiftyone_cass.fo.labelling import read_classes_file
+
+    assert len(read_classes_file(str(big))) == 2000
+
+
+def test_eval_skip_missing_lists_skipped_samples_in_its_words_and_counts_only_evaluated(tmp_path, capsys, names):
+    """Issue 21 item 9: a raw Python UserWarning with its source line, and "3 samples" for 2 evaluated."""
+    name = names.new("skipmiss")
+    ds = fo.Dataset(name)
+    samples = []
+    for i in range(3):
+        gt = np.zeros((8, 8), np.uint8)
+        gt[:4] = 1
+        s = fo.Sample(filepath=str(tmp_path / f"img{i}.png"), ground_truth=fo.Segmentation(mask=gt))
+        if i:
+            s["cass"] = fo.Segmentation(mask=gt)
+        samples.append(s)
+    ds.add_samples(samples)
+    ds.mask_targets = {"ground_truth": {0: "background", 1: "cat"}, "cass": {0: "background", 1: "cat"}}
+    ds.save()
+    rc, out = run_cli("eval", name, "--skip-missing", "--no-progress", capsys=capsys)
+    assert rc == 0, out.err
+    assert "UserWarning" not in out.err and "warnings.warn" not in out.err, out.err
+    skipped = [line for line in out.err.splitlines() if "SKIPPED" in line]
+    assert len(skipped) == 1 and f"SKIPPED {tmp_path / 'img0.png'} (id " in skipped[0], out.err
+    assert skipped[0].endswith("): no prediction mask in 'cass'"), out.err
+    assert "| 2 samples evaluated (1 skipped) |" in out.out, out.out
+
+
 def test_eval_key_that_fiftyone_refuses_is_a_usage_error_naming_eval_key(tmp_path, capsys, names):
     name = names.new("evkey")
     gt = np.zeros((8, 8), np.uint8)

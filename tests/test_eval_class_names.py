@@ -133,3 +133,30 @@ def test_name_normalisation():
     assert normalize_class_name("  Traffic \t Light ") == "traffic light"
     m = match_classes_by_name({0: "a", 1: nfc}, {0: nfd, 1: "A"})
     assert m.pred_to_gt == {0: 1, 1: 0} and not m.identity
+
+
+def test_operator_result_shows_unmatched_classes_and_explains_the_accuracies(make_dataset):
+    """Issue 21 item 4: the CLI warned about unmatched predicted classes, the App's result said only
+    "Classes: 4". The operator's result now names them, and says why FiftyOne's Accuracy differs."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    ds = make_dataset({0: "background", 1: "dog", 2: "cat", 3: "lawn"}, {0: 0, 1: 1, 2: 2, 3: 3})
+    op = foo.get_operator("@fiftyone-cass/cass/evaluate_iou")
+    res = foo.execute_operator(op.uri, ctx={"dataset": ds, "params": {
+        "pred_field": "predictions", "gt_field": "ground_truth", "eval_key": "ev", "target": "DATASET"}})
+    out = res.result
+    assert out["unmatched_pred_classes"] == ["lawn"] and out["num_samples"] == 2
+    assert "'lawn'" in out["class_mismatch"] and "count as misses" in out["class_mismatch"]
+    assert "'grass'" in out["class_mismatch"]  # the ground-truth class never predicted
+    assert "FiftyOne's Model Evaluation panel" in out["accuracy_note"]
+    # the output form shows the notice as a warning
+    ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": {}, "results": out},
+                           operator_uri=op.uri)
+    props = op.resolve_output(ctx).to_json()["type"]["properties"]
+    assert props["class_mismatch_notice"]["view"]["description"] == out["class_mismatch"]
+    # matched classes: no notice
+    ds2 = make_dataset(dict(GT_TARGETS), {0: 0, 1: 1, 2: 2, 3: 3})
+    out2 = foo.execute_operator(op.uri, ctx={"dataset": ds2, "params": {
+        "pred_field": "predictions", "gt_field": "ground_truth", "eval_key": "ev2", "target": "DATASET"}}).result
+    assert "class_mismatch" not in out2

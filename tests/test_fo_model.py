@@ -237,3 +237,28 @@ print("PKG", sys.modules["fiftyone_cass"].__file__)
     assert f"PKG {copy / 'fiftyone_cass' / '__init__.py'}" in out.stdout
     reqs = out.stdout.split("REQS", 1)[1].splitlines()[0]
     assert "open_clip_torch" in reqs and "timm" in reqs and "torch" in reqs
+
+
+def test_plugin_registers_its_zoo_entry_for_the_app_server(tmp_path, monkeypatch):
+    """Issue 21 item 10: text search in the App embeds the query with the zoo model in the App
+    server, which knew it only after a manual copy or register_zoo_model_source. Loading the
+    plugin (its register()) now makes the entry known, once, and leaves an existing one alone."""
+    from fiftyone_cass.app.support import register_zoo_entry
+
+    zoo = tmp_path / "zoo"
+    monkeypatch.setattr(fo.config, "model_zoo_dir", str(zoo))
+    assert ZOO_MODEL_NAME not in foz.list_zoo_models()
+    assert register_zoo_entry(str(REPO_ROOT), environ={"FIFTYONE_CASS_NO_ZOO_REGISTER": "1"}) is None
+    dest = register_zoo_entry(str(REPO_ROOT), environ={})
+    assert dest == str(zoo / "fiftyone-cass")
+    assert ZOO_MODEL_NAME in foz.list_zoo_models()
+    model = foz.load_zoo_model(ZOO_MODEL_NAME, classes=CLASSES, batch_size=BATCH, **OPTS)
+    assert isinstance(model, CassModel)
+    assert register_zoo_entry(str(REPO_ROOT), environ={}) is None  # known: not written again
+    # a source registered elsewhere (e.g. register_zoo_model_source from GitHub) is left alone
+    other = tmp_path / "zoo2"
+    (other / "fiftyone-cass" / "fiftyone_cass").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "manifest.json", other / "fiftyone-cass" / "fiftyone_cass" / "manifest.json")
+    monkeypatch.setattr(fo.config, "model_zoo_dir", str(other))
+    assert register_zoo_entry(str(REPO_ROOT), environ={}) is None
+    assert not (other / "fiftyone-cass" / "manifest.json").exists()

@@ -205,3 +205,28 @@ def test_panel_computes_once_per_evaluation_and_reuses_it_on_clicks(evaluated, m
     for p in calls.get("patch_panel_state", []):
         new.update(p.get("state", p))
     assert new["scores"]["mIoU"] == pytest.approx(100.0)
+
+
+def test_panel_shows_unmatched_predicted_classes(fo_dataset, tmp_path):
+    """Issue 21 item 4: the CLI warned about predicted classes the ground truth lacks; the panel
+    showed nothing. It now names them above the table."""
+    ds = fo_dataset("panel_unmatched")
+    ds.add_samples([
+        fo.Sample(filepath=_png(tmp_path / f"u{i}.png", np.zeros((2, 4, 3), np.uint8)),
+                  ground_truth=fo.Segmentation(mask=g), predictions=fo.Segmentation(mask=p))
+        for i, (g, p) in enumerate(zip(GTS, PREDS))
+    ])
+    ds.mask_targets = {"ground_truth": TARGETS, "predictions": {0: "road", 1: "car", 2: "bush"}}
+    ds.save()
+    evaluate_iou(ds, "predictions", eval_key="ev")
+    _, calls = _panel(ds, "on_load")
+    rendered = calls["show_panel_output"][0]["output"]["type"]["properties"]
+    notice = str(rendered["class_mismatch_md"])
+    assert "'bush'" in notice and "count as misses" in notice and "'tree'" in notice
+    assert "Model Evaluation panel" in notice
+    # an evaluation whose classes all match shows no notice
+    ds.mask_targets = {"ground_truth": TARGETS, "predictions": TARGETS}
+    ds.save()
+    evaluate_iou(ds, "predictions", eval_key="ev", overwrite=True)
+    _, calls = _panel(ds, "on_load")
+    assert "class_mismatch_md" not in calls["show_panel_output"][0]["output"]["type"]["properties"]

@@ -115,10 +115,63 @@ def test_app_style_immediate_run_streams_progress(fo_dataset, images):
     progress = [m["params"]["progress"] for m in messages if m["operator_uri"] == "set_progress"]
     assert progress[0] == 0.0 and progress[-1] == 1.0 and progress == sorted(progress)
     assert len(progress) == 2 + 3  # model loading + start + ceil(5 / 2) batches
-    assert [m["operator_uri"] for m in messages][-2:] == ["reload_dataset", "show_output"]
+    uris = [m["operator_uri"] for m in messages]
+    assert uris[-4:] == ["reload_dataset", "set_active_fields", "set_color_scheme", "show_output"]
     shown = messages[-1]["params"]["results"]
     assert shown["num_labeled"] == 5
     assert len(ds.exists("cass")) == 5
+
+
+def test_app_run_ticks_only_its_field_and_sends_its_class_colours_to_the_running_app(fo_dataset, images):
+    """Issue 21 items 2 and 8: the App server builds its colour scheme when it opens a dataset, so a
+    field labelled while the App runs got pool colours; and every run ticked its field on top of
+    the older ones. The run now ticks only its field and sends the stored colours to the App."""
+    from fiftyone_cass.app.support import class_colors
+
+    ds = add_samples(fo_dataset("stream_colors"), images[:2])
+    apply(ds, CLASSES, label_field="older", masks="database", batch_size=2, **OPTS)
+    params = dict(class_source="classes", classes="dog, cat", label_field="newer", backbone="tiny",
+                  device="cpu", batch_size=2, masks="database", options=__import__("json").dumps(SEG_OPTIONS))
+    request = dict(dataset_name=ds.name, view=ds.view()._serialize(), params=params,
+                   active_fields=["older", "tags", "metadata.width"])
+    result = asyncio.run(execute_or_delegate_operator(AUTO, request))
+    assert result.error is None
+    messages = {m.body.to_json()["operator_uri"]: m.body.to_json()["params"] for m in result.result}
+    # older label fields unticked, non-label ticks kept, the new field ticked
+    assert messages["set_active_fields"]["fields"] == ["tags", "metadata.width", "newer"]
+    scheme = messages["set_color_scheme"]
+    by_path = {f["path"]: f for f in scheme["fields"]}
+    assert by_path["newer"]["maskTargetsColors"] == class_colors(ds.mask_targets["newer"])
+    assert by_path["older"]["maskTargetsColors"] == class_colors(ds.mask_targets["older"])
+    assert scheme["color_by"] == "value"
+    assert "only ticked label field" in messages["show_output"]["results"]["shown"]
+    ds.reload()
+    assert ds.app_config.active_fields.paths == ["newer"]
+
+
+def test_show_class_colors_sends_stored_colours_and_updates_the_app_server_state(fo_dataset, images):
+    """For an App opened before a CLI/delegated run: the operator sends the stored colours, and in
+    the App server's process its session state takes them (page reloads draw them too)."""
+    import fiftyone.core.state as fos
+    import fiftyone.server.events.state as server_state
+
+    from fiftyone_cass.app.support import class_colors
+
+    ds = add_samples(fo_dataset("show_colors"), images[:2])
+    old_state = server_state._state
+    state = fos.StateDescription(dataset=ds)
+    state.color_scheme = fos.build_color_scheme(None, ds)  # as the server built it: before the field
+    server_state._state = state
+    try:
+        apply(ds, CLASSES, label_field="cli_field", masks="database", batch_size=2, **OPTS)  # "the CLI"
+        assert not state.color_scheme.fields
+        request = dict(dataset_name=ds.name, view=ds.view()._serialize(), params={})
+        result = asyncio.run(execute_or_delegate_operator(f"{PLUGIN}/show_class_colors", request))
+        assert result.error is None and result.result == {"fields": ["cli_field"]}
+    finally:
+        server_state._state = old_state
+    want = class_colors(ds.mask_targets["cli_field"])
+    assert {f["path"]: f["maskTargetsColors"] for f in state.color_scheme.fields}["cli_field"] == want
 
 
 def test_delegated_run_queues_executes_and_matches_immediate(fo_dataset, images, bad_files):
@@ -216,8 +269,11 @@ def test_retag_operator_checks_the_threshold_and_uses_the_recorded_prefix(fo_dat
     assert "“Threshold” -1 is not allowed: a finite number from 0 to 1" in form["threshold"]["error_message"]
     # the form and the operator default to the prefix apply used
     assert _form(ds, RETAG, {"presence_field": "pp"})["tag_prefix"]["default"] == "tp"
+    # ... and to the field's current threshold (issue 21 item 9: it was always 0.1)
+    assert _form(ds, RETAG, {"presence_field": "pp"})["threshold"]["default"] == 0.0
     res = op(ds, presence_field="pp", threshold=1.0).result
     assert res["samples_changed"] == 2
+    assert _form(ds, RETAG, {"presence_field": "pp"})["threshold"]["default"] == 1.0  # retag's threshold now
     assert not [t for s in ds for t in s.tags if t.startswith(("tp:", "pp:", "lf:"))]
 
 

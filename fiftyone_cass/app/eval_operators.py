@@ -21,7 +21,9 @@ from fiftyone.operators import types
 from fiftyone_cass.app.support import EVALUATE_FIELDS, FormError, form_message
 from fiftyone_cass.fo.metrics import IGNORE_INDEX, metrics_from_histogram
 from fiftyone_cass.fo.evaluation import (
+    ACCURACY_NOTE,
     METHOD,
+    class_match_notice,
     IoUSegmentationResults,
     evaluate_iou,
     histogram_from_results,
@@ -150,24 +152,41 @@ class EvaluateIoU(foo.Operator):
         m = results.iou_metrics()
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
-        return {
+        out = {
             "eval_key": eval_key,
             "mIoU": _percent(m.mIoU),
             "mAcc": _percent(m.mAcc),
             "aAcc": _percent(m.aAcc),
             "num_classes": len(m.iou),
+            "num_samples": results.num_evaluated,
+            "accuracy_note": ACCURACY_NOTE,
         }
+        notice = class_match_notice(results)
+        if notice:
+            out["class_mismatch"] = notice
+            out["unmatched_pred_classes"] = list(results.class_match.get("unmatched_pred_classes") or [])
+        if results.skipped:
+            out["skipped"] = [f"{name}: {why}" for name, why in results.skipped[:50]]
+        return out
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         if (ctx.results or {}).get("error"):
             outputs.view("error_notice", types.Error(label="Evaluation failed", description=ctx.results["error"]))
             return types.Property(outputs, view=types.View(label="Evaluation failed"))
+        results = ctx.results or {}
+        if results.get("class_mismatch"):
+            outputs.view("class_mismatch_notice", types.Warning(label="Classes without a ground-truth match",
+                                                                description=results["class_mismatch"]))
         outputs.str("eval_key", label="Evaluation key")
         outputs.float("mIoU", label="mIoU (%)")
         outputs.float("mAcc", label="mAcc (%)")
         outputs.float("aAcc", label="Pixel accuracy aAcc (%)")
         outputs.int("num_classes", label="Classes")
+        outputs.int("num_samples", label="Samples evaluated")
+        if results.get("skipped"):
+            outputs.list("skipped", types.String(), label="Skipped samples")
+        outputs.str("accuracy_note", label="aAcc vs FiftyOne's Accuracy", view=types.MarkdownView())
         return types.Property(outputs, view=types.View(label="mIoU evaluation"))
 
 

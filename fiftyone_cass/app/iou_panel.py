@@ -31,7 +31,7 @@ from fiftyone.operators import execution_cache, types
 
 from fiftyone_cass.fo.metrics import metrics_from_histogram
 from fiftyone_cass.fo.model import stored_scores
-from fiftyone_cass.fo.evaluation import IoUSegmentationResults, histogram_from_results, per_sample_class_iou  # noqa: F401 - re-exported
+from fiftyone_cass.fo.evaluation import IoUSegmentationResults, class_match_notice, histogram_from_results, per_sample_class_iou  # noqa: F401 - re-exported
 
 PANEL_NAME = "cass_iou"
 COLUMNS = [("class", "Class"), ("iou", "IoU (%)"), ("acc", "Accuracy (%)"), ("gt_pixels", "GT pixels")]
@@ -105,12 +105,13 @@ def evaluation_numbers(ctx, eval_key: str, timestamp: str) -> Dict:
     """The panel's numbers of one evaluation, computed once per evaluation run (FiftyOne's
     execution cache, keyed on the dataset, the key and the run's timestamp: a rerun under the same
     key is a new entry) and reused by every click: ``summary``, ``rows`` (:func:`class_rows`) and
-    ``per_sample`` (:func:`per_sample_class_iou`). Not to be modified by callers."""
+    ``per_sample`` (:func:`per_sample_class_iou`), ``unmatched_notice``. Not to be modified by callers."""
     results = ctx.dataset.load_evaluation_results(eval_key)
     return {
         "summary": summary(ctx.dataset, results),
         "rows": class_rows(ctx.dataset, results),
         "per_sample": per_sample_class_iou(ctx.dataset, results),
+        "unmatched_notice": class_match_notice(results),
     }
 
 
@@ -220,6 +221,7 @@ class IoUPanel(foo.Panel):
             s = numbers["summary"]
             rows = sort_rows(numbers["rows"], ctx.panel.state.sort_by or "iou", bool(ctx.panel.state.descending))
             ctx.panel.state.scores = s
+            ctx.panel.state.unmatched_notice = numbers["unmatched_notice"]
             ctx.panel.state.rows_shown = [r["class"] for r in rows]
             ctx.panel.set_data("class_table", [{k: ("–" if v is None else v) for k, v in r.items()} for r in rows])
             names = [r["class"] for r in rows]
@@ -229,6 +231,7 @@ class IoUPanel(foo.Panel):
             ])
         else:
             ctx.panel.state.scores = None
+            ctx.panel.state.unmatched_notice = None
             ctx.panel.state.rows_shown = []
         pf = ctx.panel.state.presence_field
         if pf and ds.has_sample_field(pf):
@@ -262,6 +265,7 @@ class IoUPanel(foo.Panel):
                 f"— {s['num_classes']} classes, percent, dataset-level IoU (mmsegmentation protocol)",
                 name="summary_md",
             )
+            _render_class_mismatch(panel, ctx.panel.state.unmatched_notice)
             sort_by = ctx.panel.state.sort_by or "iou"
             arrow = "descending" if ctx.panel.state.descending else "ascending"
             table = types.TableView(on_click_cell=self.on_click_cell)
@@ -295,6 +299,15 @@ class IoUPanel(foo.Panel):
                 config={"displayModeBar": False},
             )
         return types.Property(panel, view=types.GridView(align_x="left", align_y="top", gap=1, px=2, py=2))
+
+
+def _render_class_mismatch(panel, notice: Optional[str]) -> None:
+    """The evaluation's predicted classes that the ground truth lacks (issue 21 item 4): they count
+    as misses here, and FiftyOne's Model Evaluation panel leaves their pixels out of its Accuracy."""
+    if notice:
+        panel.md(f"**⚠ Classes without a ground-truth match.** {notice}. FiftyOne's Model Evaluation panel "
+                 "leaves their pixels out of its Accuracy, so it reads higher than aAcc here.",
+                 name="class_mismatch_md")
 
 
 PANELS = [IoUPanel]

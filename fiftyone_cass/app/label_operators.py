@@ -12,6 +12,8 @@
 * ``@fiftyone-cass/cass/retag_presence`` (:class:`RetagPresence`): re-derives the concept tags from
   the stored presence scores with a new threshold, without running the model
   (:func:`fiftyone_cass.fo.apply.retag`).
+* ``@fiftyone-cass/cass/show_class_colors`` (:class:`ShowClassColors`): the dataset's stored class
+  colours in an App that was opened before a delegated or CLI run wrote a field.
 
 The model stays loaded across calls in one process (FiftyOne App server or delegated worker):
 backbones are cached per process and :func:`~.apply.get_segmenter` keeps recent Segmenters.
@@ -35,9 +37,25 @@ from fiftyone_cass.models.weights import ensure_weights
 from fiftyone_cass.config.schema import choices_of, coerce_settings, setting_fields, setting_is_optional, setting_type
 from fiftyone_cass.config.settings import (DEFAULT_PRESENCE_THRESHOLD, GROUP_TITLES, LabelSettings, build_settings,
                                            format_field, label_setting_names)
-from fiftyone_cass.app.support import AUTO_LABEL_FIELDS, FormError, form_message
+from fiftyone_cass.app.support import (
+    AUTO_LABEL_FIELDS,
+    OPEN_APP_COLORS_HINT,
+    FormError,
+    active_fields_after_run,
+    color_scheme_params,
+    form_message,
+    refresh_app_server_colors,
+)
+from fiftyone_cass.fo.apply import (
+    AutoLabelRun,
+    check_threshold,
+    default_tag_prefix,
+    recorded_tag_prefix,
+    recorded_threshold,
+    retag,
+    run_key_for,
+)
 from fiftyone_cass.fo.delegation import AUTO_LABEL_URI  # noqa: F401 - re-exported
-from fiftyone_cass.fo.apply import AutoLabelRun, check_threshold, default_tag_prefix, recorded_tag_prefix, retag, run_key_for
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +67,19 @@ BACKBONES = backbone_names(include_test=False)
 TEST_BACKBONES = tuple(n for n in backbone_names() if n not in BACKBONES)
 #: immediate runs on larger targets default to delegated execution in the App
 DELEGATE_FROM = 100
+#: what the Backbone help adds for a test backbone (random weights): why nothing is drawn by default
+_TEST_MASKS = ('test model with random weights: masks mean nothing, and with the default background rule '
+               '(entropy) every pixel is background: set {"bg_rule": "none"} in “Advanced options (JSON)” '
+               'to see masks')
 _MISSING = object()
+
+
+def backbone_help(chosen: Optional[str]) -> str:
+    """The Backbone input's help: the chosen record's description, and for a test backbone why its
+    default draws nothing (issue 21 item 7)."""
+    name = chosen if chosen in BACKBONE_RECORDS else "openai"
+    text = BACKBONE_RECORDS[name].description
+    return f"{text}; {_TEST_MASKS}" if name in TEST_BACKBONES else text
 
 
 def _fields_of(collection, doc_type):
@@ -297,8 +327,7 @@ def _model_inputs(ctx, inputs) -> None:
     if dev and dev not in devices:
         devices.append(dev)
     dynamic = {  # choices known only on the server
-        "backbone": dict(choices=backbones,
-                         description=BACKBONE_RECORDS[chosen if chosen in BACKBONE_RECORDS else "openai"].description),
+        "backbone": dict(choices=backbones, description=backbone_help(chosen)),
         "device": dict(default="auto", choices=devices),
     }
     for name in _group_fields("model"):
@@ -411,7 +440,11 @@ class AutoLabel(foo.Operator):
         _compute_metadata(run.view)
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
-        return summary.to_dict()
+        result = summary.to_dict()
+        # a delegated run cannot reach the App: the App server keeps the colours it read when it
+        # opened the dataset (see support.color_scheme_params)
+        result["shown"] = OPEN_APP_COLORS_HINT
+        return result
 
     def _execute_streaming(self, ctx):
         """Immediate execution from the App: a generator that updates the App's progress bar
@@ -436,10 +469,15 @@ class AutoLabel(foo.Operator):
             return
         _compute_metadata(run.view)
         yield ctx.trigger("reload_dataset")
-        active = list(ctx.active_fields or [])
-        if active and run.label_field not in active:  # the user's own ticks win over the dataset's defaults
-            yield ctx.ops.set_active_fields(active + [run.label_field])
+        # only the new field ticked (older runs' masks would pile up under it), in its class colours:
+        # the App server built its colour scheme when the dataset was opened, before this field existed
+        ds = run.view._root_dataset
+        yield ctx.ops.set_active_fields(active_fields_after_run(ds, list(ctx.active_fields or []), run.label_field))
+        refresh_app_server_colors(ds)
+        yield ctx.trigger("set_color_scheme", color_scheme_params(ds))
         results = run.summary.to_dict()
+        results["shown"] = (f"'{run.label_field}' is now the only ticked label field, one colour per class "
+                            "(tick other fields in the sidebar to compare)")
         results["mask_dir"] = results.get("mask_dir") or "none: masks are in the database"
         yield ctx.trigger("show_output", dict(outputs=self._outputs().to_json(), results=results))
 
@@ -455,9 +493,11 @@ class AutoLabel(foo.Operator):
         outputs.int("num_labeled", label="Labeled")
         outputs.int("num_already_done", label="Already done")
         outputs.int("num_failed", label="Failed")
+        outputs.list("failed_files", types.String(), label="Failed files (path: reason)")
         outputs.list("failure_reasons", types.List(types.String()), label="Failures by reason ([reason, count])",
                      view=types.JSONView())
         outputs.str("mask_dir", label="Mask directory")
+        outputs.str("shown", label="In the App")
         return types.Property(outputs, view=types.View(label="Auto-labelling summary"))
 
     def resolve_output(self, ctx):
@@ -570,8 +610,11 @@ class RetagPresence(foo.Operator):
         default = next((f for f in fields if f.endswith("_presence")), fields[0])
         _dropdown(inputs, "presence_field", fields, default, "Presence score field", required=True)
         pf = ctx.params.get("presence_field") or default
-        prop = inputs.float("threshold", default=DEFAULT_PRESENCE_THRESHOLD, required=True, label="Threshold",
-                            min=0, max=1, description="Classes scoring at least this get a tag")
+        current = (recorded_threshold(ctx.dataset, pf) if pf in fields else None)
+        prop = inputs.float("threshold", default=DEFAULT_PRESENCE_THRESHOLD if current is None else current,
+                            required=True, label="Threshold", min=0, max=1,
+                            description="Classes scoring at least this get a tag (default: the threshold the "
+                                        "field's tags were last made with)")
         if ctx.params.get("threshold") not in (None, ""):
             try:
                 check_threshold(ctx.params["threshold"])
@@ -612,6 +655,37 @@ class RetagPresence(foo.Operator):
         return _call(self.uri, sample_collection, params, delegate, delegation_target, selected)
 
 
-OPERATORS = [AutoLabel, RetagPresence]
+class ShowClassColors(foo.Operator):
+    """Draws the dataset's stored colours (one per class of every auto-labelled field) in an App
+    that was opened before a delegated or command-line run wrote the field: FiftyOne 1.22's App
+    server reads ``dataset.app_config.color_scheme`` only when the dataset is opened."""
 
-__all__ = ["AUTO_LABEL_URI", "AutoLabel", "OPERATORS", "RETAG_URI", "RetagPresence", "auto_label_kwargs"]
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="show_class_colors",
+            label="Show class colours (CASS)",
+            description="Draw labelled fields in their class colours (mask_targets), e.g. after a run from the CLI",
+            icon="palette",
+            allow_immediate_execution=True,
+            allow_delegated_execution=False,
+        )
+
+    def execute(self, ctx):
+        ds = ctx.dataset
+        ds.reload()
+        refresh_app_server_colors(ds)
+        params = color_scheme_params(ds)
+        ctx.trigger("set_color_scheme", params)
+        return {"fields": [f["path"] for f in params["fields"] if f.get("maskTargetsColors")]}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.list("fields", types.String(), label="Fields drawn in their class colours")
+        return types.Property(outputs, view=types.View(label="Class colours"))
+
+
+OPERATORS = [AutoLabel, RetagPresence, ShowClassColors]
+
+__all__ = ["AUTO_LABEL_URI", "AutoLabel", "OPERATORS", "RETAG_URI", "RetagPresence", "ShowClassColors",
+           "auto_label_kwargs"]

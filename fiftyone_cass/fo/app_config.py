@@ -50,13 +50,8 @@ def show_labels_in_app(dataset, label_field: str, mask_targets: Optional[Mapping
         cfg.color_scheme = scheme
 
         active = cfg.active_fields
-        if active is None:  # the App's default ticks label fields: keep them ticked
-            labels = sorted(dataset.get_field_schema(embedded_doc_type=fo.Label))
-            cfg.active_fields = fo.ActiveFields(paths=labels + ([] if label_field in labels else [label_field]))
-        elif active.exclude:
-            active.paths = [p for p in (active.paths or []) if p != label_field]
-        elif label_field not in (active.paths or []):
-            active.paths = list(active.paths or []) + [label_field]
+        kept = [] if active is None or active.exclude else list(active.paths or [])
+        cfg.active_fields = fo.ActiveFields(paths=active_fields_after_run(dataset, kept, label_field))
         dataset.save()
 
         names = ", ".join(f"{int(k)} {v}" for k, v in sorted(targets.items(), key=lambda kv: int(kv[0])))
@@ -68,3 +63,13 @@ def show_labels_in_app(dataset, label_field: str, mask_targets: Optional[Mapping
                 field.save()
     except Exception as exc:  # noqa: BLE001 - cosmetic only
         logger.warning("could not set the App colours of field %r: %s", label_field, exc)
+
+
+def active_fields_after_run(dataset, active, label_field: str) -> list:
+    """The App's ticked fields after a run wrote ``label_field``: that field is the only label
+    field ticked (older runs' masks would pile up under the new ones); ticked fields that are not
+    label fields stay ticked."""
+    import fiftyone as fo
+
+    labels = set(dataset.get_field_schema(embedded_doc_type=fo.Label))
+    return [p for p in (active or []) if p.split(".")[0] not in labels and p != label_field] + [label_field]

@@ -29,8 +29,9 @@ Reliability (a run can be killed at any point and started again):
 * ``shard=(i, n)`` keeps the samples whose file path hashes to ``i`` modulo ``n``
   (:mod:`fiftyone_cass.fo.shards`, the key of every entry point): ``n`` processes with
   ``i = 0..n-1`` label one dataset concurrently without overlap;
-* an unreadable image is skipped with its error in ``<label_field>_error`` and the log; the
-  returned :class:`ApplySummary` counts the failures by reason;
+* an unreadable image is skipped with its error in ``<label_field>_error`` (the reason first,
+  without the sample's own path) and the log; the returned :class:`ApplySummary` lists the failed
+  files and counts the failures by reason;
 * memory stays flat: only ids/filepaths of the target are listed up front, images and masks are
   held one batch at a time.
 
@@ -99,7 +100,11 @@ RUN_KEY_PREFIX = "cass_"
 #: tag prefix of the run that wrote it: :func:`retag`'s default prefix
 LABEL_FIELD_INFO = "cass_label_field"
 TAG_PREFIX_INFO = "cass_tag_prefix"
+#: the presence threshold the field's labels and tags were made with (apply, then retag)
+THRESHOLD_INFO = "cass_presence_threshold"
 _MAX_LISTED_FAILURES = 1000
+#: failed files listed by ``str(ApplySummary)``
+MAX_LISTED_FILES = 20
 #: attribute of a label recording the file path of the image it was made from (a sample whose
 #: ``filepath`` changed is labelled again)
 SOURCE_ATTR = "source_filepath"
@@ -247,6 +252,8 @@ class ApplySummary:
     def to_dict(self, max_failures: int = 20) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["failures"] = [list(f) for f in self.failures[:max_failures]]
+        # "<path>: <reason>", what the App's result lists
+        d["failed_files"] = [f"{p}: {e}" for _, p, e in self.failures[:max_failures]]
         # [reason, count] pairs, most frequent first (reasons may hold characters that are not
         # valid database keys, and the dict is stored as the result of delegated runs)
         d["failure_reasons"] = [[r, n] for r, n in sorted(self.failure_reasons.items(), key=lambda x: -x[1])]
@@ -264,6 +271,11 @@ class ApplySummary:
         ]
         if self.num_failed:
             lines.append(f"{self.num_failed} failed (see the '{self.error_field}' field):")
+            for _, path, err in self.failures[:MAX_LISTED_FILES]:
+                lines.append(f"  {path}: {err}")
+            if self.num_failed > MAX_LISTED_FILES:
+                lines.append(f"  ... and {self.num_failed - MAX_LISTED_FILES} more")
+            lines.append("failures by reason:")
             for reason, n in sorted(self.failure_reasons.items(), key=lambda x: -x[1]):
                 lines.append(f"  {n} x {reason}")
         else:
@@ -272,6 +284,15 @@ class ApplySummary:
             lines.append(f"{self.num_vanished} sample(s) were deleted from the dataset during the run (not labelled, "
                          "no mask file left)")
         return "\n".join(lines)
+
+
+def sample_error(error: str, filepath: str) -> str:
+    """What ``<label_field>_error`` stores: the reason first, without the sample's own path in
+    front (the App shows the field as a chip cut after a few words; the path is the sample's
+    ``filepath``)."""
+    if filepath and error.startswith(filepath + ": "):
+        error = error[len(filepath) + 2:]
+    return error.strip() or "unknown error"
 
 
 def _identity(folder: str) -> Optional[Tuple[int, int]]:
@@ -633,7 +654,8 @@ class AutoLabelRun:
         try:
             f = self.dataset.get_field(self.presence_field)
             info = dict(f.info or {})
-            want = {LABEL_FIELD_INFO: self.label_field, TAG_PREFIX_INFO: self.tag_prefix}
+            want = {LABEL_FIELD_INFO: self.label_field, TAG_PREFIX_INFO: self.tag_prefix,
+                    THRESHOLD_INFO: float(self.presence_threshold)}
             if any(info.get(k) != v for k, v in want.items()):
                 f.info = {**info, **want}
                 f.save()
@@ -760,7 +782,7 @@ class AutoLabelRun:
                 except OSError as exc:  # e.g. disk full: reported per sample (anything else is a bug: raised)
                     res, err = None, f"{path}: cannot write mask ({type(exc).__name__}: {exc})"
             if res is None:
-                err = err or f"{path}: unknown error"
+                err = sample_error(err or "unknown error", path)
                 errors[sid] = err
                 labels[sid] = presence[sid] = embeddings[sid] = None
                 new_tags[sid] = []
@@ -942,6 +964,37 @@ def recorded_tag_prefix(dataset, presence_field: str) -> Optional[str]:
     return None
 
 
+def recorded_threshold(dataset, presence_field: str) -> Optional[float]:
+    """The presence threshold ``presence_field``'s labels and tags were last made with (by
+    :func:`apply` or :func:`retag`), from the field's ``info`` or the run records; None when
+    neither says."""
+    f = dataset.get_field(presence_field)
+    info = (getattr(f, "info", None) or {}) if f is not None else {}
+    if info.get(THRESHOLD_INFO) is not None:
+        return float(info[THRESHOLD_INFO])
+    for key in dataset.list_runs():
+        if not key.startswith(RUN_KEY_PREFIX):
+            continue
+        try:
+            cfg = dataset.get_run_info(key).config
+        except Exception:  # noqa: BLE001 - a record of another tool or version
+            continue
+        if getattr(cfg, "presence_field", None) == presence_field and getattr(cfg, "presence_threshold", None) is not None:
+            return float(cfg.presence_threshold)
+    return None
+
+
+def _record_threshold(dataset, presence_field: str, threshold: float) -> None:
+    try:
+        f = dataset.get_field(presence_field)
+        info = dict(f.info or {})
+        if info.get(THRESHOLD_INFO) != threshold:
+            f.info = {**info, THRESHOLD_INFO: float(threshold)}
+            f.save()
+    except Exception as exc:  # noqa: BLE001 - only the form's default depends on it
+        logger.warning("could not record the threshold on field %r: %s", presence_field, exc)
+
+
 def check_threshold(threshold, name: str = "threshold") -> float:
     """``threshold`` as a float, checked as the ``presence_threshold`` setting (a finite number from
     0 to 1); the :class:`InvalidInputError` names ``name``."""
@@ -1002,6 +1055,7 @@ def retag(
     if relabel:
         ds.set_values(presence_field, relabel, key_field="id")
     changed = replace_prefixed_tags(ds, list(new_tags), prefix, new_tags) if new_tags else 0
+    _record_threshold(ds, presence_field, threshold)  # the retag form's next default
     counts = dict(sorted(counts.items()))
     counts["_samples_changed"] = changed
     return counts

@@ -131,6 +131,34 @@ def prediction_class_match(samples, gt_field, pred_field, gt_targets, mask_targe
     return match
 
 
+#: why this plugin's aAcc and FiftyOne's "Accuracy" differ (the operator's result and the README)
+ACCURACY_NOTE = (
+    "aAcc (mmsegmentation) = correct pixels / all evaluated ground-truth pixels; pixels predicted as a class "
+    "that the ground truth lacks count as wrong. FiftyOne's Model Evaluation panel computes its Accuracy "
+    "from the confusion matrix of the ground-truth classes, which leaves those pixels out: with unmatched "
+    "predicted classes it reads higher than aAcc")
+
+
+def class_match_notice(results) -> Optional[str]:
+    """One sentence on the classes that could not be compared (None when every predicted class
+    has a ground-truth class of its name): predicted classes that the ground truth lacks (their
+    pixels count as misses), and ground-truth classes no predicted class names."""
+    cm = getattr(results, "class_match", None) or {}
+    pred, gt = list(cm.get("unmatched_pred_classes") or []), list(cm.get("unmatched_gt_classes") or [])
+    if not pred:
+        return None
+    cfg = results.config
+
+    def names(xs):
+        return ", ".join(repr(x) for x in xs[:20]) + (f" and {len(xs) - 20} more" if len(xs) > 20 else "")
+
+    msg = (f"{len(pred)} predicted class(es) of '{cfg.pred_field}' have no class of that name in "
+           f"'{cfg.gt_field}': {names(pred)}; their pixels count as misses (aAcc, IoU)")
+    if gt:
+        msg += f". Ground-truth classes no predicted class names: {names(gt)}"
+    return msg
+
+
 def evaluation_fields(eval_key: str) -> List[str]:
     """The per-sample fields an evaluation ``eval_key`` writes (and deletes with it)."""
     return [f"{eval_key}_iou", f"{eval_key}_pixel_acc"]
@@ -254,14 +282,17 @@ class IoUEvaluation(fous.SegmentationEvaluation):
             iou_field, pacc_field = self._fields(eval_key)
 
         view = samples.select_fields([gt_field, pred_field])
+        skipped = []  # [sample name, reason]: what the CLI and the App list in their own words
         for sample in view.iter_samples(progress=progress, autosave=save):
             gt_seg = sample[gt_field]
             if gt_seg is None or not gt_seg.has_mask:
+                skipped.append([_sample_name(sample), f"no ground-truth mask in {gt_field!r}"])
                 warnings.warn(f"Skipping sample {_sample_name(sample)}: no ground-truth mask in {gt_field!r}")
                 continue
             pred_seg = sample[pred_field]
             if pred_seg is None or not pred_seg.has_mask:
                 if cfg.skip_missing:
+                    skipped.append([_sample_name(sample), f"no prediction mask in {pred_field!r}"])
                     warnings.warn(f"Skipping sample {_sample_name(sample)}: no prediction mask in {pred_field!r}")
                     continue
                 raise InvalidInputError(
@@ -302,6 +333,8 @@ class IoUEvaluation(fous.SegmentationEvaluation):
                 "unmatched_gt_classes": list(match.unmatched_gt),
                 "mapped_by_name": not match.identity,
             },
+            skipped=skipped,
+            num_evaluated=len(view) - len(skipped),
             backend=self,
         )
 
@@ -314,7 +347,8 @@ class IoUSegmentationResults(fous.SegmentationResults):
     per-sample IoU counts them, :func:`sample_histograms`), ``class_values`` (the pixel value of
     each class) and ``class_match`` (None when ids
     were compared as they are; else ``pred_to_gt`` pairs, ``unmatched_pred_classes``,
-    ``unmatched_gt_classes`` and ``mapped_by_name``).
+    ``unmatched_gt_classes`` and ``mapped_by_name``), ``skipped`` ([sample, reason] of the samples
+    left out: no ground truth, or no prediction with ``skip_missing``) and ``num_evaluated``.
     """
 
     def __init__(
@@ -330,6 +364,8 @@ class IoUSegmentationResults(fous.SegmentationResults):
         missed_pixels=None,
         class_values=None,
         class_match=None,
+        skipped=None,
+        num_evaluated=None,
         backend=None,
         missed_matches=None,
     ):
@@ -349,6 +385,8 @@ class IoUSegmentationResults(fous.SegmentationResults):
         self.class_values = list(range(n)) if class_values is None else [int(v) for v in class_values]
         self.missed_matches = [[str(c), int(w), str(g)] for c, w, g in (missed_matches or [])]
         self.class_match = class_match
+        self.skipped = [list(x) for x in skipped or []]  # [sample name, reason] of skipped samples
+        self.num_evaluated = None if num_evaluated is None else int(num_evaluated)
 
     @classmethod
     def _from_dict(cls, d, samples, config, eval_key, **kwargs):
@@ -361,6 +399,8 @@ class IoUSegmentationResults(fous.SegmentationResults):
             missed_matches=d.get("missed_matches"),
             class_values=d.get("class_values"),
             class_match=d.get("class_match"),
+            skipped=d.get("skipped"),
+            num_evaluated=d.get("num_evaluated"),
             **kwargs,
         )
 

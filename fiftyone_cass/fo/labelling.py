@@ -21,22 +21,56 @@ from fiftyone_cass.config.settings import LabelSettings, replace_settings, resol
 MAX_LISTED = 20
 
 
+#: the largest classes file read (a 2,000-class vocabulary with synonyms is ~100 KB)
+MAX_CLASSES_FILE_BYTES = 4 * 1024 * 1024
+
+
+def read_classes_text(data: bytes, where: str) -> List[str]:
+    """The classes of a classes file's bytes (see :func:`read_classes_file`); ``where`` names the
+    file in errors. Also what a form's uploaded file goes through."""
+    if len(data) > MAX_CLASSES_FILE_BYTES:
+        raise InvalidInputError(f"{where} is larger than {MAX_CLASSES_FILE_BYTES // (1024 * 1024)} MiB; "
+                                "a classes file lists one class per line")
+    try:
+        text = data.decode("utf-8-sig")  # -sig: a byte-order mark is not part of the first class
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{where} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+    lines = [line.strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        raise InvalidInputError(f"{where} names no class")
+    return lines
+
+
 def read_classes_file(path: str, what: str = "classes file") -> List[str]:
     """The classes listed in a text file, one per line (a line may list synonyms: ``person,
     people``); blank lines and lines starting with ``#`` (after leading spaces) are comments,
     skipped (the documented rule of ``--classes-file``). UTF-8 (a byte-order mark is skipped);
-    ``what`` names the file in errors."""
+    ``what`` names the file in errors. Only a regular file of at most
+    :data:`MAX_CLASSES_FILE_BYTES` is read: a device (``/dev/zero``), a FIFO or a directory is
+    refused before it is opened (a FIFO would block, ``/dev/zero`` never ends), and a file that grows
+    past the limit while read is refused too."""
+    import stat
+
+    where = f"{what} {path}"
     try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first class
-            lines = [line.strip() for line in f]
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a special file")
+            raise InvalidInputError(f"{where} is {kind}, not a regular file; give a text file with one class per line")
+        if st.st_size > MAX_CLASSES_FILE_BYTES:
+            raise InvalidInputError(f"{where} is larger than {MAX_CLASSES_FILE_BYTES // (1024 * 1024)} MiB; "
+                                    "a classes file lists one class per line")
+        # O_NONBLOCK: a path swapped for a FIFO after the check does not block the open
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise InvalidInputError(f"{where} is not a regular file; give a text file with one class per line")
+            data = f.read(MAX_CLASSES_FILE_BYTES + 1)
     except OSError as exc:
-        raise InvalidInputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError(f"{what} {path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
-    lines = [line for line in lines if line and not line.startswith("#")]
-    if not lines:
-        raise InvalidInputError(f"{what} {path} names no class")
-    return lines
+        raise InvalidInputError(f"cannot read {where}: {exc.strerror or exc}") from None
+    return read_classes_text(data, where)
 
 
 @dataclass

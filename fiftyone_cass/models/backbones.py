@@ -273,11 +273,13 @@ def _offline_hint(what: str, exc: BaseException, spec: Optional[BackboneSpec] = 
     spec = spec or BACKBONES[DEFAULT_BACKBONE]
     w = dict(spec.components()).get(what, spec.clip)
     setting = "FIFTYONE_CASS_PRIOR_CHECKPOINT" if what == "PRIOR" else f"{what.lower()}_checkpoint="
-    return WeightsUnavailableError(
+    err = WeightsUnavailableError(
         f"could not obtain the {what} weights ({type(exc).__name__}: {exc}). This machine may have no "
         f"access to the model hub. Download them elsewhere and pass a local file: {setting}'{w.file}' "
         f"(the weights of {w.hub}). " + offline_instructions(spec)
     )
+    err.model = what  # which weights are missing (CLIP, DINO, PRIOR), for the messages built on it
+    return err
 
 
 def _check_file(path, what: str) -> str:

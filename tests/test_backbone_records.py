@@ -334,3 +334,16 @@ def test_cli_backbone_flag_takes_the_registry_names(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "--backbone" in err and "'dinov9' is not allowed" in err and "openai-dinov3" in err
+
+
+def test_test_records_never_ask_the_hub(monkeypatch):
+    from fiftyone_cass import bootstrap
+    from fiftyone_cass.models.weights import ensure_weights
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # else the reachability check is skipped
+    asked = []
+    monkeypatch.setattr(bootstrap, "hub_reachable", lambda timeout=3.0: asked.append(timeout) or False)
+    monkeypatch.setattr(bb, "_LOADED", {})
+    for name in ("tiny-l14-prior", "tiny-dinov2", "tiny-dinov3"):
+        ensure_weights(name, "cass", "cpu")
+    assert asked == []

@@ -438,7 +438,7 @@ def cached_models(name: str, clip_checkpoint=None, dino_checkpoint=None, device=
     pkey = _prior_key(spec, dev)
     downloads = (ckey not in _LOADED and spec.clip_pretrained and not ckey[2]) or (
         need_dino and dkey not in _LOADED and spec.dino_pretrained and not dkey[2]) or (
-        need_prior and pkey is not None and pkey not in _LOADED and not pkey[2])
+        need_prior and pkey is not None and pkey not in _LOADED and spec.prior.pretrained and not pkey[2])
     if downloads:
         _offline_if_hub_unreachable()
     if ckey not in _LOADED:

@@ -37,8 +37,9 @@ def register(p):
     from fiftyone_cass.app.eval_operators import OPERATORS as EVAL_OPERATORS
     from fiftyone_cass.app.iou_panel import PANELS
     from fiftyone_cass.app.label_operators import OPERATORS as LABEL_OPERATORS
+    from fiftyone_cass.app.review_operators import OPERATORS as REVIEW_OPERATORS
 
-    for op in LABEL_OPERATORS + EVAL_OPERATORS + PANELS:
+    for op in LABEL_OPERATORS + REVIEW_OPERATORS + EVAL_OPERATORS + PANELS:
         p.register(op)
 
 

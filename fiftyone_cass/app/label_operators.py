@@ -35,6 +35,7 @@ from fiftyone_cass.models.weights import ensure_weights
 from fiftyone_cass.config.schema import choices_of, coerce_settings, setting_fields, setting_is_optional, setting_type, split_settings
 from fiftyone_cass.config.settings import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, LabelSettings, format_field, label_setting_names
 from fiftyone_cass.app.support import AUTO_LABEL_FIELDS, FormError, form_message
+from fiftyone_cass.fo.outputs import form_settings
 from fiftyone_cass.fo.apply import AutoLabelRun, check_threshold, default_tag_prefix, recorded_tag_prefix, retag, run_key_for
 
 logger = logging.getLogger(__name__)
@@ -274,7 +275,7 @@ class AutoLabel(foo.Operator):
                                       label=_SETTINGS["masks"].metadata["label"], view=masks), "masks")
         if (ctx.params.get("masks") or "auto") != "database":
             _add_setting(ctx, inputs, "mask_dir")
-        for name in ("presence_field", "tag_prefix", "presence_threshold", "embeddings_field"):
+        for name in form_settings():  # the output table's inputs (fiftyone_cass.fo.outputs)
             _add_setting(ctx, inputs, name)
         inputs.str("options", label=AUTO_LABEL_FIELDS["options"],
                    description='Segmenter options, e.g. {"mode": "whole", "short_side": 448}')

@@ -57,7 +57,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image
 
 import fiftyone as fo
 import fiftyone.core.fields as fof
@@ -66,11 +65,24 @@ from fiftyone import ViewField as F
 
 from fiftyone_cass.app.support import show_labels_in_app
 from fiftyone_cass.errors import InvalidInputError
-from fiftyone_cass.fileio import atomic_write, remove_orphaned_temp_files
+from fiftyone_cass.fileio import atomic_write, is_valid_png, remove_orphaned_temp_files, write_mask_png  # noqa: F401 - re-exported
 from fiftyone_cass.fo.shards import shard_index, validate_shard  # noqa: F401 - re-exported
 from fiftyone_cass.models.segmenter import Segmenter
 from fiftyone_cass.config.schema import coerce_settings, setting_fields, settings_doc, split_settings
 from fiftyone_cass.config.settings import DISK_THRESHOLD, RESERVED_FIELDS, LabelSettings, ModelSettings, format_field, resolve_masks  # noqa: F401
+from fiftyone_cass.fo.outputs import (
+    OUTPUTS,
+    OutputContext,
+    check_types,
+    compute_outputs,
+    declarations,
+    engine_needs,
+    failed_outputs,
+    get_output,
+    resolve_fields,
+    tag_classes,
+    write_outputs,
+)
 from fiftyone_cass.fo.claims import FieldClaim, FieldClaimedError, release_field  # noqa: F401 - re-exported
 from fiftyone_cass.fo.model import (  # noqa: F401 - re-exported: the vocabulary and model cache live with the model
     CONFIG_ATTR,
@@ -95,40 +107,11 @@ RUN_KEY_PREFIX = "cass_"
 LABEL_FIELD_INFO = "cass_label_field"
 TAG_PREFIX_INFO = "cass_tag_prefix"
 _MAX_LISTED_FAILURES = 1000
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 # ------------------------------------------------------------------------------------------------
 # Small helpers (public: the CLI and the tests use them)
 # ------------------------------------------------------------------------------------------------
-def is_valid_png(path: Optional[str]) -> bool:
-    """Cheap check that a mask file is present and complete: PNG signature and IEND trailer."""
-    if not path:
-        return False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if head != _PNG_SIGNATURE:
-                return False
-            f.seek(0, os.SEEK_END)
-            if f.tell() < 8 + 25 + 12:
-                return False
-            f.seek(-12, os.SEEK_END)
-            return f.read(12) == _PNG_END
-    except OSError:
-        return False
-
-
-def write_mask_png(path: str, label_map: np.ndarray) -> None:
-    """Writes ``label_map`` (uint8, or uint16 for > 256 labels) to ``path`` atomically
-    (:func:`fiftyone_cass.fileio.atomic_write`: hidden temp file, fsync, ``os.replace``)."""
-    arr = np.ascontiguousarray(label_map)
-    if arr.dtype not in (np.uint8, np.uint16):
-        arr = arr.astype(np.uint16 if int(arr.max(initial=0)) > 255 else np.uint8)
-    atomic_write(path, lambda f: Image.fromarray(arr).save(f, format="PNG"))
-
-
 def mask_file_path(mask_dir: str, label_field: str, sample_id: str, dataset_id: str, config_id: str) -> str:
     """Where a sample's mask is written: ``<mask_dir>/<label_field>/<sample id>-<dataset id>-<config id>.png``.
     The name holds everything that makes the mask unique, so a clone of the dataset (same sample
@@ -266,8 +249,6 @@ class AutoLabelRun:
         # every LabelSettings field checked once (the rest are Segmenter options, checked by it)
         run, options = split_settings(LabelSettings, dict(settings, classes=classes))
         classes, preset, gt_field, label_field = run.classes, run.preset, run.gt_field, run.label_field
-        presence_field, tag_prefix, error_field, embeddings_field = (
-            run.presence_field, run.tag_prefix, run.error_field, run.embeddings_field)
         model_kwargs = {n: getattr(run, n) for n in setting_fields(ModelSettings)}
         self.started = time.monotonic()
         self.view = sample_collection
@@ -284,20 +265,33 @@ class AutoLabelRun:
                 "dataset's samples (e.g. the base view)"
             )
         self.label_field = label_field
-        self.presence_field = format_field(presence_field, label_field) or None
-        self.tag_prefix = (format_field(tag_prefix, label_field) or None) if self.presence_field else None
-        self.error_field = format_field(error_field, label_field) or None
-        self.embeddings_field = format_field(embeddings_field, label_field) or None
-        extra = (("presence_field", self.presence_field), ("error_field", self.error_field),
-                 ("embeddings_field", self.embeddings_field))
-        for name, f in extra:
-            if f is not None and (not f.isidentifier() or f in RESERVED_FIELDS or f == label_field):
-                raise InvalidInputError(f"{name} {f!r} is not a usable field name: " + (
-                    "it is the same as label_field" if f == label_field else "it is a built-in FiftyOne field"
-                    if f in RESERVED_FIELDS else "it is not a valid Python identifier"))
-        used = [f for _, f in extra if f]
-        if len(set(used)) != len(used):
-            raise InvalidInputError(f"presence_field, error_field and embeddings_field must differ, got {used}")
+        # the outputs this run writes: {output name: field name} (fiftyone_cass.fo.outputs.OUTPUTS)
+        self.fields = resolve_fields(run, label_field)
+        self.presence_field = self.fields.get("presence")
+        self.tag_prefix = self.fields.get("tags")
+        self.error_field = self.fields.get("error")
+        self.embeddings_field = self.fields.get("embedding")
+        self.confidence_field = self.fields.get("confidence")
+        self.uncertainty_field = self.fields.get("uncertainty")
+        self.uncertainty_kind = run.uncertainty_kind
+        named = [(get_output(n).setting, f) for n, f in self.fields.items() if n not in ("segmentation", "tags")]
+        for name, base in named:
+            for f in get_output(dict((o.setting, o.name) for o in OUTPUTS)[name]).field_names(base):
+                if not f.isidentifier() or f in RESERVED_FIELDS or f == label_field:
+                    raise InvalidInputError(f"{name} {base!r} is not a usable field name: " + (
+                        "it is the same as label_field" if f == label_field else "it is a built-in FiftyOne field"
+                        if f in RESERVED_FIELDS else "it is not a valid Python identifier"))
+        owner: Dict[str, List[str]] = {}
+        for n, b in self.fields.items():
+            if n not in ("tags", "segmentation"):
+                for f in get_output(n).field_names(b):
+                    owner.setdefault(f, []).append(get_output(n).setting)
+        clash = {s for names in owner.values() if len(names) > 1 for s in names}
+        if clash:
+            listed = [s for s in ("presence_field", "error_field", "embeddings_field")] + sorted(
+                clash - {"presence_field", "error_field", "embeddings_field"})
+            used = [b for n, b in self.fields.items() if n not in ("tags", "segmentation")]
+            raise InvalidInputError(f"{', '.join(listed[:-1])} and {listed[-1]} must differ, got {used}")
         if run.skip_existing and run.overwrite:  # which one would win is not what the caller meant
             raise InvalidInputError("skip_existing=True and overwrite=True exclude each other: skip_existing keeps the "
                                     "labels of other settings, overwrite replaces them; choose one")
@@ -393,12 +387,7 @@ class AutoLabelRun:
     def _plan(self) -> int:
         ds, lf = self.dataset, self.label_field
         exists = self._check_field_type(lf, embedded=fo.Segmentation)
-        if self.presence_field:
-            self._check_field_type(self.presence_field, embedded=fo.Classifications)
-        if self.error_field:
-            self._check_field_type(self.error_field, ftype=fof.StringField)
-        if self.embeddings_field:
-            self._check_field_type(self.embeddings_field, ftype=fof.VectorField)
+        check_types(ds, {n: f for n, f in self.fields.items() if n != "segmentation"})
 
         ids = self.view.values("id")
         self.summary.num_target = len(ids)
@@ -427,6 +416,15 @@ class AutoLabelRun:
                 if (path and is_valid_png(path)) or (not path and in_db):
                     done.add(sid)
             skipped_old = {sid for sid, cfg in zip(lids, cfgs) if sid in done and cfg != self.config_id}
+            # a sample of these settings is done when every output this run asks for is there too
+            mine = [sid for sid in done if sid not in skipped_old]
+            for name, f in self.fields.items():
+                check = get_output(name).present
+                if check is not None and mine and ds.has_sample_field(f):
+                    have = check(ds, f, mine)
+                    done -= set(mine) - have
+                elif check is not None and mine:
+                    done -= set(mine)
 
         if self.shard is not None:  # by file path, as every entry point (fiftyone_cass.fo.shards)
             i, n = self.shard
@@ -448,12 +446,8 @@ class AutoLabelRun:
         # schema, mask_targets, run record (idempotent: concurrent workers write the same)
         self._declare(lf, ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
         self._declare(f"{lf}.{CONFIG_ATTR}", ftype=fof.StringField)
-        if self.presence_field:
-            self._declare(self.presence_field, ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Classifications)
-        if self.error_field:
-            self._declare(self.error_field, ftype=fof.StringField)
-        if self.embeddings_field:
-            self._declare(self.embeddings_field, ftype=fof.VectorField)
+        for name, decl in declarations({n: f for n, f in self.fields.items() if n != "segmentation"}):
+            self._declare(name, **decl)
         if todo_ids:
             if self.presence_field:
                 self._record_tag_prefix()
@@ -585,7 +579,7 @@ class AutoLabelRun:
                     if i + 1 < len(batches):
                         loading = loader.submit(self._load_batch, batches[i + 1])
                     paths = [p for _, p in batch]
-                    outputs = self.model.segment(loaded, paths, embeddings=bool(self.embeddings_field))
+                    outputs = self.model.segment(loaded, paths, **self._engine)
                     del loaded
                     if writing is not None:
                         done += writing.result()
@@ -610,59 +604,50 @@ class AutoLabelRun:
     def _load_batch(self, batch: List[Tuple[str, str]]):
         return [load_item(p, p) for _, p in batch]
 
+    def _output_context(self) -> OutputContext:
+        ds_id = str(self.dataset._doc.id)
+        file_path = None
+        if self.mask_dir:
+            def file_path(f, sid):
+                return mask_file_path(self.mask_dir, f, sid, ds_id, self.config_id)
+        return OutputContext(self.vocab, self.presence_threshold, self.config_id, self.label_field, dict(self.fields),
+                             file_path, self.model.segmentation_label)
+
+    @property
+    def _engine(self) -> Dict[str, Any]:
+        """What the engine computes besides the labels, for the outputs of this run."""
+        needs = engine_needs(self.fields)
+        return dict(embeddings="embedding" in needs, confidence="confidence" in needs,
+                    uncertainty=self.uncertainty_kind if "uncertainty" in needs else None)
+
     def _write_batch(self, batch: List[Tuple[str, str]], outputs) -> int:
-        """Saves one batch's results and errors; returns the number of samples processed."""
-        model, lf = self.model, self.label_field
+        """Saves one batch's results and errors; returns the number of samples processed. The
+        outputs (:data:`fiftyone_cass.fo.outputs.OUTPUTS`) are computed per sample, their files
+        written first (each under a new name: nothing a label points at is rewritten), then the
+        fields in the table's order, the label field last (a sample is done once it is saved)."""
+        lf = self.label_field
         ids = [s for s, _ in batch]
         paths = [p for _, p in batch]
-
-        labels: Dict[str, Any] = {}
-        presence: Dict[str, Any] = {}
-        embeddings: Dict[str, Any] = {}
-        new_tags: Dict[str, List[str]] = {}
-        errors: Dict[str, Optional[str]] = {}
         ds = self.dataset
         ds_id = str(ds._doc.id)
+        ctx = self._output_context()
         old_paths = dict(zip(*ds.select(ids).values(["id", f"{lf}.mask_path"]))) if self.mask_dir else {}
-        # 1. masks (files first, atomically, each under a new name: nothing a label points at is rewritten)
+        values: Dict[str, Dict[str, Dict[str, Any]]] = {}
         for sid, path, (res, err) in zip(ids, paths, outputs):
             if res is not None:
                 try:
-                    if self.mask_dir:
-                        mpath = mask_file_path(self.mask_dir, lf, sid, ds_id, self.config_id)
-                        write_mask_png(mpath, self.vocab.map(res.label_map))
-                        labels[sid] = model.segmentation_label(res, mask_path=mpath)
-                    else:
-                        labels[sid] = model.segmentation_label(res)
+                    values[sid] = compute_outputs(ctx, self.fields, sid, res)
                 except Exception as exc:  # noqa: BLE001 - e.g. disk full: reported per sample
-                    res, err = None, f"{path}: cannot write mask ({type(exc).__name__}: {exc})"
+                    res, err = None, f"{path}: cannot write its outputs ({type(exc).__name__}: {exc})"
             if res is None:
                 err = err or f"{path}: unknown error"
-                errors[sid] = err
-                labels[sid] = presence[sid] = embeddings[sid] = None
-                new_tags[sid] = []
+                values[sid] = failed_outputs(self.fields, err)
                 self._record_failure(sid, path, err)
                 continue
-            errors[sid] = None
-            presence[sid] = model.presence_label(res)
-            embeddings[sid] = res.embedding
-            if self.tag_prefix:
-                new_tags[sid] = presence_tags(self.tag_prefix, self.vocab.names, res.presence, self.presence_threshold,
-                                              skip=[self.vocab.names[self.vocab.background_label]]
-                                              if self.vocab.background_label is not None else ())
             self.summary.num_labeled += 1
-
-        # 2. everything but the label, 3. the label (a sample is done once its label is saved)
-        if self.error_field:
-            ds.set_values(self.error_field, errors, key_field="id")
-        if self.embeddings_field:
-            ds.set_values(self.embeddings_field, embeddings, key_field="id")
-        if self.presence_field:
-            ds.set_values(self.presence_field, presence, key_field="id")
-            if self.tag_prefix:
-                replace_prefixed_tags(ds, ids, self.tag_prefix, new_tags)
-        ds.set_values(lf, labels, key_field="id")
-        # 4. the files the labels pointed at before, if this dataset wrote them and no label of it points there now
+        write_outputs(ds, ctx, self.fields, values)
+        # the files the labels pointed at before, if this dataset wrote them and no label of it points there now
+        labels = {sid: v["segmentation"][""] for sid, v in values.items()}
         replaced = [p for sid, p in old_paths.items()
                     if p and labels.get(sid) is not None and labels[sid].mask_path != p and written_by_apply(p, sid, ds_id)]
         if replaced:
@@ -757,7 +742,9 @@ def retag(
 ) -> Dict[str, int]:
     """Re-derives the ``<tag_prefix>:<class>`` sample tags of ``sample_collection`` from the stored
     presence scores (no model is run): tags with the prefix are removed from every sample with
-    scores, and each class whose score is at least ``threshold`` is tagged. Where the full score
+    scores, and the classes of :func:`fiftyone_cass.fo.outputs.tag_classes` (the one rule of every
+    surface: score at least ``threshold``, never background; ``skip_labels``: further names not
+    to tag) are tagged. Where the full score
     vector is stored (``all_labels``/``all_scores``), the visible presence labels are redone with
     the new threshold too.
 
@@ -790,8 +777,7 @@ def retag(
         for t in new_tags[sid]:
             counts[t] = counts.get(t, 0) + 1
         if label.has_field("all_scores"):  # the full vector is stored: the visible labels follow
-            bg = names.index("background") if "background" in names else None
-            new = presence_label(names, scores, threshold, bg)
+            new = presence_label(names, scores, threshold)  # the one rule (fo.outputs.tag_classes)
             if [(c.label, c.confidence) for c in new.classifications] != [
                 (c.label, c.confidence) for c in label.classifications or []
             ]:

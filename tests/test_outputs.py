@@ -269,3 +269,61 @@ def test_review_queue_operator_makes_the_view_tags_and_saves(fo_dataset, tmp_pat
     got = [next(c.confidence for c in ds[i]["cass_confidence_per_class"].classifications if c.label == "dog")
            for i in res.result["ids"]]
     assert got == [0.1, 0.3, 0.8]
+
+
+# ------------------------------------------------------------------------------------------------
+# Concept heatmaps (item 4)
+# ------------------------------------------------------------------------------------------------
+def test_concept_heatmaps_for_the_target_only_at_the_image_size_and_they_resume(fo_dataset, images, tmp_path):
+    import fiftyone_cass
+    from fiftyone_cass import Segmenter
+
+    ds = add_samples(fo_dataset("concept"), images[:4])
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    ds.add_sample(fo.Sample(filepath=str(bad)))
+    target = ds.skip(1)  # 3 images + the bad file
+    kw = dict(KW, batch_size=1, masks="disk", mask_dir=str(tmp_path / "m"))
+    calls = []
+
+    def stop_after_one(pb):  # kill the run after its first batch is saved
+        calls.append(pb.iteration)
+        if pb.iteration >= 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fiftyone_cass.concept_heatmap(target, "a red car", "car", progress=stop_after_one, **kw)
+    assert ds.count("car") == 1
+    s = fiftyone_cass.concept_heatmap(target, "a red car", "car", **kw)
+    assert s.num_already_done == 1 and s.num_computed == 2 and s.num_failed == 1
+    assert ds.first()["car"] is None  # outside the target: untouched
+    errors = dict(zip(*ds.values(["filepath", "car_error"])))
+    assert errors.pop(str(bad)).startswith(str(bad)) and not any(errors.values())  # per-sample error
+    seg = Segmenter(classes=["a red car"], background="default", batch_size=1, **OPTS)
+    seg.probability_maps = (1,)
+    for smp in target.exists("car"):
+        hm = smp["car"]
+        with Image.open(hm.map_path) as im:
+            stored = np.asarray(im).astype(np.float32) / 255.0
+        with Image.open(smp.filepath) as im:
+            assert stored.shape == (im.size[1], im.size[0])
+        ref = seg([smp.filepath])[0].probabilities[1]
+        assert np.abs(stored - ref).max() <= 0.5 / 255 + 1e-6 and list(hm.range) == [0, 255]
+    # a finished run adds nothing
+    again = fiftyone_cass.concept_heatmap(target, "a red car", "car", **kw)
+    assert again.num_computed == 0 and again.num_already_done == 3
+
+
+def test_concept_heatmap_operator_writes_the_target_samples_only(fo_dataset, images):
+    import fiftyone.operators as foo
+
+    from fiftyone_cass.app.review_operators import CONCEPT_URI
+
+    ds = add_samples(fo_dataset("conceptop"), images[:3])
+    view = ds.limit(2)
+    res = foo.get_operator(CONCEPT_URI)(view, "a dog", "dog_map", masks="database", **KW)
+    assert res.result["num_computed"] == 2, res
+    assert ds.count("dog_map") == 2 and ds.last()["dog_map"] is None
+    m = ds.first()["dog_map"].map
+    with Image.open(ds.first().filepath) as im:
+        assert m.shape == (im.size[1], im.size[0])

@@ -1,4 +1,6 @@
-"""``@fiftyone-cass/cass/review_queue``: a view (optionally a saved view) of the N least confident
+"""``@fiftyone-cass/cass/review_queue`` and ``concept_heatmap``.
+
+``review_queue``: a view (optionally a saved view) of the N least confident
 samples, overall or for one class, optionally tagged ``needs_review``
 (:func:`fiftyone_cass.fo.review.review_queue`). From Python::
 
@@ -96,6 +98,83 @@ class ReviewQueue(foo.Operator):
         return foo.execute_operator(self.uri, ctx, params=params)
 
 
-OPERATORS = [ReviewQueue]
 
-__all__ = ["OPERATORS", "REVIEW_URI", "ReviewQueue", "confidence_fields"]
+
+CONCEPT_URI = f"{PLUGIN_NAME}/concept_heatmap"
+
+
+class ConceptHeatmap(foo.Operator):
+    """``@fiftyone-cass/cass/concept_heatmap``: a Heatmap of any text for the target samples
+    (:func:`fiftyone_cass.fo.concepts.concept_heatmap`)."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="concept_heatmap",
+            label="Concept heatmap for any text (CASS)",
+            description="Per-pixel probability of a text prompt as a Heatmap over each image",
+            icon="local_fire_department",
+            dynamic=True,
+            execute_as_generator=False,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx, name="target", action_description="Compute",
+                           dataset_description="The entire dataset", current_view_description="The current view",
+                           selected_samples_description="The selected samples", require_flat=True)
+        inputs.str("prompt", required=True, label="Text", description="e.g. a red car")
+        inputs.str("heatmap_field", default="concept_heatmap", required=True, label="Heatmap field")
+        segs = sorted(f for f in ctx.dataset.get_field_schema(embedded_doc_type=fo.Segmentation)
+                      if ctx.dataset.mask_targets.get(f))
+        if segs:
+            choice = types.DropdownView()
+            choice.add_choice("", label="(none: against background words)")
+            for f in segs:
+                choice.add_choice(f, label=f)
+            inputs.enum("label_field", choice.values(), default="", label="Vocabulary of field", view=choice,
+                        description="The prompt competes with this field's classes")
+        return types.Property(inputs, view=types.View(label="Concept heatmap"))
+
+    def execute(self, ctx):
+        from fiftyone_cass.fo.concepts import concept_heatmap
+
+        p = ctx.params
+        kw = dict(p.get("settings") or {})
+
+        def report(pb):
+            ctx.set_progress(progress=pb.progress, label=f"{pb.iteration} of {pb.total} samples")
+
+        try:
+            summary = concept_heatmap(ctx.target_view(param_name="target", require_flat=True), p["prompt"],
+                                      p.get("heatmap_field") or "concept_heatmap",
+                                      label_field=p.get("label_field") or None,
+                                      progress=fo.report_progress(report, dt=2.0), **kw)
+        except InvalidInputError as exc:
+            raise FormError(str(exc)) from exc
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        return summary.to_dict()
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("num_computed", label="Heatmaps computed")
+        outputs.int("num_already_done", label="Already done")
+        outputs.int("num_failed", label="Failed")
+        return types.Property(outputs, view=types.View(label="Concept heatmap"))
+
+    def __call__(self, sample_collection, prompt, heatmap_field="concept_heatmap", label_field=None,
+                 delegate=False, **settings):
+        """From Python; ``settings``: :func:`~fiftyone_cass.fo.concepts.concept_heatmap`'s keywords
+        (backbone, device, batch_size, masks, Segmenter options...)."""
+        params = dict(prompt=prompt, heatmap_field=heatmap_field, label_field=label_field or "", settings=settings,
+                      target="DATASET" if isinstance(sample_collection, fo.Dataset) else "CURRENT_VIEW")
+        ctx = dict(dataset=sample_collection) if isinstance(sample_collection, fo.Dataset) else dict(view=sample_collection)
+        return foo.execute_operator(self.uri, ctx, params=params, request_delegation=bool(delegate))
+
+
+OPERATORS = [ReviewQueue, ConceptHeatmap]
+
+__all__ = ["CONCEPT_URI", "ConceptHeatmap", "OPERATORS", "REVIEW_URI", "ReviewQueue", "confidence_fields"]

@@ -617,7 +617,7 @@ class AutoLabelRun:
     def _engine(self) -> Dict[str, Any]:
         """What the engine computes besides the labels, for the outputs of this run."""
         needs = engine_needs(self.fields)
-        return dict(embeddings="embedding" in needs, confidence="confidence" in needs,
+        return dict(embeddings="embeddings" in needs, confidence="confidence" in needs,
                     uncertainty=self.uncertainty_kind if "uncertainty" in needs else None)
 
     def _write_batch(self, batch: List[Tuple[str, str]], outputs) -> int:

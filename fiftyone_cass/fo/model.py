@@ -125,23 +125,29 @@ _SEG_LOCKS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _engine_outputs(seg, confidence: bool, uncertainty: Optional[str]):
+def _engine_outputs(seg, confidence: bool, uncertainty: Optional[str], probability_maps: Sequence[int] = ()):
     """Sets the Segmenter's confidence outputs for one call (restored after), holding the
-    Segmenter meanwhile: cached Segmenters are shared by the runs of one process."""
+    Segmenter meanwhile: cached Segmenters are shared by the runs of one process. What the
+    Segmenter was set to itself stays on (a ready segmenter given by the caller)."""
     with _SEG_LOCKS_LOCK:
         try:
             lock = _SEG_LOCKS.setdefault(seg, threading.Lock())
         except TypeError:  # not weak-referenceable: a private lock
             lock = threading.Lock()
+    names = ("return_confidence", "uncertainty", "probability_maps")
     with lock:
-        saved = (getattr(seg, "return_confidence", False), getattr(seg, "uncertainty", None))
+        saved = tuple(getattr(seg, n, d) for n, d in zip(names, (False, None, ())))
+        want = (bool(confidence) or saved[0], uncertainty or saved[1], tuple(probability_maps) or saved[2])
+        changed = want != saved
         try:
-            if confidence or uncertainty or saved != (False, None):
-                seg.return_confidence, seg.uncertainty = confidence or saved[0], uncertainty or saved[1]
+            if changed:
+                for n, v in zip(names, want):
+                    setattr(seg, n, v)
             yield
         finally:
-            if confidence or uncertainty or saved != (False, None):
-                seg.return_confidence, seg.uncertainty = saved
+            if changed:
+                for n, v in zip(names, saved):
+                    setattr(seg, n, v)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -462,16 +468,17 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         return self.segmenter if self.segmenter is not None else get_segmenter(**self._embed_kw)
 
     def segment(self, loaded: Sequence[Union[np.ndarray, LoadFailure]], names: Sequence[str],
-                embeddings: Optional[bool] = None, confidence: bool = False,
-                uncertainty: Optional[str] = None) -> List[Tuple[Optional[SegmentationResult], Optional[str]]]:
+                embeddings: Optional[bool] = None, confidence: bool = False, uncertainty: Optional[str] = None,
+                probability_maps: Sequence[int] = ()) -> List[Tuple[Optional[SegmentationResult], Optional[str]]]:
         """THE inference step of the project: decoded images (or :class:`LoadFailure`) in,
         ``(result | None, error | None)`` per image out; one bad image never fails the others.
-        ``confidence`` / ``uncertainty`` (None, "margin" or "entropy"): the engine's confidence
-        outputs on each result (``Segmenter.return_confidence`` / ``uncertainty`` for this call;
+        ``confidence`` / ``uncertainty`` (None, "margin" or "entropy") / ``probability_maps``
+        (labels): the engine's confidence outputs on each result (``Segmenter.return_confidence`` /
+        ``uncertainty`` / ``probability_maps`` for this call;
         the shared Segmenter is held for the call, so concurrent runs never see each other's)."""
         seg = self._require_vocabulary()
         pairs = [(None, x.message) if isinstance(x, LoadFailure) else (x, None) for x in loaded]
-        with _engine_outputs(seg, bool(confidence), uncertainty):
+        with _engine_outputs(seg, bool(confidence), uncertainty, probability_maps):
             return seg.segment_loaded(pairs, list(names), embeddings)
 
     def segmentation_label(self, result: SegmentationResult, mask_path: Optional[str] = None) -> fo.Segmentation:

@@ -13,7 +13,14 @@
 * sample tags ``<tag_prefix>:<class>`` for the classes whose score is at least
   ``presence_threshold`` (re-tag from the stored scores with :func:`retag`);
 * ``<label_field>_error``: why the sample could not be labelled (cleared on success);
-* ``<label_field>_embedding``: the global CLIP image embedding, for text search.
+* ``<label_field>_embedding``: the global CLIP image embedding, for text search;
+* ``<label_field>_confidence`` (float in [0, 1]) with ``_margin``, ``_removed`` and ``_per_class``:
+  how sure the engine is of the label map (on by default);
+* ``uncertainty_field`` (off by default): a per-pixel uncertainty ``fo.Heatmap``.
+
+Which outputs exist, how each is computed and written, and in which order, is the table
+:data:`fiftyone_cass.fo.outputs.OUTPUTS`; this run reads it (as ``CassModel.finalize``,
+:func:`retag` and the form do).
 
 Reliability (a run can be killed at any point and started again):
 

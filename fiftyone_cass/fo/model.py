@@ -647,13 +647,13 @@ def load_cass_model(**kwargs) -> CassModel:
     what it accepts (:class:`~fiftyone_cass.config.settings.ModelSettings` fields, Segmenter options)."""
     from fiftyone_cass.models.segmenter import SegmenterOptions
 
-    known = {"classes", "preset", "mask_targets", "presence"} | set(setting_fields(ModelSettings))
+    known = {"classes", "preset", "mask_targets", "presence", "confidence"} | set(setting_fields(ModelSettings))
     known |= set(setting_fields(SegmenterOptions))
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise InvalidInputError(
             f"{ZOO_MODEL_NAME}: unknown argument(s) {', '.join(map(repr, unknown))}; accepted: classes, preset, "
-            f"mask_targets, presence, {', '.join(setting_fields(ModelSettings))} and any fiftyone_cass.SegmenterOptions field"
+            f"mask_targets, presence, confidence, {', '.join(setting_fields(ModelSettings))} and any fiftyone_cass.SegmenterOptions field"
         )
     return CassModel(**kwargs)
 

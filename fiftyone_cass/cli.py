@@ -5,13 +5,15 @@ declares its flags (the labelling ones derived from :mod:`fiftyone_cass.config.s
 args)`` calls the library (:mod:`fiftyone_cass.fo`, :mod:`fiftyone_cass.protocols`) and prints what it returns.
 
 Exit status: 0 = every target sample is labelled; 1 = some samples failed (listed, and in the
-``<label_field>_error`` field); 2 = usage or configuration error (bad arguments, missing weights,
+``<label_field>_error`` field), were deleted during the run, or the run stopped because its dataset
+or mask folder was deleted under it; 2 = usage or configuration error (bad arguments, missing weights,
 no database); 3 = unexpected internal error; 130 = interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -21,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any, Dict, Optional, Sequence
 
 from fiftyone_cass.bootstrap import DATABASE_HELP, configure_logging, interrupt_on_signals, is_database_error, prepare_environment
-from fiftyone_cass.errors import InvalidInputError, WeightsUnavailableError
+from fiftyone_cass.errors import InvalidInputError, RunAbortedError, WeightsUnavailableError
 from fiftyone_cass.fo.demo import DEMO_CLASSES, DEMO_DATASET
 from fiftyone_cass.config.settings import add_settings_arguments, label_setting_names, parse_segmenter_options, resolve_device
 
@@ -108,7 +110,8 @@ def _add_label_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     titles = {"vocabulary": "vocabulary" + (" (default: the demo classes)" if demo else " (exactly one of --classes, --classes-file, --preset, --gt-field)")}
     groups = add_settings_arguments(p, [n for n in label_setting_names() if n not in skip], titles)
     groups["vocabulary"].add_argument("--classes-file", metavar="FILE",
-                                      help="one class per line; a line may list synonyms: 'person, people'")
+                                      help="one class per line; a line may list synonyms: 'person, people'; blank lines and lines "
+                                           "starting with '#' are comments (skipped)")
     groups["model"].add_argument("--options", metavar="JSON", default=None,
                                  help='Segmenter options as a JSON object, e.g. \'{"mode": "whole", "short_side": 448}\'')
     groups["model"].add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
@@ -160,7 +163,7 @@ class LabelCommand(Command):
 
     def execute(self, parser, args):
         from fiftyone_cass.fo.delegation import queue_auto_label
-        from fiftyone_cass.fo.folders import open_target
+        from fiftyone_cass.fo.folders import mask_folder_exclusion, open_target
         from fiftyone_cass.fo.labelling import check_gt_field, label_collection
 
         kw = _apply_kwargs(args)
@@ -171,6 +174,14 @@ class LabelCommand(Command):
             raise UsageError("--workers must be >= 1")
         if is_dir and args.saved_view:
             raise UsageError("--saved-view applies to an existing dataset, not to a directory")
+        if is_dir and args.dataset is not None:
+            import fiftyone as fo
+
+            from fiftyone_cass.fo.folders import check_dataset_name
+
+            with _usage():
+                if not fo.dataset_exists(args.dataset):
+                    check_dataset_name(args.dataset, "--dataset")
         if not is_dir and args.dataset and args.dataset != source:
             raise UsageError(f"--dataset names the dataset to import a directory into; {source!r} is not a directory")
         if not is_dir:  # fails now, before the weights are loaded, if there is no such dataset
@@ -180,8 +191,10 @@ class LabelCommand(Command):
         if not args.delegate:
             _load_weights(args)
         with _usage():
-            ds, view, imported = open_target(source, args.dataset, args.saved_view, args.tags, args.shard,
-                                             exclude=[kw["mask_dir"]] if kw.get("mask_dir") else [])
+            ds, view, imported = open_target(
+                source, args.dataset, args.saved_view, args.tags, args.shard,
+                exclude=mask_folder_exclusion(source, kw.get("mask_dir"), kw.get("label_field") or "cass"),
+                exclude_reason="the mask folder of this run (--mask-dir), not imported")
         check_gt_field(ds, args.gt_field)  # (a directory imported into an existing dataset)
         if args.delegate:  # queue --workers delegated runs for `fiftyone delegated launch`
             for line in imported.skipped_lines() if imported else ():
@@ -377,7 +390,24 @@ class ReleaseCommand(Command):
         return EXIT_OK
 
 
-COMMANDS = (LabelCommand, DemoCommand, EvalCommand, AppCommand, ReleaseCommand)
+class BackbonesCommand(Command):
+    name, help = "backbones", "list the backbone records (--backbone NAME), their weights and offline files"
+    progress = False
+
+    def setup(self, p):
+        p.add_argument("--all", action="store_true", help="also the test records (random weights)")
+        p.add_argument("--json", action="store_true", help="the records as JSON")
+
+    def execute(self, parser, args):
+        from fiftyone_cass.models import backbones as bb
+
+        names = bb.backbone_names(include_test=args.all)
+        print(json.dumps([bb.BACKBONES[n].summary() for n in names], indent=2) if args.json
+              else bb.describe_backbones(include_test=args.all))
+        return EXIT_OK
+
+
+COMMANDS = (LabelCommand, DemoCommand, EvalCommand, AppCommand, ReleaseCommand, BackbonesCommand)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -473,6 +503,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (InvalidInputError, WeightsUnavailableError) as exc:
         print(f"{error} {cli_message(str(exc), _flags_of(parser, args.command))}", file=sys.stderr)
         return EXIT_USAGE
+    except RunAbortedError as exc:  # the dataset or the mask folder vanished under the run
+        print(f"{error} {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         try:
             print(f"\nfiftyone-cass {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

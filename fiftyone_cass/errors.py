@@ -20,3 +20,8 @@ class WeightsUnavailableError(CassError, RuntimeError):
 class CheckpointError(InvalidInputError):
     """A local checkpoint file that cannot be used (not a state dict, pickled objects, other model);
     the message names the file and what was expected."""
+
+
+class RunAbortedError(CassError, RuntimeError):
+    """A labelling run stopped because what it writes to vanished under it (its dataset deleted,
+    its mask folder removed); the message says what happened, what was cleaned up and what to do."""

@@ -112,3 +112,50 @@ def test_pamr_end_to_end_every_method(method, monkeypatch):
     b = on([img])[0].label_map
     assert calls == [(0, 150)]  # the whole image refined once (it fits the budget)
     assert a.shape == b.shape == (150, 190)
+
+
+from fiftyone_cass.core.pamr import pamr_halo  # noqa: E402
+from fiftyone_cass.models.segmenter import pamr_band_plan  # noqa: E402
+
+
+@pytest.mark.parametrize("q, height, width, budget", [(171, 3000, 4000, 256 * 2**20), (171, 3000, 4000, 2**30),
+                                                       (81, 480, 640, 2**26), (30, 301, 257, 2**24)])
+def test_pamr_band_plan_keeps_a_band_under_the_budget_and_is_the_tallest_that_does(q, height, width, budget):
+    rows, chunk, need = pamr_band_plan(q, height, width, 4, budget, 10, (8, 16))
+    assert need <= budget and 1 <= chunk <= q and 1 <= rows <= height
+    unit = 32 // np.gcd(32, width)
+    assert rows % unit == 0 or rows == height
+    if rows + unit <= height:  # limited by the budget: a larger one gives taller bands, a smaller one thinner
+        assert pamr_band_plan(q, height, width, 4, 10**15, 10, (8, 16))[0] > rows
+        assert pamr_band_plan(q, height, width, 4, need - 1, 10, (8, 16))[0] < rows or rows == unit
+    if (q, height, width, budget) == (171, 3000, 4000, 256 * 2**20):
+        assert rows < pamr_halo(10, (8, 16))  # the 12-MP, 171-name case: bands thinner than one halo
+
+
+def test_pamr_band_plan_returns_the_thinnest_band_when_nothing_fits():
+    rows, chunk, need = pamr_band_plan(171, 3000, 4000, 4, 2**20, 10, (8, 16))
+    assert (rows, chunk) == (1, 1) and need > 2**20
+
+
+def test_segmenter_pamr_bands_thinner_than_the_halo_equal_the_whole_image(seg, monkeypatch):
+    rng = np.random.default_rng(4)
+    rgb = (rng.random((130, 96, 3)) * 255).astype(np.uint8)
+    p = seg._prepare(0, rgb, "img")
+    g = torch.Generator().manual_seed(6)
+    q = len(seg.queries)
+    logits = [0.2 + 0.03 * torch.randn(q, (y2 - y1) // 16, (x2 - x1) // 16, generator=g) for (y1, y2, x1, x2) in p.windows]
+    hr, gg = torch.zeros(len(logits), 2), torch.zeros(q)
+    monkeypatch.setattr(seg.options, "full_res_budget", None)
+    whole = seg._finish(p, logits, hr, gg).label_map
+    halo = pamr_halo(seg.options.pamr_steps, seg.options.pamr_dilations)
+    budget = 700_000  # below the option's floor: the test's way to get bands thinner than the halo here
+    rows, _, need = pamr_band_plan(q, 130, 96, 4, budget, seg.options.pamr_steps, seg.options.pamr_dilations)
+    assert rows < halo and need <= budget
+    monkeypatch.setattr(seg.options, "full_res_budget", budget)
+    calls = []
+    import fiftyone_cass.core.pamr as core_pamr
+    real = core_pamr.refine_rows
+    monkeypatch.setattr("fiftyone_cass.models.segmenter.refine_rows", lambda *a, **k: calls.append(a[4:6]) or real(*a, **k))
+    banded = seg._finish(p, logits, hr, gg).label_map
+    assert len(calls) == -(-130 // rows) and all(b - a <= rows for a, b in calls)
+    np.testing.assert_array_equal(banded, whole)

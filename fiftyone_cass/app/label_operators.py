@@ -28,6 +28,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 from fiftyone.operators import types
 
+from fiftyone_cass.models.backbones import BACKBONES as BACKBONE_RECORDS, backbone_names
 from fiftyone_cass.models.presets import PRESETS
 from fiftyone_cass.errors import InvalidInputError, WeightsUnavailableError
 from fiftyone_cass.models.segmenter import options_from_json
@@ -43,10 +44,10 @@ logger = logging.getLogger(__name__)
 PLUGIN_NAME = "@fiftyone-cass/cass"
 AUTO_LABEL_URI = f"{PLUGIN_NAME}/auto_label"
 RETAG_URI = f"{PLUGIN_NAME}/retag_presence"
-#: backbones offered in the form; the test-only ones ("tiny", "random-base": random weights) are
-#: accepted from Python/CLI but not offered
-BACKBONES = ("openai",)
-TEST_BACKBONES = ("random-base", "tiny")
+#: backbones offered in the form, from the one registry (models/backbones.py); the test-only ones
+#: (random weights: "tiny*", "random-base") are accepted from Python/CLI but not offered
+BACKBONES = backbone_names(include_test=False)
+TEST_BACKBONES = tuple(n for n in backbone_names() if n not in BACKBONES)
 #: immediate runs on larger targets default to delegated execution in the App
 DELEGATE_FROM = 100
 _MISSING = object()
@@ -258,7 +259,7 @@ class AutoLabel(foo.Operator):
         else:
             backbones = list(BACKBONES) + ([chosen] if chosen in TEST_BACKBONES else [])  # Python callers' test models
         _add_setting(ctx, inputs, "backbone", choices=backbones,
-                     description="The published CLIP ViT-B/16 (OpenAI) + DINO ViT-B/8 weights")
+                     description=BACKBONE_RECORDS[chosen if chosen in BACKBONE_RECORDS else "openai"].description)
         devices = _devices()
         dev = ctx.params.get("device")
         if dev and dev not in devices:

@@ -40,6 +40,12 @@ DISK_THRESHOLD = 1000
 RESERVED_FIELDS = frozenset({"id", "_id", "filepath", "tags", "metadata", "media_type", "created_at", "last_modified_at"})
 
 
+def _backbones():
+    from fiftyone_cass.models.backbones import backbone_names  # the one registry (imported late)
+
+    return backbone_names()
+
+
 def _methods():
     from fiftyone_cass.methods import method_names  # registered families (imported late: they import the models)
 
@@ -164,8 +170,10 @@ class EngineSettings:
 
     method: str = setting(DEFAULT_METHOD, "segmentation method (a family, optionally +cdam)", choices=_methods,
                           label="Method", group="model")
-    backbone: str = setting("openai", "openai: the published CLIP ViT-B/16 (OpenAI) + DINO ViT-B/8 weights "
-                            "(tiny, random-base: random weights for tests)", label="Backbone", group="model", hidden=True)
+    backbone: str = setting("openai", "a backbone record: openai (the published CLIP ViT-B/16 (OpenAI) + DINO "
+                            "ViT-B/8), openai-l14-prior, openai-dinov2 or openai-dinov3; `fiftyone-cass backbones` "
+                            "lists them with their weights (tiny*, random-base: random weights for tests)",
+                            choices=_backbones, label="Backbone", group="model", metavar="NAME")
     device: Optional[str] = setting(None, "auto (the first GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...",
                                     parse=_device, allowed="auto, cpu, cuda or cuda:N", label="Device", group="model")
     batch_size: int = setting(4, "images per forward pass and per save", min=1, max=4096, label="Batch size",
@@ -175,10 +183,10 @@ class EngineSettings:
     precision: str = setting("fp32", "precision of the backbones (fp16 agrees with fp32 on >= 99.9% of pixels)",
                              choices=("fp32", "fp16", "bf16"), label="Precision", group="model")
     clip_checkpoint: Optional[str] = setting(None, "local open_clip ViT-B-16 OpenAI weights for offline machines "
-                                             "(or FIFTYONE_CASS_CLIP_CHECKPOINT)", label="CLIP checkpoint file",
+                                             "(or FIFTYONE_CASS_CLIP_CHECKPOINT; the backbone's record names the file)", label="CLIP checkpoint file",
                                              group="model", metavar="FILE")
-    dino_checkpoint: Optional[str] = setting(None, "local DINO ViT-B/8 weights for offline machines "
-                                             "(or FIFTYONE_CASS_DINO_CHECKPOINT)", label="DINO checkpoint file",
+    dino_checkpoint: Optional[str] = setting(None, "local weights of the backbone's DINO (ViT-B/8, or its "
+                                             "DINOv2/DINOv3) for offline machines (or FIFTYONE_CASS_DINO_CHECKPOINT)", label="DINO checkpoint file",
                                              group="model", metavar="FILE")
     background: Any = setting(None, "background words of a free vocabulary: none (background only from the "
                               "threshold), default (the reference's 26 words) or comma-separated words",

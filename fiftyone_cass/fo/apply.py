@@ -26,9 +26,11 @@ Reliability (a run can be killed at any point and started again):
 
 * samples go through in batches: masks are written first (temp file + ``os.replace``, so a mask
   file is complete or absent), then the batch's samples are saved, the label field last;
-* every label records ``config_id``, a hash of the settings that determine the masks. A sample is
-  *done* when its label has the current ``config_id`` and its mask is present and valid (a PNG
-  with its end chunk, or a mask in the database). Running again with the same settings labels
+* every label records ``config_id``, a hash of the settings that determine the masks, and
+  ``source_filepath``, the image it was made from. A sample is *done* when its label has the
+  current ``config_id``, was made from the sample's current file path, and its mask is present
+  and valid: a mask in the database, or a PNG file (not a symbolic link, named for the sample) of
+  the image's size whose values are ids of the vocabulary's ``mask_targets`` (:func:`mask_fits`). Running again with the same settings labels
   only the samples that are not done, so a killed run resumes and a finished run is a no-op;
   nothing is labelled twice and no sample points at a missing or truncated mask file;
 * ``shard=(i, n)`` keeps the samples whose file path hashes to ``i`` modulo ``n``
@@ -64,6 +66,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from PIL import Image
 
 import fiftyone as fo
 import fiftyone.core.fields as fof
@@ -71,7 +74,7 @@ import fiftyone.core.utils as fou
 from fiftyone import ViewField as F
 
 from fiftyone_cass.app.support import show_labels_in_app
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.errors import InvalidInputError, RunAbortedError
 from fiftyone_cass.fileio import atomic_write, is_valid_png, remove_orphaned_temp_files, write_mask_png  # noqa: F401 - re-exported
 from fiftyone_cass.fo.shards import shard_index, validate_shard  # noqa: F401 - re-exported
 from fiftyone_cass.models.segmenter import Segmenter
@@ -106,6 +109,8 @@ from fiftyone_cass.fo.model import (  # noqa: F401 - re-exported: the vocabulary
 )
 
 logger = logging.getLogger(__name__)
+#: warnings about shards (not silenced by the command line, which keeps this module's log quiet)
+shard_logger = logging.getLogger("fiftyone_cass.fo.shards")
 
 #: run key (``dataset.list_runs()``) under which the settings of a label field are recorded
 RUN_KEY_PREFIX = "cass_"
@@ -114,11 +119,37 @@ RUN_KEY_PREFIX = "cass_"
 LABEL_FIELD_INFO = "cass_label_field"
 TAG_PREFIX_INFO = "cass_tag_prefix"
 _MAX_LISTED_FAILURES = 1000
+#: attribute of a label recording the file path of the image it was made from (a sample whose
+#: ``filepath`` changed is labelled again)
+SOURCE_ATTR = "source_filepath"
 
 
 # ------------------------------------------------------------------------------------------------
 # Small helpers (public: the CLI and the tests use them)
 # ------------------------------------------------------------------------------------------------
+def mask_fits(mask_path: str, sample_id: str, image_path: str, allowed: np.ndarray) -> bool:
+    """Whether the mask file ``mask_path`` of sample ``sample_id`` can stand for the label of
+    ``image_path``: a regular file (not a symbolic link) named for this sample, a one-channel PNG of
+    the image's displayed size (EXIF orientation applied, as the masks are) whose every value ``v``
+    has ``allowed[v]``."""
+    try:
+        if os.path.islink(mask_path) or not re.match(re.escape(sample_id) + r"[-.]", os.path.basename(mask_path)):
+            return False
+        with Image.open(image_path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees when displayed
+                w, h = h, w
+        with Image.open(mask_path) as m:
+            if m.format != "PNG" or m.size != (w, h):
+                return False
+            arr = np.asarray(m)
+        if arr.ndim != 2 or arr.dtype.kind not in "iu" or (arr.size and int(arr.min()) < 0):
+            return False
+        return bool(arr.size == 0 or (int(arr.max()) < len(allowed) and allowed[arr].all()))
+    except Exception:  # noqa: BLE001 - unreadable image or mask: not done (the run reports the image)
+        return False
+
+
 def mask_file_path(mask_dir: str, label_field: str, sample_id: str, dataset_id: str, config_id: str) -> str:
     """Where a sample's mask is written: ``<mask_dir>/<label_field>/<sample id>-<dataset id>-<config id>.png``.
     The name holds everything that makes the mask unique, so a clone of the dataset (same sample
@@ -189,6 +220,7 @@ class ApplySummary:
     num_already_done: int = 0  # skipped: labelled already (same settings, or skip_existing)
     num_labeled: int = 0
     num_failed: int = 0
+    num_vanished: int = 0  # samples deleted from the dataset while the run labelled it (no mask file left)
     failure_reasons: Dict[str, int] = field(default_factory=dict)
     failures: List[Tuple[str, str, str]] = field(default_factory=list)  # (id, filepath, error), capped
     mask_dir: Optional[str] = None  # None: masks in the database
@@ -226,7 +258,19 @@ class ApplySummary:
                 lines.append(f"  {n} x {reason}")
         else:
             lines.append("0 failed")
+        if self.num_vanished:
+            lines.append(f"{self.num_vanished} sample(s) were deleted from the dataset during the run (not labelled, "
+                         "no mask file left)")
         return "\n".join(lines)
+
+
+def _identity(folder: str) -> Optional[Tuple[int, int]]:
+    """``(device, inode)`` of a folder (None if it is gone): a removed and re-created folder differs."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _reason(error: str, filepath: str) -> str:
@@ -341,6 +385,7 @@ class AutoLabelRun:
                                     shard=self.shard)
         self._todo: Optional[List[Tuple[str, str]]] = None
         self._claim: Optional[FieldClaim] = None
+        self._folder_id: Optional[Tuple[int, int]] = None  # (device, inode) of the mask folder at the start
 
     # -------------------------------------------------------------- planning
     def _check_field_type(self, name: str, embedded=None, ftype=None):
@@ -380,11 +425,39 @@ class AutoLabelRun:
             self._claim = FieldClaim(ds, lf, self.config_id)
             self._claim.acquire()
             self._release = weakref.finalize(self, self._claim.release)  # also if never run
+            self._warn_overlapping_shards()
         try:
             return self._plan()
         except BaseException:
             self.release()
             raise
+
+    def _warn_overlapping_shards(self) -> None:
+        """Records this run's shard on its claim and warns when a live run of the same settings on
+        the same field takes samples that this one takes too (``0/2`` with ``0/3``, a shard with a
+        run on everything, two runs of one shard): those samples would be labelled twice."""
+        from fiftyone_cass.fo import claims
+
+        try:
+            coll, key = claims._collection(), claims._key(self.dataset, self.label_field)
+            mine = list(self.shard) if self.shard else None
+            coll.update_one({"_id": key, "holders.run": self._claim.run_id}, {"$set": {"holders.$.shard": mine}})
+            doc = coll.find_one({"_id": key}) or {}
+        except Exception as exc:  # noqa: BLE001 - a warning only
+            logger.debug("could not record the shard on the claim: %s", exc)
+            return
+        what = lambda s: f"shard {s[0]}/{s[1]}" if s else "all samples (no shard)"  # noqa: E731
+        for h in doc.get("holders", []):
+            if h.get("run") == self._claim.run_id or "shard" not in h or claims.holder_is_dead(h):
+                continue
+            theirs = h.get("shard")
+            if mine and theirs and mine[1] == theirs[1] and mine[0] != theirs[0]:
+                continue  # disjoint shards of one split
+            shard_logger.warning(
+                "field %r of dataset %r: this run takes %s and the run of pid %s on %s, with the same settings, "
+                "takes %s: the samples of both overlap and are labelled twice at the same time; run the shards "
+                "i/N of one N", self.label_field, self.dataset.name, what(mine), h.get("pid"), h.get("host"),
+                what(theirs))
 
     def release(self) -> None:
         """Gives up this run's claim on the label field (done at the end of the run)."""
@@ -422,6 +495,7 @@ class AutoLabelRun:
                     continue
                 if (path and is_valid_png(path)) or (not path and in_db):
                     done.add(sid)
+            done -= self._stale(ds.select(sorted(done & set(lids))))
             skipped_old = {sid for sid, cfg in zip(lids, cfgs) if sid in done and cfg != self.config_id}
             # a sample of these settings is done when every output this run asks for is there too
             mine = [sid for sid in done if sid not in skipped_old]
@@ -453,6 +527,7 @@ class AutoLabelRun:
         # schema, mask_targets, run record (idempotent: concurrent workers write the same)
         self._declare(lf, ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
         self._declare(f"{lf}.{CONFIG_ATTR}", ftype=fof.StringField)
+        self._declare(f"{lf}.{SOURCE_ATTR}", ftype=fof.StringField)
         for name, decl in declarations({n: f for n, f in self.fields.items() if n != "segmentation"}):
             self._declare(name, **decl)
         if todo_ids:
@@ -473,6 +548,35 @@ class AutoLabelRun:
         else:
             self._todo = []
         return len(self._todo)
+
+    def _stale(self, view) -> set:
+        """The samples of ``view`` (labelled with these settings, their mask present) whose label
+        does not fit what they are now: made from another file path (recorded in the label), or a
+        mask file that is a symbolic link, named for another sample, not of the image's size (as
+        displayed: EXIF orientation) or holding ids outside this vocabulary's ``mask_targets``."""
+        lf = self.label_field
+        fields = ["id", "filepath", f"{lf}.{CONFIG_ATTR}", f"{lf}.mask_path"]
+        has_source = self.dataset.get_field(f"{lf}.{SOURCE_ATTR}") is not None
+        values = view.values(fields + ([f"{lf}.{SOURCE_ATTR}"] if has_source else []))
+        sources = values[4] if has_source else [None] * len(values[0])
+        allowed = np.zeros(1 << 16, dtype=bool)
+        allowed[list(self.vocab.mask_targets)] = True
+        stale, check = set(), []
+        for sid, fp, cfg, mpath, src in zip(*values[:4], sources):
+            if cfg != self.config_id:
+                continue  # labels of other settings kept by skip_existing: kept as they are
+            if src is not None and src != fp:
+                stale.add(sid)
+            elif mpath:
+                check.append((sid, fp, mpath))
+        if check:
+            with ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="cass-check") as pool:
+                fits = pool.map(lambda x: mask_fits(x[2], x[0], x[1], allowed), check)
+                stale.update(x[0] for x, ok in zip(check, fits) if not ok)
+        if stale:
+            logger.info("%s: %d label(s) of these settings do not fit their sample any more and are redone",
+                        lf, len(stale))
+        return stale
 
     def _check_kept_labels(self, outside: int, skipped: int) -> None:
         """``dataset.mask_targets[label_field]`` names the ids of the whole field. Refuses (before
@@ -512,6 +616,7 @@ class AutoLabelRun:
                 f"cannot write masks to {folder!r} ({type(exc).__name__}: {exc}); choose another mask "
                 "directory (mask_dir / --mask-dir) or keep masks in the database (masks='database')"
             ) from None
+        self._folder_id = _identity(folder)
         removed = remove_orphaned_temp_files(folder)
         if removed:
             logger.info("%s: removed %d temp file(s) left by killed runs", folder, len(removed))
@@ -594,6 +699,7 @@ class AutoLabelRun:
                     writing = writer.submit(self._write_batch, batch, outputs)
                     del outputs
                 done += writing.result()
+                self._check_still_there()
                 yield done, total
         self.summary.seconds = time.monotonic() - self.started
         level = logging.WARNING if self.summary.num_failed else logging.INFO
@@ -638,6 +744,15 @@ class AutoLabelRun:
         ds = self.dataset
         ds_id = str(ds._doc.id)
         ctx = self._output_context()
+        # the dataset, the samples and the mask folder may have been deleted since the plan
+        self._check_still_there()
+        present = self._present(ids)
+        if len(present) < len(ids):
+            self.summary.num_vanished += len(ids) - len(present)
+            keep = [k for k, sid in enumerate(ids) if sid in present]
+            ids, paths, outputs = [ids[k] for k in keep], [paths[k] for k in keep], [outputs[k] for k in keep]
+            if not ids:
+                return len(batch)
         old_paths = dict(zip(*ds.select(ids).values(["id", f"{lf}.mask_path"]))) if self.mask_dir else {}
         values: Dict[str, Dict[str, Dict[str, Any]]] = {}
         for sid, path, (res, err) in zip(ids, paths, outputs):
@@ -651,22 +766,102 @@ class AutoLabelRun:
                 values[sid] = failed_outputs(self.fields, err)
                 self._record_failure(sid, path, err)
                 continue
+            values[sid]["segmentation"][""][SOURCE_ATTR] = path
             self.summary.num_labeled += 1
         write_outputs(ds, ctx, self.fields, values)
-        # the files the labels pointed at before, if this dataset wrote them and no label of it points there now
         labels = {sid: v["segmentation"][""] for sid, v in values.items()}
+        self._check_saved(labels)
+        # the files the labels pointed at before, if this dataset wrote them and no label of it points there now
         replaced = [p for sid, p in old_paths.items()
                     if p and labels.get(sid) is not None and labels[sid].mask_path != p and written_by_apply(p, sid, ds_id)]
         if replaced:
             self._remove_unreferenced(replaced)
         return len(batch)
 
-    def _remove_unreferenced(self, paths: List[str]) -> None:
+    def _remove_unreferenced(self, paths: List[str]) -> int:
+        removed = 0
         for p in set(paths) - referenced_mask_paths(paths):
             try:
                 os.remove(p)
+                removed += 1
+            except FileNotFoundError:
+                pass
             except OSError as exc:
-                logger.warning("could not remove the replaced mask file %s: %s", p, exc)
+                logger.warning("could not remove the mask file %s: %s", p, exc)
+        return removed
+
+    # -------------------------------------------------------------- what vanished under the run
+    def _dataset_exists(self) -> bool:
+        import fiftyone.core.odm as foo
+
+        return foo.get_db_conn().datasets.count_documents({"_id": self.dataset._doc.id}, limit=1) > 0
+
+    def _present(self, ids: Sequence[str], projection=None) -> Dict[str, dict]:
+        """``{id: document}`` of the samples of ``ids`` that are still in the dataset."""
+        from bson import ObjectId
+
+        coll = self.dataset._sample_collection
+        docs = coll.find({"_id": {"$in": [ObjectId(s) for s in ids]}}, projection or {"_id": 1})
+        return {str(d["_id"]): d for d in docs}
+
+    def _check_still_there(self) -> None:
+        """Stops the run (:class:`RunAbortedError`) when its dataset was deleted or its mask folder
+        removed (or replaced) since the plan."""
+        if not self._dataset_exists():
+            self._abort_dataset_deleted()
+        if self.mask_dir and self._folder_id is not None:
+            folder = os.path.join(self.mask_dir, self.label_field)
+            if _identity(folder) != self._folder_id:
+                self._abort_folder_removed(folder)
+
+    def _check_saved(self, labels: Dict[str, Any]) -> None:
+        """After the labels of a batch are saved: a sample deleted meanwhile got no label, so its new
+        mask file is removed (and the run stopped if the whole dataset is gone)."""
+        written = {sid: lab.mask_path for sid, lab in labels.items() if lab is not None}
+        if not written:
+            return
+        lf = self.label_field
+        docs = self._present(list(written), {f"{lf}.mask_path": 1})
+        if len(docs) == len(written):
+            return
+        if not self._dataset_exists():
+            self._abort_dataset_deleted()
+        gone = [sid for sid in written if sid not in docs]
+        self.summary.num_vanished += len(gone)
+        self.summary.num_labeled -= len(gone)
+        self._remove_unreferenced([written[sid] for sid in gone if written[sid]])
+
+    def _abort_dataset_deleted(self) -> None:
+        ds_id = str(self.dataset._doc.id)
+        removed = 0
+        if self.mask_dir:  # every mask this job wrote for the deleted dataset, unless another dataset uses it
+            folder = os.path.join(self.mask_dir, self.label_field)
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                names = []
+            mine = [os.path.join(folder, n) for n in names if n.endswith(f"-{ds_id}-{self.config_id}.png")]
+            removed = self._remove_unreferenced(mine)
+        raise RunAbortedError(
+            f"dataset {self.dataset.name!r} was deleted while it was being labelled: the run stopped"
+            + (f"; the {removed} mask file(s) written for its samples were removed" if self.mask_dir else "")
+        )
+
+    def _abort_folder_removed(self, folder: str) -> None:
+        """The mask folder vanished: the labels of these settings whose files went with it are
+        removed (no sample points at a missing file) and the run stops; a rerun relabels them."""
+        lf = self.label_field
+        ds = self.dataset
+        ids, cfgs, paths = ds.exists(lf).values(["id", f"{lf}.{CONFIG_ATTR}", f"{lf}.mask_path"])
+        lost = {sid: None for sid, c, p in zip(ids, cfgs, paths)
+                if c == self.config_id and p and os.path.dirname(p) == folder and not os.path.exists(p)}
+        if lost:
+            ds.set_values(lf, lost, key_field="id")
+        raise RunAbortedError(
+            f"the mask folder {folder!r} was removed during the run: the run stopped, and the {len(lost)} label(s) "
+            f"of field {lf!r} of dataset {ds.name!r} whose mask files were in it were removed (no sample points at "
+            "a missing file); run the same command again to label them"
+        )
 
     def _record_failure(self, sid: str, path: str, err: str):
         self.summary.num_failed += 1
@@ -808,6 +1003,7 @@ __all__ = [
     "get_segmenter",
     "is_valid_png",
     "mask_file_path",
+    "mask_fits",
     "recorded_tag_prefix",
     "referenced_mask_paths",
     "retag",

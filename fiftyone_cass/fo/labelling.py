@@ -23,7 +23,8 @@ MAX_LISTED = 20
 
 def read_classes_file(path: str, what: str = "classes file") -> List[str]:
     """The classes listed in a text file, one per line (a line may list synonyms: ``person,
-    people``); blank lines and ``#`` comments are skipped. UTF-8 (a byte-order mark is skipped);
+    people``); blank lines and lines starting with ``#`` (after leading spaces) are comments,
+    skipped (the documented rule of ``--classes-file``). UTF-8 (a byte-order mark is skipped);
     ``what`` names the file in errors."""
     try:
         with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first class
@@ -49,6 +50,7 @@ class LabelReport:
     num_already_done: int = 0
     num_labeled: int = 0
     num_failed: int = 0
+    num_vanished: int = 0  # samples deleted from the dataset during the run
     failure_reasons: Dict[str, int] = field(default_factory=dict)
     failures: List[Tuple[str, str, str]] = field(default_factory=list)
     mask_dir: Optional[str] = None
@@ -63,18 +65,22 @@ class LabelReport:
     error_field: Optional[str] = None
     #: (path, reason) of the paths of an imported folder that could not be imported
     skipped: List[Tuple[str, str]] = field(default_factory=list)
+    #: (path, reason) of the folders left out of the import on purpose (the mask folder): not a failure
+    excluded: List[Tuple[str, str]] = field(default_factory=list)
 
     def add_import(self, imported) -> None:
         """Adds a :class:`~fiftyone_cass.fo.folders.ImportReport` (or None: no import)."""
         if imported is not None:
             self.imported, self.image_files = imported.added, imported.found
             self.skipped = [(x.path, x.reason) for x in imported.skipped]
+            self.excluded = [(x.path, x.reason) for x in getattr(imported, "excluded", ())]
 
     def add(self, s) -> None:
         """Adds a run's :class:`~fiftyone_cass.fo.apply.ApplySummary`."""
         self.num_already_done += s.num_already_done
         self.num_labeled += s.num_labeled
         self.num_failed += s.num_failed
+        self.num_vanished += s.num_vanished
         for k, v in s.failure_reasons.items():
             self.failure_reasons[k] = self.failure_reasons.get(k, 0) + v
         self.failures.extend(s.failures)
@@ -85,14 +91,14 @@ class LabelReport:
 
     @property
     def complete(self) -> bool:
-        """Every target sample labelled and every file of the folder imported."""
-        return not (self.num_failed or self.skipped)
+        """Every target sample labelled (none deleted under the run) and every file of the folder imported."""
+        return not (self.num_failed or self.skipped or self.num_vanished)
 
     def to_dict(self) -> Dict[str, Any]:
         return dict(
             dataset=self.dataset, label_field=self.label_field, num_target=self.num_target,
             num_in_shard=self.num_in_shard, num_already_done=self.num_already_done,
-            num_labeled=self.num_labeled, num_failed=self.num_failed,
+            num_labeled=self.num_labeled, num_failed=self.num_failed, num_vanished=self.num_vanished,
             failure_reasons=self.failure_reasons,
             failures=[dict(id=i, filepath=p, error=e) for i, p, e in self.failures],
             mask_dir=self.mask_dir, masks=self.masks, config_id=self.config_id,
@@ -101,6 +107,7 @@ class LabelReport:
             image_files=self.image_files, tags=self.tags, seconds=round(self.seconds, 3),
             error_field=self.error_field,
             skipped=[dict(path=p, reason=r) for p, r in self.skipped],
+            excluded=[dict(path=p, reason=r) for p, r in self.excluded],
         )
 
     def text(self, max_listed: int = MAX_LISTED) -> str:
@@ -117,8 +124,12 @@ class LabelReport:
             f"{f'new masks in {where}' if self.num_labeled else 'no mask written'}; "
             f"{self.seconds:.1f}s"
         )
+        if self.num_vanished:
+            lines.append(f"{self.num_vanished} sample(s) were deleted from the dataset during the run: not labelled, "
+                         "no mask file left for them")
         if self.tags:
             lines.append("presence tags: " + ", ".join(f"{t} ({n})" for t, n in self.tags.items()))
+        lines += [f"  SKIPPED {p}: {r}" for p, r in self.excluded[:max_listed]]
         if self.skipped:
             lines.append(f"{len(self.skipped)} path(s) of the folder could not be imported:")
             lines += [f"  SKIPPED {p}: {r}" for p, r in self.skipped[:max_listed]]

@@ -63,7 +63,8 @@ from fiftyone_cass.fo.outputs import (  # noqa: F401 - re-exported (they lived h
 
 logger = logging.getLogger(__name__)
 
-#: the model's name in the FiftyOne model zoo (``manifest.json`` at the repository root)
+#: the default model's name in the FiftyOne model zoo (``manifest.json`` at the repository root;
+#: one zoo name per backbone record: :func:`fiftyone_cass.models.backbones.zoo_names`)
 ZOO_MODEL_NAME = "cass-vit-b16-torch"
 #: attribute of each written Segmentation that identifies the settings that made it
 CONFIG_ATTR = "config_id"
@@ -642,17 +643,26 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         return done
 
 
-def load_cass_model(**kwargs) -> CassModel:
-    """The zoo entry point: ``CassModel(**kwargs)``; unknown arguments are a clear error naming
-    what it accepts (:class:`~fiftyone_cass.config.settings.ModelSettings` fields, Segmenter options)."""
+def load_cass_model(model_name: str = ZOO_MODEL_NAME, **kwargs) -> CassModel:
+    """The zoo entry point: ``CassModel(backbone=<the record of model_name>, **kwargs)``; unknown
+    arguments are a clear error naming what it accepts (:class:`~fiftyone_cass.config.settings.ModelSettings`
+    fields, Segmenter options), and so is a ``backbone=`` that is another published record's
+    (its zoo name is named; the random-weight test records are accepted)."""
+    from fiftyone_cass.models.backbones import BACKBONES, backbone_for_zoo_name
     from fiftyone_cass.models.segmenter import SegmenterOptions
+
+    record = backbone_for_zoo_name(model_name)
+    given = kwargs.setdefault("backbone", record)
+    if given != record and given in BACKBONES and not BACKBONES[given].test:
+        raise InvalidInputError(f"{model_name}: is backbone {record!r}, not {given!r}; load the zoo model "
+                                f"{BACKBONES[given].zoo_name!r} for that one")
 
     known = {"classes", "preset", "mask_targets", "presence", "confidence"} | set(setting_fields(ModelSettings))
     known |= set(setting_fields(SegmenterOptions))
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise InvalidInputError(
-            f"{ZOO_MODEL_NAME}: unknown argument(s) {', '.join(map(repr, unknown))}; accepted: classes, preset, "
+            f"{model_name}: unknown argument(s) {', '.join(map(repr, unknown))}; accepted: classes, preset, "
             f"mask_targets, presence, confidence, {', '.join(setting_fields(ModelSettings))} and any fiftyone_cass.SegmenterOptions field"
         )
     return CassModel(**kwargs)

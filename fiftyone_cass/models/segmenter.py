@@ -4,6 +4,7 @@ class merging -> background. Batched over windows of several images (SPEC A, E, 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -37,7 +38,7 @@ from fiftyone_cass.methods import get_family, method_names, split_method
 from fiftyone_cass.config.schema import check_dataclass, setting, setting_fields, settings_doc, split_settings
 from fiftyone_cass.config.settings import DEFAULT_METHOD, EngineSettings, resolve_device
 from fiftyone_cass.models import clip_visual as cv
-from fiftyone_cass.models.backbones import cached_models
+from fiftyone_cass.models.backbones import cached_models, cached_prior, get_backbone_spec
 from fiftyone_cass.models.dino import dino_keys, dino_pixels_from_clip
 from fiftyone_cass.models.profiling import NO_STAGE, StageTimer
 from fiftyone_cass.models.presets import FREE_VOCAB, Preset, cdam_aug_words
@@ -254,12 +255,22 @@ class Segmenter:
         self.background_id = v.background_label
         self.mask_targets = dict(v.mask_targets)
 
-        # models
+        # models: the backbone record (models/backbones.py) says which, and the VFM's input rule
+        self.record = get_backbone_spec(backbone)
         if models is None:
             models = cached_models(backbone, engine.clip_checkpoint, engine.dino_checkpoint, self.device,
                                    self.family.needs_dino)
-        self.clip, self.dino, self.tokenizer = models
+        if not isinstance(models, (tuple, list)) or len(models) not in (3, 4):
+            raise InvalidInputError(f"models must be a (clip, dino, tokenizer) tuple of loaded models (dino None "
+                                    f"for methods without DINO), or (clip, dino, tokenizer, (prior, tokenizer)), "
+                                    f"not {type(models).__name__} {models!r:.80}")
+        models = tuple(models)
+        self.clip, self.dino, self.tokenizer = models[:3]
         self.visual = self.clip.visual
+        # the object-presence prior's CLIP (SPEC L.1): its own image forward and text embeddings
+        prior = models[3] if len(models) == 4 else (cached_prior(backbone, self.device) if self.record.prior else None)
+        self.prior, self.prior_tokenizer = prior if prior is not None else (None, None)
+        self.prior_visual = self.visual if self.prior is None else self.prior.visual
         if self.family.needs_dino and self.dino is None:
             raise InvalidInputError(f"method {self.base!r} needs a DINO model")
         self.heads = cv.num_heads(self.visual)
@@ -273,6 +284,7 @@ class Segmenter:
                 )
         # one text cache per CLIP model, shared by every Segmenter using it
         self.embedder = text_embedder(self.clip, self.tokenizer, self.device)
+        self.prior_embedder = None if self.prior is None else text_embedder(self.prior, self.prior_tokenizer, self.device)
         self._prepare_text()
 
     # ------------------------------------------------------------------ configuration
@@ -312,6 +324,14 @@ class Segmenter:
         if self.use_cdam:
             self.aug_words = cdam_aug_words()
             self.text_aug = self.embedder(self.aug_words)
+        # the global similarity g = cos(v_glob, T) of E.1 in the prior CLIP's space (L.1): its own
+        # text embeddings of the queries (and of CDAM's words); the patch path keeps self.text
+        if self.prior_embedder is None:
+            self.prior_text = self.text
+            self.prior_text_aug = self.text_aug if self.use_cdam else None
+        else:
+            self.prior_text = self.prior_embedder(self.queries)
+            self.prior_text_aug = self.prior_embedder(self.aug_words) if self.use_cdam else None
         o = self.options
         self.cass_options = CassOptions(
             gaussian_std=o.gaussian_std, k_eigen=o.k_eigen, rank=o.rank, eigenscale=o.eigenscale,
@@ -431,12 +451,20 @@ class Segmenter:
         if not prepared:
             return []
         o = self.options
-        # global prior v_glob once per image (SPEC E.1 [rec]); whole mode / crop prior: per window
-        vglob = None
-        if (o.mode == "slide" and o.global_prior == "image") or return_embeddings:
+        # global prior v_glob once per image (SPEC E.1 [rec]), by the prior CLIP (L.1; the CLIP
+        # itself by default); whole mode / crop prior: per window. The image embeddings returned
+        # are always the CLIP's (the space of embedder's text embeddings).
+        image_prior = o.mode == "slide" and o.global_prior == "image"
+        per_image_prior = emb = None
+        if image_prior:
             with self._stage("clip_global"):
-                vglob = self._global_embeddings(prepared)
-        per_image_prior = vglob if (o.mode == "slide" and o.global_prior == "image") else None
+                per_image_prior = self._global_embeddings(prepared, self.prior_visual)
+        if return_embeddings:
+            if per_image_prior is not None and self.prior is None:
+                emb = per_image_prior
+            else:
+                with self._stage("clip_global"):
+                    emb = self._global_embeddings(prepared)
         # gather windows
         crops, owners = [], []
         for p in prepared:
@@ -474,8 +502,8 @@ class Segmenter:
             cursor += n
             with self._stage("stitch"):
                 res = self._finish(p, wl, hr, g)
-            if vglob is not None:
-                res.embedding = vglob[p.index].to("cpu", torch.float32).numpy().copy()
+            if emb is not None:
+                res.embedding = emb[p.index].to("cpu", torch.float32).numpy().copy()
             results.append(res)
         return results
 
@@ -529,33 +557,37 @@ class Segmenter:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
 
-    def _trunk(self, images: torch.Tensor):
+    def _trunk(self, images: torch.Tensor, visual=None):
         with self._autocast():
-            x, grid = cv.trunk(self.visual, images)
+            x, grid = cv.trunk(self.visual if visual is None else visual, images)
         return x.float(), grid
 
-    def _global_embeddings(self, prepared: List[_Prepared]) -> torch.Tensor:
+    def _global_embeddings(self, prepared: List[_Prepared], visual=None) -> torch.Tensor:
         """One unmodified CLIP forward per image on the whole resized image (E.1), batched over
-        images of the same size."""
+        images of the same size; ``visual``: the prior CLIP's image tower (default: the CLIP's)."""
+        visual = self.visual if visual is None else visual
         out: List[Optional[torch.Tensor]] = [None] * len(prepared)
         groups: Dict[Tuple[int, int], List[int]] = {}
-        ph, pw = cv.patch_size(self.visual)
+        ph, pw = cv.patch_size(visual)
         for p in prepared:
             # a side shorter than one patch uses the zero padding added by _prepare
             groups.setdefault((max(p.size[0], ph), max(p.size[1], pw)), []).append(p.index)
         for size, idx in groups.items():
             imgs = torch.stack([prepared[i].image[:, : size[0], : size[1]] for i in idx])
-            x, _ = self._trunk(imgs)
+            x, _ = self._trunk(imgs, visual)
             with self._autocast():
-                g = cv.global_embedding(self.visual, x)
+                g = cv.global_embedding(visual, x)
             for k, i in enumerate(idx):
                 out[i] = g[k].float()
         return torch.stack(out)
 
     def _dino_keys_on_grid(self, crops: torch.Tensor, grid) -> torch.Tensor:
-        pixels = dino_pixels_from_clip(crops, clean=self.options.dino_clean_input)
+        """The VFM's keys by the record's input rule (B.6, L.2), resampled to CLIP's grid."""
+        v = self.record.vfm
+        pixels = dino_pixels_from_clip(crops, clean=self.options.dino_clean_input, size=v.input_size,
+                                       norm_mean=v.mean, norm_std=v.std)
         with self._autocast():
-            keys, dgrid = dino_keys(self.dino, pixels)
+            keys, dgrid = dino_keys(self.dino, pixels, v.registers, v.keys == "rope")
         return resample_dino_keys(keys.float(), dgrid, grid)
 
     def _forward_windows(self, crops: torch.Tensor, vglob: Optional[torch.Tensor]):
@@ -566,9 +598,15 @@ class Segmenter:
         with self._stage("clip"):
             x, grid = self._trunk(crops)
         if vglob is None:
-            with self._autocast():
-                vglob = cv.global_embedding(self.visual, x).float()
-        g = vglob @ self.text.T  # (B, Q) raw cosine, unadjusted text (E.1)
+            if self.prior is None:
+                with self._autocast():
+                    vglob = cv.global_embedding(self.visual, x).float()
+            else:  # the prior CLIP's own forward on the windows (L.1)
+                with self._stage("clip_global"):
+                    px, _ = self._trunk(crops, self.prior_visual)
+                    with self._autocast():
+                        vglob = cv.global_embedding(self.prior_visual, px).float()
+        g = vglob @ self.prior_text.T  # (B, Q) raw cosine, unadjusted text (E.1; L.1: the prior's)
         b = x.shape[0]
         family = self.family
         out = family.features(self, x, crops, grid)
@@ -665,9 +703,10 @@ class Segmenter:
                      extras: Optional["_BandOutputs"] = None) -> np.ndarray:
         """The label map with PAMR (SPEC K) on the raw query logits at the original size, in row
         bands under ``full_res_budget`` with the exact halo (:func:`~fiftyone_cass.core.pamr.refine_rows`):
-        the same label map as the whole image at once. A band is at least one halo tall (fewer
-        rows would recompute the halo many times over), so with many names on a wide image a
-        band can hold more than the budget: ~Q x halo x W floats."""
+        the same label map as the whole image at once. Band heights and channel chunks come from
+        :func:`pamr_band_plan`: what one band holds stays under the budget, however thin that
+        makes the bands (each band recomputes its halo: thin bands cost time, not memory; a larger
+        ``full_res_budget`` buys speed)."""
         o = self.options
         h0, w0 = p.original_size
         h, w = p.size
@@ -675,8 +714,8 @@ class Segmenter:
         budget = o.full_res_budget
         steps, dil = o.pamr_steps, tuple(o.pamr_dilations)
         halo = pamr_halo(steps, dil)
-        per_pixel = q * item * (2 + -(-h // h0)) + 32
         neighbours = 8 * len(dil)
+        extra = 0.0 if extras is None else 1.0 + 1.0 / item
         whole = small or budget is None or (6 * q + 2 * neighbours + 8) * h0 * w0 * item <= budget
         if whole:
             bands, full, variant = [(0, h0)], upsample_logits(canvas, p.original_size), None
@@ -687,7 +726,11 @@ class Segmenter:
                 variant = "addcmul"
                 self._warn_once(f"bilinear up-sampling on {canvas.device} matches none of the known roundings; "
                                 "PAMR label maps of images over full_res_budget may differ from an unbounded run")
-            bands = row_bands(h0, w0, per_pixel, max(budget, per_pixel * w0 * min(halo, h0)))
+            rows, _, need = pamr_band_plan(q, h0, w0, item, budget, steps, dil, extra)
+            if need > budget:
+                self._warn_once(f"PAMR on {w0}-pixel-wide images needs {need / 2**20:.0f} MiB per band at least "
+                                f"(full_res_budget={budget}): that band is used")
+            bands = [(a, min(a + rows, h0)) for a in range(0, h0, rows)]
         image = p.image[:, :h, :w]
 
         def read_guide(e0, e1):
@@ -705,7 +748,7 @@ class Segmenter:
         label_map = np.empty((h0, w0), dtype)
         for a, b in bands:
             ext = min(b + halo, h0) - max(a - halo, 0)
-            chunk = q if budget is None else max(1, budget // (4 * ext * w0 * item))
+            chunk = q if whole else _pamr_chunk(q, ext, w0, item, budget)
             band = refine_rows(read_guide, read_mask, q, h0, a, b, steps, dil, chunk)[0]
             label_map[a:b] = self._labels(band, thr, inplace=True, extras=extras, rows=(a, b)).to("cpu", torch.int64).numpy()
             del band
@@ -757,6 +800,54 @@ class Segmenter:
         out = probs.to("cpu", torch.float32).numpy().copy()
         out[~self.has_queries] = np.nan
         return out
+
+
+def _pamr_chunk(q: int, ext: int, width: int, item: int, budget: int) -> int:
+    """Mask channels refined at a time over ``ext`` rows: a quarter of the budget (the mask
+    rows, their padded copy, a product and the output: ~4 tensors of the chunk)."""
+    return max(1, min(q, (budget // 4) // (4 * ext * width * item)))
+
+
+def pamr_band_plan(q: int, height: int, width: int, item: int, budget: int, steps: int, dilations: Sequence[int],
+                   extra: float = 0.0, align: int = 32) -> Tuple[int, int, int]:
+    """``(band rows, channel chunk, bytes)`` of banded PAMR (SPEC K.3) on ``q`` query channels of
+    ``item``-byte floats over a ``height`` x ``width`` image under ``budget`` bytes: the tallest
+    band whose estimated memory fits. A band of ``h`` rows reads ``E = h + 2 halo`` rows
+    (:func:`~fiftyone_cass.core.pamr.pamr_halo`; fewer at the image's borders) and holds:
+
+    * per read row: the neighbour weights (P = 8 x len(dilations) per pixel), the guide and
+      pamr_weights' temporaries (4 x 3 channels), a few rows of scratch: ``(P + 16) x W`` floats;
+    * per read row: the mask channels being refined, ``4 x chunk x W`` floats (chunk: a quarter
+      of the budget);
+    * per band row: the refined query logits and the label step's work, ``(Q x (1 + extra)) x W``
+      floats and 32 bytes per pixel (``extra``: the confidence outputs' additions).
+
+    The band height is a multiple of the rows holding a multiple of ``align`` pixels (as
+    :func:`~fiftyone_cass.core.windows.row_bands`, for the same vectorised rounding as the whole
+    image). When even the thinnest band does not fit, it is returned with its (larger) bytes."""
+    halo = pamr_halo(steps, dilations)
+    neighbours = 8 * len(dilations)
+    unit = align // math.gcd(align, width)
+
+    def need(h: int) -> Tuple[int, int]:
+        ext = min(h + 2 * halo, height)
+        chunk = _pamr_chunk(q, ext, width, item, budget)
+        fixed = (neighbours + 16 + 4 * chunk) * ext * width * item
+        return int(fixed + (q * (1.0 + extra) * item + 32) * h * width), chunk
+
+    lo, hi = 1, max(1, -(-height // unit))  # band heights in units of `unit` rows
+    if need(min(unit, height))[0] > budget:
+        rows = min(unit, height)
+        return rows, need(rows)[1], need(rows)[0]
+    while lo < hi:  # the largest multiple that fits
+        mid = (lo + hi + 1) // 2
+        if need(min(mid * unit, height))[0] <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    rows = min(lo * unit, height)
+    b, chunk = need(rows)
+    return rows, chunk, b
 
 
 class _BandOutputs:

@@ -139,6 +139,7 @@ def test_confidence_fields_are_in_range_sortable_equal_to_the_engine_and_reruns_
                    for s in ds if any(c.label == cls for c in s["cass_confidence_per_class"].classifications))
     assert got == every[:3]
     stats = class_confidence(ds)
+    assert class_confidence(ds, label_field="cass") == stats  # the IoU panel's call
     assert stats[cls]["samples"] == len(every)
     assert stats[cls]["confidence"] == pytest.approx(float(np.mean(every)))
 
@@ -269,6 +270,10 @@ def test_review_queue_operator_makes_the_view_tags_and_saves(fo_dataset, tmp_pat
     got = [next(c.confidence for c in ds[i]["cass_confidence_per_class"].classifications if c.label == "dog")
            for i in res.result["ids"]]
     assert got == [0.1, 0.3, 0.8]
+    # per class over samples (what the IoU panel shows beside each class's IoU)
+    stats = class_confidence(ds, label_field="cass")
+    assert stats["dog"]["samples"] == 3 and stats["dog"]["confidence"] == pytest.approx((0.3 + 0.8 + 0.1) / 3)
+    assert stats["cat"]["samples"] == 5 and stats["cat"]["confidence"] == pytest.approx(sum(confs) / 5)
 
 
 # ------------------------------------------------------------------------------------------------

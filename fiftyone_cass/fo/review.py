@@ -63,10 +63,21 @@ def review_queue(collection, n: int = 50, confidence_field: str = "cass_confiden
     return view
 
 
-def class_confidence(collection, confidence_field: str = "cass_confidence") -> Dict[str, Dict[str, float]]:
+def confidence_field_of(label_field: str) -> str:
+    """The confidence field a labelling run with the default settings writes for ``label_field``."""
+    from fiftyone_cass.config.settings import LabelSettings, format_field
+
+    return format_field(LabelSettings.confidence_field, label_field)
+
+
+def class_confidence(collection, confidence_field: Optional[str] = "cass_confidence",
+                     label_field: Optional[str] = None) -> Dict[str, Dict[str, float]]:
     """``{class: {"confidence": mean over samples of the class's confidence, "samples": n}}``
     over the samples of ``collection`` that contain each class (an empty dict without the
-    per-class field)."""
+    per-class field). ``label_field``: take the default confidence field of that label field
+    (what the IoU panel has: ``class_confidence(view, label_field=pred_field)``)."""
+    if label_field:
+        confidence_field = confidence_field_of(label_field)
     pc = per_class_field(confidence_field)
     if not collection._root_dataset.has_sample_field(pc):
         return {}
@@ -81,4 +92,4 @@ def class_confidence(collection, confidence_field: str = "cass_confidence") -> D
     return {k: {"confidence": s / m, "samples": m} for k, (s, m) in sorted(sums.items())}
 
 
-__all__ = ["REVIEW_TAG", "class_confidence", "class_view", "per_class_field", "review_queue"]
+__all__ = ["REVIEW_TAG", "class_confidence", "confidence_field_of", "class_view", "per_class_field", "review_queue"]

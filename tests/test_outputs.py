@@ -332,3 +332,32 @@ def test_concept_heatmap_operator_writes_the_target_samples_only(fo_dataset, ima
     m = ds.first()["dog_map"].map
     with Image.open(ds.first().filepath) as im:
         assert m.shape == (im.size[1], im.size[0])
+
+
+def test_cli_label_writes_confidence_sortable_and_a_rerun_adds_nothing(tmp_path, capsys):
+    import uuid
+
+    from fiftyone_cass import cli
+
+    img_dir = tmp_path / "imgs"
+    make_images(img_dir, 3)
+    name = f"cli-conf-{uuid.uuid4().hex[:8]}"
+    tiny = ["--backbone", "tiny", "--device", "cpu", "--batch-size", str(BATCH), "-o", "mode=whole",
+            "-o", "short_side=64", "-o", "long_side=128", "-o", "bg_rule=none"]
+    try:
+        argv = ["label", str(img_dir), "--dataset", name, "--classes", ", ".join(CLASSES), *tiny,
+                "--uncertainty-field", "cass_unc"]
+        assert cli.main(argv) == 0, capsys.readouterr().err
+        ds = fo.load_dataset(name)
+        conf = ds.values("cass_confidence")
+        assert len(conf) == 3 and all(0.0 <= c <= 1.0 for c in conf)
+        assert ds.sort_by("cass_confidence").values("cass_confidence") == sorted(conf)
+        assert ds.count("cass_unc") == 3
+        capsys.readouterr()
+        assert cli.main(argv) == 0
+        assert "0 labelled now, 3 already done" in capsys.readouterr().out
+        ds.reload()
+        assert ds.values("cass_confidence") == conf
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)

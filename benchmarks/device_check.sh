@@ -19,7 +19,7 @@
 # Output: $OUT (set by the device tool), else --out, else benchmarks/results/device-<UTC time>/:
 #   device_check.log   everything printed       device_check.json   the merged figures + targets
 #   env.json           machine and versions     bench_cass.json, bench_cass_cdam.json   per bench run
-#   records.json       per backbone record: load + text s, s/image, stages, peak RSS, CUDA max allocated
+#   records.json       per backbone record: load s, s/image, stages, peak RSS, CUDA max allocated
 #   stages.tsv         stage, exit status, seconds, limit
 # Every stage runs under `timeout`, with a limit taken from what is left of --budget, so a slow
 # stage cannot eat the call; bench.py rewrites its JSON after every configuration and skips the

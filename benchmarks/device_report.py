@@ -205,7 +205,7 @@ def cmd_summary(args) -> int:
             if "error" in r:
                 print(f"  {r['record']:<18} error: {r['error'][-300:]}")
                 continue
-            print(f"  {r['record']:<18} {r['best_s_per_image']:7.3f} s/img, load+text {r['load_and_text_s']} s, "
+            print(f"  {r['record']:<18} {r['best_s_per_image']:7.3f} s/img, load {r['load_s']} s, "
                   f"peak RSS {r['peak_rss_mb']} MB, CUDA max allocated {r.get('cuda_max_allocated_mb', '-')} MB; "
                   + ", ".join(f"{k} {v}" for k, v in r["stages_ms_of_best"].items()))
         if isinstance(rec, dict) and "error" in rec:

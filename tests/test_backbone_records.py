@@ -265,8 +265,8 @@ def test_checkpoint_path_order(monkeypatch, tmp_path):
     assert bb.checkpoint_path("DINO", BACKBONES["tiny-dinov2"].vfm) is None  # random weights: no file
 
 
-@pytest.mark.parametrize("wording", ["cli", "python"])
-def test_missing_offline_files_are_each_named_fast(monkeypatch, tmp_path, wording):
+@pytest.mark.parametrize("server", [False, True])
+def test_missing_offline_files_are_each_named_fast(monkeypatch, tmp_path, server):
     from fiftyone_cass.models.weights import ensure_weights
 
     for var in bb.CHECKPOINT_ENV.values():
@@ -274,16 +274,16 @@ def test_missing_offline_files_are_each_named_fast(monkeypatch, tmp_path, wordin
     monkeypatch.setenv("FIFTYONE_CASS_WEIGHTS_DIR", str(tmp_path))
     t = time.time()
     with pytest.raises(WeightsUnavailableError) as e:
-        ensure_weights("openai-l14-prior", "cass", "cpu", wording=wording)
+        ensure_weights("openai-l14-prior", "cass", "cpu", server=server)
     msg = str(e.value)
     for f in ("clip-vit-b16-openai.safetensors", "dino_vitbase8_pretrain.pth", "clip-vit-l14-openai.safetensors"):
         assert str(tmp_path / f) in msg, f
     with pytest.raises(WeightsUnavailableError) as e:
-        ensure_weights("openai-dinov3", "maskclip", "cpu", clip_checkpoint=str(tmp_path / "mine.pt"), wording=wording)
+        ensure_weights("openai-dinov3", "maskclip", "cpu", clip_checkpoint=str(tmp_path / "mine.pt"), server=server)
     msg = str(e.value)
     assert str(tmp_path / "mine.pt") in msg and "dinov3" not in msg  # maskclip needs no VFM
     with pytest.raises(WeightsUnavailableError, match="dinov2_vitb14_reg4_pretrain.pth"):
-        ensure_weights("openai-dinov2", "cass", "cpu", wording=wording)
+        ensure_weights("openai-dinov2", "cass", "cpu", server=server)
     assert time.time() - t < 30
 
 
@@ -322,3 +322,15 @@ def test_zoo_names_map_to_records(tmp_path):
         load_cass_model("cass-vit-b16-dinov2-torch", classes=["a"], backbone="openai")
     m = load_cass_model("cass-vit-b16-dinov3-torch", classes=["a"], backbone="tiny-dinov3", device="cpu")
     assert m.segmenter.backbone == "tiny-dinov3" and type(m.segmenter.dino).__name__ == "Eva"
+
+
+def test_cli_backbone_flag_takes_the_registry_names(tmp_path, capsys):
+    from fiftyone_cass import cli
+
+    try:
+        rc = cli.main(["label", str(tmp_path), "--classes", "cat", "--backbone", "dinov9"])
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--backbone" in err and "'dinov9' is not allowed" in err and "openai-dinov3" in err

@@ -175,3 +175,22 @@ def test_runs_of_overlapping_shards_at_the_same_time_are_warned_about(fo_dataset
         assert "labelled twice" in caplog.text
     finally:
         first.release()
+
+
+def test_a_processing_size_that_cannot_fit_the_memory_is_refused_per_image(monkeypatch):
+    import numpy as np
+
+    from fiftyone_cass import Segmenter
+    from fiftyone_cass.models import segmenter as segmod
+
+    monkeypatch.setattr(segmod, "device_memory_bytes", lambda device: 16 * 2**30)  # a 16 GiB machine
+    img = np.full((40, 80, 3), 120, np.uint8)
+    big = Segmenter(["cat", "dog"], backbone="tiny", device="cpu", method="cass", short_side=4096, long_side=8192)
+    (res, err), = big.segment_loaded([(img, None)], ["small.png"])
+    assert res is None
+    assert "small.png" in err and "short_side=4096" in err and "long_side=8192" in err and "8192x4096" in err, err
+    assert "16 GiB" in err and "lower short_side/long_side" in err, err
+    ok = Segmenter(["cat", "dog"], backbone="tiny", device="cpu", method="cass", mode="whole", short_side=64,
+                   long_side=128)
+    (res, err), = ok.segment_loaded([(img, None)], ["small.png"])
+    assert err is None and res.label_map.shape == (40, 80)

@@ -74,12 +74,13 @@ import fiftyone.core.utils as fou
 from fiftyone import ViewField as F
 
 from fiftyone_cass.app.support import show_labels_in_app
-from fiftyone_cass.errors import InvalidInputError, RunAbortedError
+from fiftyone_cass.errors import SOME_LIST, SOME_TEXT, InvalidInputError, RunAbortedError, SettingError, kw, use
 from fiftyone_cass.fileio import atomic_write, is_valid_png, remove_orphaned_temp_files, write_mask_png  # noqa: F401 - re-exported
 from fiftyone_cass.fo.shards import shard_index, validate_shard  # noqa: F401 - re-exported
 from fiftyone_cass.models.segmenter import Segmenter
-from fiftyone_cass.config.schema import coerce_settings, setting_fields, settings_doc, split_settings
-from fiftyone_cass.config.settings import DISK_THRESHOLD, RESERVED_FIELDS, LabelSettings, ModelSettings, format_field, resolve_masks  # noqa: F401
+from fiftyone_cass.config.schema import coerce_settings, settings_doc
+from fiftyone_cass.config.settings import (DISK_THRESHOLD, RESERVED_FIELDS, LabelSettings, ModelSettings,  # noqa: F401
+                                           format_field, replace_settings, resolve_masks, settings_for)
 from fiftyone_cass.fo.outputs import (
     OUTPUTS,
     OutputContext,
@@ -295,12 +296,18 @@ class AutoLabelRun:
         classes: Union[None, str, Sequence[str]] = None,
         *,
         segmenter: Optional[Segmenter] = None,
-        **settings,
+        settings: Optional[LabelSettings] = None,
+        **keywords,
     ):
-        # every LabelSettings field checked once (the rest are Segmenter options, checked by it)
-        run, options = split_settings(LabelSettings, dict(settings, classes=classes))
+        # one settings object for the whole run, checked once (here, or by the caller: the CLI,
+        # the operator) and handed down unchanged to the model and its Segmenter
+        if classes is not None:
+            if settings is not None:
+                settings = replace_settings(settings, classes=classes)
+            else:
+                keywords = dict(keywords, classes=classes)
+        run = self.run_settings = settings_for(LabelSettings, settings, keywords)
         classes, preset, gt_field, label_field = run.classes, run.preset, run.gt_field, run.label_field
-        model_kwargs = {n: getattr(run, n) for n in setting_fields(ModelSettings)}
         self.started = time.monotonic()
         self.view = sample_collection
         self.dataset = sample_collection._root_dataset
@@ -329,8 +336,8 @@ class AutoLabelRun:
         for name, base in named:
             for f in get_output(dict((o.setting, o.name) for o in OUTPUTS)[name]).field_names(base):
                 if not f.isidentifier() or f in RESERVED_FIELDS or f == label_field:
-                    raise InvalidInputError(f"{name} {base!r} is not a usable field name: " + (
-                        "it is the same as label_field" if f == label_field else "it is a built-in FiftyOne field"
+                    raise InvalidInputError(f"{kw(name)} {base!r} is not a usable field name: " + (
+                        f"it is the same as {kw('label_field')}" if f == label_field else "it is a built-in FiftyOne field"
                         if f in RESERVED_FIELDS else "it is not a valid Python identifier"))
         owner: Dict[str, List[str]] = {}
         for n, b in self.fields.items():
@@ -342,10 +349,11 @@ class AutoLabelRun:
             listed = [s for s in ("presence_field", "error_field", "embeddings_field")] + sorted(
                 clash - {"presence_field", "error_field", "embeddings_field"})
             used = [b for n, b in self.fields.items() if n not in ("tags", "segmentation")]
-            raise InvalidInputError(f"{', '.join(listed[:-1])} and {listed[-1]} must differ, got {used}")
+            raise InvalidInputError(f"{', '.join(kw(x) for x in listed[:-1])} and {kw(listed[-1])} must differ, got {used}")
         if run.skip_existing and run.overwrite:  # which one would win is not what the caller meant
-            raise InvalidInputError("skip_existing=True and overwrite=True exclude each other: skip_existing keeps the "
-                                    "labels of other settings, overwrite replaces them; choose one")
+            raise InvalidInputError(f"{kw('skip_existing', True)} and {kw('overwrite', True)} exclude each other: "
+                                    f"{kw('skip_existing')} keeps the labels of other settings, {kw('overwrite')} "
+                                    "replaces them; choose one")
         self.skip_existing = run.skip_existing
         self.overwrite = run.overwrite
         self.shard = run.shard
@@ -357,23 +365,23 @@ class AutoLabelRun:
         given = [x for x in (("classes", classes), ("preset", preset), ("gt_field", gt_field)) if x[1] is not None]
         if segmenter is None and len(given) != 1:
             raise InvalidInputError(
-                "give exactly one of classes=[...], preset='...' or gt_field='...' "
+                f"give exactly one of {kw('classes', SOME_LIST)}, {kw('preset', SOME_TEXT)} or {kw('gt_field', SOME_TEXT)} "
                 f"(got {', '.join(g[0] for g in given) or 'none'})"
             )
         gt_targets = None
         if gt_field is not None and gt_field == label_field:
             raise InvalidInputError(
-                f"label_field {label_field!r} is the gt_field: the predictions would replace the ground truth "
-                "they take their classes from; choose another label_field"
+                f"{kw('label_field')} {label_field!r} is the {kw('gt_field')}: the predictions would replace the "
+                f"ground truth they take their classes from; choose another {kw('label_field')}"
             )
         if gt_field is not None:
             if not self.dataset.has_sample_field(gt_field):
-                raise InvalidInputError(f"gt_field {gt_field!r} is not a field of dataset {self.dataset.name!r}")
+                raise InvalidInputError(f"{kw('gt_field')} {gt_field!r} is not a field of dataset {self.dataset.name!r}")
             gt_targets = self.dataset.mask_targets.get(gt_field) or self.dataset.default_mask_targets or {}
         self.model = CassModel(
             classes if (classes is None or isinstance(classes, str)) else list(classes),
-            preset=preset, mask_targets=gt_targets, mask_targets_name=f"gt_field {gt_field!r} mask_targets",
-            segmenter=segmenter, **model_kwargs, **options,
+            preset=preset, mask_targets=gt_targets, mask_targets_name=f"{kw('gt_field')} {gt_field!r} mask_targets",
+            segmenter=segmenter, settings=run,
         )
         self.presence_threshold = self.model.presence_threshold
         self.segmenter = self.model.segmenter
@@ -486,8 +494,8 @@ class AutoLabelRun:
             if foreign and not (self.overwrite or self.skip_existing):
                 raise InvalidInputError(
                     f"field {lf!r} of dataset {ds.name!r} already holds labels of other settings on "
-                    f"{foreign} of the {len(ids)} target samples; pass overwrite=True to replace them "
-                    "or skip_existing=True to label only the samples without labels "
+                    f"{foreign} of the {len(ids)} target samples; {use('overwrite', True)} to replace them "
+                    f"or {kw('skip_existing', True)} to label only the samples without labels "
                     "(a run with the same settings resumes by itself)"
                 )
             for sid, cfg, path, in_db in zip(lids, cfgs, paths, has_mask):
@@ -594,13 +602,13 @@ class AutoLabelRun:
         shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
         where = " and ".join(w for w in (
             f"{outside} outside this run's target" if outside else "",
-            f"{skipped} kept by skip_existing" if skipped else "") if w)
+            f"{skipped} kept by {kw('skip_existing')}" if skipped else "") if w)
         raise InvalidInputError(
             f"field {self.label_field!r} of dataset {self.dataset.name!r} holds labels of other classes on "
             f"{kept} sample(s) that this run would not relabel ({where}); their masks use the field's current "
             f"class ids, which this run's classes would rename for the whole field (id {shown}). To relabel "
-            "every sample of the field, run on the whole dataset and pass overwrite=True; or choose another "
-            "label_field"
+            f"every sample of the field, run on the whole dataset and {use('overwrite', True)}; or choose another "
+            f"{kw('label_field')}"
         )
 
     def _check_mask_dir(self) -> None:
@@ -614,7 +622,7 @@ class AutoLabelRun:
         except OSError as exc:
             raise InvalidInputError(
                 f"cannot write masks to {folder!r} ({type(exc).__name__}: {exc}); choose another mask "
-                "directory (mask_dir / --mask-dir) or keep masks in the database (masks='database')"
+                f"directory ({kw('mask_dir')}) or keep masks in the database ({kw('masks', 'database')})"
             ) from None
         self._folder_id = _identity(folder)
         removed = remove_orphaned_temp_files(folder)
@@ -931,8 +939,8 @@ def check_threshold(threshold, name: str = "threshold") -> float:
     0 to 1); the :class:`InvalidInputError` names ``name``."""
     try:
         return coerce_settings(LabelSettings, {"presence_threshold": threshold})["presence_threshold"]
-    except InvalidInputError as exc:
-        raise InvalidInputError(str(exc).replace("option presence_threshold=", f"option {name}=", 1)) from None
+    except SettingError as exc:  # the same check, under this caller's name
+        raise SettingError(name, exc.value, exc.allowed, exc.help, exc.what) from None
 
 
 def retag(

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from fiftyone_cass.errors import InvalidInputError
-from fiftyone_cass.config.settings import resolve_masks
+from fiftyone_cass.errors import SOME_LIST, InvalidInputError, kw, use
+from fiftyone_cass.config.settings import LabelSettings, replace_settings, resolve_masks, settings_for
 
 #: failures and skipped paths listed one by one in :meth:`LabelReport.text`
 MAX_LISTED = 20
@@ -147,21 +147,25 @@ class LabelReport:
         return "\n".join(lines)
 
 
-def label_collection(view, shard=None, progress=None, **apply_kwargs) -> LabelReport:
+def label_collection(view, shard=None, progress=None, settings: Optional[LabelSettings] = None,
+                     **apply_kwargs) -> LabelReport:
     """Labels ``view`` (only the samples of ``shard=(i, N)`` by file path, if given) with
-    :class:`~fiftyone_cass.fo.apply.AutoLabelRun`, under one progress bar."""
+    :class:`~fiftyone_cass.fo.apply.AutoLabelRun`, under one progress bar. ``settings``: the
+    run's built :class:`~fiftyone_cass.config.settings.LabelSettings` (the command line builds
+    them once), or the :func:`~fiftyone_cass.fo.apply.apply` keywords."""
     import fiftyone.core.utils as fou
 
     from fiftyone_cass.fo.apply import AutoLabelRun
 
     t0 = time.monotonic()
     ds = view._root_dataset
-    kw = dict(apply_kwargs)
-    report = LabelReport(ds.name, kw.get("label_field", "cass"), shard=shard)
-    if kw.get("masks", "auto") == "auto":
+    s = settings_for(LabelSettings, settings, apply_kwargs)
+    report = LabelReport(ds.name, s.label_field, shard=shard)
+    if s.masks == "auto":
         report.num_target = len(view)
-    kw["masks"] = report.masks = resolve_masks(kw.get("masks", "auto"), report.num_target, kw.get("mask_dir"))
-    run = AutoLabelRun(view, shard=shard, **kw)
+    report.masks = resolve_masks(s.masks, report.num_target, s.mask_dir)
+    s = replace_settings(s, masks=report.masks, shard=shard if shard is not None else s.shard)
+    run = AutoLabelRun(view, settings=s)
     total = run.plan()
     report.num_target = run.summary.num_target
     report.num_in_shard = run.summary.num_in_shard
@@ -189,10 +193,10 @@ def check_gt_field(dataset, name: Optional[str]) -> None:
     if isinstance(field, fo.EmbeddedDocumentField) and kind is not None and issubclass(kind, fo.Segmentation):
         if not (dataset.mask_targets.get(name) or dataset.default_mask_targets):
             raise InvalidInputError(
-                f"gt_field {name!r} has no mask_targets (the classes and ids to label with): set "
-                f"dataset.mask_targets[{name!r}] = {{id: name, ...}} in Python, or pass classes=[...]")
+                f"{kw('gt_field')} {name!r} has no mask_targets (the classes and ids to label with): set "
+                f"dataset.mask_targets[{name!r}] = {{id: name, ...}} in Python, or {use('classes', SOME_LIST)}")
         return
     what = f"{kind.__name__} field" if isinstance(field, fo.EmbeddedDocumentField) and kind else type(field).__name__
     article = "an" if what[0].lower() in "aeiou" else "a"
-    raise InvalidInputError(f"gt_field {name!r} is {article} {what}, not a Segmentation field with mask_targets "
+    raise InvalidInputError(f"{kw('gt_field')} {name!r} is {article} {what}, not a Segmentation field with mask_targets "
                             "(the classes and ids to label with)")

@@ -188,6 +188,16 @@ def backbone_for_zoo_name(model_name: str) -> str:
     return names[base]
 
 
+def listing(include_test: bool = False, as_json: bool = False) -> str:
+    """What ``fiftyone-cass backbones`` prints: :func:`describe_backbones`, or the records'
+    :meth:`BackboneSpec.summary` as a JSON list."""
+    if as_json:
+        import json
+
+        return json.dumps([BACKBONES[n].summary() for n in backbone_names(include_test)], indent=2)
+    return describe_backbones(include_test)
+
+
 def describe_backbones(include_test: bool = False) -> str:
     """The live listing (``fiftyone-cass backbones``): one block per record."""
     lines = []
@@ -263,11 +273,13 @@ def _offline_hint(what: str, exc: BaseException, spec: Optional[BackboneSpec] = 
     spec = spec or BACKBONES[DEFAULT_BACKBONE]
     w = dict(spec.components()).get(what, spec.clip)
     setting = "FIFTYONE_CASS_PRIOR_CHECKPOINT" if what == "PRIOR" else f"{what.lower()}_checkpoint="
-    return WeightsUnavailableError(
+    err = WeightsUnavailableError(
         f"could not obtain the {what} weights ({type(exc).__name__}: {exc}). This machine may have no "
         f"access to the model hub. Download them elsewhere and pass a local file: {setting}'{w.file}' "
         f"(the weights of {w.hub}). " + offline_instructions(spec)
     )
+    err.model = what  # which weights are missing (CLIP, DINO, PRIOR), for the messages built on it
+    return err
 
 
 def _check_file(path, what: str) -> str:

@@ -3,6 +3,7 @@ class merging -> background. Batched over windows of several images (SPEC A, E, 
 
 from __future__ import annotations
 
+import os
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -14,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from fiftyone_cass.core import cdam as cdam_ops
-from fiftyone_cass.core.eigensolver import PLACEMENTS
 from fiftyone_cass.core.entropy import entropy_range, threshold_from_entropy
 from fiftyone_cass.core.cass import CassOptions
 from fiftyone_cass.core.confidence import ConfidenceSums, band_sums, pixel_confidence
@@ -35,105 +35,20 @@ from fiftyone_cass.core.windows import (
 from fiftyone_cass.errors import ImageLoadError, InvalidInputError
 from fiftyone_cass.images import describe, load_rgb
 from fiftyone_cass.methods import get_family, method_names, split_method
-from fiftyone_cass.config.schema import check_dataclass, setting, setting_fields, settings_doc, split_settings
-from fiftyone_cass.config.settings import DEFAULT_METHOD, EngineSettings, resolve_device
+from fiftyone_cass.config.options import SegmenterOptions, options_from_json  # noqa: F401 - re-exported
+from fiftyone_cass.config.schema import settings_doc
+from fiftyone_cass.config.settings import EngineSettings, settings_for
 from fiftyone_cass.models import clip_visual as cv
 from fiftyone_cass.models.backbones import cached_models, cached_prior, get_backbone_spec
 from fiftyone_cass.models.dino import dino_keys, dino_pixels_from_clip
 from fiftyone_cass.models.profiling import NO_STAGE, StageTimer
 from fiftyone_cass.models.presets import FREE_VOCAB, Preset, cdam_aug_words
 from fiftyone_cass.models.text import text_embedder
-from fiftyone_cass.models.vocabulary import Vocabulary
+from fiftyone_cass.models.vocabulary import Vocabulary, vocabulary_of
 
 #: the built-in methods (every registered family, alone and with +cdam): see :mod:`fiftyone_cass.methods`
 METHODS = tuple(method_names())
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # EngineSettings.precision
-
-
-@dataclass
-class SegmenterOptions:
-    """Every constant and switch of the pipeline. Presets fill the dataset-specific ones; any
-    field can be overridden with a keyword of :class:`Segmenter`."""
-
-    # protocol (SPEC A)
-    short_side: int = setting(336, "shorter image side after resizing, in pixels", min=1, max=4096)
-    long_side: int = setting(2048, "cap of the longer image side after resizing, in pixels", min=1, max=8192)
-    mode: str = setting("slide", "slide: sliding windows; whole: the whole resized image at once",
-                        choices=("slide", "whole"))
-    crop: int = setting(224, "sliding-window size, in pixels", min=16, max=4096)
-    stride: int = setting(112, "sliding-window step, in pixels", min=1, max=4096)
-    global_prior: str = setting("image", "image: whole resized image, once per image; crop: per window",
-                                choices=("image", "crop"))
-    pad_to_patch: bool = setting(False, "whole mode: pad to a multiple of 16 instead of flooring (J.5)")
-    dino_clean_input: bool = setting(False, "A.6: correct ImageNet normalisation for DINO")
-    # CASS (SPEC C, D, E)
-    gaussian_std: float = setting(5.0, "std of the Gaussian window of the attention graphs", gt=0)
-    k_eigen: int = setting(20, "eigenvalues compared between the DINO and CLIP graphs", min=1, max=4096)
-    rank: int = setting(10, "rank of the low-rank DINO graph", min=1, max=4096)
-    eigenscale: bool = setting(True, "scale the eigenvectors by their eigenvalues")
-    beta: float = setting(10.0, "fusion strength of the graphs", min=0)
-    paper_matching: bool = setting(False, "head matching as written in the paper")
-    energy_rank: Optional[float] = setting(None, "energy share that picks the rank per head (none: fixed rank)",
-                                           gt=0, max=1)
-    spectral_dtype: str = setting("float64", "float64 (reference) or float32 (faster on GPUs)",
-                                  choices=("float64", "float32"))
-    eigh_placement: str = setting("auto", "where the 64x64 eigh runs (core.eigensolver)", choices=PLACEMENTS)
-    gamma: float = setting(0.25, "weight of the global image prior in the text adjustment", min=0, max=1)
-    alpha: float = setting(0.03, "weight of the patch features in the text adjustment", min=0, max=1)
-    h_threshold: float = setting(0.10, "distance threshold of the text clustering", min=0, max=2)
-    top_k: int = setting(2, "patches per class in the text adjustment", min=1, max=4096)
-    logit_scale: float = setting(40.0, "scale of the patch-text similarities", gt=0)
-    prob_thd: float = setting(0.0, "probability below which a pixel is background (0: none)", min=0, max=1)
-    # CDAM (SPEC G, H)
-    cdam_temperature: float = setting(0.1, "CDAM similarity temperature", gt=0)
-    cdam_attn_temperature: float = setting(0.1, "CDAM attention temperature", gt=0)
-    cdam_scales: Tuple[float, ...] = setting((0.25, 0.37, 0.5, 0.63, 0.75, 0.87), "CDAM scales",
-                                             item_gt=0, item_max=1)
-    cdam_similarity: str = setting("cass", "cass: (1-g) F[T';Taug] + g[g;gaug]; raw: F[T;Taug]",
-                                   choices=("cass", "raw"))
-    cdam_row_normalize: bool = setting(False, "row-normalise the CDAM map")
-    cdam_mix: float = setting(1.0, "share of the CDAM map in the attention", min=0, max=1)
-    # dtype of the CDAM map; its sharp temperatures (T = P = 0.1) amplify fp32 round-off ~1e4x,
-    # enough to make results depend on batch composition
-    cdam_dtype: str = setting("float64", "dtype of the CDAM map", choices=("float64", "float32"))
-    cdam_readjust_text: bool = setting(True, "H.5: redo the E.3 adjustment on the re-predicted features")
-    bg_rule: str = setting("entropy", "with +cdam: entropy (G.7 once per image), cass_fixed (prob_thd) or none",
-                           choices=("entropy", "cass_fixed", "none"))
-    entropy_source: str = setting("image", "image, or last_crop (reference parity)", choices=("image", "last_crop"))
-    entropy_logit_scale: float = setting(50.0, "logit scale of the entropy rule", gt=0)
-    entropy_thr_default: float = setting(0.5, "threshold of the entropy rule when it is undecided", min=0, max=1)
-    entropy_alpha: float = setting(2.5, "slope of the entropy rule", min=0)
-    # PAMR (SPEC K.1-K.4): on the raw query logits at the original size, before logit_scale,
-    # softmax, synonym merge and background
-    pamr_steps: int = setting(0, "PAMR refinement steps on the full-resolution logits (0: off, the published "
-                              "protocol; 10: the seeds' --pamr on)", min=0, max=1000)
-    pamr_dilations: Tuple[int, ...] = setting((8, 16), "PAMR neighbour dilations, in pixels", item_min=1, item_max=512)
-    pamr_guide: str = setting("processed", "image guiding PAMR: processed (the reference's up-sampled resized, "
-                              "CLIP-normalised image) or original", choices=("processed", "original"))
-    # memory (not results): bytes allowed for the full-resolution logits of one image and the
-    # up-sampled windows being stitched; larger images are labelled in row bands (the same label
-    # maps). None = no bound (the whole image at once: Q x H x W floats, ~0.7 GB per megapixel
-    # with 171 names)
-    full_res_budget: Optional[int] = setting(256 * 2**20, "bytes for one image's full-resolution logits "
-                                             "(larger images go in row bands; none: no bound)", min=2**20)
-
-
-def options_from_json(value) -> Dict[str, Any]:
-    """Segmenter options given as a JSON object string (CLI ``--options``, operator input) or a
-    dict. Raises :class:`InvalidInputError` unless it is a JSON object."""
-    if not value:
-        return {}
-    if isinstance(value, dict):
-        return dict(value)
-    import json
-
-    try:
-        out = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"options must be a JSON object, e.g. '{{\"mode\": \"whole\"}}': {exc}") from None
-    if not isinstance(out, dict):
-        raise InvalidInputError("options must be a JSON object")
-    return out
 
 
 @dataclass
@@ -188,6 +103,16 @@ class _Prepared:
     rgb: Optional[np.ndarray] = None  # the original pixels, kept only to guide PAMR (pamr_guide="original")
 
 
+def device_memory_bytes(device) -> Optional[int]:
+    """The memory of ``device``: a GPU's total memory, else the machine's RAM (None if unknown)."""
+    try:
+        if torch.device(device).type == "cuda":
+            return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        return None
+
+
 class Segmenter:
     """Open-vocabulary semantic segmentation with CASS (+ CDAM) on CLIP ViT-B/16 + DINO ViT-B/8.
 
@@ -197,8 +122,13 @@ class Segmenter:
             0 is background; classes get ids 1..C in order.
         preset: one of the published protocols (voc21, voc20, context60, context59, coco_object,
             coco_stuff, ade20k, cityscapes): its class file, ids and constants.
-        models: ready ``(clip, dino, tokenizer)`` instead of loading the backbone's weights.
-        **settings: :class:`~fiftyone_cass.config.settings.EngineSettings` fields (below) and any
+        models: ready ``(clip, dino, tokenizer)`` instead of loading the backbone's weights; a
+            fourth item ``(prior_clip, prior_tokenizer)`` gives the prior CLIP of a record with one
+            (SPEC L.1; otherwise it is loaded as the record says).
+        settings: a built :class:`~fiftyone_cass.config.settings.EngineSettings` (or a subclass:
+            :func:`~fiftyone_cass.config.settings.build_settings`), handed down by the layer above;
+            or instead
+        **keywords: :class:`~fiftyone_cass.config.settings.EngineSettings` fields (below) and any
             :class:`SegmenterOptions` field; each value is checked against its declaration.
 
     Engine settings:
@@ -227,10 +157,12 @@ class Segmenter:
         preset: Optional[str] = None,
         *,
         models: Optional[Tuple[Any, Any, Any]] = None,
-        **settings,
+        settings: Optional[EngineSettings] = None,
+        **keywords,
     ):
-        # EngineSettings (method, backbone, device, ...) and SegmenterOptions, each checked once
-        engine, overrides = split_settings(EngineSettings, settings)
+        # one settings object (EngineSettings fields + the Segmenter options), checked once: the
+        # caller's (CassModel, apply, the operator, the CLI) or built here from the keywords
+        engine = self.settings = settings_for(EngineSettings, settings, keywords)
         method, backbone, background = engine.method, engine.backbone, engine.background
         self.base, self.use_cdam = split_method(method)
         self.family = get_family(self.base)
@@ -238,13 +170,13 @@ class Segmenter:
         self.batch_size = engine.batch_size
         self.window_batch = engine.window_batch
         self.precision = engine.precision
-        self.device = torch.device(resolve_device(engine.device))  # a CUDA device without CUDA: a clear error
+        self.device = torch.device(engine.device)  # resolved with the settings
         self.backbone = backbone
 
         # the vocabulary (one object shared with the FiftyOne side: models/vocabulary.py)
         self.vocabulary = self._vocabulary(classes, preset, background)
         self.preset: Preset = self.vocabulary.preset or FREE_VOCAB
-        self.options = self._options(overrides)
+        self.options = self._options(engine.options)
         v = self.vocabulary
         self.class_lines = list(v.class_lines)
         self.queries, owner = v.queries, v.query_owner
@@ -290,14 +222,7 @@ class Segmenter:
     # ------------------------------------------------------------------ configuration
     @staticmethod
     def _vocabulary(classes, preset, background) -> Vocabulary:
-        if preset is not None and classes is not None:
-            raise InvalidInputError("give either classes or preset, not both")
-        if preset is not None:
-            if background is not None:  # the protocol decides what background is
-                raise InvalidInputError(f"background words apply to a free vocabulary of classes; preset {preset!r} "
-                                        "has its own (leave background unset)")
-            return Vocabulary.from_preset(preset)
-        return Vocabulary.from_classes(classes, background)
+        return vocabulary_of(classes, preset, background)
 
     def _options(self, overrides) -> SegmenterOptions:
         p = self.preset
@@ -308,15 +233,8 @@ class Segmenter:
         )
         if self.family.logit_scale is not None:
             base["logit_scale"] = self.family.logit_scale  # the family's protocol (CDAM/MaskCLIP: 50)
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(SegmenterOptions)})
-        if unknown:
-            raise InvalidInputError(
-                f"unknown option(s): {', '.join(unknown)} (settings: {', '.join(setting_fields(EngineSettings))}; "
-                f"Segmenter options: {', '.join(f.name for f in dataclasses.fields(SegmenterOptions))})"
-            )
-        base.update(overrides)
-        opts = check_dataclass(SegmenterOptions(**base))  # types and ranges of the fields' metadata
-        return opts
+        base.update(overrides)  # (checked with the settings)
+        return SegmenterOptions(**base)
 
     def _prepare_text(self) -> None:
         self.text = self.embedder(self.queries)  # (Q, E)
@@ -535,6 +453,7 @@ class Segmenter:
             raise ImageLoadError(f"{name}: image has zero size {w0}x{h0}")
         o = self.options
         h, w = keep_ratio_size(h0, w0, o.long_side, o.short_side)
+        self._check_memory(name, h, w)
         resized = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR) if (h, w) != (h0, w0) else rgb
         img = clip_normalize(torch.as_tensor(np.array(resized, copy=not resized.flags.writeable)).to(self.device).permute(2, 0, 1))
         if o.mode == "slide":
@@ -551,6 +470,23 @@ class Segmenter:
             windows = [(0, ph, 0, pw)]
         keep = rgb if (o.pamr_steps > 0 and o.pamr_guide == "original") else None
         return _Prepared(index, name, (h0, w0), img, (h, w), windows, keep)
+
+    def _check_memory(self, name: str, h: int, w: int) -> None:
+        """Refuses (per image, before anything is allocated) a processing size whose whole-image
+        pass cannot fit the device: CLIP's attention over every patch of the resized image (heads x
+        tokens^2 floats, in whole mode and for the image-level prior) and the logits canvases."""
+        o = self.options
+        ph, pw = cv.patch_size(self.visual)
+        tokens = max(h // ph, 1) * max(w // pw, 1)
+        whole_pass = o.mode != "slide" or o.global_prior == "image"
+        need = (cv.num_heads(self.visual) * tokens * tokens * 4 if whole_pass else 0) + 3 * len(self.queries) * h * w * 4
+        have = device_memory_bytes(self.device)
+        if have is not None and need > have:
+            raise InvalidInputError(
+                f"{name}: with short_side={o.short_side} and long_side={o.long_side} it is processed at {w}x{h} "
+                f"({tokens} CLIP tokens), which needs about {need / 2**30:.0f} GiB, more than the "
+                f"{have / 2**30:.0f} GiB of memory of {self.device}; lower short_side/long_side (e.g. the "
+                "defaults)")
 
     def _autocast(self):
         if self.precision == "fp32":

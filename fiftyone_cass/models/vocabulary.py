@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.errors import SOME_LIST, SOME_TEXT, InvalidInputError, kw, use
 from fiftyone_cass.models.presets import Preset, default_background_words, get_preset, preset_class_lines
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def check_class_lines(lines: Sequence[str]) -> Dict[Tuple[int, ...], Tuple[int, 
                 raise InvalidInputError(f"duplicate synonym {raw!r} in class {line!r}" + _same_text(seen[name][1], raw))
             seen[name] = (i, raw)
     if any(name_key(line.split(",")[0]) == name_key("background") for line in lines):
-        raise InvalidInputError("'background' is label 0 and cannot be a class; use background=[...] for words")
+        raise InvalidInputError(f"'background' is label 0 and cannot be a class; use {kw('background', SOME_LIST)} for words")
     return seen
 
 
@@ -204,7 +204,7 @@ class Vocabulary:
         empty names, duplicates (NFC/NFD, case and spacing variants too), 'background' as a
         class, a background word that is a class and names too long for CLIP's context."""
         if classes is None:
-            raise InvalidInputError("no classes given: pass classes=[...] or preset=...")
+            raise InvalidInputError(f"no classes given: {use('classes', SOME_LIST)} or {kw('preset', SOME_TEXT)}")
         lines = parse_classes(classes)
         seen = check_class_lines(lines)
         bg = background_line(background)
@@ -242,7 +242,7 @@ class Vocabulary:
         if not mask_targets:
             raise InvalidInputError(
                 f"{field_name}: no mask_targets to take the classes from; give them ({{id: name}}, e.g. the "
-                "ground-truth field's dataset.mask_targets[field]) or pass classes=[...]"
+                f"ground-truth field's dataset.mask_targets[field]) or {use('classes', SOME_LIST)}"
             )
         targets: Dict[int, str] = {}
         for k, v in mask_targets.items():
@@ -280,7 +280,7 @@ class Vocabulary:
         try:
             labels = cls.from_classes(classes, background)
         except InvalidInputError as exc:
-            raise InvalidInputError(f"{field_name}: {exc}") from exc
+            raise exc.prefixed(f"{field_name}: ") from exc
         top = max(gt_ids + [background_id or 0])
         lut = np.zeros(len(classes) + 1, dtype=np.uint8 if top <= 255 else np.uint16)
         lut[0] = background_id if background_id is not None else 0  # never produced without background
@@ -369,3 +369,16 @@ __all__ = [
     "queries_from_class_lines",
     "vocabulary_from_mask_targets",
 ]
+
+
+def vocabulary_of(classes, preset: Optional[str], background) -> "Vocabulary":
+    """The vocabulary of a request: ``classes`` (with ``background`` words) or a ``preset`` (which
+    has its own background: ``background`` words with a preset are refused), not both."""
+    if preset is not None and classes is not None:
+        raise InvalidInputError(f"give either {kw('classes')} or {kw('preset')}, not both")
+    if preset is not None:
+        if background is not None:  # the protocol decides what background is
+            raise InvalidInputError(f"{kw('background')} words apply to a free vocabulary of classes; "
+                                    f"{kw('preset')} {preset!r} has its own (leave {kw('background')} unset)")
+        return Vocabulary.from_preset(preset)
+    return Vocabulary.from_classes(classes, background)

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import List, Optional
 
 from fiftyone_cass.bootstrap import hub_offline
-from fiftyone_cass.errors import WeightsUnavailableError
+from fiftyone_cass.errors import WeightsUnavailableError, kw
 from fiftyone_cass.config.settings import resolve_device
 
-#: how the message names the checkpoint settings: command-line flags, the App form's fields, or
-#: the keyword arguments of Python callers
-WORDINGS = ("cli", "form", "python")
 
 def _describe(what: str, w) -> str:
     from fiftyone_cass.models.backbones import ClipWeights
@@ -31,7 +27,8 @@ def _describe(what: str, w) -> str:
 
 
 def cli_help(backbone: str) -> str:
-    """What the CLI says about obtaining the weights of ``backbone`` (from its record)."""
+    """How to obtain the weights of ``backbone`` on this machine (from its record); the checkpoint
+    settings are references (:func:`~fiftyone_cass.errors.kw`) each surface names in its words."""
     from fiftyone_cass.models.backbones import CHECKPOINT_ENV, WEIGHTS_DIR_ENV, get_backbone_spec
 
     spec = get_backbone_spec(backbone)
@@ -40,7 +37,7 @@ def cli_help(backbone: str) -> str:
     if not comps:
         return ""
     needs = " and ".join(_describe(what, w) for what, w in comps)
-    flags = " ".join(f"--{what.lower()}-checkpoint /path/{w.file}" for what, w in comps if what != "PRIOR")
+    flags = " ".join(kw(f"{what.lower()}_checkpoint", f"/path/{w.file}") for what, w in comps if what != "PRIOR")
     envs = " and ".join(CHECKPOINT_ENV[what] for what, _ in comps if what != "PRIOR")
     prior = [w for what, w in comps if what == "PRIOR"]
     return (
@@ -51,25 +48,18 @@ def cli_help(backbone: str) -> str:
     )
 
 
-def _missing_file(what: str, path: str, wording: str, from_dir: bool = False) -> str:
+def _missing_file(what: str, path: str, server: bool, from_dir: bool = False) -> str:
     from fiftyone_cass.models.backbones import WEIGHTS_DIR_ENV
 
     if from_dir:
         return f"{what} checkpoint not found: {path} (the offline file named in ${WEIGHTS_DIR_ENV})"
     if what == "PRIOR":
         return f"PRIOR checkpoint not found: {path} (FIFTYONE_CASS_PRIOR_CHECKPOINT)"
-    if wording == "cli":
-        return f"{what} checkpoint not found: {path} (--{what.lower()}-checkpoint / FIFTYONE_CASS_{what}_CHECKPOINT)"
-    where = f"the form's “{what} checkpoint file” field" if wording == "form" else f"{what.lower()}_checkpoint="
-    return f"{what} checkpoint file not found: {path}. Fix {where} (or FIFTYONE_CASS_{what}_CHECKPOINT on the server)."
+    return (f"{what} checkpoint file not found: {path}. Fix {kw(what.lower() + '_checkpoint')} (or "
+            f"FIFTYONE_CASS_{what}_CHECKPOINT{' on the server' if server else ''}).")
 
 
-_WHAT = re.compile(r"the (CLIP|DINO|PRIOR) weights")
-
-
-def _cli_message(exc: BaseException, hub_unreachable: bool, backbone: str) -> str:
-    m = _WHAT.search(str(exc))
-    what = m.group(1) if m else "model"
+def _local_message(exc: BaseException, hub_unreachable: bool, backbone: str, what: str) -> str:
     cause = exc.__cause__
     detail = " ".join((f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)).split())
     if len(detail) > 300:
@@ -84,11 +74,10 @@ def _cli_message(exc: BaseException, hub_unreachable: bool, backbone: str) -> st
     return msg + (f" [details: {detail}]" if detail else "")
 
 
-def _server_message(exc: BaseException, hub_unreachable: bool, backbone: str, wording: str) -> str:
+def _server_message(exc: BaseException, hub_unreachable: bool, backbone: str) -> str:
     from fiftyone_cass.models.backbones import get_backbone_spec
 
-    m = _WHAT.search(str(exc))
-    what = m.group(1) if m else "model"
+    what = getattr(exc, "model", "model")
     if hub_unreachable:
         why = "the model hub (huggingface.co) cannot be reached from the FiftyOne server and they are not in its cache"
     elif hub_offline():
@@ -101,16 +90,14 @@ def _server_message(exc: BaseException, hub_unreachable: bool, backbone: str, wo
     prior = " The prior CLIP's file goes in FIFTYONE_CASS_PRIOR_CHECKPOINT." if spec.prior is not None else ""
     return (
         f"The {what} weights of the '{backbone}' backbone are missing: {why}. Download them elsewhere "
-        f"({files}), copy them to the server and give their paths "
-        + ("in the form's “CLIP checkpoint file” and “DINO checkpoint file” fields." if wording == "form"
-           else "as clip_checkpoint= and dino_checkpoint= (or FIFTYONE_CASS_CLIP_CHECKPOINT / "
-                "FIFTYONE_CASS_DINO_CHECKPOINT).")
+        f"({files}), copy them to the server and give their paths as {kw('clip_checkpoint')} and "
+        f"{kw('dino_checkpoint')} (or FIFTYONE_CASS_CLIP_CHECKPOINT / FIFTYONE_CASS_DINO_CHECKPOINT on the server)."
         + prior + " Or put them under these names in the directory FIFTYONE_CASS_WEIGHTS_DIR names."
     )
 
 
 def missing_files(backbone: str, method: str, clip_checkpoint=None, dino_checkpoint=None,
-                  wording: str = "python") -> List[str]:
+                  server: bool = False) -> List[str]:
     """One message per local file that the run would read and that does not exist (every
     component of the record the method needs: CLIP, the VFM, the prior CLIP)."""
     from fiftyone_cass.methods import get_family
@@ -126,23 +113,24 @@ def missing_files(backbone: str, method: str, clip_checkpoint=None, dino_checkpo
         path = checkpoint_path(what, w, given[what])
         if path and not Path(path).expanduser().is_file():
             from_dir = not given[what] and not os.environ.get(f"FIFTYONE_CASS_{what}_CHECKPOINT")
-            out.append(_missing_file(what, path, wording, from_dir))
+            out.append(_missing_file(what, path, server, from_dir))
     return out
 
 
 def ensure_weights(backbone: str, method: str, device: Optional[str] = None, clip_checkpoint=None,
-                   dino_checkpoint=None, wording: str = "python") -> None:
+                   dino_checkpoint=None, server: bool = False) -> None:
     """Loads the backbones of a run (``method`` decides whether DINO is needed; the record whether
     a prior CLIP is) on ``device`` (``None``/``"auto"``: the first GPU if there is one), or raises
-    :class:`~fiftyone_cass.errors.WeightsUnavailableError` naming the checkpoint settings in the
-    caller's ``wording`` (:data:`WORDINGS`) and every missing local file. An unknown backbone
-    raises ``ValueError``."""
+    :class:`~fiftyone_cass.errors.WeightsUnavailableError` naming every missing local file and
+    referencing the checkpoint settings (each surface names them in its words:
+    :meth:`~fiftyone_cass.errors.InvalidInputError.render`); ``server``: the run is on a FiftyOne
+    server (the App's operator), not the user's machine. An unknown backbone raises ``ValueError``."""
     from fiftyone_cass.methods import get_family
     from fiftyone_cass.models.backbones import cached_models, get_backbone_spec, load_dino, load_prior
 
     spec = get_backbone_spec(backbone)
     need_dino = get_family(method).needs_dino
-    missing = missing_files(backbone, method, clip_checkpoint, dino_checkpoint, wording)
+    missing = missing_files(backbone, method, clip_checkpoint, dino_checkpoint, server)
     if missing:
         raise WeightsUnavailableError("; ".join(missing))
     dino = dino_checkpoint or os.environ.get("FIFTYONE_CASS_DINO_CHECKPOINT") or None
@@ -157,10 +145,10 @@ def ensure_weights(backbone: str, method: str, device: Optional[str] = None, cli
         # cached_models checks the hub before a download and switches to the local cache where it
         # cannot be reached: offline mode that this call turned on says so
         hub_unreachable = not was_offline and hub_offline()
-        if wording != "cli":
-            raise WeightsUnavailableError(_server_message(exc, hub_unreachable, backbone, wording)) from None
-        msg = _cli_message(exc, hub_unreachable, backbone)
-        if msg.startswith("the CLIP weights") and hub_offline():
+        if server:
+            raise WeightsUnavailableError(_server_message(exc, hub_unreachable, backbone)) from None
+        what = getattr(exc, "model", "model")
+        if what == "CLIP" and hub_offline():
             # offline, so these are only cache lookups: say what else is missing
             others = []
             checks = [("DINO", need_dino and not dino, lambda: load_dino(spec, None, "cpu")),
@@ -174,8 +162,7 @@ def ensure_weights(backbone: str, method: str, device: Optional[str] = None, cli
                     others.append(what)
                 except Exception:  # noqa: BLE001 - the CLIP message stands
                     pass
-            if others:
-                msg = "the " + " and ".join(["CLIP"] + others) + " weights" + msg[len("the CLIP weights"):]
-        raise WeightsUnavailableError(msg) from None
+            what = " and ".join(["CLIP"] + others)
+        raise WeightsUnavailableError(_local_message(exc, hub_unreachable, backbone, what)) from None
     finally:
         root.setLevel(old_level)

@@ -42,8 +42,9 @@ def register(p):
     from fiftyone_cass.app.eval_operators import OPERATORS as EVAL_OPERATORS
     from fiftyone_cass.app.iou_panel import PANELS
     from fiftyone_cass.app.label_operators import OPERATORS as LABEL_OPERATORS
+    from fiftyone_cass.app.review_operators import OPERATORS as REVIEW_OPERATORS
 
-    for op in LABEL_OPERATORS + EVAL_OPERATORS + PANELS:
+    for op in LABEL_OPERATORS + REVIEW_OPERATORS + EVAL_OPERATORS + PANELS:
         p.register(op)
     # the App server embeds text queries of a similarity index with the zoo model: make it known
     from fiftyone_cass.app.support import register_zoo_entry

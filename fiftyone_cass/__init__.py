@@ -17,6 +17,14 @@ def __getattr__(name):
         from fiftyone_cass.fo import apply as _apply_mod
 
         return getattr(_apply_mod, name)
+    if name == "concept_heatmap":
+        from fiftyone_cass.fo.concepts import concept_heatmap
+
+        return concept_heatmap
+    if name in ("review_queue", "class_confidence"):
+        from fiftyone_cass.fo import review as _review_mod
+
+        return getattr(_review_mod, name)
     if name in ("CassModel", "load_cass_model"):
         from fiftyone_cass.fo import model as _model_mod
 

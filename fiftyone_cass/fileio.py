@@ -8,7 +8,7 @@ import os
 import re
 import socket
 import uuid
-from typing import IO, Callable, List
+from typing import IO, Callable, List, Optional
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]+", "_", socket.gethostname()) or "host"
 #: ``.<file name>.<host>.<pid>.<8 hex>.tmp``: the temp files of :func:`atomic_write`
@@ -87,3 +87,37 @@ def write_json(path: str, data) -> None:
     Raises ``OSError`` when the file cannot be written."""
     text = json.dumps(json_safe(data), indent=2, ensure_ascii=False, allow_nan=False)
     atomic_write(os.path.abspath(path), lambda f: f.write(text), "w", encoding="utf-8")
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def is_valid_png(path: Optional[str]) -> bool:
+    """Cheap check that a mask file is present and complete: PNG signature and IEND trailer."""
+    if not path:
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if head != _PNG_SIGNATURE:
+                return False
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 8 + 25 + 12:
+                return False
+            f.seek(-12, os.SEEK_END)
+            return f.read(12) == _PNG_END
+    except OSError:
+        return False
+
+
+def write_mask_png(path: str, label_map) -> None:
+    """Writes ``label_map`` (uint8, or uint16 for > 256 labels) to ``path`` atomically
+    (:func:`atomic_write`: hidden temp file, fsync, ``os.replace``)."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.ascontiguousarray(label_map)
+    if arr.dtype not in (np.uint8, np.uint16):
+        arr = arr.astype(np.uint16 if int(arr.max(initial=0)) > 255 else np.uint8)
+    atomic_write(path, lambda f: Image.fromarray(arr).save(f, format="PNG"))

@@ -272,6 +272,18 @@ class LabelSettings(ModelSettings):
                                               "search with FiftyOne Brain (none: not stored)", parse=_template_field,
                                               allowed="a plain field name or none", label="Image embedding field",
                                               group="output", off_flag="--no-embeddings", off_help="do not store image embeddings", output=False)
+    confidence_field: Optional[str] = setting("{label_field}_confidence", "per-sample confidence in [0, 1] (mean "
+                                              "top-1 class probability), with <field>_margin, <field>_removed and "
+                                              "<field>_per_class (none: not stored)", parse=_template_field,
+                                              allowed="a plain field name or none", label="Confidence field",
+                                              group="output", off_flag="--no-confidence", off_help="do not store confidence", output=False)
+    uncertainty_field: Optional[str] = setting(None, "a per-pixel uncertainty Heatmap at the original size (a PNG "
+                                               "file when masks go to disk; none: off)", parse=_template_field,
+                                               allowed="a plain field name or none", label="Uncertainty map field",
+                                               group="output", output=False)
+    uncertainty_kind: str = setting("margin", "what the uncertainty map shows: margin (1 - top-1 + top-2 class "
+                                    "probability) or entropy (query entropy / log Q)", choices=("margin", "entropy"),
+                                    label="Uncertainty measure", group="output", output=False)
     shard: Any = setting(None, "this worker's part: the samples (and the files of a folder to import) whose file "
                          "path hashes to i mod N; run N workers with i = 0..N-1 on one dataset", parse=_shard,
                          allowed="i/N with 0 <= i < N", label="Shard", group="run", metavar="i/N", form=False, output=False)

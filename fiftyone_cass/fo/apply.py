@@ -13,7 +13,14 @@
 * sample tags ``<tag_prefix>:<class>`` for the classes whose score is at least
   ``presence_threshold`` (re-tag from the stored scores with :func:`retag`);
 * ``<label_field>_error``: why the sample could not be labelled (cleared on success);
-* ``<label_field>_embedding``: the global CLIP image embedding, for text search.
+* ``<label_field>_embedding``: the global CLIP image embedding, for text search;
+* ``<label_field>_confidence`` (float in [0, 1]) with ``_margin``, ``_removed`` and ``_per_class``:
+  how sure the engine is of the label map (on by default);
+* ``uncertainty_field`` (off by default): a per-pixel uncertainty ``fo.Heatmap``.
+
+Which outputs exist, how each is computed and written, and in which order, is the table
+:data:`fiftyone_cass.fo.outputs.OUTPUTS`; this run reads it (as ``CassModel.finalize``,
+:func:`retag` and the form do).
 
 Reliability (a run can be killed at any point and started again):
 
@@ -69,12 +76,25 @@ from fiftyone import ViewField as F
 
 from fiftyone_cass.fo.app_config import show_labels_in_app
 from fiftyone_cass.errors import SOME_LIST, SOME_TEXT, InvalidInputError, RunAbortedError, SettingError, kw, use
-from fiftyone_cass.fileio import atomic_write, remove_orphaned_temp_files
+from fiftyone_cass.fileio import atomic_write, is_valid_png, remove_orphaned_temp_files, write_mask_png  # noqa: F401 - re-exported
 from fiftyone_cass.fo.shards import shard_index, validate_shard  # noqa: F401 - re-exported
 from fiftyone_cass.models.segmenter import Segmenter
 from fiftyone_cass.config.schema import coerce_settings, settings_doc
 from fiftyone_cass.config.settings import (DISK_THRESHOLD, RESERVED_FIELDS, LabelSettings, ModelSettings,  # noqa: F401
                                            format_field, replace_settings, resolve_masks, settings_for)
+from fiftyone_cass.fo.outputs import (
+    OUTPUTS,
+    OutputContext,
+    check_types,
+    compute_outputs,
+    declarations,
+    engine_needs,
+    failed_outputs,
+    get_output,
+    resolve_fields,
+    tag_classes,
+    write_outputs,
+)
 from fiftyone_cass.fo.claims import FieldClaim, FieldClaimedError, release_field  # noqa: F401 - re-exported
 from fiftyone_cass.fo.model import (  # noqa: F401 - re-exported: the vocabulary and model cache live with the model
     CONFIG_ATTR,
@@ -108,31 +128,11 @@ MAX_LISTED_FILES = 20
 #: attribute of a label recording the file path of the image it was made from (a sample whose
 #: ``filepath`` changed is labelled again)
 SOURCE_ATTR = "source_filepath"
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 # ------------------------------------------------------------------------------------------------
 # Small helpers (public: the CLI and the tests use them)
 # ------------------------------------------------------------------------------------------------
-def is_valid_png(path: Optional[str]) -> bool:
-    """Cheap check that a mask file is present and complete: PNG signature and IEND trailer."""
-    if not path:
-        return False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if head != _PNG_SIGNATURE:
-                return False
-            f.seek(0, os.SEEK_END)
-            if f.tell() < 8 + 25 + 12:
-                return False
-            f.seek(-12, os.SEEK_END)
-            return f.read(12) == _PNG_END
-    except OSError:
-        return False
-
-
 def mask_fits(mask_path: str, sample_id: str, image_path: str, allowed: np.ndarray) -> bool:
     """Whether the mask file ``mask_path`` of sample ``sample_id`` can stand for the label of
     ``image_path``: a regular file (not a symbolic link) named for this sample, a one-channel PNG of
@@ -154,15 +154,6 @@ def mask_fits(mask_path: str, sample_id: str, image_path: str, allowed: np.ndarr
         return bool(arr.size == 0 or (int(arr.max()) < len(allowed) and allowed[arr].all()))
     except Exception:  # noqa: BLE001 - unreadable image or mask: not done (the run reports the image)
         return False
-
-
-def write_mask_png(path: str, label_map: np.ndarray) -> None:
-    """Writes ``label_map`` (uint8, or uint16 for > 256 labels) to ``path`` atomically
-    (:func:`fiftyone_cass.fileio.atomic_write`: hidden temp file, fsync, ``os.replace``)."""
-    arr = np.ascontiguousarray(label_map)
-    if arr.dtype not in (np.uint8, np.uint16):
-        arr = arr.astype(np.uint16 if int(arr.max(initial=0)) > 255 else np.uint8)
-    atomic_write(path, lambda f: Image.fromarray(arr).save(f, format="PNG"))
 
 
 def mask_file_path(mask_dir: str, label_field: str, sample_id: str, dataset_id: str, config_id: str) -> str:
@@ -338,8 +329,6 @@ class AutoLabelRun:
                 keywords = dict(keywords, classes=classes)
         run = self.run_settings = settings_for(LabelSettings, settings, keywords)
         classes, preset, gt_field, label_field = run.classes, run.preset, run.gt_field, run.label_field
-        presence_field, tag_prefix, error_field, embeddings_field = (
-            run.presence_field, run.tag_prefix, run.error_field, run.embeddings_field)
         self.started = time.monotonic()
         self.view = sample_collection
         self.dataset = sample_collection._root_dataset
@@ -355,21 +344,33 @@ class AutoLabelRun:
                 "dataset's samples (e.g. the base view)"
             )
         self.label_field = label_field
-        self.presence_field = format_field(presence_field, label_field) or None
-        self.tag_prefix = (format_field(tag_prefix, label_field) or None) if self.presence_field else None
-        self.error_field = format_field(error_field, label_field) or None
-        self.embeddings_field = format_field(embeddings_field, label_field) or None
-        extra = (("presence_field", self.presence_field), ("error_field", self.error_field),
-                 ("embeddings_field", self.embeddings_field))
-        for name, f in extra:
-            if f is not None and (not f.isidentifier() or f in RESERVED_FIELDS or f == label_field):
-                raise InvalidInputError(f"{kw(name)} {f!r} is not a usable field name: " + (
-                    f"it is the same as {kw('label_field')}" if f == label_field else "it is a built-in FiftyOne field"
-                    if f in RESERVED_FIELDS else "it is not a valid Python identifier"))
-        used = [f for _, f in extra if f]
-        if len(set(used)) != len(used):
-            raise InvalidInputError(f"{kw('presence_field')}, {kw('error_field')} and {kw('embeddings_field')} must "
-                                    f"differ, got {used}")
+        # the outputs this run writes: {output name: field name} (fiftyone_cass.fo.outputs.OUTPUTS)
+        self.fields = resolve_fields(run, label_field)
+        self.presence_field = self.fields.get("presence")
+        self.tag_prefix = self.fields.get("tags")
+        self.error_field = self.fields.get("error")
+        self.embeddings_field = self.fields.get("embedding")
+        self.confidence_field = self.fields.get("confidence")
+        self.uncertainty_field = self.fields.get("uncertainty")
+        self.uncertainty_kind = run.uncertainty_kind
+        named = [(get_output(n).setting, f) for n, f in self.fields.items() if n not in ("segmentation", "tags")]
+        for name, base in named:
+            for f in get_output(dict((o.setting, o.name) for o in OUTPUTS)[name]).field_names(base):
+                if not f.isidentifier() or f in RESERVED_FIELDS or f == label_field:
+                    raise InvalidInputError(f"{kw(name)} {base!r} is not a usable field name: " + (
+                        f"it is the same as {kw('label_field')}" if f == label_field else "it is a built-in FiftyOne field"
+                        if f in RESERVED_FIELDS else "it is not a valid Python identifier"))
+        owner: Dict[str, List[str]] = {}
+        for n, b in self.fields.items():
+            if n not in ("tags", "segmentation"):
+                for f in get_output(n).field_names(b):
+                    owner.setdefault(f, []).append(get_output(n).setting)
+        clash = {s for names in owner.values() if len(names) > 1 for s in names}
+        if clash:
+            listed = [s for s in ("presence_field", "error_field", "embeddings_field")] + sorted(
+                clash - {"presence_field", "error_field", "embeddings_field"})
+            used = [b for n, b in self.fields.items() if n not in ("tags", "segmentation")]
+            raise InvalidInputError(f"{', '.join(kw(x) for x in listed[:-1])} and {kw(listed[-1])} must differ, got {used}")
         if run.skip_existing and run.overwrite:  # which one would win is not what the caller meant
             raise InvalidInputError(f"{kw('skip_existing', True)} and {kw('overwrite', True)} exclude each other: "
                                     f"{kw('skip_existing')} keeps the labels of other settings, {kw('overwrite')} "
@@ -495,12 +496,7 @@ class AutoLabelRun:
     def _plan(self) -> int:
         ds, lf = self.dataset, self.label_field
         exists = self._check_field_type(lf, embedded=fo.Segmentation)
-        if self.presence_field:
-            self._check_field_type(self.presence_field, embedded=fo.Classifications)
-        if self.error_field:
-            self._check_field_type(self.error_field, ftype=fof.StringField)
-        if self.embeddings_field:
-            self._check_field_type(self.embeddings_field, ftype=fof.VectorField)
+        check_types(ds, {n: f for n, f in self.fields.items() if n != "segmentation"})
 
         ids = self.view.values("id")
         self.summary.num_target = len(ids)
@@ -530,6 +526,15 @@ class AutoLabelRun:
                     done.add(sid)
             done -= self._stale(ds.select(sorted(done & set(lids))))
             skipped_old = {sid for sid, cfg in zip(lids, cfgs) if sid in done and cfg != self.config_id}
+            # a sample of these settings is done when every output this run asks for is there too
+            mine = [sid for sid in done if sid not in skipped_old]
+            for name, f in self.fields.items():
+                check = get_output(name).present
+                if check is not None and mine and ds.has_sample_field(f):
+                    have = check(ds, f, mine)
+                    done -= set(mine) - have
+                elif check is not None and mine:
+                    done -= set(mine)
 
         if self.shard is not None:  # by file path, as every entry point (fiftyone_cass.fo.shards)
             i, n = self.shard
@@ -552,12 +557,8 @@ class AutoLabelRun:
         self._declare(lf, ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
         self._declare(f"{lf}.{CONFIG_ATTR}", ftype=fof.StringField)
         self._declare(f"{lf}.{SOURCE_ATTR}", ftype=fof.StringField)
-        if self.presence_field:
-            self._declare(self.presence_field, ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Classifications)
-        if self.error_field:
-            self._declare(self.error_field, ftype=fof.StringField)
-        if self.embeddings_field:
-            self._declare(self.embeddings_field, ftype=fof.VectorField)
+        for name, decl in declarations({n: f for n, f in self.fields.items() if n != "segmentation"}):
+            self._declare(name, **decl)
         if todo_ids:
             if self.presence_field:
                 self._record_tag_prefix()
@@ -720,7 +721,7 @@ class AutoLabelRun:
                     if i + 1 < len(batches):
                         loading = loader.submit(self._load_batch, batches[i + 1])
                     paths = [p for _, p in batch]
-                    outputs = self.model.segment(loaded, paths, embeddings=bool(self.embeddings_field))
+                    outputs = self.model.segment(loaded, paths, **self._engine)
                     del loaded
                     if writing is not None:
                         done += writing.result()
@@ -746,19 +747,33 @@ class AutoLabelRun:
     def _load_batch(self, batch: List[Tuple[str, str]]):
         return [load_item(p, p) for _, p in batch]
 
+    def _output_context(self) -> OutputContext:
+        ds_id = str(self.dataset._doc.id)
+        file_path = None
+        if self.mask_dir:
+            def file_path(f, sid):
+                return mask_file_path(self.mask_dir, f, sid, ds_id, self.config_id)
+        return OutputContext(self.vocab, self.presence_threshold, self.config_id, self.label_field, dict(self.fields),
+                             file_path, self.model.segmentation_label)
+
+    @property
+    def _engine(self) -> Dict[str, Any]:
+        """What the engine computes besides the labels, for the outputs of this run."""
+        needs = engine_needs(self.fields)
+        return dict(embeddings="embeddings" in needs, confidence="confidence" in needs,
+                    uncertainty=self.uncertainty_kind if "uncertainty" in needs else None)
+
     def _write_batch(self, batch: List[Tuple[str, str]], outputs) -> int:
-        """Saves one batch's results and errors; returns the number of samples processed."""
-        model, lf = self.model, self.label_field
+        """Saves one batch's results and errors; returns the number of samples processed. The
+        outputs (:data:`fiftyone_cass.fo.outputs.OUTPUTS`) are computed per sample, their files
+        written first (each under a new name: nothing a label points at is rewritten), then the
+        fields in the table's order, the label field last (a sample is done once it is saved)."""
+        lf = self.label_field
         ids = [s for s, _ in batch]
         paths = [p for _, p in batch]
-
-        labels: Dict[str, Any] = {}
-        presence: Dict[str, Any] = {}
-        embeddings: Dict[str, Any] = {}
-        new_tags: Dict[str, List[str]] = {}
-        errors: Dict[str, Optional[str]] = {}
         ds = self.dataset
         ds_id = str(ds._doc.id)
+        ctx = self._output_context()
         # the dataset, the samples and the mask folder may have been deleted since the plan
         self._check_still_there()
         present = self._present(ids)
@@ -769,47 +784,24 @@ class AutoLabelRun:
             if not ids:
                 return len(batch)
         old_paths = dict(zip(*ds.select(ids).values(["id", f"{lf}.mask_path"]))) if self.mask_dir else {}
-        # 1. masks (files first, atomically, each under a new name: nothing a label points at is rewritten)
+        values: Dict[str, Dict[str, Dict[str, Any]]] = {}
         for sid, path, (res, err) in zip(ids, paths, outputs):
             if res is not None:
                 try:
-                    if self.mask_dir:
-                        mpath = mask_file_path(self.mask_dir, lf, sid, ds_id, self.config_id)
-                        write_mask_png(mpath, self.vocab.map(res.label_map))
-                        labels[sid] = model.segmentation_label(res, mask_path=mpath)
-                    else:
-                        labels[sid] = model.segmentation_label(res)
+                    values[sid] = compute_outputs(ctx, self.fields, sid, res)
                 except OSError as exc:  # e.g. disk full: reported per sample (anything else is a bug: raised)
-                    res, err = None, f"{path}: cannot write mask ({type(exc).__name__}: {exc})"
+                    res, err = None, f"{path}: cannot write its outputs ({type(exc).__name__}: {exc})"
             if res is None:
                 err = sample_error(err or "unknown error", path)
-                errors[sid] = err
-                labels[sid] = presence[sid] = embeddings[sid] = None
-                new_tags[sid] = []
+                values[sid] = failed_outputs(self.fields, err)
                 self._record_failure(sid, path, err)
                 continue
-            errors[sid] = None
-            labels[sid][SOURCE_ATTR] = path
-            presence[sid] = model.presence_label(res)
-            embeddings[sid] = res.embedding
-            if self.tag_prefix:
-                new_tags[sid] = presence_tags(self.tag_prefix, self.vocab.names, res.presence, self.presence_threshold,
-                                              skip=[self.vocab.names[self.vocab.background_label]]
-                                              if self.vocab.background_label is not None else ())
+            values[sid]["segmentation"][""][SOURCE_ATTR] = path
             self.summary.num_labeled += 1
-
-        # 2. everything but the label, 3. the label (a sample is done once its label is saved)
-        if self.error_field:
-            ds.set_values(self.error_field, errors, key_field="id")
-        if self.embeddings_field:
-            ds.set_values(self.embeddings_field, embeddings, key_field="id")
-        if self.presence_field:
-            ds.set_values(self.presence_field, presence, key_field="id")
-            if self.tag_prefix:
-                replace_prefixed_tags(ds, ids, self.tag_prefix, new_tags)
-        ds.set_values(lf, labels, key_field="id")
+        write_outputs(ds, ctx, self.fields, values)
+        labels = {sid: v["segmentation"][""] for sid, v in values.items()}
         self._check_saved(labels)
-        # 4. the files the labels pointed at before, if this dataset wrote them and no label of it points there now
+        # the files the labels pointed at before, if this dataset wrote them and no label of it points there now
         replaced = [p for sid, p in old_paths.items()
                     if p and labels.get(sid) is not None and labels[sid].mask_path != p and written_by_apply(p, sid, ds_id)]
         if replaced:
@@ -1013,7 +1005,9 @@ def retag(
 ) -> Dict[str, int]:
     """Re-derives the ``<tag_prefix>:<class>`` sample tags of ``sample_collection`` from the stored
     presence scores (no model is run): tags with the prefix are removed from every sample with
-    scores, and each class whose score is at least ``threshold`` is tagged. Where the full score
+    scores, and the classes of :func:`fiftyone_cass.fo.outputs.tag_classes` (the one rule of every
+    surface: score at least ``threshold``, never background; ``skip_labels``: further names not
+    to tag) are tagged. Where the full score
     vector is stored (``all_labels``/``all_scores``), the visible presence labels are redone with
     the new threshold too.
 
@@ -1046,8 +1040,7 @@ def retag(
         for t in new_tags[sid]:
             counts[t] = counts.get(t, 0) + 1
         if label.has_field("all_scores"):  # the full vector is stored: the visible labels follow
-            bg = names.index("background") if "background" in names else None
-            new = presence_label(names, scores, threshold, bg)
+            new = presence_label(names, scores, threshold)  # the one rule (fo.outputs.tag_classes)
             if [(c.label, c.confidence) for c in new.classifications] != [
                 (c.label, c.confidence) for c in label.classifications or []
             ]:

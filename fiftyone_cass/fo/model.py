@@ -23,6 +23,7 @@ operator, the CLI) decodes with :func:`load_item` and segments with :meth:`CassM
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,6 +31,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -48,6 +50,17 @@ from fiftyone_cass.config.schema import setting_fields
 from fiftyone_cass.config.settings import (DEFAULT_PRESENCE_THRESHOLD, EngineSettings, ModelSettings, engine_values,
                                            replace_settings, settings_for, settings_hash_values)
 from fiftyone_cass.fo.claims import FieldClaim
+from fiftyone_cass.fo.outputs import (  # noqa: F401 - re-exported (they lived here)
+    OutputContext,
+    compute_outputs,
+    declarations,
+    model_outputs,
+    presence_label,
+    presence_tags,
+    replace_prefixed_tags,
+    stored_scores,
+    write_outputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +126,36 @@ def _apply_model_call() -> Optional[Tuple[Any, str]]:
     return None
 
 
+_SEG_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
+_SEG_LOCKS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _engine_outputs(seg, confidence: bool, uncertainty: Optional[str], probability_maps: Sequence[int] = ()):
+    """Sets the Segmenter's confidence outputs for one call (restored after), holding the
+    Segmenter meanwhile: cached Segmenters are shared by the runs of one process. What the
+    Segmenter was set to itself stays on (a ready segmenter given by the caller)."""
+    with _SEG_LOCKS_LOCK:
+        try:
+            lock = _SEG_LOCKS.setdefault(seg, threading.Lock())
+        except TypeError:  # not weak-referenceable: a private lock
+            lock = threading.Lock()
+    names = ("return_confidence", "uncertainty", "probability_maps")
+    with lock:
+        saved = tuple(getattr(seg, n, d) for n, d in zip(names, (False, None, ())))
+        want = (bool(confidence) or saved[0], uncertainty or saved[1], tuple(probability_maps) or saved[2])
+        changed = want != saved
+        try:
+            if changed:
+                for n, v in zip(names, want):
+                    setattr(seg, n, v)
+            yield
+        finally:
+            if changed:
+                for n, v in zip(names, saved):
+                    setattr(seg, n, v)
+
+
 # ------------------------------------------------------------------------------------------------
 # Decoding (the same function in DataLoader workers and in apply()'s loader thread)
 # ------------------------------------------------------------------------------------------------
@@ -161,65 +204,6 @@ def collate_list(batch):
 
 
 # ------------------------------------------------------------------------------------------------
-# Presence scores: visible labels only above the threshold, the full vector kept
-# ------------------------------------------------------------------------------------------------
-def _finite(x) -> bool:
-    return x is not None and bool(np.isfinite(x))
-
-
-def presence_label(names: Sequence[str], scores: Sequence[float], threshold: float,
-                   background_label: Optional[int] = None) -> fo.Classifications:
-    """``fo.Classifications`` whose labels are the classes scoring at least ``threshold`` (with
-    their score as confidence, best first), and whose attributes ``all_labels`` / ``all_scores``
-    keep every class's score (None: no query, e.g. an empty background line), so thresholds and
-    tags can be changed later from stored data (:func:`fiftyone_cass.retag`)."""
-    visible = [
-        (float(s), names[j]) for j, s in enumerate(scores)
-        if j != background_label and _finite(s) and s >= threshold
-    ]
-    visible.sort(key=lambda x: -x[0])
-    return fo.Classifications(
-        classifications=[fo.Classification(label=n, confidence=s) for s, n in visible],
-        all_labels=list(names),
-        all_scores=[float(s) if _finite(s) else None for s in scores],
-    )
-
-
-def stored_scores(label) -> List[Tuple[str, Optional[float]]]:
-    """``[(class, score)]`` of a stored presence label: the full vector when it has one, else its
-    classifications (labels written before the full vector was stored)."""
-    if label is None:
-        return []
-    if label.has_field("all_labels") and label.has_field("all_scores"):
-        return list(zip(label["all_labels"], label["all_scores"]))
-    return [(c.label, c.confidence) for c in (label.classifications or [])]
-
-
-def presence_tags(prefix: str, names: Sequence[str], scores: Sequence[Optional[float]], threshold: float,
-                  skip: Sequence[str] = ("background",)) -> List[str]:
-    """``<prefix>:<class>`` for each class scoring at least ``threshold`` (background never)."""
-    skip = set(skip or ())
-    return [f"{prefix}:{n}" for n, s in zip(names, scores) if n not in skip and _finite(s) and s >= threshold]
-
-
-def replace_prefixed_tags(dataset, ids: Sequence[str], prefix: str, new_tags: Dict[str, List[str]]) -> int:
-    """Replaces the tags starting with ``<prefix>:`` of the samples ``ids`` by ``new_tags[id]``,
-    keeping every other tag. Returns the number of samples whose tags changed."""
-    pre = prefix + ":"
-    cur_ids, cur_tags = dataset.select(list(ids)).values(["id", "tags"])
-    updates = {}
-    for sid, tags in zip(cur_ids, cur_tags):
-        tags = list(tags or [])
-        kept = [t for t in tags if not t.startswith(pre)]
-        merged = kept + [t for t in new_tags.get(sid, []) if t not in kept]
-        if merged != tags:
-            updates[sid] = merged
-    if updates:
-        dataset.set_values("tags", updates, key_field="id")
-    return len(updates)
-
-
-# ------------------------------------------------------------------------------------------------
 # The model
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
@@ -231,6 +215,7 @@ class CassModelConfig(ModelSettings):
     preset: Optional[str] = None
     mask_targets: Optional[Dict[int, str]] = None
     presence: bool = True
+    confidence: bool = True
 
 
 class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModelMixin,
@@ -246,6 +231,8 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
             those ids (id 0 named like background is background)
         presence (True): at the end of ``apply_model``, write ``<field>_presence`` and the tags
             ``<field>:<class>`` (see :meth:`finalize`)
+        confidence (True): at the end of ``apply_model``, write ``<field>_confidence`` (and its
+            ``_margin``, ``_removed``, ``_per_class``), as the labelling run does
         **settings: :class:`~fiftyone_cass.config.settings.ModelSettings` fields (``method``, ``backbone``,
             ``device``, ``batch_size``, ``precision``, checkpoints, ``background``,
             ``presence_threshold``: see :func:`fiftyone_cass.config.settings`) and any
@@ -264,6 +251,7 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         mask_targets: Optional[Dict[Any, str]] = None,
         mask_targets_name: str = "mask_targets",
         presence: bool = True,
+        confidence: bool = True,
         segmenter: Optional[Segmenter] = None,
         settings: Optional[ModelSettings] = None,
         **keywords,
@@ -274,10 +262,11 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         s = settings_for(ModelSettings, settings, keywords)
         self.presence_threshold = s.presence_threshold
         self.presence = bool(presence)
+        self.confidence = bool(confidence)
         self._preprocess = True
         self._lock = threading.Lock()
         self._dataset = None
-        self._pending: Dict[str, np.ndarray] = {}
+        self._pending: Dict[str, Dict[str, Dict[str, Any]]] = {}
         self._last_embeddings: Optional[np.ndarray] = None
 
         given = [n for n, v in (("classes", classes), ("preset", preset), ("mask_targets", mask_targets)) if v is not None]
@@ -324,7 +313,7 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
             **model_fields,
             classes=None if self.vocab is None else list(self.vocab.mask_targets.values()),
             preset=preset, mask_targets=None if self.vocab is None else dict(self.vocab.mask_targets),
-            presence=self.presence,
+            presence=self.presence, confidence=self.confidence,
         )
         self.settings: Optional[Dict[str, Any]] = None
         self.config_id: Optional[str] = None
@@ -481,12 +470,18 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         return self.segmenter if self.segmenter is not None else get_segmenter(["object"], None, self._embed_settings)
 
     def segment(self, loaded: Sequence[Union[np.ndarray, LoadFailure]], names: Sequence[str],
-                embeddings: Optional[bool] = None) -> List[Tuple[Optional[SegmentationResult], Optional[str]]]:
+                embeddings: Optional[bool] = None, confidence: bool = False, uncertainty: Optional[str] = None,
+                probability_maps: Sequence[int] = ()) -> List[Tuple[Optional[SegmentationResult], Optional[str]]]:
         """THE inference step of the project: decoded images (or :class:`LoadFailure`) in,
-        ``(result | None, error | None)`` per image out; one bad image never fails the others."""
+        ``(result | None, error | None)`` per image out; one bad image never fails the others.
+        ``confidence`` / ``uncertainty`` (None, "margin" or "entropy") / ``probability_maps``
+        (labels): the engine's confidence outputs on each result (``Segmenter.return_confidence`` /
+        ``uncertainty`` / ``probability_maps`` for this call;
+        the shared Segmenter is held for the call, so concurrent runs never see each other's)."""
         seg = self._require_vocabulary()
         pairs = [(None, x.message) if isinstance(x, LoadFailure) else (x, None) for x in loaded]
-        return seg.segment_loaded(pairs, list(names), embeddings)
+        with _engine_outputs(seg, bool(confidence), uncertainty, probability_maps):
+            return seg.segment_loaded(pairs, list(names), embeddings)
 
     def segmentation_label(self, result: SegmentationResult, mask_path: Optional[str] = None) -> fo.Segmentation:
         """The ``fo.Segmentation`` of a result, in the written ids, tagged with :attr:`config_id`;
@@ -517,7 +512,9 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         samples = list(samples) if samples is not None else None
         if samples is not None:
             names = [s.filepath for s in samples]
-        outputs = self.segment(loaded, names)
+        kept = model_outputs(self.presence, self.confidence) if samples is not None else {}
+        outputs = self.segment(loaded, names, confidence="confidence" in kept)
+        ctx = self._output_context()
         labels = []
         embeddings = []
         for k, (res, err) in enumerate(outputs):
@@ -529,10 +526,10 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
                 continue
             labels.append(self.segmentation_label(res))
             embeddings.append(res.embedding)
-            if samples is not None and self.presence:
+            if kept:  # the outputs finalize() writes, computed now (small: no per-pixel data kept)
                 with self._lock:
                     self._dataset = samples[k]._dataset
-                    self._pending[samples[k].id] = res.presence
+                    self._pending[samples[k].id] = compute_outputs(ctx, kept, samples[k].id, res)
         if embeddings and all(e is not None for e in embeddings):
             self._last_embeddings = np.stack(embeddings)
         return labels
@@ -600,12 +597,17 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         return seg.embedder(prompts).to("cpu").float().numpy()
 
     # -------------------------------------------------------------- after apply_model
+    def _output_context(self) -> OutputContext:
+        return OutputContext(self.vocab, self.presence_threshold, self.config_id)
+
     def finalize(self) -> Optional[Dict[str, int]]:
         """Completes an ``apply_model`` run on a dataset: for every Segmentation field holding
         labels of this model's settings (``config_id``), sets ``dataset.mask_targets[field]``
-        and writes ``<field>_presence`` (:func:`presence_label`) and the tags ``<field>:<class>``
-        of the samples labelled in this run. Called by FiftyOne when ``apply_model`` ends (the
-        model is a context manager); returns ``{field: samples}`` (None when nothing was run)."""
+        and writes the outputs of :data:`fiftyone_cass.fo.outputs.OUTPUTS` that the model
+        writes (``<field>_presence``, the tags ``<field>:<class>``, ``<field>_confidence`` and
+        its parts) for the samples labelled in this run, computed as the labelling run does.
+        Called by FiftyOne when ``apply_model`` ends (the model is a context manager); returns
+        ``{field: samples}`` (None when nothing was run)."""
         with self._lock:
             ds, pending = self._dataset, self._pending
             self._dataset, self._pending = None, {}
@@ -615,6 +617,7 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         ds.reload()
         ids = list(pending)
         done: Dict[str, int] = {}
+        templates = model_outputs(self.presence, self.confidence)
         for field in sorted(ds.get_field_schema(embedded_doc_type=fo.Segmentation)):
             mine = ds.select(ids).match(F(f"{field}.{CONFIG_ATTR}") == self.config_id).values("id")
             if not mine:
@@ -624,17 +627,23 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
                 targets[field] = dict(self.vocab.mask_targets)
                 ds.mask_targets = targets
                 ds.save()
-            pf = f"{field}_presence"
-            f = ds.get_field(pf)
-            if f is not None and not (isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, fo.Classifications)):
-                logger.warning("%s: field %r exists and is not Classifications: presence scores not written", ds.name, pf)
-                continue
-            labels = {sid: presence_label(self.vocab.names, pending[sid], self.presence_threshold,
-                                          self.vocab.background_label) for sid in mine}
-            ds.set_values(pf, labels, key_field="id")
-            tags = {sid: presence_tags(field, self.vocab.names, pending[sid], self.presence_threshold,
-                                       skip=("background",)) for sid in mine}
-            replace_prefixed_tags(ds, mine, field, tags)
+            fields = {n: t.replace("{label_field}", field) for n, t in templates.items()}
+            for out in [n for n in fields if n != "tags"]:
+                for name, decl in declarations({out: fields[out]}):
+                    f = ds.get_field(name)
+                    doc = decl.get("embedded_doc_type")
+                    if f is None:
+                        ds.add_sample_field(name, **decl)
+                    elif not (isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, doc)
+                              if doc is not None else isinstance(f, decl["ftype"])):
+                        logger.warning("%s: field %r exists and is not a %s field: %s not written", ds.name, name,
+                                       (doc or decl["ftype"]).__name__, out)
+                        fields.pop(out, None)
+                        if out == "presence":
+                            fields.pop("tags", None)
+                        break
+            write_outputs(ds, self._output_context(), fields,
+                          {sid: {n: v for n, v in pending[sid].items() if n in fields} for sid in mine})
             done[field] = len(mine)
         return done
 
@@ -653,13 +662,13 @@ def load_cass_model(model_name: str = ZOO_MODEL_NAME, **kwargs) -> CassModel:
         raise InvalidInputError(f"{model_name}: is backbone {record!r}, not {given!r}; load the zoo model "
                                 f"{BACKBONES[given].zoo_name!r} for that one")
 
-    known = {"classes", "preset", "mask_targets", "presence"} | set(setting_fields(ModelSettings))
+    known = {"classes", "preset", "mask_targets", "presence", "confidence"} | set(setting_fields(ModelSettings))
     known |= set(setting_fields(SegmenterOptions))
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise InvalidInputError(
             f"{model_name}: unknown argument(s) {', '.join(map(repr, unknown))}; accepted: classes, preset, "
-            f"mask_targets, presence, {', '.join(setting_fields(ModelSettings))} and any fiftyone_cass.SegmenterOptions field"
+            f"mask_targets, presence, confidence, {', '.join(setting_fields(ModelSettings))} and any fiftyone_cass.SegmenterOptions field"
         )
     return CassModel(**kwargs)
 

@@ -63,7 +63,7 @@ def predict_dataset(
 
     run = AutoLabelRun(
         dataset, segmenter=segmenter, label_field=pred_field, masks="disk", mask_dir=masks_dir, overwrite=True,
-        presence_field=None, embeddings_field=None, batch_size=int(chunk_size or getattr(segmenter, "batch_size", 4) or 4),
+        presence_field=None, embeddings_field=None, confidence_field=None, batch_size=int(chunk_size or getattr(segmenter, "batch_size", 4) or 4),
     )
     summary = run.run(progress=progress)
     if summary.num_failed:

@@ -63,6 +63,8 @@ class LabelReport:
     error_field: Optional[str] = None
     #: (path, reason) of the paths of an imported folder that could not be imported
     skipped: List[Tuple[str, str]] = field(default_factory=list)
+    regions_field: Optional[str] = None  # region voting's field (None: no voting)
+    num_without_regions: int = 0  # labelled without voting: no regions in that field
 
     def add_import(self, imported) -> None:
         """Adds a :class:`~fiftyone_cass.fo.folders.ImportReport` (or None: no import)."""
@@ -82,6 +84,8 @@ class LabelReport:
         self.config_id = s.config_id
         self.mask_targets = dict(s.mask_targets)
         self.error_field = s.error_field
+        self.regions_field = s.regions_field
+        self.num_without_regions += s.num_without_regions
 
     @property
     def complete(self) -> bool:
@@ -101,6 +105,7 @@ class LabelReport:
             image_files=self.image_files, tags=self.tags, seconds=round(self.seconds, 3),
             error_field=self.error_field,
             skipped=[dict(path=p, reason=r) for p, r in self.skipped],
+            regions_field=self.regions_field, num_without_regions=self.num_without_regions,
         )
 
     def text(self, max_listed: int = MAX_LISTED) -> str:
@@ -117,6 +122,9 @@ class LabelReport:
             f"{f'new masks in {where}' if self.num_labeled else 'no mask written'}; "
             f"{self.seconds:.1f}s"
         )
+        if self.regions_field:
+            lines.append(f"region voting in {self.regions_field!r}: {self.num_without_regions} labelled sample(s) "
+                         "had no regions there and were labelled without voting")
         if self.tags:
             lines.append("presence tags: " + ", ".join(f"{t} ({n})" for t, n in self.tags.items()))
         if self.skipped:

@@ -45,6 +45,7 @@ from fiftyone_cass.images import describe, load_rgb
 from fiftyone_cass.models.segmenter import SegmentationResult, Segmenter
 from fiftyone_cass.models.vocabulary import Vocabulary
 from fiftyone_cass.config.schema import make_settings, setting_fields, split_settings
+from fiftyone_cass.fo.regions import RegionsError, regions_of_label
 from fiftyone_cass.config.settings import DEFAULT_PRESENCE_THRESHOLD, ModelSettings
 from fiftyone_cass.fo.claims import FieldClaim
 
@@ -265,6 +266,11 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         fom.SamplesMixin.__init__(self)
         model_settings, options = split_settings(ModelSettings, settings)  # the rest: Segmenter options
         self.presence_threshold = model_settings.presence_threshold
+        # region voting (SPEC K.5): apply_model hands the field's value with each sample (needs_fields)
+        self.regions_field = model_settings.regions_field
+        self.region_vote, self.region_min_area = model_settings.region_vote, model_settings.region_min_area
+        self._fields = {"regions": self.regions_field} if self.regions_field else {}
+        self.num_without_regions = 0
         self.presence = bool(presence)
         method, backbone, device = model_settings.method, model_settings.backbone, model_settings.device
         batch_size, precision, background = model_settings.batch_size, model_settings.precision, model_settings.background
@@ -340,6 +346,9 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
                 "dino_checkpoint": checkpoints[1],
                 "options": json.loads(json.dumps(dataclasses.asdict(seg.options), default=list)),
             }
+            if self.regions_field:  # voted labels are other labels (absent when off: the same hashes as before)
+                self.settings["regions"] = {"field": self.regions_field, "vote": self.region_vote,
+                                            "min_area": int(self.region_min_area)}
             self.config_id = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
 
     # -------------------------------------------------------------- FiftyOne's model interface
@@ -409,6 +418,9 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         # model without a vocabulary fails there once, instead of once per batch
         if self.segmenter is None:
             self._require_vocabulary()
+        fields = dict(fields or {})
+        if self.regions_field:  # the regions this model votes in come with every sample
+            fields["regions"] = self.regions_field
         self._fields = fields
 
     def __enter__(self):
@@ -479,12 +491,29 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         return self.segmenter if self.segmenter is not None else get_segmenter(**self._embed_kw)
 
     def segment(self, loaded: Sequence[Union[np.ndarray, LoadFailure]], names: Sequence[str],
-                embeddings: Optional[bool] = None) -> List[Tuple[Optional[SegmentationResult], Optional[str]]]:
+                embeddings: Optional[bool] = None, regions: Optional[Sequence[Any]] = None,
+                ) -> List[Tuple[Optional[SegmentationResult], Optional[str]]]:
         """THE inference step of the project: decoded images (or :class:`LoadFailure`) in,
-        ``(result | None, error | None)`` per image out; one bad image never fails the others."""
+        ``(result | None, error | None)`` per image out; one bad image never fails the others.
+        ``regions``: per image, the values of :attr:`regions_field` (labels; None: no regions),
+        turned into regions here; a sample whose regions are unusable fails with the reason."""
         seg = self._require_vocabulary()
         pairs = [(None, x.message) if isinstance(x, LoadFailure) else (x, None) for x in loaded]
-        return seg.segment_loaded(pairs, list(names), embeddings)
+        per_image = None
+        if self.regions_field and regions is not None:
+            per_image = []
+            for k, ((arr, err), label) in enumerate(zip(pairs, regions)):
+                if arr is None:
+                    per_image.append(None)
+                    continue
+                try:
+                    per_image.append(regions_of_label(label, arr.shape[:2], self.regions_field))
+                except RegionsError as exc:
+                    pairs[k] = (None, f"{names[k]}: {exc}")
+                    per_image.append(None)
+        if per_image is None:
+            return seg.segment_loaded(pairs, list(names), embeddings)
+        return seg.segment_loaded(pairs, list(names), embeddings, per_image, self.region_vote, self.region_min_area)
 
     def segmentation_label(self, result: SegmentationResult, mask_path: Optional[str] = None) -> fo.Segmentation:
         """The ``fo.Segmentation`` of a result, in the written ids, tagged with :attr:`config_id`;
@@ -513,9 +542,12 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         self._require_vocabulary()
         loaded, names = self._decode(args)
         samples = list(samples) if samples is not None else None
+        regions = None
         if samples is not None:
             names = [s.filepath for s in samples]
-        outputs = self.segment(loaded, names)
+            if self.regions_field:
+                regions = [s[self.regions_field] if s.has_field(self.regions_field) else None for s in samples]
+        outputs = self.segment(loaded, names, regions=regions)
         labels = []
         embeddings = []
         for k, (res, err) in enumerate(outputs):
@@ -527,6 +559,8 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
                 continue
             labels.append(self.segmentation_label(res))
             embeddings.append(res.embedding)
+            if self.regions_field and res.regions_voted is None:
+                self.num_without_regions += 1
             if samples is not None and self.presence:
                 with self._lock:
                     self._dataset = samples[k]._dataset

@@ -776,8 +776,9 @@ class Segmenter:
         x = logits.mul_(scale) if inplace else scale * logits
         if votes is not None:  # the mean vote: class probabilities (E.5: softmax, max over synonyms) summed per region
             probs = torch.softmax(x, 0)
-            cls = probs.new_zeros((self.num_labels, *probs.shape[1:]))
-            cls.index_reduce_(0, self.query_to_class, probs, "amax")
+            cls = probs.new_zeros((self.num_labels, *probs.shape[1:]))  # a label without queries: 0
+            for c in torch.unique(self.query_to_class).tolist():
+                cls[c] = probs[self.query_to_class == c].amax(0)
             del probs
             votes.add(cls, rows)
             del cls

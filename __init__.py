@@ -4,8 +4,9 @@
   (``fiftyone_cass/app/label_operators.py``) and ``evaluate_iou``, ``mean_iou``
   (``fiftyone_cass/app/eval_operators.py``); panel ``cass_iou`` (per-class IoU and presence
   scores, ``fiftyone_cass/app/iou_panel.py``).
-* Zoo model (``manifest.json``): ``cass-vit-b16-torch``, through :func:`download_model` and
-  :func:`load_model` below, e.g.::
+* Zoo models (``manifest.json``): one per backbone record, ``cass-vit-b16-torch`` (the default),
+  ``cass-vit-b16-l14prior-torch``, ``cass-vit-b16-dinov2-torch``, ``cass-vit-b16-dinov3-torch``,
+  through :func:`download_model` and :func:`load_model` below, e.g.::
 
       foz.register_zoo_model_source("https://github.com/fiftyone-cass/fiftyone_cass")
       model = foz.load_zoo_model("cass-vit-b16-torch", classes=["dog", "frisbee"])
@@ -46,19 +47,24 @@ def download_model(model_name, model_path):
     """Zoo hook. The weights are not files of this model: open_clip and timm fetch them into their
     own caches when the model is first loaded (or read local files given as ``clip_checkpoint``
     / ``dino_checkpoint``), so a machine without network can still load it from local files.
-    This writes ``model_path`` as a small JSON record of where the weights come from."""
+    This writes ``model_path`` as a small JSON record of where the weights come from (the backbone
+    record of the zoo name, ``fiftyone_cass/models/backbones.py``)."""
     _import_package()
-    from fiftyone_cass.fo.model import ZOO_MODEL_NAME
+    from fiftyone_cass.models.backbones import backbone_for_zoo_name, get_backbone_spec
 
-    if model_name.split("@")[0] != ZOO_MODEL_NAME:
-        raise ValueError(f"unknown model {model_name!r}; this source provides {ZOO_MODEL_NAME!r}")
+    spec = get_backbone_spec(backbone_for_zoo_name(model_name))  # ValueError for an unknown name
     os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
     record = {
-        "model": ZOO_MODEL_NAME,
-        "clip": "open_clip ViT-B-16, pretrained='openai' (QuickGELU); or clip_checkpoint=<file>",
-        "dino": "timm vit_base_patch8_224.dino; or dino_checkpoint=<file>",
+        "model": model_name.split("@")[0],
+        "backbone": spec.name,
+        "clip": f"open_clip {spec.clip.model}, pretrained={spec.clip.pretrained!r} (QuickGELU); or clip_checkpoint=<file>",
+        "dino": f"timm {spec.vfm.timm_name}; or dino_checkpoint=<file>",
         "weights": "fetched by open_clip/timm into their caches on first load",
+        "records": spec.summary(),
     }
+    if spec.prior is not None:
+        record["prior"] = (f"open_clip {spec.prior.model}, pretrained={spec.prior.pretrained!r}; or "
+                           "FIFTYONE_CASS_PRIOR_CHECKPOINT=<file>")
     tmp = model_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(record, f, indent=2)
@@ -66,10 +72,11 @@ def download_model(model_name, model_path):
 
 
 def load_model(model_name, model_path, **kwargs):
-    """Zoo hook: a :class:`fiftyone_cass.CassModel`; keyword arguments go to it (``classes``,
-    ``preset``, ``mask_targets``, ``method``, ``device``, ``precision``, checkpoints, any
-    Segmenter option). Unknown arguments and missing weights are clear errors."""
+    """Zoo hook: a :class:`fiftyone_cass.CassModel` on the zoo name's backbone record; keyword
+    arguments go to it (``classes``, ``preset``, ``mask_targets``, ``method``, ``device``,
+    ``precision``, checkpoints, any Segmenter option). Unknown arguments and missing weights are
+    clear errors."""
     _import_package()
     from fiftyone_cass.fo.model import load_cass_model
 
-    return load_cass_model(**kwargs)
+    return load_cass_model(model_name=model_name, **kwargs)

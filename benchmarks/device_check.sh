@@ -9,12 +9,17 @@
 #   bash benchmarks/device_check.sh --device cpu --quick   # the same steps on a CPU, tiny settings: try it first
 #
 # Options: --device cuda|cpu (default cuda)   --quick (tiny backbone, 1 image, batch 1, fp16+fp32)
-#          --budget SECONDS (whole run; default 360 = 6 min, quick 300)   --methods cass,cass+cdam
-#          --wheels DIR (default .whl: the wheels of ../shared/device-wheels, carried)   --out DIR
+#          --budget SECONDS (whole run; default 360 = 6 min, quick 300; +150 with --records)
+#          --methods cass,cass+cdam   --out DIR
+#          --records a,b (backbone records timed by benchmarks/backbone_records.py with random
+#            full-size weights read offline from saved files, 4 640x480 images each; default the four
+#            published ones on cuda, none with --quick; "none": skip)
+#          --wheels DIR (default .whl: the wheels of ../shared/device-wheels, carried)
 #
 # Output: $OUT (set by the device tool), else --out, else benchmarks/results/device-<UTC time>/:
 #   device_check.log   everything printed       device_check.json   the merged figures + targets
 #   env.json           machine and versions     bench_cass.json, bench_cass_cdam.json   per bench run
+#   records.json       per backbone record: load s, s/image, stages, peak RSS, CUDA max allocated
 #   stages.tsv         stage, exit status, seconds, limit
 # Every stage runs under `timeout`, with a limit taken from what is left of --budget, so a slow
 # stage cannot eat the call; bench.py rewrites its JSON after every configuration and skips the
@@ -32,11 +37,12 @@ DEVICE=cuda
 QUICK=0
 BUDGET=""
 METHODS="cass,cass+cdam"
+RECORDS=""
 WHEELS=""
 OUT_DIR="${OUT:-}"
 PYTHON="${PYTHON:-python3}"
 
-usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 need() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "device_check.sh: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -44,6 +50,7 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1; shift ;;
         --budget) need "$@"; BUDGET="$2"; shift 2 ;;
         --methods) need "$@"; METHODS="$2"; shift 2 ;;
+        --records) need "$@"; RECORDS="$2"; shift 2 ;;
         --wheels) need "$@"; WHEELS="$2"; shift 2 ;;
         --out) need "$@"; OUT_DIR="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
@@ -51,7 +58,12 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$DEVICE" in cuda|cuda:*|cpu) ;; *) echo "device_check.sh: --device must be cuda or cpu, got '$DEVICE'" >&2; exit 2 ;; esac
-case "$BUDGET" in "") BUDGET=$([ "$QUICK" = 1 ] && echo 300 || echo 360) ;; *[!0-9]*) echo "device_check.sh: --budget takes whole seconds" >&2; exit 2 ;; esac
+case "$RECORDS" in
+    "") RECORDS=$([ "$QUICK" = 1 ] || [ "$DEVICE" = cpu ] && echo none || echo "openai,openai-l14-prior,openai-dinov2,openai-dinov3") ;;
+esac
+RECORDS_SHARE=0
+[ "$RECORDS" = none ] || RECORDS_SHARE=150   # seconds of the budget kept for the records stage
+case "$BUDGET" in "") BUDGET=$(( $([ "$QUICK" = 1 ] && echo 300 || echo 360) + RECORDS_SHARE )) ;; *[!0-9]*) echo "device_check.sh: --budget takes whole seconds" >&2; exit 2 ;; esac
 # relative --out / --wheels are the caller's; everything then runs from the repository root
 case "$OUT_DIR" in "") OUT_DIR="$ROOT/benchmarks/results/device-$(date -u +%Y%m%dT%H%M%SZ)" ;; /*) ;; *) OUT_DIR="$CALLER_DIR/$OUT_DIR" ;; esac
 case "$WHEELS" in "") WHEELS="$ROOT/.whl" ;; /*) ;; *) WHEELS="$CALLER_DIR/$WHEELS" ;; esac
@@ -158,7 +170,7 @@ main() {
     n=${#methods[@]}
     for ((i = 0; i < n; i++)); do
         m=${methods[$i]}
-        limit=$(( (DEADLINE - $(date +%s) - RESERVE) / (n - i) ))
+        limit=$(( (DEADLINE - $(date +%s) - RESERVE - RECORDS_SHARE) / (n - i) ))
         local probe=off
         [ "$i" = 0 ] && probe=on   # the eigh probe once
         run_stage "bench_${m//+/_}" "$limit" "$PYTHON" benchmarks/bench.py --device "$DEVICE" --methods "$m" \
@@ -166,7 +178,18 @@ main() {
             --json "$OUT_DIR/bench_${m//+/_}.json" || failed=1
     done
 
-    # 4. the summary: targets next to the figures, device_check.json (runs even after failures)
+    # 4. the backbone records (issue 23): random full-size weights saved under their offline
+    #    names, each record loaded from them offline in its own process
+    if [ "$RECORDS" != none ]; then
+        local rsize=640x480 rimages=4
+        [ "$QUICK" = 1 ] && rsize=320x240 && rimages=1
+        limit=$(limit_for $((RECORDS_SHARE > 0 ? DEADLINE - $(date +%s) : 120)))
+        run_stage records "$limit" env HF_HUB_OFFLINE=1 "$PYTHON" benchmarks/backbone_records.py --device "$DEVICE" \
+            --records "$RECORDS" --size "$rsize" --images "$rimages" --timeout $((limit / 2 > 30 ? limit / 2 : 30)) \
+            --json "$OUT_DIR/records.json" || failed=1
+    fi
+
+    # 5. the summary: targets next to the figures, device_check.json (runs even after failures)
     local left=$((DEADLINE - $(date +%s)))
     run_stage summary "$((left < 20 ? 20 : left > 60 ? 60 : left))" \
         "$PYTHON" benchmarks/device_report.py summary --out "$OUT_DIR" --device "${DEVICE%%:*}" || failed=1

@@ -5,7 +5,7 @@ timm, open_clip and where each was imported from, and whether FiftyOne or MongoD
 importable: the device check must not need them) -> ``env.json``.
 
 ``summary``: merges ``env.json``, ``stages.tsv`` (each stage's exit status and seconds) and the
-``bench_*.json`` files of the bench stages (complete or cut short by their time limit) into
+``bench_*.json`` files of the bench stages and ``records.json`` of the backbone-records stage (complete or cut short by their time limit) into
 ``device_check.json``, and prints the issue's targets next to the measured figures, the GPU
 memory at batch 16 and what ``eigh_placement=auto`` chose. It works on whatever finished: a
 figure that was not measured is ``null`` in the JSON and "not measured" in the table.
@@ -158,8 +158,17 @@ def cmd_summary(args) -> int:
     report["gpu_memory_batch16_mb"] = {f"{r['method']} {r['precision']}": r.get("gpu_peak_mb")
                                        for r in rows if r["mode"] == "engine" and r["batch"] == 16}
     report["targets"] = bench.gpu_targets(rows, checks, [m for m in ("cass", "cass+cdam") if m in methods] or ("cass", "cass+cdam"))
+    report["records"] = None  # benchmarks/backbone_records.py (issue 23), when the stage ran
+    records_path = os.path.join(out_dir, "records.json")
+    if os.path.exists(records_path):
+        try:
+            with open(records_path) as f:
+                report["records"] = json.load(f)
+        except (OSError, ValueError) as exc:
+            report["records"] = {"error": f"{type(exc).__name__}: {exc}"}
     report["complete"] = bool(report["bench"]) and all(v.get("complete") for v in report["bench"].values()) \
-        and all(s["status"] == "0" for s in report["stages"]) and not report["skipped"]
+        and all(s["status"] == "0" for s in report["stages"]) and not report["skipped"] \
+        and (report["records"] is None or bool(report["records"].get("complete")))
 
     print("\n# device check summary")
     if report["env"]:
@@ -189,6 +198,18 @@ def cmd_summary(args) -> int:
     for k, v in checks.items():
         if "agreement" in k:
             print(f"  {k}: {100 * v:.3f}%")
+    rec = report["records"]
+    if rec is not None:
+        print("\nbackbone records (random full-size weights read offline; s/image best after the first):")
+        for r in rec.get("records", []) if isinstance(rec, dict) else []:
+            if "error" in r:
+                print(f"  {r['record']:<18} error: {r['error'][-300:]}")
+                continue
+            print(f"  {r['record']:<18} {r['best_s_per_image']:7.3f} s/img, load {r['load_s']} s, "
+                  f"peak RSS {r['peak_rss_mb']} MB, CUDA max allocated {r.get('cuda_max_allocated_mb', '-')} MB; "
+                  + ", ".join(f"{k} {v}" for k, v in r["stages_ms_of_best"].items()))
+        if isinstance(rec, dict) and "error" in rec:
+            print(f"  records.json unreadable: {rec['error']}")
     bench.print_targets(report["targets"], args.device)
     print(f"complete: {report['complete']}")
     path = os.path.join(out_dir, "device_check.json")

@@ -7,7 +7,7 @@
   for minutes;
 * :func:`configure_logging`: one stderr handler that does not repeat FiftyOne's own records and
   drops the MongoDB-version notice of the pinned database wheel;
-* :func:`interrupt_on_signals`: SIGTERM and SIGHUP stop the work like ctrl + c;
+* :func:`interrupt_on_signals`: SIGTERM and SIGHUP stop the work like ctrl + c (a second interrupt exits at once);
   :func:`is_database_error`: the errors that mean FiftyOne's database cannot be reached.
 """
 
@@ -129,24 +129,56 @@ def configure_logging(verbose: int) -> None:
 # ------------------------------------------------------------------------------------------------
 # Signals and the database
 # ------------------------------------------------------------------------------------------------
+#: exit status of a command stopped by a second interrupt while it was stopping
+EXIT_INTERRUPTED = 130
+
+
+def _exit_now(signum, frame):
+    """A second interrupt while the command stops after the first: exit at once, quietly (every
+    write is atomic and a rerun resumes, so nothing is left half-written)."""
+    try:
+        os.write(2, b"\nfiftyone-cass: interrupted again: exiting now; run the same command again to resume\n")
+    finally:
+        os._exit(EXIT_INTERRUPTED)
+
+
 def _interrupt(signum, frame):
+    """The first interrupt: ``KeyboardInterrupt`` (the run finishes its bookkeeping); from now on
+    any further interrupt exits at once instead of raising again in the middle of the clean-up or
+    of the interpreter's shutdown (which printed a traceback, or died of SIGINT)."""
+    _after_first_interrupt()
     raise KeyboardInterrupt
 
 
+def _after_first_interrupt():
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _exit_now)
+
+
 @contextmanager
-def interrupt_on_signals(signals=(signal.SIGTERM, signal.SIGHUP)):
+def interrupt_on_signals(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
     """Inside, SIGTERM (kill, service managers, batch schedulers) and SIGHUP (a closed terminal or
     ssh session) raise ``KeyboardInterrupt`` like ctrl + c, so a run finishes its bookkeeping and
-    can say how to resume. Only in the main thread (elsewhere signal handlers cannot be set)."""
+    can say how to resume; a second one (of any of them, ctrl + c included) exits at once with
+    status 130, without a traceback, also after the block. Only in the main thread (elsewhere
+    signal handlers cannot be set)."""
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in signals:
             previous[sig] = signal.signal(sig, _interrupt)
+    interrupted = False
     try:
         yield
+    except KeyboardInterrupt:  # (also a ctrl + c that Python's own handler raised)
+        interrupted = True
+        _after_first_interrupt()
+        raise
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if not interrupted:
+            for sig, handler in previous.items():
+                if signal.getsignal(sig) is _interrupt:
+                    signal.signal(sig, handler)
 
 
 #: what to do when FiftyOne's database cannot be reached

@@ -5,7 +5,8 @@ declares its flags (the labelling ones derived from :mod:`fiftyone_cass.config.s
 args)`` calls the library (:mod:`fiftyone_cass.fo`, :mod:`fiftyone_cass.protocols`) and prints what it returns.
 
 Exit status: 0 = every target sample is labelled; 1 = some samples failed (listed, and in the
-``<label_field>_error`` field); 2 = usage or configuration error (bad arguments, missing weights,
+``<label_field>_error`` field), were deleted during the run, or the run stopped because its dataset
+or mask folder was deleted under it; 2 = usage or configuration error (bad arguments, missing weights,
 no database); 3 = unexpected internal error; 130 = interrupted.
 """
 
@@ -13,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import sys
 import traceback
-from contextlib import contextmanager
 from typing import Any, Dict, Optional, Sequence
 
 from fiftyone_cass.bootstrap import DATABASE_HELP, configure_logging, interrupt_on_signals, is_database_error, prepare_environment
-from fiftyone_cass.errors import InvalidInputError, WeightsUnavailableError
+from fiftyone_cass.errors import InvalidInputError, RunAbortedError, WeightsUnavailableError, Wording, is_placeholder, render
 from fiftyone_cass.fo.demo import DEMO_CLASSES, DEMO_DATASET
-from fiftyone_cass.config.settings import add_settings_arguments, label_setting_names, parse_segmenter_options, resolve_device
+from fiftyone_cass.config.settings import (LabelSettings, add_settings_arguments, build_settings, label_setting_names,
+                                           parse_segmenter_options, resolve_device)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -36,30 +36,21 @@ class UsageError(Exception):
     """A problem with the arguments or the environment: exit status 2, message, no traceback."""
 
 
-@contextmanager
-def _usage():
-    """The library's input errors in the steps before labelling, printed as they are (exit 2)."""
-    try:
-        yield
-    except InvalidInputError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def _load_dataset(name: str):
     from fiftyone_cass.fo.folders import load_dataset
 
-    with _usage():
-        return load_dataset(name, "{name!r} is neither a directory nor a FiftyOne dataset")
+    return load_dataset(name, "{name!r} is neither a directory nor a FiftyOne dataset")
 
 
 def _load_weights(args) -> None:
     """The weights before any dataset work: missing ones end the command saying what to do."""
     from fiftyone_cass.models.weights import ensure_weights
 
-    try:
-        ensure_weights(args.backbone, args.method, args.device_resolved, args.clip_checkpoint, args.dino_checkpoint,
-                       wording="cli")
-    except (WeightsUnavailableError, ValueError) as exc:  # ValueError: an unknown backbone
+    try:  # missing weights: main() says so in the command line's words (exit 2)
+        ensure_weights(args.backbone, args.method, args.device_resolved, args.clip_checkpoint, args.dino_checkpoint)
+    except ValueError as exc:  # an unknown backbone
+        if isinstance(exc, InvalidInputError):
+            raise
         raise UsageError(str(exc)) from None
 
 
@@ -68,10 +59,8 @@ def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
     flags: every settings flag's (already checked) value, the vocabulary, the Segmenter options."""
     from fiftyone_cass.fo.labelling import read_classes_file
 
-    args.device_resolved = resolve_device(args.device)
     kw: Dict[str, Any] = {n: getattr(args, n) for n in label_setting_names()
-                          if hasattr(args, n) and n not in ("classes", "preset", "gt_field", "shard")}
-    kw["device"] = args.device_resolved
+                          if hasattr(args, n) and n not in ("classes", "preset", "gt_field", "shard", "options")}
     sources = [x for x in ("classes", "classes_file", "preset", "gt_field") if getattr(args, x, None)]
     if classes is not None and not sources:
         kw["classes"] = list(classes)
@@ -80,15 +69,21 @@ def _apply_kwargs(args, classes=None) -> Dict[str, Any]:
     elif args.classes:
         kw["classes"] = args.classes
     elif args.classes_file:
-        with _usage():
-            kw["classes"] = read_classes_file(args.classes_file, "--classes-file")
+        kw["classes"] = read_classes_file(args.classes_file, "--classes-file")
     elif getattr(args, "preset", None):
         kw["preset"] = args.preset
     else:
         kw["gt_field"] = args.gt_field
-    with _usage():
-        kw.update(parse_segmenter_options(args.options, args.option))
+    kw.update(parse_segmenter_options(args.options, args.option))
     return kw
+
+
+def _settings(args, kw: Dict[str, Any]):
+    """The run's one settings object, built and checked here (the request's entry) and handed
+    down unchanged; the device resolved once."""
+    settings = build_settings(LabelSettings, kw)
+    args.device_resolved = kw["device"] = settings.device
+    return settings
 
 
 def _write_summary(path: Optional[str], data: Dict[str, Any]) -> None:
@@ -108,7 +103,8 @@ def _add_label_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     titles = {"vocabulary": "vocabulary" + (" (default: the demo classes)" if demo else " (exactly one of --classes, --classes-file, --preset, --gt-field)")}
     groups = add_settings_arguments(p, [n for n in label_setting_names() if n not in skip], titles)
     groups["vocabulary"].add_argument("--classes-file", metavar="FILE",
-                                      help="one class per line; a line may list synonyms: 'person, people'")
+                                      help="one class per line; a line may list synonyms: 'person, people'; blank lines and lines "
+                                           "starting with '#' are comments (skipped)")
     groups["model"].add_argument("--options", metavar="JSON", default=None,
                                  help='Segmenter options as a JSON object, e.g. \'{"mode": "whole", "short_side": 448}\'')
     groups["model"].add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
@@ -160,10 +156,11 @@ class LabelCommand(Command):
 
     def execute(self, parser, args):
         from fiftyone_cass.fo.delegation import queue_auto_label
-        from fiftyone_cass.fo.folders import open_target
+        from fiftyone_cass.fo.folders import mask_folder_exclusion, open_target
         from fiftyone_cass.fo.labelling import check_gt_field, label_collection
 
         kw = _apply_kwargs(args)
+        settings = _settings(args, kw)
         source, is_dir = args.source, os.path.isdir(args.source)
         if args.workers != 1 and not args.delegate:
             raise UsageError("--workers goes with --delegate; to run workers yourself, start one command per --shard i/N")
@@ -171,6 +168,13 @@ class LabelCommand(Command):
             raise UsageError("--workers must be >= 1")
         if is_dir and args.saved_view:
             raise UsageError("--saved-view applies to an existing dataset, not to a directory")
+        if is_dir and args.dataset is not None:
+            import fiftyone as fo
+
+            from fiftyone_cass.fo.folders import check_dataset_name
+
+            if not fo.dataset_exists(args.dataset):
+                check_dataset_name(args.dataset, "--dataset")
         if not is_dir and args.dataset and args.dataset != source:
             raise UsageError(f"--dataset names the dataset to import a directory into; {source!r} is not a directory")
         if not is_dir:  # fails now, before the weights are loaded, if there is no such dataset
@@ -179,9 +183,10 @@ class LabelCommand(Command):
             raise UsageError("--delegate queues every shard itself (--workers N); do not combine it with --shard")
         if not args.delegate:
             _load_weights(args)
-        with _usage():
-            ds, view, imported = open_target(source, args.dataset, args.saved_view, args.tags, args.shard,
-                                             exclude=[kw["mask_dir"]] if kw.get("mask_dir") else [])
+        ds, view, imported = open_target(
+            source, args.dataset, args.saved_view, args.tags, args.shard,
+            exclude=mask_folder_exclusion(source, kw.get("mask_dir"), kw.get("label_field") or "cass"),
+            exclude_reason="the mask folder of this run (--mask-dir), not imported")
         check_gt_field(ds, args.gt_field)  # (a directory imported into an existing dataset)
         if args.delegate:  # queue --workers delegated runs for `fiftyone delegated launch`
             for line in imported.skipped_lines() if imported else ():
@@ -196,7 +201,7 @@ class LabelCommand(Command):
         if not len(view):
             print(f"fiftyone-cass: warning: no sample of dataset {ds.name!r} is selected (--saved-view / --tags): "
                   "nothing to label", file=sys.stderr)
-        report = label_collection(view, shard=args.shard, progress=args.progress, **kw)
+        report = label_collection(view, shard=args.shard, progress=args.progress, settings=settings)
         report.add_import(imported)
         print(report.text())
         print(f"open it with: fiftyone-cass app {shlex.quote(ds.name)}")
@@ -224,12 +229,13 @@ class DemoCommand(Command):
         kw = _apply_kwargs(args, classes=DEMO_CLASSES)
         if not args.skip_existing:
             kw["overwrite"] = True  # the demo dataset is ours: a demo with other settings replaces its labels
+        settings = _settings(args, kw)
         if args.images_dir and os.path.exists(args.images_dir) and not os.path.isdir(args.images_dir):
             raise UsageError(f"--images-dir {args.images_dir} is a file, not a directory: give a directory "
                              "(or a path that does not exist yet) to copy the demo images into")
         _load_weights(args)
         imported, view = prepare_demo(args.dataset, args.images_dir)  # its errors name images_dir: --images-dir
-        report = label_collection(view, progress=args.progress, **kw)
+        report = label_collection(view, progress=args.progress, settings=settings)
         report.add_import(imported)
         print(report.text())
         shares = pixel_shares(view, report.label_field)
@@ -300,14 +306,12 @@ class EvalCommand(Command):
 
         eval_key = args.eval_key or f"eval_{args.pred_field}"
         ds = _load_dataset(args.target)
-        with _usage():
-            view = select_view(ds, args.saved_view, args.tags)
+        view = select_view(ds, args.saved_view, args.tags)
         if not ds.has_sample_field(args.pred_field):
             raise UsageError(f"dataset {ds.name!r} has no field {args.pred_field!r}; label it first, in the ground "
                              f"truth's ids: fiftyone-cass label {shlex.quote(ds.name)} --gt-field {args.gt_field} "
                              f"--label-field {args.pred_field}")
-        with _usage():
-            check_segmentation_fields(ds, args.pred_field, args.gt_field)
+        check_segmentation_fields(ds, args.pred_field, args.gt_field)
         m = evaluate_iou(view, args.pred_field, gt_field=args.gt_field, eval_key=eval_key, overwrite=True,
                          ignore_index=None if args.ignore_index < 0 else args.ignore_index,
                          resize="nearest" if args.resize_nearest else None, strict=args.strict,
@@ -367,8 +371,7 @@ class ReleaseCommand(Command):
 
         ds = _load_dataset(args.dataset)
         claim = field_claim(ds, args.label_field)
-        with _usage():
-            released = claim is not None and release_field(ds, args.label_field, force=args.force)
+        released = claim is not None and release_field(ds, args.label_field, force=args.force)
         if not released:
             print(f"field {args.label_field!r} of dataset {ds.name!r} is not claimed: nothing to release")
         else:
@@ -377,7 +380,19 @@ class ReleaseCommand(Command):
         return EXIT_OK
 
 
-COMMANDS = (LabelCommand, DemoCommand, EvalCommand, AppCommand, ReleaseCommand)
+class BackbonesCommand(Command):
+    name, help, progress = "backbones", "list the backbone records (--backbone NAME), their weights and files", False
+
+    def setup(self, p):
+        p.add_argument("--all", action="store_true", help="also the test records (random weights)")
+        p.add_argument("--json", action="store_true", help="the records as JSON")
+
+    def execute(self, parser, args):
+        from fiftyone_cass.models.backbones import listing
+        return print(listing(args.all, args.json)) or EXIT_OK
+
+
+COMMANDS = (LabelCommand, DemoCommand, EvalCommand, AppCommand, ReleaseCommand, BackbonesCommand)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -399,10 +414,6 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p, command.progress)
         p.set_defaults(execute=lambda args, command=command, p=p: command.execute(p, args))
     return parser
-
-
-_KWARG = re.compile(r"\b([a-z][a-z0-9]*(?:_[a-z0-9]+)+|[a-z]+)=(True|False|None|'[^']*'|\[\.\.\.\]|\{\.\.\.\}|\.\.\.|[\w.-]+)")
-_BARE = re.compile(r"(?<![\w.'\"/-])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w'\"=(/-])")
 
 
 class _Flags(dict):
@@ -428,31 +439,62 @@ def _flags_of(parser: argparse.ArgumentParser, command: Optional[str]) -> Dict[s
     return _Flags(a for a in (p._actions if p else ()) if a.option_strings)
 
 
-def cli_message(message: str, flags: Dict[str, argparse.Action]) -> str:
-    """A library message in the command line's words: ``pass overwrite=True`` -> ``pass
-    --overwrite``, ``masks='database'`` -> ``--masks database``, ``mask_dir`` -> ``--mask-dir``,
-    ``tag_prefix=None`` -> ``--no-tags`` (only names that are options of this command)."""
+def _flag(a: argparse.Action) -> str:
+    return next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
 
-    def flag(a: argparse.Action) -> str:
-        return next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
 
-    def kwarg(m) -> str:
-        a, value = flags.get(m.group(1)), m.group(2)
+def _shown(value: str) -> str:
+    """A value as typed on the command line (``'database'`` -> ``database``)."""
+    import ast
+
+    try:
+        v = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+    return v if isinstance(v, str) else value
+
+
+class CliWording(Wording):
+    """The library's setting references in the command line's words: ``pass overwrite=True`` ->
+    ``pass --overwrite``, ``masks='database'`` -> ``--masks database``, ``tag_prefix=None`` ->
+    ``--no-tags``, a bad value -> ``argument --batch-size: 0 is not allowed: ...`` (names that are
+    not options of this command stay Python's)."""
+
+    def __init__(self, flags: Dict[str, argparse.Action]):
+        self.flags = flags
+
+    def name(self, name, value, verb):
+        a = self.flags.get(name)
         if a is None:
-            return m.group(0)
+            return super().name(name, value, verb)
         if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):  # the value the flag sets
-            return flag(a) if value == str(isinstance(a, argparse._StoreTrueAction)) else m.group(0)
-        if value == "None" and m.group(1) in getattr(flags, "off", {}):
-            return flag(flags.off[m.group(1)])
-        if value in ("'...'", "[...]", "{...}", "...", "None"):
-            return flag(a)
-        return f"{flag(a)} {value.strip(chr(39))}"
+            if value is not None and value != str(isinstance(a, argparse._StoreTrueAction)):
+                return super().name(name, value, verb)
+            text = _flag(a)
+        elif value == "None" and name in getattr(self.flags, "off", {}):
+            text = _flag(self.flags.off[name])
+        elif value is None or value == "None" or is_placeholder(value):
+            text = _flag(a)
+        else:
+            text = f"{_flag(a)} {_shown(value)}"
+        return f"pass {text}" if verb == "use" else text
 
-    def bare(m) -> str:
-        return flag(flags[m.group(1)]) if m.group(1) in flags else m.group(0)
+    def bad_value(self, err):
+        from fiftyone_cass.config.options import SegmenterOptions
+        from fiftyone_cass.config.schema import setting_fields
 
-    out = _BARE.sub(bare, _KWARG.sub(kwarg, message))
-    return re.sub(r"(--[\w-]+) / \1\b", r"\1", out)
+        a = self.flags.get(err.setting)
+        if err.what == "option" and a is not None:
+            return f"argument {_flag(a)}: {err.value!r} is not allowed: {err.allowed}"
+        if err.what == "option" and err.setting in setting_fields(SegmenterOptions):
+            return f"-o {err.setting}={err.value!r} is not allowed: {err.allowed}" + (f" ({err.help})" if err.help else "")
+        return super().bad_value(err)
+
+
+def cli_message(exc: BaseException, flags: Dict[str, argparse.Action]) -> str:
+    """A library error in the command line's words (:class:`CliWording`), from the settings the
+    error references (:func:`fiftyone_cass.errors.kw`), never from its text."""
+    return render(exc, CliWording(flags))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -471,8 +513,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{error} {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (InvalidInputError, WeightsUnavailableError) as exc:
-        print(f"{error} {cli_message(str(exc), _flags_of(parser, args.command))}", file=sys.stderr)
+        print(f"{error} {cli_message(exc, _flags_of(parser, args.command))}", file=sys.stderr)
         return EXIT_USAGE
+    except RunAbortedError as exc:  # the dataset or the mask folder vanished under the run
+        print(f"{error} {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         try:
             print(f"\nfiftyone-cass {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

@@ -65,7 +65,9 @@ def test_form_hides_test_backbones_and_preselects_a_ground_truth(fo_dataset, tmp
     ds.save()
 
     form = _form(ds, {})
-    assert [c["value"] for c in form["backbone"]["view"]["choices"]] == ["openai"]
+    # the published records of the one registry, default first; no random-weight test backbone
+    assert [c["value"] for c in form["backbone"]["view"]["choices"]] == [
+        "openai", "openai-l14-prior", "openai-dinov2", "openai-dinov3"]
     assert form["device"]["default"] == "auto" and "cpu" in [c["value"] for c in form["device"]["view"]["choices"]]
     # a Python caller's test backbone is still accepted
     assert "tiny" in [c["value"] for c in _form(ds, {"backbone": "tiny"})["backbone"]["view"]["choices"]]

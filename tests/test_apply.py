@@ -242,7 +242,7 @@ def test_changing_the_classes_of_part_of_a_field_is_refused(fo_dataset, images):
     unchanged()
     # ... in the command line's and the App's words
     flags = cli._flags_of(cli.build_parser(), "label")
-    assert "pass --overwrite; or choose another --label-field" in cli.cli_message(msg, flags)
+    assert "pass --overwrite; or choose another --label-field" in cli.cli_message(exc.value, flags)
     form = app_support.form_message(exc.value, app_support.AUTO_LABEL_FIELDS)
     assert f"tick “{app_support.AUTO_LABEL_FIELDS['overwrite']}”" in form
     assert f"another “{app_support.AUTO_LABEL_FIELDS['label_field']}”" in form

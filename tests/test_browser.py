@@ -154,8 +154,11 @@ def _open_operator(page, query, label):
 
 def _input(dialog, label):
     """The text input of a form field, found by its label (the last element with that text)."""
+    # (a text area for inputs whose value is a list of lines, e.g. "Class names"; MUI adds a hidden
+    # read-only twin to size it)
     return dialog.locator(f"xpath=(.//*[normalize-space(text())='{label}'])[last()]"
-                          "/following::input[not(@type='radio') and not(@type='checkbox')][1]")
+                          "/following::*[self::input[not(@type='radio') and not(@type='checkbox')] or "
+                          "self::textarea[not(@aria-hidden='true') and not(@readonly)]][1]")
 
 
 def _choose(page, dialog, label, option):

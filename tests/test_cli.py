@@ -80,7 +80,8 @@ def test_usage_errors_exit_2_with_a_message(capsys, tmp_path, cleanup_datasets):
     rc, out = run_cli("label", tmp_path, "--classes", "cat", *TINY, capsys=capsys)  # empty directory
     assert rc == 2 and "no image files found" in out.err
     rc, out = run_cli("demo", "--clip-checkpoint", tmp_path / "nope.safetensors", capsys=capsys)
-    assert rc == 2 and "CLIP checkpoint not found" in out.err and "Traceback" not in out.err
+    assert rc == 2 and "CLIP checkpoint file not found" in out.err and "Traceback" not in out.err
+    assert "Fix --clip-checkpoint" in out.err  # the setting, named by its flag
     rc, out = run_cli("app", "no-such-dataset", capsys=capsys)
     assert rc == 2 and "neither a directory nor a FiftyOne dataset" in out.err
     assert coerce_settings(LabelSettings, {"shard": "1/3"})["shard"] == (1, 3)  # the --shard flag's parser
@@ -241,9 +242,11 @@ def test_unreachable_hub_switches_to_cache_only_and_says_so(monkeypatch):
     monkeypatch.delenv("FIFTYONE_CASS_DINO_CHECKPOINT", raising=False)
     monkeypatch.setattr(bootstrap, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(WeightsUnavailableError) as e:
-        ensure_weights("openai", "cass+cdam", "cpu", wording="cli")
-    msg = str(e.value)
-    assert "cannot be reached" in msg and "CLIP and DINO" in msg and "--clip-checkpoint" in msg
+        ensure_weights("openai", "cass+cdam", "cpu")
+    # the error references the checkpoint settings; the command line names them as its flags
+    msg = cli.cli_message(e.value, cli._flags_of(cli.build_parser(), "label"))
+    assert "cannot be reached" in msg and "CLIP and DINO" in msg and "--clip-checkpoint /path/" in msg
+    assert "clip_checkpoint=" in str(e.value)  # Python's words for Python callers
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
 
 

@@ -22,7 +22,7 @@ import fiftyone as fo
 
 from _label_helpers import CLASSES, OPTS, make_images, strict_json
 from fiftyone_cass import Segmenter, cli, fileio
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.errors import InvalidInputError, kw, use
 from fiftyone_cass.fo.apply import CONFIG_ATTR, AutoLabelRun
 from fiftyone_cass.models.segmenter import SegmenterOptions
 from fiftyone_cass.config.schema import coerce_settings
@@ -267,11 +267,14 @@ def test_library_errors_name_the_command_line_flags(tmp_path, capsys, names):
     rc, out = run_cli("eval", name, "--pred-field", "other", capsys=capsys)
     assert rc == 2 and "--skip-missing" in out.err and "skip_missing=True" not in out.err, out.err
 
+    # the error references its settings; the command line names them by their flags, from the
+    # references (a path that looks like a keyword stays as it is)
     flags = cli._flags_of(cli.build_parser(), "label")
-    msg = cli.cli_message("cannot write masks to '/data/mask_dir/x' (no); choose another mask directory "
-                          "(mask_dir / --mask-dir) or keep masks in the database (masks='database')", flags)
-    assert msg == ("cannot write masks to '/data/mask_dir/x' (no); choose another mask directory "
-                   "(--mask-dir) or keep masks in the database (--masks database)")
+    err = InvalidInputError(f"cannot write masks to '/data/mask_dir/x' (no); choose another mask directory "
+                            f"({kw('mask_dir')}) or keep masks in the database ({kw('masks', 'database')})")
+    assert cli.cli_message(err, flags) == ("cannot write masks to '/data/mask_dir/x' (no); choose another mask "
+                                           "directory (--mask-dir) or keep masks in the database (--masks database)")
+    assert "(mask_dir) or keep masks in the database (masks='database')" in str(err)  # Python's words
 
 
 def test_messages_name_the_flag_that_takes_the_value_and_say_why(tmp_path, capsys, names):
@@ -294,8 +297,10 @@ def test_messages_name_the_flag_that_takes_the_value_and_say_why(tmp_path, capsy
     # the flag that sets a setting to None is named where the library says so
     flags = cli._flags_of(cli.build_parser(), "label")
     assert flags["presence_field"].option_strings == ["--presence-field"]
-    assert cli.cli_message("or pass tag_prefix=None", flags) == "or pass --no-tags"
-    assert cli.cli_message("or pass embeddings_field='emb'", flags) == "or pass --embeddings-field emb"
+    assert cli.cli_message(InvalidInputError(f"or {use('tag_prefix', None)}"), flags) == "or pass --no-tags"
+    assert cli.cli_message(InvalidInputError(f"or {use('embeddings_field', 'emb')}"), flags) == "or pass --embeddings-field emb"
+    # text that merely looks like a keyword is never reworded
+    assert cli.cli_message(InvalidInputError("or pass tag_prefix=None"), flags) == "or pass tag_prefix=None"
 
     # an unknown --options name is reported as it is (no "--" glued to the message)
     rc, out = run_cli("label", img_dir, "--dataset", name, "--classes", "cat", *TINY,

@@ -187,3 +187,29 @@ def test_reference_flow_reads_its_clocks_after_a_device_sync(monkeypatch):
     clocks = [i for i, e in enumerate(events) if e == "clock"]
     assert len(clocks) >= 10  # prepare, per-window stages, stitch
     assert all(i > 0 and events[i - 1] == "sync" for i in clocks), events
+
+
+def test_backbone_records_stage_runs_each_record_offline_and_is_summarised(tmp_path, capsys):
+    """benchmarks/backbone_records.py (the device check's records stage, issue 23) on the tiny
+    records: each in its own offline process, figures in records.json, merged by the summary."""
+    import backbone_records
+
+    out = tmp_path / "records.json"
+    rc = backbone_records.main(["--records", "tiny-l14-prior,tiny-dinov2,tiny-dinov3", "--size", "160x120",
+                                "--images", "2", "--method", "cass", "--weights-dir", str(tmp_path / "w"),
+                                "--json", str(out), "--timeout", "300"])
+    assert rc == 0, capsys.readouterr().out[-3000:]
+    rec = json.loads(out.read_text())
+    assert rec["complete"] is True and [r["record"] for r in rec["records"]] == ["tiny-l14-prior", "tiny-dinov2", "tiny-dinov3"]
+    for r in rec["records"]:
+        assert len(r["s_per_image"]) == 2 and all(_finite(x) and x > 0 for x in r["s_per_image"])
+        assert r["peak_rss_mb"] > 0 and {"clip", "dino", "spectral"} <= set(r["stages_ms_of_best"])
+    assert rec["records"][0]["prior"] == "cass-tiny-clip-l14" and "clip_global" in rec["records"][0]["stages_ms_of_best"]
+    assert rec["records"][2]["vfm"] == "vit_base_patch16_dinov3"
+    (tmp_path / "stages.tsv").write_text("records\t0\t10.0\t150\n")
+    capsys.readouterr()
+    assert device_report.main(["summary", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "backbone records" in printed and "tiny-dinov3" in printed
+    report = json.loads((tmp_path / "device_check.json").read_text())
+    assert report["records"]["records"][1]["record"] == "tiny-dinov2"

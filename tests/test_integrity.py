@@ -57,39 +57,71 @@ def _digest(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def test_two_concurrent_runs_with_different_classes_one_proceeds(persistent, images, tmp_path):
-    ds = persistent("claim", images)
-    go = tmp_path / "go"
-    script = """
-        import os, sys, time
-        import fiftyone as fo
-        from fiftyone_cass.fo.apply import AutoLabelRun, apply
-        slow = AutoLabelRun._write_batch
-        def write(self, batch, outputs):  # long enough for the two runs to overlap
-            time.sleep(0.4)
-            return slow(self, batch, outputs)
-        AutoLabelRun._write_batch = write
-        ds = fo.load_dataset({name!r})
-        classes = sys.argv[1].split(",")
-        open({ready!r} + sys.argv[2], "w").close()
+#: the prelude of the worker processes of the concurrency tests: a slow writer (and, with
+#: ``slow_segment``, a slow CassModel) so that runs overlap, and ``barrier()``: announce
+#: ``<ready><tag>``, then wait for the test to create ``<go>``
+_WORKER = """
+    import os, sys, time
+    import fiftyone as fo
+    from fiftyone_cass import cli
+    from fiftyone_cass.fo.apply import AutoLabelRun, apply
+    from fiftyone_cass.fo.model import CassModel
+    TAG = sys.argv[1]
+    def barrier():
+        open({ready!r} + TAG, "w").close()
         while not os.path.exists({go!r}):
             time.sleep(0.02)
+    slow = AutoLabelRun._write_batch
+    BATCHES = []
+    def write(self, batch, outputs):  # long enough for the runs to overlap
+        time.sleep(0.4)
+        if len(BATCHES) == {pause_after!r}:  # the test acts (deletes, removes...) between two batches
+            barrier()
+        BATCHES.append(len(batch))
+        return slow(self, batch, outputs)
+    AutoLabelRun._write_batch = write
+    if {slow_segment!r}:
+        seg = CassModel.segment
+        def segment(self, *a, **k):
+            time.sleep(0.4)
+            return seg(self, *a, **k)
+        CassModel.segment = segment
+"""
+
+
+def _workers(tmp_path: Path, body: str, tags, args=None, pause_after=None, slow_segment=False, **fmt):
+    """Starts one worker process per tag (``sys.argv[1]`` = tag, ``sys.argv[2:]`` = ``args[tag]``):
+    :data:`_WORKER`'s prelude, then ``body`` (formatted with ``fmt``). Without ``pause_after`` the
+    body calls ``barrier()`` itself before its run. Returns ``(processes, logs, go)`` once every
+    worker waits at its barrier; create ``go`` to let them continue."""
+    go = tmp_path / "go"
+    ready = str(tmp_path / "ready")
+    code = textwrap.dedent(_WORKER.format(ready=ready, go=str(go), pause_after=pause_after,
+                                          slow_segment=slow_segment)) + textwrap.dedent(body.format(**fmt))
+    logs = [tmp_path / f"{t}.log" for t in tags]
+    procs = [subprocess.Popen([sys.executable, "-c", code, t, *((args or {}).get(t, ()))], stdout=open(log, "wb"),
+                              stderr=subprocess.STDOUT, env=os.environ.copy()) for t, log in zip(tags, logs)]
+    deadline = time.monotonic() + 240
+    while not all(Path(ready + t).exists() for t in tags):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [l.read_text() for l in logs]
+        time.sleep(0.05)
+    return procs, logs, go
+
+
+def test_two_concurrent_runs_with_different_classes_one_proceeds(persistent, images, tmp_path):
+    ds = persistent("claim", images)
+    body = """
+        barrier()
         try:
-            s = apply(ds, classes, masks="disk", mask_dir={masks!r}, batch_size=1, **{opts!r})
+            s = apply(fo.load_dataset({name!r}), sys.argv[2].split(","), masks="disk", mask_dir={masks!r},
+                      batch_size=1, **{opts!r})
         except Exception as exc:
             print("REFUSED", type(exc).__name__, exc)
             sys.exit(2)
         print("LABELLED", s.num_labeled, s.config_id)
     """
-    code = script.format(name=ds.name, ready=str(tmp_path / "ready"), go=str(go), masks=str(tmp_path / "m"), opts=OPTS)
-    logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), cls, tag],
-                              stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=os.environ.copy())
-             for cls, tag, log in ((",".join(CLASSES), "a", logs[0]), ("dog,cat", "b", logs[1]))]
-    deadline = time.monotonic() + 180
-    while not all((tmp_path / f"ready{t}").exists() for t in "ab"):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [l.read_text() for l in logs]
-        time.sleep(0.05)
+    procs, logs, go = _workers(tmp_path, body, ["a", "b"], args={"a": [",".join(CLASSES)], "b": ["dog,cat"]},
+                               name=ds.name, masks=str(tmp_path / "m"), opts=OPTS)
     go.touch()
     codes = [p.wait(timeout=300) for p in procs]
     outs = [l.read_text() for l in logs]
@@ -274,28 +306,11 @@ def test_overwrite_of_the_original_keeps_the_masks_its_clone_uses(fo_dataset, im
 
 def test_apply_and_apply_model_at_once_on_one_field_one_refuses(persistent, images, tmp_path):
     ds = persistent("am-race", images)
-    go = tmp_path / "go"
-    script = """
-        import os, sys, time
-        import fiftyone as fo
-        from fiftyone_cass.fo.apply import AutoLabelRun, apply
-        from fiftyone_cass.fo.model import CassModel
-        slow = AutoLabelRun._write_batch
-        def write(self, batch, outputs):  # long enough for the two runs to overlap
-            time.sleep(0.4)
-            return slow(self, batch, outputs)
-        AutoLabelRun._write_batch = write
-        seg = CassModel.segment
-        def segment(self, *a, **k):
-            time.sleep(0.4)
-            return seg(self, *a, **k)
-        CassModel.segment = segment
+    body = """
         ds = fo.load_dataset({name!r})
-        model = CassModel(["car", "tree"], **{opts!r}) if sys.argv[1] == "model" else None
+        model = CassModel(["car", "tree"], **{opts!r}) if TAG == "model" else None
         run = AutoLabelRun(ds, {classes!r}, masks="disk", mask_dir={masks!r}, batch_size=1, **{opts!r})
-        open({ready!r} + sys.argv[1], "w").close()
-        while not os.path.exists({go!r}):
-            time.sleep(0.02)
+        barrier()
         try:
             if model is None:
                 s = run.run()
@@ -307,16 +322,8 @@ def test_apply_and_apply_model_at_once_on_one_field_one_refuses(persistent, imag
             print("REFUSED", type(exc).__name__, exc)
             sys.exit(2)
     """
-    code = script.format(name=ds.name, ready=str(tmp_path / "ready"), go=str(go), masks=str(tmp_path / "m"),
-                         opts=OPTS, classes=CLASSES)
-    logs = [tmp_path / "apply.log", tmp_path / "model.log"]
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), tag], stdout=open(log, "wb"),
-                              stderr=subprocess.STDOUT, env=os.environ.copy())
-             for tag, log in (("apply", logs[0]), ("model", logs[1]))]
-    deadline = time.monotonic() + 180
-    while not all((tmp_path / f"ready{t}").exists() for t in ("apply", "model")):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [l.read_text() for l in logs]
-        time.sleep(0.05)
+    procs, logs, go = _workers(tmp_path, body, ["apply", "model"], slow_segment=True, name=ds.name,
+                               masks=str(tmp_path / "m"), opts=OPTS, classes=CLASSES)
     go.touch()
     codes = [p.wait(timeout=300) for p in procs]
     outs = [l.read_text() for l in logs]
@@ -366,3 +373,140 @@ def test_apply_model_never_replaces_labels_of_other_settings(fo_dataset, images,
     finally:
         claim.release()
     assert not ds.has_sample_field("fresh")
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 24 item 4: the dataset, some samples or the mask folder deleted while a run labels them
+# ------------------------------------------------------------------------------------------------
+CLI_TINY = ["--backbone", "tiny", "--device", "cpu", "--method", "cass", "--batch-size", "2",
+            "-o", "mode=whole", "-o", "short_side=64", "-o", "long_side=128", "-o", "bg_rule=none"]
+_CLI_BODY = """
+    code = cli.main(["label", {name!r}, "--classes", "dog, cat", "--masks", "disk", "--mask-dir", {masks!r},
+                     *{opts!r}])
+    print("EXIT", code)
+    sys.exit(code)
+"""
+
+
+def _pngs(folder: Path):
+    return sorted(f for f in os.listdir(folder) if f.endswith(".png")) if folder.is_dir() else []
+
+
+def _pause_mid_run(persistent, images, tmp_path, prefix):
+    """A ``label`` command in another process on a persistent dataset of 6 samples (batches of 2),
+    stopped after its first batch is saved."""
+    ds = persistent(prefix, images)
+    masks = tmp_path / "m"
+    procs, logs, go = _workers(tmp_path, _CLI_BODY, ["w"], pause_after=1, name=ds.name, masks=str(masks),
+                               opts=CLI_TINY)
+    assert len(_pngs(masks / "cass")) == 2 and len(ds.exists("cass")) == 2
+    return ds, masks, procs[0], logs[0], go
+
+
+def test_a_dataset_deleted_mid_run_stops_the_run_and_leaves_no_mask_file(persistent, images, tmp_path):
+    ds, masks, proc, log, go = _pause_mid_run(persistent, images, tmp_path, "gone-ds")
+    name = ds.name
+    fo.delete_dataset(name)
+    go.touch()
+    code, out = proc.wait(timeout=300), log.read_text()
+    assert code == 1, out
+    assert f"dataset {name!r} was deleted while it was being labelled" in out, out
+    assert "labelled now" not in out and "internal error" not in out and "Traceback" not in out, out
+    assert _pngs(masks / "cass") == []  # the files of the deleted dataset's samples are removed
+
+
+def test_samples_deleted_mid_run_are_reported_and_get_no_mask_file(persistent, images, tmp_path):
+    ds, masks, proc, log, go = _pause_mid_run(persistent, images, tmp_path, "gone-samples")
+    gone = ds.exists("cass", False).take(3, seed=1).values("id")
+    ds.delete_samples(gone)
+    go.touch()
+    code, out = proc.wait(timeout=300), log.read_text()
+    assert code == 1, out
+    assert "3 sample(s) were deleted from the dataset during the run" in out, out
+    assert "3 labelled now" in out, out
+    ds.reload()
+    assert len(ds) == 3 and len(ds.exists("cass")) == 3
+    # every mask file is one that a label points at: none for the deleted samples
+    assert _pngs(masks / "cass") == sorted(os.path.basename(p) for p in ds.values("cass.mask_path"))
+    assert all(is_valid_png(p) for p in ds.values("cass.mask_path"))
+
+
+def test_a_mask_folder_removed_mid_run_stops_the_run_and_no_label_points_at_a_missing_file(
+        persistent, images, tmp_path):
+    import shutil
+
+    ds, masks, proc, log, go = _pause_mid_run(persistent, images, tmp_path, "gone-masks")
+    shutil.rmtree(masks / "cass")
+    go.touch()
+    code, out = proc.wait(timeout=300), log.read_text()
+    assert code == 1, out
+    assert f"the mask folder {str(masks / 'cass')!r} was removed during the run" in out, out
+    assert "Traceback" not in out, out
+    ds.reload()
+    for p in ds.exists("cass").values("cass.mask_path"):
+        assert is_valid_png(p), p  # no label points at a missing file
+    assert _pngs(masks / "cass") == sorted(os.path.basename(p) for p in ds.exists("cass").values("cass.mask_path"))
+    assert cli.main(["label", ds.name, "--classes", "dog, cat", "--masks", "disk", "--mask-dir", str(masks),
+                     *CLI_TINY]) == 0  # a rerun finishes the job
+    ds.reload()
+    assert len(ds.exists("cass")) == 6 and all(is_valid_png(p) for p in ds.values("cass.mask_path"))
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 24 item 5: resume decides "done" from a mask that fits the image and the vocabulary
+# ------------------------------------------------------------------------------------------------
+def _image_size(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size[::-1]  # (height, width)
+
+
+def test_resume_relabels_masks_of_the_wrong_size_or_values_and_symlinks(fo_dataset, images, tmp_path):
+    from PIL import Image
+
+    masks = tmp_path / "masks"
+    ds = add_samples(fo_dataset("resume-png"), images[:4])
+    apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
+    a, b, c, d = list(ds)
+    Image.fromarray(np.zeros((5, 7), np.uint8)).save(a.cass.mask_path)  # a valid PNG of the wrong size
+    wrong = np.full(_image_size(b.filepath), 9, np.uint8)  # the right size, a value outside mask_targets
+    Image.fromarray(wrong).save(b.cass.mask_path)
+    elsewhere = tmp_path / "copy.png"  # c's own (valid) mask, reached through a symbolic link
+    os.replace(c.cass.mask_path, elsewhere)
+    os.symlink(elsewhere, c.cass.mask_path)
+    s = apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
+    assert (s.num_labeled, s.num_already_done) == (3, 1)
+    ds.reload()
+    targets = set(ds.mask_targets["cass"])
+    for smp in ds:
+        m = read_mask(smp.cass)
+        assert m.shape == _image_size(smp.filepath) and set(np.unique(m)) <= targets
+        assert not os.path.islink(smp.cass.mask_path)
+    assert ds[d.filepath].cass.mask_path == d.cass.mask_path  # the good one was kept
+
+
+def test_a_sample_whose_filepath_changed_is_not_done(fo_dataset, images, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    masks = tmp_path / "masks"
+    ds = add_samples(fo_dataset("resume-path"), images[:2])
+    apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
+    first, second = list(ds)
+    first.filepath = images[5]  # another image, of another size
+    first.save()
+    same_size = tmp_path / "same-size.png"  # another image of the same size as the second one
+    arr = np.asarray(Image.open(second.filepath).convert("RGB"))[::-1].copy()
+    Image.fromarray(arr).save(same_size)
+    second.filepath = str(same_size)
+    second.save()
+    s = apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
+    assert (s.num_labeled, s.num_already_done) == (2, 0)
+    ds.reload()
+    for smp in ds:
+        assert read_mask(smp.cass).shape == _image_size(smp.filepath)
+    again = apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
+    assert (again.num_labeled, again.num_already_done) == (0, 2)
+    shutil.rmtree(masks)

@@ -217,3 +217,31 @@ def test_classes_that_are_not_texts_are_refused_not_renamed(classes, match):
     with pytest.raises(InvalidInputError, match=match):
         Vocabulary.from_classes(classes)
     assert Vocabulary.from_classes(("dog", "cat")).classes == Vocabulary.from_classes(iter(["dog", "cat"])).classes
+
+
+# issue 24 item 6: names compared as open_clip's tokenizer sees them; control characters refused
+@pytest.mark.parametrize("a, b", [("fish", "\ufb01sh"), ("cat", "\uff43\uff41\uff54"), ("caf\u00e9", "caf\u00c3\u00a9"),
+                                  ("dog", "&#100;og"), ("dog", "DOG"), ("hot dog", "hot  dog")])
+def test_names_the_tokenizer_reads_as_one_are_refused_as_duplicates(a, b):
+    import open_clip
+
+    tok = open_clip.get_tokenizer("ViT-B-16")
+    assert tok.encode(a) == tok.encode(b)  # what the text encoder would see: one name
+    with pytest.raises(InvalidInputError, match=r"duplicate class name .*classes 1 and 2"):
+        Vocabulary.from_classes([a, b])
+    with pytest.raises(InvalidInputError, match="duplicate synonym"):
+        Vocabulary.from_classes([f"{a}, {b}"])
+    with pytest.raises(InvalidInputError, match="background word"):
+        Vocabulary.from_classes([a], background=[b])
+
+
+@pytest.mark.parametrize("name", ["ca\x00t", "cat\x1b", "\x1b[31mred", "do\x7fg"])
+def test_control_characters_in_a_name_are_refused(name):
+    with pytest.raises(InvalidInputError, match=r"control character U\+00[0-9A-F]{2}") as e:
+        Vocabulary.from_classes(["dog", name] if "dog" not in name else ["cat", name])
+    assert repr(name) in str(e.value)
+
+
+def test_names_with_other_tokens_stay_two_classes():
+    v = Vocabulary.from_classes(["dog", "do g", "dogs", "caf\u00e9", "cafe"])
+    assert v.names[1:] == ["dog", "do g", "dogs", "caf\u00e9", "cafe"]

@@ -28,12 +28,13 @@ import fiftyone as fo
 import fiftyone.operators as foo
 from fiftyone.operators import types
 
-from fiftyone_cass.models.presets import PRESETS
-from fiftyone_cass.errors import InvalidInputError, WeightsUnavailableError
-from fiftyone_cass.models.segmenter import options_from_json
+from fiftyone_cass.models.backbones import BACKBONES as BACKBONE_RECORDS, backbone_names
+from fiftyone_cass.errors import InvalidInputError, WeightsUnavailableError, kw
+from fiftyone_cass.models.vocabulary import vocabulary_of
 from fiftyone_cass.models.weights import ensure_weights
-from fiftyone_cass.config.schema import choices_of, coerce_settings, setting_fields, setting_is_optional, setting_type, split_settings
-from fiftyone_cass.config.settings import DEFAULT_PRESENCE_THRESHOLD, DISK_THRESHOLD, LabelSettings, format_field, label_setting_names
+from fiftyone_cass.config.schema import choices_of, coerce_settings, setting_fields, setting_is_optional, setting_type
+from fiftyone_cass.config.settings import (DEFAULT_PRESENCE_THRESHOLD, GROUP_TITLES, LabelSettings, build_settings,
+                                           format_field, label_setting_names)
 from fiftyone_cass.app.support import AUTO_LABEL_FIELDS, FormError, form_message
 from fiftyone_cass.fo.apply import AutoLabelRun, check_threshold, default_tag_prefix, recorded_tag_prefix, retag, run_key_for
 
@@ -42,10 +43,10 @@ logger = logging.getLogger(__name__)
 PLUGIN_NAME = "@fiftyone-cass/cass"
 AUTO_LABEL_URI = f"{PLUGIN_NAME}/auto_label"
 RETAG_URI = f"{PLUGIN_NAME}/retag_presence"
-#: backbones offered in the form; the test-only ones ("tiny", "random-base": random weights) are
-#: accepted from Python/CLI but not offered
-BACKBONES = ("openai",)
-TEST_BACKBONES = ("random-base", "tiny")
+#: backbones offered in the form, from the one registry (models/backbones.py); the test-only ones
+#: (random weights: "tiny*", "random-base") are accepted from Python/CLI but not offered
+BACKBONES = backbone_names(include_test=False)
+TEST_BACKBONES = tuple(n for n in backbone_names() if n not in BACKBONES)
 #: immediate runs on larger targets default to delegated execution in the App
 DELEGATE_FROM = 100
 _MISSING = object()
@@ -90,13 +91,22 @@ def _dropdown(inputs, name, values, default, label, description=None, required=F
                        description=description, view=view)
 
 
+def form_classes(value):
+    """The "Class names" text area's value as the ``classes`` setting: several lines are one
+    class each (a line ``animal, cat, dog`` is one class with synonyms; lines are never merged);
+    a single line is comma-separated classes; a list (Python callers) is class lines as given."""
+    if not isinstance(value, str):
+        return value
+    lines = [line.strip() for line in value.splitlines() if line.strip()]
+    return lines if len(lines) > 1 else (lines[0] if lines else value)
+
+
 def auto_label_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
     """Operator params -> :func:`~.apply.apply` keyword arguments: every
-    :class:`~fiftyone_cass.config.settings.LabelSettings` field the form (or a Python caller) gave, the
-    vocabulary of the chosen source, and the Segmenter options of the JSON input. Values are
-    checked by the run itself (one checker for every entry point)."""
+    :class:`~fiftyone_cass.config.settings.LabelSettings` field the form (or a Python caller) gave,
+    the vocabulary of the chosen source (:func:`form_classes`) and the Segmenter options (the
+    JSON input, a dict from Python). Values are checked once, when the run's settings are built."""
     p = params
-    source = p.get("class_source") or ("gt_field" if p.get("gt_field") else "preset" if p.get("preset") else "classes")
     kw: Dict[str, Any] = {}
     for name in label_setting_names():
         if name in _VOCABULARY or name not in p:
@@ -104,21 +114,28 @@ def auto_label_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
         if p[name] is None and not _optional(name):
             continue  # a cleared input: the default
         kw[name] = p[name]
-    if source == "gt_field":
-        kw["gt_field"] = p.get("gt_field")
-    elif source == "preset":
-        kw["preset"] = p.get("preset")
-    else:
-        classes = p.get("classes")
-        if isinstance(classes, str) and "\n" in classes:  # one class (with ", " synonyms) per line
-            classes = [line.strip() for line in classes.split("\n") if line.strip()]
-        kw["classes"] = classes
-    kw.update(options_from_json(p.get("options")))
+    source = _source(p)
+    kw[source] = _classes_param(p) if source == "classes" else p.get(source)
     return kw
+
+
+def _classes_param(params):
+    """The ``classes`` setting of the params: the class lines a Python caller gave as a list
+    (``class_lines``), else the text area's text (:func:`form_classes`)."""
+    if params.get("class_lines"):
+        return json.loads(params["class_lines"])
+    return form_classes(params.get("classes"))
 
 
 _SETTINGS = setting_fields(LabelSettings)
 _VOCABULARY = ("classes", "preset", "gt_field")
+#: the form's sections, in order (the settings' ``group``)
+_GROUPS = ("vocabulary", "output", "model")
+
+
+def _source(params) -> str:
+    p = params
+    return p.get("class_source") or ("gt_field" if p.get("gt_field") else "preset" if p.get("preset") else "classes")
 
 
 def _optional(name: str) -> bool:
@@ -126,9 +143,11 @@ def _optional(name: str) -> bool:
 
 
 def _add_setting(ctx, inputs, name: str, default: Any = _MISSING, choices=None, **overrides):
-    """The form input of :class:`~fiftyone_cass.config.settings.LabelSettings` field ``name``: its type,
-    label, help text, default and allowed values come from the declaration; a value outside them
-    marks the input invalid with the checker's message."""
+    """The form input of :class:`~fiftyone_cass.config.settings.LabelSettings` field ``name``,
+    generated from its declaration: type, label, help text, default, choices (a dropdown, or radio
+    buttons where it declares ``form_choices``), ranges (``min``/``max``), a text area where the
+    value is a list of lines (``multiline``). A value outside the declaration marks the input
+    invalid with the checker's message in the form's words."""
     f = _SETTINGS[name]
     meta = f.metadata
     kw = dict(label=meta.get("label", name), description=meta.get("help"))
@@ -137,7 +156,12 @@ def _add_setting(ctx, inputs, name: str, default: Any = _MISSING, choices=None, 
     value = format_field(value, ctx.params.get("label_field") or LabelSettings.label_field) if isinstance(value, str) else value
     choices = choices if choices is not None else choices_of(meta)
     base = setting_type(LabelSettings, name)
-    if choices is not None:
+    if meta.get("form_choices"):
+        radio = types.RadioGroup()
+        for v, label, description in meta["form_choices"]:
+            radio.add_choice(v, label=label, description=description)
+        prop = inputs.enum(name, radio.values(), default=value, view=radio, **kw)
+    elif choices is not None:
         prop = _dropdown(inputs, name, [c for c in choices], value, kw.pop("label"), **kw)
     elif base is bool:
         prop = inputs.bool(name, default=value, **kw)
@@ -145,9 +169,16 @@ def _add_setting(ctx, inputs, name: str, default: Any = _MISSING, choices=None, 
         prop = inputs.int(name, default=value, min=meta.get("min"), max=meta.get("max"), **kw)
     elif base is float:
         prop = inputs.float(name, default=value, min=meta.get("min"), max=meta.get("max"), **kw)
+    elif meta.get("multiline"):
+        prop = inputs.str(name, default=value, view=types.TextFieldView(multiline=True, rows=4), **kw)
     else:
         prop = inputs.str(name, default=value, **kw)
     return _check_given(ctx, prop, name)
+
+
+def _mark(prop, exc: BaseException) -> None:
+    prop.invalid = True
+    prop.error_message = form_message(exc, AUTO_LABEL_FIELDS)
 
 
 def _check_given(ctx, prop, name: str):
@@ -158,14 +189,134 @@ def _check_given(ctx, prop, name: str):
         try:
             coerce_settings(LabelSettings, {name: given})
         except InvalidInputError as exc:
-            prop.invalid = True
-            # the input shows its help text already: the message ends at what is allowed
-            help_text = _SETTINGS[name].metadata.get("help")
-            text = str(exc)
-            if help_text and text.endswith(f" ({help_text})"):
-                text = text[: -len(help_text) - 3]
-            prop.error_message = form_message(InvalidInputError(text), AUTO_LABEL_FIELDS)
+            _mark(prop, exc)
     return prop
+
+
+def _check_vocabulary(ctx, prop) -> None:
+    """The typed classes checked as the run will (duplicates, empty names, 'background', a
+    background word that is a class, names too long for CLIP): an invalid "Class names" input
+    before Execute, the user's text kept."""
+    from fiftyone_cass.models.vocabulary import Vocabulary
+
+    text = ctx.params.get("classes")
+    if text is None or prop.invalid:
+        return
+    if not str(text).strip():
+        prop.invalid = True
+        prop.error_message = "Type at least one class name"
+        return
+    try:
+        background = coerce_settings(LabelSettings, {"background": ctx.params.get("background")})["background"]
+    except InvalidInputError:
+        background = None  # the background input says so
+    try:
+        Vocabulary.from_classes(_classes_param(ctx.params), background)
+    except InvalidInputError as exc:
+        _mark(prop, exc.prefixed(f"{kw('classes')}: "))
+
+
+def _check_label_field(ds, prop, label_field: str) -> bool:
+    """An existing label field must be a Segmentation field (invalid input otherwise). Returns
+    whether the field exists and can be written."""
+    if prop.invalid or not ds.has_sample_field(label_field):
+        return False
+    f = ds.get_field(label_field)
+    if isinstance(f, fo.EmbeddedDocumentField) and issubclass(f.document_type or object, fo.Segmentation):
+        return True
+    what = f.document_type.__name__ if isinstance(f, fo.EmbeddedDocumentField) and f.document_type else type(f).__name__
+    _mark(prop, InvalidInputError(f"{kw('label_field')} {label_field!r} exists and holds {what}, not Segmentation "
+                                  "labels: choose another"))
+    return False
+
+
+def _vocabulary_inputs(ctx, inputs) -> None:
+    """Where the classes come from (exactly one of the three vocabulary settings, a radio of
+    their labels) and the chosen one's input, then the background words of a free vocabulary."""
+    ds = ctx.dataset
+    radio = types.RadioGroup()
+    radio.add_choice("classes", label=_SETTINGS["classes"].metadata["label"],
+                     description="Type the classes: one per line, or comma separated on one line")
+    radio.add_choice("gt_field", label="Classes of a ground-truth field",
+                     description=_SETTINGS["gt_field"].metadata["help"])
+    radio.add_choice("preset", label=_SETTINGS["preset"].metadata["label"],
+                     description=_SETTINGS["preset"].metadata["help"])
+    inputs.enum("class_source", radio.values(), default="classes", label="Classes", view=radio)
+    source = _source(ctx.params)
+    if source == "classes":
+        prop = _add_setting(ctx, inputs, "classes", required=True,
+                            description="One class per line; a line 'animal, cat, dog' is one class with synonyms "
+                                        "(or one line of comma-separated classes: dog, frisbee, person)")
+        _check_vocabulary(ctx, prop)
+    elif source == "gt_field":
+        gts = _gt_fields(ds)
+        if not gts:
+            inputs.view("no_gt", types.Warning(label="No Segmentation field with integer mask_targets",
+                                               description="Set dataset.mask_targets[field] first"))
+        else:
+            default_gt = _default_gt_field(ds, gts, ctx.params.get("label_field") or "cass")
+            _add_setting(ctx, inputs, "gt_field", default=default_gt, choices=gts, required=True)
+    else:
+        _add_setting(ctx, inputs, "preset", default="coco_object", required=True)
+    prop = _add_setting(ctx, inputs, "background")
+    if source == "preset" and ctx.params.get("background") not in (None, "") and not prop.invalid:
+        try:  # the one check of the Segmenter: a preset has its own background
+            vocabulary_of(None, ctx.params.get("preset") or "coco_object",
+                          coerce_settings(LabelSettings, {"background": ctx.params["background"]})["background"])
+        except InvalidInputError as exc:
+            _mark(prop, exc)
+
+
+def _output_inputs(ctx, inputs) -> None:
+    ds = ctx.dataset
+    label_field = ctx.params.get("label_field") or LabelSettings.label_field
+    prop = _add_setting(ctx, inputs, "label_field", required=True)
+    if _check_label_field(ds, prop, label_field):
+        _add_setting(ctx, inputs, "skip_existing")
+        _add_setting(ctx, inputs, "overwrite", label=f"Overwrite existing labels in '{label_field}'")
+        if not (ctx.params.get("overwrite") or ctx.params.get("skip_existing")):
+            inputs.view("field_exists", types.Notice(
+                label=f"Field '{label_field}' exists: a run with its settings resumes it; other settings "
+                      "need “Overwrite existing labels” or “Skip samples that already have labels”"))
+    for name in _group_fields("output"):
+        if name in ("label_field", "skip_existing", "overwrite"):
+            continue
+        if name == "mask_dir" and (ctx.params.get("masks") or "auto") == "database":
+            continue
+        _add_setting(ctx, inputs, name)
+
+
+def _model_inputs(ctx, inputs) -> None:
+    chosen = ctx.params.get("backbone")
+    if os.environ.get("FIFTYONE_CASS_FORM_TEST_BACKBONES", "").lower() in ("1", "true", "yes", "on"):
+        backbones = list(BACKBONES) + list(TEST_BACKBONES)  # the browser test's server offers them
+    else:
+        backbones = list(BACKBONES) + ([chosen] if chosen in TEST_BACKBONES else [])  # Python callers' test models
+    devices = _devices()
+    dev = ctx.params.get("device")
+    if dev and dev not in devices:
+        devices.append(dev)
+    dynamic = {  # choices known only on the server
+        "backbone": dict(choices=backbones,
+                         description=BACKBONE_RECORDS[chosen if chosen in BACKBONE_RECORDS else "openai"].description),
+        "device": dict(default="auto", choices=devices),
+    }
+    for name in _group_fields("model"):
+        _add_setting(ctx, inputs, name, **dynamic.get(name, {}))
+
+
+def _group_fields(group: str):
+    """The form's settings of ``group``, in declaration order."""
+    return [n for n, f in _SETTINGS.items()
+            if f.metadata.get("group") == group and f.metadata.get("form") is not False and n not in _VOCABULARY]
+
+
+def auto_label_form(ctx, inputs) -> None:
+    """The auto_label form's settings, generated from their declarations, in sections (the
+    settings' groups): vocabulary, output, model."""
+    for group, add in zip(_GROUPS, (_vocabulary_inputs, _output_inputs, _model_inputs)):
+        inputs.view(f"section_{group}", types.HeaderView(label=GROUP_TITLES[group], divider=True))
+        add(ctx, inputs)
 
 
 class AutoLabel(foo.Operator):
@@ -213,73 +364,7 @@ class AutoLabel(foo.Operator):
             selected_samples_description="Label the selected samples",
             require_flat=True,
         )
-        ds = ctx.dataset
-
-        radio = types.RadioGroup()
-        radio.add_choice("classes", label="Class names", description="Type the classes (comma or new-line separated)")
-        radio.add_choice("gt_field", label="Classes of a ground-truth field",
-                         description="Use the mask_targets of a Segmentation field, so that label ids match it")
-        radio.add_choice("preset", label="Preset", description="A published benchmark vocabulary and protocol")
-        inputs.enum("class_source", radio.values(), default="classes", label="Classes", view=radio)
-        source = ctx.params.get("class_source") or "classes"
-        if source == "classes":
-            prop = inputs.str("classes", required=True, label="Class names",
-                              description="e.g. dog, frisbee, person (one class per line to give synonyms: 'person, people')")
-            if ctx.params.get("classes") is not None and not str(ctx.params.get("classes")).strip():
-                prop.invalid = True
-                prop.error_message = "Type at least one class name"
-        elif source == "gt_field":
-            gts = _gt_fields(ds)
-            if not gts:
-                inputs.view("no_gt", types.Warning(label="No Segmentation field with integer mask_targets",
-                                                   description="Set dataset.mask_targets[field] first"))
-            else:
-                default_gt = _default_gt_field(ds, gts, ctx.params.get("label_field") or "cass")
-                _dropdown(inputs, "gt_field", gts, default_gt, "Ground-truth field", required=True,
-                          description="Predicted ids will equal this field's mask_targets ids")
-        else:
-            _dropdown(inputs, "preset", sorted(PRESETS), "coco_object", "Preset", required=True)
-
-        label_field = ctx.params.get("label_field") or "cass"
-        prop = _add_setting(ctx, inputs, "label_field", required=True)
-        if not prop.invalid and ds.has_sample_field(label_field):
-            _add_setting(ctx, inputs, "skip_existing")
-            _add_setting(ctx, inputs, "overwrite", label=f"Overwrite existing labels in '{label_field}'")
-            if not (ctx.params.get("overwrite") or ctx.params.get("skip_existing")):
-                inputs.view("field_exists", types.Notice(
-                    label=f"Field '{label_field}' exists: a run with its settings resumes it; other settings "
-                          "need “Overwrite existing labels” or “Skip samples that already have labels”"))
-
-        _add_setting(ctx, inputs, "method")
-        chosen = ctx.params.get("backbone")
-        if os.environ.get("FIFTYONE_CASS_FORM_TEST_BACKBONES", "").lower() in ("1", "true", "yes", "on"):
-            backbones = list(BACKBONES) + list(TEST_BACKBONES)  # the browser test's server offers them
-        else:
-            backbones = list(BACKBONES) + ([chosen] if chosen in TEST_BACKBONES else [])  # Python callers' test models
-        _add_setting(ctx, inputs, "backbone", choices=backbones,
-                     description="The published CLIP ViT-B/16 (OpenAI) + DINO ViT-B/8 weights")
-        devices = _devices()
-        dev = ctx.params.get("device")
-        if dev and dev not in devices:
-            devices.append(dev)
-        _add_setting(ctx, inputs, "device", default="auto", choices=devices)
-        _add_setting(ctx, inputs, "batch_size")
-        _add_setting(ctx, inputs, "precision")
-
-        masks = types.RadioGroup()
-        masks.add_choice("auto", label="Auto", description=f"On disk from {DISK_THRESHOLD} samples on, else in the database")
-        masks.add_choice("disk", label="On disk (PNG, mask_path)")
-        masks.add_choice("database", label="In the database")
-        _check_given(ctx, inputs.enum("masks", masks.values(), default=LabelSettings.masks,
-                                      label=_SETTINGS["masks"].metadata["label"], view=masks), "masks")
-        if (ctx.params.get("masks") or "auto") != "database":
-            _add_setting(ctx, inputs, "mask_dir")
-        for name in ("presence_field", "tag_prefix", "presence_threshold", "embeddings_field"):
-            _add_setting(ctx, inputs, name)
-        inputs.str("options", label=AUTO_LABEL_FIELDS["options"],
-                   description='Segmenter options, e.g. {"mode": "whole", "short_side": 448}')
-        _add_setting(ctx, inputs, "clip_checkpoint")
-        _add_setting(ctx, inputs, "dino_checkpoint")
+        auto_label_form(ctx, inputs)
         return types.Property(inputs, view=types.View(label="Auto-label segmentations (CASS)"))
 
     def execute(self, ctx):
@@ -293,17 +378,19 @@ class AutoLabel(foo.Operator):
 
     @staticmethod
     def _prepare(ctx) -> AutoLabelRun:
-        """Weights first (fails fast, naming the form's checkpoint fields, or the keyword arguments
-        for Python callers), then the run."""
-        kw = auto_label_kwargs(ctx.params)
+        """The run's settings, built and checked once (here: the request enters), then the weights
+        (fails fast; the error references the checkpoint settings, which the form names by its
+        fields, Python callers by their keywords), then the run with those settings."""
         python = bool(ctx.params.get("return_summary")) and not ctx.delegated
-        run, _ = split_settings(LabelSettings, kw)
+        settings = build_settings(LabelSettings, auto_label_kwargs(ctx.params))
         try:
-            ensure_weights(run.backbone, run.method, run.device, run.clip_checkpoint, run.dino_checkpoint,
-                           wording="python" if python else "form")
+            ensure_weights(settings.backbone, settings.method, settings.device, settings.clip_checkpoint,
+                           settings.dino_checkpoint, server=not python)
         except WeightsUnavailableError as exc:
-            raise FormError(str(exc)) from None
-        return AutoLabelRun(ctx.target_view(param_name="target", require_flat=True), **kw)
+            if python:
+                raise
+            raise FormError(form_message(exc, AUTO_LABEL_FIELDS)) from None
+        return AutoLabelRun(ctx.target_view(param_name="target", require_flat=True), settings=settings)
 
     def _execute_plain(self, ctx):
         """Delegated (and Python) execution: progress through ``ctx.set_progress`` (stored on the
@@ -419,8 +506,11 @@ class AutoLabel(foo.Operator):
         elif preset is not None:
             params.update(class_source="preset", preset=preset)
         else:
-            # a list travels as one class per line (so that ", " synonyms stay within their class)
-            params.update(class_source="classes", classes=classes if isinstance(classes, str) else "\n".join(classes) + "\n")
+            # a list of class lines travels as it is (", " synonyms stay within their class, a
+            # one-entry list stays one class), shown in the text area one per line
+            params.update(class_source="classes", classes=classes if isinstance(classes, str) else "\n".join(classes))
+            if not isinstance(classes, str):
+                params["class_lines"] = json.dumps(list(classes))
         if options:
             params["options"] = json.dumps(options)
         return _call(self.uri, sample_collection, params, delegate, delegation_target, selected)

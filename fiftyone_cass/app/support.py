@@ -1,7 +1,8 @@
 """What the FiftyOne App needs from the plugin beyond the library calls.
 
 * :func:`form_message`: an exception as one short message in the words of the operator's form
-  (field labels instead of Python keywords), for the App user;
+  (field labels instead of Python keywords, from the settings the error references:
+  :class:`FormWording`), for the App user;
 * :class:`FormError`: an error already in the form's words (the weights check,
   :func:`fiftyone_cass.models.weights.ensure_weights`, words its messages for the form);
 * :func:`show_labels_in_app`: makes a freshly written Segmentation field visible in the App, one
@@ -14,12 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from typing import Dict, Mapping, Optional
 
-from fiftyone_cass.errors import CassError
-from fiftyone_cass.models.segmenter import SegmenterOptions
+from fiftyone_cass.config.options import SegmenterOptions
+from fiftyone_cass.errors import CassError, Wording, render
 from fiftyone_cass.config.schema import setting_fields
 from fiftyone_cass.config.settings import LabelSettings
 
@@ -51,42 +51,38 @@ CHECKBOXES = {"overwrite", "skip_existing", "resize", "skip_missing"}
 MAX_MESSAGE = 600
 
 
+class FormWording(Wording):
+    """The library's setting references in a form's words: ``overwrite`` -> ``“Overwrite
+    existing labels”`` (its label), ``pass overwrite=True`` -> ``tick “Overwrite existing
+    labels”``, ``pass masks='database'`` -> ``set “Where masks go”``, a bad value -> ``“Batch
+    size” 0 is not allowed: an integer from 1 to 4096`` (the input shows its help text already).
+    Settings without a field in the form keep Python's words."""
+
+    def __init__(self, fields: Mapping[str, str]):
+        self.fields = fields
+
+    def name(self, name, value, verb):
+        if name not in self.fields:
+            return super().name(name, value, verb)
+        label = f"“{self.fields[name]}”"
+        if verb != "use":
+            return label
+        return ("tick " if name in CHECKBOXES else "set ") + label
+
+    def bad_value(self, err):
+        if err.setting not in self.fields:
+            return super().bad_value(err)
+        if err.setting in setting_fields(SegmenterOptions):  # typed in the JSON input: name the option
+            return f"“{self.fields[err.setting]}”: {err.setting}={err.value!r} is not allowed: {err.allowed}"
+        return f"“{self.fields[err.setting]}” {err.value!r} is not allowed: {err.allowed}"
+
+
 def form_message(exc: BaseException, fields: Mapping[str, str], action: str = "The run") -> str:
     """``exc`` as one short paragraph naming the form's fields (``“Label”``) where the library's
-    message names Python keywords (``overwrite=True``, ``gt_field 'x'``). Errors that are not the
-    library's own input/weights errors are prefixed with their type and point at the server log."""
-    msg = " ".join(str(exc).split()) or type(exc).__name__
-
-    def label(name: str) -> str:
-        return f"“{fields[name]}”"
-
-    # "pass overwrite=True to ..." -> "tick “Overwrite existing labels” to ..."
-    def on_true(m):
-        name = m.group(2)
-        return f"tick {label(name)}" if name in fields else m.group(0)
-
-    msg = re.sub(r"(pass )?\b([a-z_]+)=True\b", on_true, msg)
-
-    # the settings' checker: "option batch_size=0 is not allowed: ..." -> "“Batch size” 0 is not allowed: ..."
-    def on_option(m):
-        name = m.group(1)
-        return f"{label(name)} {m.group(2)} is not allowed" if name in fields else m.group(0)
-
-    msg = re.sub(r"\boption ([a-z_]+)=('[^']*'|\[[^\]]*\]|\"[^\"]*\"|\S+) is not allowed", on_option, msg)
-    # "resize='nearest'" / "classes=[...]" -> the field's label
-    def on_value(m):
-        name = m.group(2)
-        if name not in fields:
-            return m.group(0)
-        if not m.group(1):
-            return label(name)
-        return ("tick " if name in CHECKBOXES else "set ") + label(name)
-
-    msg = re.sub(r"(pass )?\b([a-z_]+)=(?:'[^']*'|\[[^\]]*\]|\"[^\"]*\"|[\w.]+)", on_value, msg)
-    # bare keywords with an underscore (gt_field, label_field, ...) are unambiguous
-    for name in sorted(fields, key=len, reverse=True):
-        if "_" in name:
-            msg = re.sub(rf"(?<![\w“]){re.escape(name)}(?![\w”])", label(name), msg)
+    error references settings (:class:`FormWording`; never parsed from its text). Errors that are
+    not the library's own input/weights errors are prefixed with their type and point at the
+    server log."""
+    msg = " ".join(render(exc, FormWording(fields)).split()) or type(exc).__name__
     if not isinstance(exc, (CassError, ValueError)):
         msg = f"{type(exc).__name__}: {msg} (details in the FiftyOne server log)"
     if len(msg) > MAX_MESSAGE:

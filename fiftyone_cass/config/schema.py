@@ -30,18 +30,27 @@ import numbers
 import typing
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.errors import InvalidInputError, SettingError
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 _NONE = ("none", "null", "")
 
 
-def setting(default: Any, help: str = "", **limits) -> Any:
-    """A dataclass field with a default, a help text and the limits of :func:`coerce_settings`."""
+def setting(default: Any, help: str = "", *, output: bool = True, **limits) -> Any:
+    """A dataclass field with a default, a help text and the limits of :func:`coerce_settings`.
+    ``output``: whether the setting changes what a run writes (masks, scores, embeddings); False
+    for memory, placement, batching, progress and device settings. The settings hash that marks
+    labels as done (``config_id``) is made of exactly the ``output`` settings
+    (:func:`output_settings`)."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults are not supported; use a tuple")
-    return dataclasses.field(default=default, metadata=dict(help=help, **limits))
+    return dataclasses.field(default=default, metadata=dict(help=help, output=bool(output), **limits))
+
+
+def output_settings(cls) -> Tuple[str, ...]:
+    """The names of the fields of ``cls`` declared as changing outputs (``setting(output=True)``)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("output", True))
 
 
 class _Bad(Exception):
@@ -150,6 +159,8 @@ def _coerce(tp, value, meta: Mapping[str, Any]):
     if meta.get("parse") is not None:
         try:
             return meta["parse"](value)
+        except InvalidInputError:  # a nested check (e.g. the Segmenter options) names its own setting
+            raise
         except (ValueError, TypeError):
             raise _Bad from None
     if origin is typing.Union and type(None) in args:
@@ -170,9 +181,10 @@ def _coerce(tp, value, meta: Mapping[str, Any]):
 
 def coerce_settings(cls, values: Mapping[str, Any], what: str = "option") -> Dict[str, Any]:
     """``values`` (a subset of the fields of dataclass ``cls``) converted to the fields' types and
-    checked against their metadata. Raises :class:`InvalidInputError` on an unknown name or a
-    value that is not allowed: ``"option short_side=0 is not allowed: an integer from 1 to 4096
-    (shorter image side after resizing)"``."""
+    checked against their metadata. Raises :class:`InvalidInputError` on an unknown name, and
+    :class:`~fiftyone_cass.errors.SettingError` (setting, value, what is allowed) on a value that
+    is not allowed: ``"option short_side=0 is not allowed: an integer from 1 to 4096 (shorter
+    image side after resizing)"``."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -185,11 +197,8 @@ def coerce_settings(cls, values: Mapping[str, Any], what: str = "option") -> Dic
         try:
             out[name] = _coerce(hints[name], value, f.metadata)
         except _Bad:
-            allowed = _describe(hints[name], f.metadata)
-            help_text = f.metadata.get("help")
-            raise InvalidInputError(
-                f"{what} {name}={value!r} is not allowed: {allowed}" + (f" ({help_text})" if help_text else "")
-            ) from None
+            raise SettingError(name, value, _describe(hints[name], f.metadata), f.metadata.get("help") or None,
+                               what) from None
     return out
 
 

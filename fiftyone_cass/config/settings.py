@@ -8,36 +8,55 @@ Three layers, each a dataclass of :func:`~fiftyone_cass.config.schema.setting` f
 * :class:`LabelSettings` -- a labelling run's additions (:func:`~fiftyone_cass.apply`: vocabulary
   source, fields, where masks go, resume/overwrite, shard).
 
-What the algorithm computes is :class:`~fiftyone_cass.SegmenterOptions` (``-o``/``--options``).
-The entry points are derived from these declarations: ``Segmenter(**kw)``, ``CassModel(**kw)``
-and ``apply(**kw)`` check their keywords here; the command line's flags
-(:func:`add_settings_arguments`, used by :mod:`fiftyone_cass.cli`) and the ``auto_label`` form's inputs
-(:mod:`fiftyone_cass.app.label_operators`) are generated from the fields; one checker
-(:func:`~fiftyone_cass.config.schema.coerce_settings`) turns any bad value into an error naming the
-setting, the value and what is allowed.
+What the algorithm computes is :class:`~fiftyone_cass.SegmenterOptions` (``-o``/``--options``,
+the ``options`` setting; :mod:`fiftyone_cass.config.options`).
 
-A new setting is one field here (with ``label`` for the App's form and ``group`` for the command
-line's help) and the code that uses it. Metadata keys beyond :mod:`fiftyone_cass.config.schema`'s:
-``label`` (the form's label), ``group`` (the command line's argument group), ``flag`` (False: no
-command-line flag), ``off_flag`` (a flag that sets the value to None, e.g. ``--no-tags``; ``off_help`` its help),
-``metavar``, ``hidden`` (a flag or input for tests only: not listed), ``form`` (False: not in the
-form).
+One settings object per request: where a request enters (the command line, the operator,
+``apply``, ``CassModel``, ``Segmenter``), :func:`build_settings` builds and checks it once (the
+device resolved, the Segmenter options merged into ``options``) and each layer hands it down
+unchanged (``settings=``; :func:`settings_for`). The command line's flags
+(:func:`add_settings_arguments`, used by :mod:`fiftyone_cass.cli`) and the ``auto_label`` form's
+inputs (:mod:`fiftyone_cass.app.label_operators`) are generated from the fields; one checker
+(:func:`~fiftyone_cass.config.schema.coerce_settings`) turns any bad value into a
+:class:`~fiftyone_cass.errors.SettingError` (the setting, the value, what is allowed), which each
+surface words itself.
+
+A new setting is one field here and the code that uses it. Every field declares ``output``
+(whether it changes what a run writes; the settings hash is made of exactly those:
+:func:`settings_hash_values`). Metadata keys beyond :mod:`fiftyone_cass.config.schema`'s:
+``label`` (the form's label), ``group`` (the form's section and the command line's argument group:
+:data:`GROUP_TITLES`), ``flag`` (False: no command-line flag), ``off_flag`` (a flag that sets the
+value to None, e.g. ``--no-tags``; ``off_help`` its help), ``metavar``, ``hidden`` (a flag or input
+for tests only: not listed), ``form`` (False: not in the form), ``multiline`` (the value is a list
+of lines: a text area), ``form_choices`` (``(value, label, description)``: radio buttons).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from fiftyone_cass.config.schema import setting, setting_fields
+import dataclasses
+
+from fiftyone_cass.config.options import SegmenterOptions, options_from_json
+from fiftyone_cass.config.schema import coerce_settings, make_settings, output_settings, setting, setting_fields
+from fiftyone_cass.errors import InvalidInputError
 from fiftyone_cass.fo.shards import validate_shard
 
 DEFAULT_METHOD = "cass+cdam"
+#: the settings' groups (``group`` metadata), in order: the form's sections and the command line's help
+GROUP_TITLES = {"vocabulary": "Vocabulary", "output": "Output", "model": "Model", "run": "Run"}
 DEFAULT_PRESENCE_THRESHOLD = 0.1
 #: target samples from which ``masks="auto"`` writes PNG files instead of database masks
 DISK_THRESHOLD = 1000
 #: sample fields a run never writes
 RESERVED_FIELDS = frozenset({"id", "_id", "filepath", "tags", "metadata", "media_type", "created_at", "last_modified_at"})
+
+
+def _backbones():
+    from fiftyone_cass.models.backbones import backbone_names  # the one registry (imported late)
+
+    return backbone_names()
 
 
 def _methods():
@@ -69,13 +88,13 @@ def resolve_device(device: Optional[str]) -> str:
     A CUDA device where CUDA is not available is an :class:`~fiftyone_cass.errors.InvalidInputError`."""
     import torch
 
-    from fiftyone_cass.errors import InvalidInputError
+    from fiftyone_cass.errors import kw
 
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"device={device!r}: CUDA is not available on this machine (use device='cpu')")
+        raise InvalidInputError(f"{kw('device', device)}: CUDA is not available on this machine (use {kw('device', 'cpu')})")
     return str(dev)
 
 
@@ -85,13 +104,12 @@ def parse_segmenter_options(json_text: Optional[str] = None, pairs: Sequence[str
     converted to the types of :class:`~fiftyone_cass.SegmenterOptions` and range-checked. An
     :class:`~fiftyone_cass.errors.InvalidInputError` names ``--options`` or ``-o`` and the option."""
     from fiftyone_cass.errors import InvalidInputError
-    from fiftyone_cass.models.segmenter import SegmenterOptions, options_from_json
     from fiftyone_cass.config.schema import coerce_settings
 
     try:
         given_json = options_from_json(json_text)
     except InvalidInputError as exc:  # "options must be a JSON object" -> "--options must be ..."
-        raise InvalidInputError(f"--{exc}") from None
+        raise exc.prefixed("--") from None
     out = coerce_settings(SegmenterOptions, given_json, what="--options")  # names --options itself
     given = {}
     for pair in pairs or ():
@@ -121,6 +139,11 @@ def _background(value):
     if not words or not all(words):
         raise ValueError(value)
     return words
+
+
+def _options(value) -> Dict[str, Any]:
+    """Segmenter options (a dict or a JSON object's text), each checked against its declaration."""
+    return coerce_settings(SegmenterOptions, options_from_json(value))
 
 
 def _field_name(value) -> str:
@@ -163,27 +186,35 @@ class EngineSettings:
     """How the Segmenter runs."""
 
     method: str = setting(DEFAULT_METHOD, "segmentation method (a family, optionally +cdam)", choices=_methods,
-                          label="Method", group="model")
-    backbone: str = setting("openai", "openai: the published CLIP ViT-B/16 (OpenAI) + DINO ViT-B/8 weights "
-                            "(tiny, random-base: random weights for tests)", label="Backbone", group="model", hidden=True)
+                          label="Method", group="model", output=True)
+    backbone: str = setting("openai", "a backbone record: openai (the published CLIP ViT-B/16 (OpenAI) + DINO "
+                            "ViT-B/8), openai-l14-prior, openai-dinov2 or openai-dinov3; `fiftyone-cass backbones` "
+                            "lists them with their weights (tiny*, random-base: random weights for tests)",
+                            choices=_backbones, label="Backbone", group="model", metavar="NAME", output=True)
     device: Optional[str] = setting(None, "auto (the first GPU if there is one, else the CPU), cpu, cuda, cuda:1, ...",
-                                    parse=_device, allowed="auto, cpu, cuda or cuda:N", label="Device", group="model")
+                                    parse=_device, allowed="auto, cpu, cuda or cuda:N", label="Device", group="model",
+                                    output=False)
     batch_size: int = setting(4, "images per forward pass and per save", min=1, max=4096, label="Batch size",
-                              group="model")
+                              group="model", output=False)
     window_batch: int = setting(32, "sliding windows per forward pass", min=1, max=4096, label="Windows per forward pass",
-                                group="model", form=False)
+                                group="model", form=False, output=False)
     precision: str = setting("fp32", "precision of the backbones (fp16 agrees with fp32 on >= 99.9% of pixels)",
-                             choices=("fp32", "fp16", "bf16"), label="Precision", group="model")
+                             choices=("fp32", "fp16", "bf16"), label="Precision", group="model", output=True)
     clip_checkpoint: Optional[str] = setting(None, "local open_clip ViT-B-16 OpenAI weights for offline machines "
-                                             "(or FIFTYONE_CASS_CLIP_CHECKPOINT)", label="CLIP checkpoint file",
-                                             group="model", metavar="FILE")
-    dino_checkpoint: Optional[str] = setting(None, "local DINO ViT-B/8 weights for offline machines "
-                                             "(or FIFTYONE_CASS_DINO_CHECKPOINT)", label="DINO checkpoint file",
-                                             group="model", metavar="FILE")
+                                             "(or FIFTYONE_CASS_CLIP_CHECKPOINT; the backbone's record names the file)", label="CLIP checkpoint file",
+                                             group="model", metavar="FILE", output=True)
+    dino_checkpoint: Optional[str] = setting(None, "local weights of the backbone's DINO (ViT-B/8, or its "
+                                             "DINOv2/DINOv3) for offline machines (or FIFTYONE_CASS_DINO_CHECKPOINT)", label="DINO checkpoint file",
+                                             group="model", metavar="FILE", output=True)
     background: Any = setting(None, "background words of a free vocabulary: none (background only from the "
                               "threshold), default (the reference's 26 words) or comma-separated words",
                               parse=_background, allowed="none, default or comma-separated words",
-                              label="Background words", group="vocabulary", metavar="none|default|WORDS")
+                              label="Background words", group="vocabulary", metavar="none|default|WORDS",
+                              output=True)
+    options: Any = setting(None, "Segmenter options (fiftyone_cass.SegmenterOptions fields) as a JSON object or a "
+                           'dict, e.g. {"mode": "whole", "short_side": 448}', parse=_options,
+                           allowed="a JSON object of Segmenter options", label="Advanced options (JSON)",
+                           group="model", flag=False, output=True)
 
 
 @dataclass
@@ -191,7 +222,7 @@ class ModelSettings(EngineSettings):
     """The FiftyOne model's additions."""
 
     presence_threshold: float = setting(DEFAULT_PRESENCE_THRESHOLD, "presence score from which a class is shown "
-                                        "and tagged", min=0, max=1, label="Presence threshold", group="output")
+                                        "and tagged", min=0, max=1, label="Presence threshold", group="output", output=False)
     # region voting (SPEC K.5): part of the settings hash when regions_field is set
     regions_field: Optional[str] = setting(None, "vote labels inside the regions of this field: fo.Detections with "
                                            "instance masks (SAM / SAM2 from FiftyOne's zoo) or an fo.Segmentation "
@@ -211,43 +242,113 @@ class LabelSettings(ModelSettings):
 
     classes: Any = setting(None, 'class names, comma separated ("dog, frisbee, person"); a class with synonyms '
                            "takes a line of its own (a list entry, a --classes-file line): \"person, people\"", label="Class names", group="vocabulary",
-                           allowed="class names")
+                           allowed="class names", multiline=True, output=True)
     preset: Optional[str] = setting(None, "a published benchmark vocabulary and protocol", choices=_presets,
-                                    label="Preset", group="vocabulary")
+                                    label="Preset", group="vocabulary", output=True)
     gt_field: Optional[str] = setting(None, "use the mask_targets of this ground-truth Segmentation field "
                                       "(predicted ids = its ids)", label="Ground-truth field", group="vocabulary",
-                                      metavar="FIELD")
+                                      metavar="FIELD", output=True)
     label_field: str = setting("cass", "the Segmentation field to write", parse=_field_name,
                                allowed="a plain field name, not a reserved one (" + ", ".join(sorted(RESERVED_FIELDS)) + ")",
-                               label="Label field", group="output")
+                               label="Label field", group="output", output=False)
     masks: str = setting("auto", f"disk: PNG files (mask_path); database; auto: files from {DISK_THRESHOLD} "
                          "target samples on or when a mask directory is given", parse=_masks,
                          allowed="auto, disk or database", label="Where masks go", group="output",
-                         metavar="auto|disk|database")
+                         metavar="auto|disk|database", output=False,
+                         form_choices=(("auto", "Auto", f"On disk from {DISK_THRESHOLD} samples on, else in the database"),
+                                       ("disk", "On disk (PNG, mask_path)", None), ("database", "In the database", None)))
     mask_dir: Optional[str] = setting(None, "root of the mask files (default <FiftyOne's default_dataset_dir>/"
                                       "fiftyone_cass_masks/<dataset>)", label="Mask directory", group="output",
-                                      metavar="DIR")
+                                      metavar="DIR", output=False)
     skip_existing: bool = setting(False, "leave samples that already have a valid label of any settings",
-                                  label="Skip samples that already have labels", group="output")
+                                  label="Skip samples that already have labels", group="output", output=False)
     overwrite: bool = setting(False, "replace labels made with other settings (a run with the same settings "
-                              "resumes by itself)", label="Overwrite existing labels", group="output")
+                              "resumes by itself)", label="Overwrite existing labels", group="output", output=False)
     presence_field: Optional[str] = setting("{label_field}_presence", "Classifications of the presence scores "
                                             "(none: neither scores nor tags)", parse=_template_field,
                                             allowed="a plain field name or none", label="Presence score field",
-                                            group="output", off_flag="--no-presence", off_help="write neither presence scores nor tags")
+                                            group="output", off_flag="--no-presence", off_help="write neither presence scores nor tags", output=False)
     tag_prefix: Optional[str] = setting("{label_field}", "sample tags <prefix>:<class> for classes at or above the "
                                         "presence threshold (none: no tags)", label="Tag prefix", group="output",
-                                        off_flag="--no-tags", off_help="no presence tags")
+                                        off_flag="--no-tags", off_help="no presence tags", output=False)
     error_field: Optional[str] = setting("{label_field}_error", "per-sample failure message (none: log only)",
                                          parse=_template_field, allowed="a plain field name or none",
-                                         label="Error field", group="output", form=False)
+                                         label="Error field", group="output", form=False, output=False)
     embeddings_field: Optional[str] = setting("{label_field}_embedding", "the global CLIP image embedding, for text "
                                               "search with FiftyOne Brain (none: not stored)", parse=_template_field,
                                               allowed="a plain field name or none", label="Image embedding field",
-                                              group="output", off_flag="--no-embeddings", off_help="do not store image embeddings")
+                                              group="output", off_flag="--no-embeddings", off_help="do not store image embeddings", output=False)
     shard: Any = setting(None, "this worker's part: the samples (and the files of a folder to import) whose file "
                          "path hashes to i mod N; run N workers with i = 0..N-1 on one dataset", parse=_shard,
-                         allowed="i/N with 0 <= i < N", label="Shard", group="run", metavar="i/N", form=False)
+                         allowed="i/N with 0 <= i < N", label="Shard", group="run", metavar="i/N", form=False, output=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# One settings object per request
+# ------------------------------------------------------------------------------------------------
+def build_settings(cls, values: Mapping[str, Any], what: str = "option"):
+    """The settings object of a request, built and checked once where it enters (the command
+    line, the operator, :func:`~fiftyone_cass.apply`, ``CassModel``, ``Segmenter``) and handed
+    down unchanged: an instance of ``cls`` (:class:`EngineSettings` or a subclass) from
+    ``values``, each value checked against its declaration; the names of ``values`` that are
+    not fields of ``cls`` are Segmenter options (merged into ``options``, checked too); the
+    device is resolved (``auto`` -> ``cuda``/``cpu``). Raises :class:`InvalidInputError`."""
+    names = setting_fields(cls)
+    mine = {k: v for k, v in values.items() if k in names}
+    rest = {k: v for k, v in values.items() if k not in names}
+    known = setting_fields(SegmenterOptions)
+    unknown = sorted(set(rest) - set(known))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown option(s): {', '.join(unknown)} (settings: {', '.join(names)}; "
+            f"Segmenter options: {', '.join(known)})")
+    options = dict(options_from_json(mine.pop("options", None)))
+    options.update(rest)
+    mine["options"] = options
+    out = make_settings(cls, mine, what)
+    out.device = resolve_device(out.device)
+    object.__setattr__(out, "_checked", True)
+    return out
+
+
+def settings_for(cls, settings, values: Mapping[str, Any]):
+    """The settings of an entry point that takes either a built settings object (``settings=``,
+    from the layer above: used as it is) or keywords (built here, :func:`build_settings`)."""
+    if settings is None:
+        return build_settings(cls, values)
+    if not isinstance(settings, cls):
+        raise InvalidInputError(f"settings must be a {cls.__name__}, not {type(settings).__name__}")
+    if values:
+        raise InvalidInputError(f"give settings=... or keywords, not both (got {', '.join(sorted(values))})")
+    if getattr(settings, "_checked", False):
+        return settings
+    return build_settings(type(settings), {f: getattr(settings, f) for f in setting_fields(type(settings))})
+
+
+def replace_settings(settings, **changes):
+    """A copy of a built settings object with ``changes`` (already checked values)."""
+    out = dataclasses.replace(settings, **changes)
+    object.__setattr__(out, "_checked", getattr(settings, "_checked", False))
+    return out
+
+
+def engine_values(settings) -> Dict[str, Any]:
+    """The :class:`EngineSettings` fields of a settings object of any layer."""
+    return {f: getattr(settings, f) for f in setting_fields(EngineSettings)}
+
+
+def settings_hash_values(settings, options: SegmenterOptions) -> Dict[str, Any]:
+    """What the settings hash of a run (``config_id``) is made of, besides the vocabulary's class
+    lines and ids (which stand for ``classes``/``preset``/``gt_field``/``background``): exactly the
+    :class:`EngineSettings` fields and the Segmenter ``options`` declared ``output=True``. A rerun
+    that changes only memory, placement, batching, progress or device has the same hash."""
+    import json
+
+    vocabulary = ("background", "options")
+    out = {n: getattr(settings, n) for n in output_settings(EngineSettings) if n not in vocabulary}
+    out["options"] = json.loads(json.dumps({n: getattr(options, n) for n in output_settings(SegmenterOptions)},
+                                           default=list))
+    return out
 
 
 def resolve_masks(masks: str, num_target: int, mask_dir: Optional[str] = None) -> str:
@@ -278,16 +379,19 @@ def add_settings_arguments(p, names: Sequence[str], titles: Dict[str, str]):
     Returns ``{group name: argument group}``."""
     import argparse
 
-    from fiftyone_cass.config.schema import choices_of, coerce_settings, setting_type
+    from fiftyone_cass.config.schema import choices_of, setting_type
+    from fiftyone_cass.errors import SettingError
 
     fields = setting_fields(LabelSettings)
     groups: Dict[str, Any] = {}
     for group in ("vocabulary", "model", "output", "run"):  # the help's order
-        if any(fields[n].metadata.get("group") == group for n in names):
+        if any(fields[n].metadata.get("group") == group and fields[n].metadata.get("flag") is not False for n in names):
             groups[group] = p.add_argument_group(titles.get(group, group))
     for name in names:
         f = fields[name]
         meta = f.metadata
+        if meta.get("flag") is False:
+            continue
         group = meta.get("group", "options")
         g = groups.get(group) or groups.setdefault(group, p.add_argument_group(titles.get(group, group)))
         flag = "--" + name.replace("_", "-")
@@ -300,8 +404,8 @@ def add_settings_arguments(p, names: Sequence[str], titles: Dict[str, str]):
 
             try:
                 return coerce_settings(LabelSettings, {name: text})[name]
-            except InvalidInputError as exc:  # argparse prints "argument --flag: <this>"
-                raise argparse.ArgumentTypeError(f"{text!r} is not allowed: {str(exc).partition(' is not allowed: ')[2]}") from None
+            except SettingError as exc:  # argparse prints "argument --flag: <this>"
+                raise argparse.ArgumentTypeError(f"{exc.value!r} is not allowed: {exc.allowed}") from None
 
         if setting_type(LabelSettings, name) is bool:
             g.add_argument(flag, dest=name, action="store_true", default=f.default, help=help_text)

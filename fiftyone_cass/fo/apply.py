@@ -19,9 +19,11 @@ Reliability (a run can be killed at any point and started again):
 
 * samples go through in batches: masks are written first (temp file + ``os.replace``, so a mask
   file is complete or absent), then the batch's samples are saved, the label field last;
-* every label records ``config_id``, a hash of the settings that determine the masks. A sample is
-  *done* when its label has the current ``config_id`` and its mask is present and valid (a PNG
-  with its end chunk, or a mask in the database). Running again with the same settings labels
+* every label records ``config_id``, a hash of the settings that determine the masks, and
+  ``source_filepath``, the image it was made from. A sample is *done* when its label has the
+  current ``config_id``, was made from the sample's current file path, and its mask is present
+  and valid: a mask in the database, or a PNG file (not a symbolic link, named for the sample) of
+  the image's size whose values are ids of the vocabulary's ``mask_targets`` (:func:`mask_fits`). Running again with the same settings labels
   only the samples that are not done, so a killed run resumes and a finished run is a no-op;
   nothing is labelled twice and no sample points at a missing or truncated mask file;
 * ``shard=(i, n)`` keeps the samples whose file path hashes to ``i`` modulo ``n``
@@ -65,12 +67,13 @@ import fiftyone.core.utils as fou
 from fiftyone import ViewField as F
 
 from fiftyone_cass.app.support import show_labels_in_app
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.errors import SOME_LIST, SOME_TEXT, InvalidInputError, RunAbortedError, SettingError, kw, use
 from fiftyone_cass.fileio import atomic_write, remove_orphaned_temp_files
 from fiftyone_cass.fo.shards import shard_index, validate_shard  # noqa: F401 - re-exported
 from fiftyone_cass.models.segmenter import Segmenter
-from fiftyone_cass.config.schema import coerce_settings, setting_fields, settings_doc, split_settings
-from fiftyone_cass.config.settings import DISK_THRESHOLD, RESERVED_FIELDS, LabelSettings, ModelSettings, format_field, resolve_masks  # noqa: F401
+from fiftyone_cass.config.schema import coerce_settings, settings_doc
+from fiftyone_cass.config.settings import (DISK_THRESHOLD, RESERVED_FIELDS, LabelSettings, ModelSettings,  # noqa: F401
+                                           format_field, replace_settings, resolve_masks, settings_for)
 from fiftyone_cass.fo.claims import FieldClaim, FieldClaimedError, release_field  # noqa: F401 - re-exported
 from fiftyone_cass.fo.model import (  # noqa: F401 - re-exported: the vocabulary and model cache live with the model
     CONFIG_ATTR,
@@ -87,6 +90,8 @@ from fiftyone_cass.fo.model import (  # noqa: F401 - re-exported: the vocabulary
 )
 
 logger = logging.getLogger(__name__)
+#: warnings about shards (not silenced by the command line, which keeps this module's log quiet)
+shard_logger = logging.getLogger("fiftyone_cass.fo.shards")
 
 #: run key (``dataset.list_runs()``) under which the settings of a label field are recorded
 RUN_KEY_PREFIX = "cass_"
@@ -95,6 +100,9 @@ RUN_KEY_PREFIX = "cass_"
 LABEL_FIELD_INFO = "cass_label_field"
 TAG_PREFIX_INFO = "cass_tag_prefix"
 _MAX_LISTED_FAILURES = 1000
+#: attribute of a label recording the file path of the image it was made from (a sample whose
+#: ``filepath`` changed is labelled again)
+SOURCE_ATTR = "source_filepath"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
@@ -117,6 +125,29 @@ def is_valid_png(path: Optional[str]) -> bool:
             f.seek(-12, os.SEEK_END)
             return f.read(12) == _PNG_END
     except OSError:
+        return False
+
+
+def mask_fits(mask_path: str, sample_id: str, image_path: str, allowed: np.ndarray) -> bool:
+    """Whether the mask file ``mask_path`` of sample ``sample_id`` can stand for the label of
+    ``image_path``: a regular file (not a symbolic link) named for this sample, a one-channel PNG of
+    the image's displayed size (EXIF orientation applied, as the masks are) whose every value ``v``
+    has ``allowed[v]``."""
+    try:
+        if os.path.islink(mask_path) or not re.match(re.escape(sample_id) + r"[-.]", os.path.basename(mask_path)):
+            return False
+        with Image.open(image_path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees when displayed
+                w, h = h, w
+        with Image.open(mask_path) as m:
+            if m.format != "PNG" or m.size != (w, h):
+                return False
+            arr = np.asarray(m)
+        if arr.ndim != 2 or arr.dtype.kind not in "iu" or (arr.size and int(arr.min()) < 0):
+            return False
+        return bool(arr.size == 0 or (int(arr.max()) < len(allowed) and allowed[arr].all()))
+    except Exception:  # noqa: BLE001 - unreadable image or mask: not done (the run reports the image)
         return False
 
 
@@ -199,6 +230,7 @@ class ApplySummary:
     num_already_done: int = 0  # skipped: labelled already (same settings, or skip_existing)
     num_labeled: int = 0
     num_failed: int = 0
+    num_vanished: int = 0  # samples deleted from the dataset while the run labelled it (no mask file left)
     failure_reasons: Dict[str, int] = field(default_factory=dict)
     failures: List[Tuple[str, str, str]] = field(default_factory=list)  # (id, filepath, error), capped
     mask_dir: Optional[str] = None  # None: masks in the database
@@ -241,7 +273,19 @@ class ApplySummary:
                 lines.append(f"  {n} x {reason}")
         else:
             lines.append("0 failed")
+        if self.num_vanished:
+            lines.append(f"{self.num_vanished} sample(s) were deleted from the dataset during the run (not labelled, "
+                         "no mask file left)")
         return "\n".join(lines)
+
+
+def _identity(folder: str) -> Optional[Tuple[int, int]]:
+    """``(device, inode)`` of a folder (None if it is gone): a removed and re-created folder differs."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _reason(error: str, filepath: str) -> str:
@@ -266,14 +310,20 @@ class AutoLabelRun:
         classes: Union[None, str, Sequence[str]] = None,
         *,
         segmenter: Optional[Segmenter] = None,
-        **settings,
+        settings: Optional[LabelSettings] = None,
+        **keywords,
     ):
-        # every LabelSettings field checked once (the rest are Segmenter options, checked by it)
-        run, options = split_settings(LabelSettings, dict(settings, classes=classes))
+        # one settings object for the whole run, checked once (here, or by the caller: the CLI,
+        # the operator) and handed down unchanged to the model and its Segmenter
+        if classes is not None:
+            if settings is not None:
+                settings = replace_settings(settings, classes=classes)
+            else:
+                keywords = dict(keywords, classes=classes)
+        run = self.run_settings = settings_for(LabelSettings, settings, keywords)
         classes, preset, gt_field, label_field = run.classes, run.preset, run.gt_field, run.label_field
         presence_field, tag_prefix, error_field, embeddings_field = (
             run.presence_field, run.tag_prefix, run.error_field, run.embeddings_field)
-        model_kwargs = {n: getattr(run, n) for n in setting_fields(ModelSettings)}
         self.started = time.monotonic()
         self.view = sample_collection
         self.dataset = sample_collection._root_dataset
@@ -297,15 +347,17 @@ class AutoLabelRun:
                  ("embeddings_field", self.embeddings_field))
         for name, f in extra:
             if f is not None and (not f.isidentifier() or f in RESERVED_FIELDS or f == label_field):
-                raise InvalidInputError(f"{name} {f!r} is not a usable field name: " + (
-                    "it is the same as label_field" if f == label_field else "it is a built-in FiftyOne field"
+                raise InvalidInputError(f"{kw(name)} {f!r} is not a usable field name: " + (
+                    f"it is the same as {kw('label_field')}" if f == label_field else "it is a built-in FiftyOne field"
                     if f in RESERVED_FIELDS else "it is not a valid Python identifier"))
         used = [f for _, f in extra if f]
         if len(set(used)) != len(used):
-            raise InvalidInputError(f"presence_field, error_field and embeddings_field must differ, got {used}")
+            raise InvalidInputError(f"{kw('presence_field')}, {kw('error_field')} and {kw('embeddings_field')} must "
+                                    f"differ, got {used}")
         if run.skip_existing and run.overwrite:  # which one would win is not what the caller meant
-            raise InvalidInputError("skip_existing=True and overwrite=True exclude each other: skip_existing keeps the "
-                                    "labels of other settings, overwrite replaces them; choose one")
+            raise InvalidInputError(f"{kw('skip_existing', True)} and {kw('overwrite', True)} exclude each other: "
+                                    f"{kw('skip_existing')} keeps the labels of other settings, {kw('overwrite')} "
+                                    "replaces them; choose one")
         self.skip_existing = run.skip_existing
         self.overwrite = run.overwrite
         self.shard = run.shard
@@ -317,23 +369,23 @@ class AutoLabelRun:
         given = [x for x in (("classes", classes), ("preset", preset), ("gt_field", gt_field)) if x[1] is not None]
         if segmenter is None and len(given) != 1:
             raise InvalidInputError(
-                "give exactly one of classes=[...], preset='...' or gt_field='...' "
+                f"give exactly one of {kw('classes', SOME_LIST)}, {kw('preset', SOME_TEXT)} or {kw('gt_field', SOME_TEXT)} "
                 f"(got {', '.join(g[0] for g in given) or 'none'})"
             )
         gt_targets = None
         if gt_field is not None and gt_field == label_field:
             raise InvalidInputError(
-                f"label_field {label_field!r} is the gt_field: the predictions would replace the ground truth "
-                "they take their classes from; choose another label_field"
+                f"{kw('label_field')} {label_field!r} is the {kw('gt_field')}: the predictions would replace the "
+                f"ground truth they take their classes from; choose another {kw('label_field')}"
             )
         if gt_field is not None:
             if not self.dataset.has_sample_field(gt_field):
-                raise InvalidInputError(f"gt_field {gt_field!r} is not a field of dataset {self.dataset.name!r}")
+                raise InvalidInputError(f"{kw('gt_field')} {gt_field!r} is not a field of dataset {self.dataset.name!r}")
             gt_targets = self.dataset.mask_targets.get(gt_field) or self.dataset.default_mask_targets or {}
         self.model = CassModel(
             classes if (classes is None or isinstance(classes, str)) else list(classes),
-            preset=preset, mask_targets=gt_targets, mask_targets_name=f"gt_field {gt_field!r} mask_targets",
-            segmenter=segmenter, **model_kwargs, **options,
+            preset=preset, mask_targets=gt_targets, mask_targets_name=f"{kw('gt_field')} {gt_field!r} mask_targets",
+            segmenter=segmenter, settings=run,
         )
         self.presence_threshold = self.model.presence_threshold
         self.segmenter = self.model.segmenter
@@ -347,6 +399,7 @@ class AutoLabelRun:
             self._check_regions_field(self.model.regions_field)
         self._todo: Optional[List[Tuple[str, str]]] = None
         self._claim: Optional[FieldClaim] = None
+        self._folder_id: Optional[Tuple[int, int]] = None  # (device, inode) of the mask folder at the start
 
     # -------------------------------------------------------------- planning
     def _check_regions_field(self, name: str) -> None:
@@ -398,11 +451,39 @@ class AutoLabelRun:
             self._claim = FieldClaim(ds, lf, self.config_id)
             self._claim.acquire()
             self._release = weakref.finalize(self, self._claim.release)  # also if never run
+            self._warn_overlapping_shards()
         try:
             return self._plan()
         except BaseException:
             self.release()
             raise
+
+    def _warn_overlapping_shards(self) -> None:
+        """Records this run's shard on its claim and warns when a live run of the same settings on
+        the same field takes samples that this one takes too (``0/2`` with ``0/3``, a shard with a
+        run on everything, two runs of one shard): those samples would be labelled twice."""
+        from fiftyone_cass.fo import claims
+
+        try:
+            coll, key = claims._collection(), claims._key(self.dataset, self.label_field)
+            mine = list(self.shard) if self.shard else None
+            coll.update_one({"_id": key, "holders.run": self._claim.run_id}, {"$set": {"holders.$.shard": mine}})
+            doc = coll.find_one({"_id": key}) or {}
+        except Exception as exc:  # noqa: BLE001 - a warning only
+            logger.debug("could not record the shard on the claim: %s", exc)
+            return
+        what = lambda s: f"shard {s[0]}/{s[1]}" if s else "all samples (no shard)"  # noqa: E731
+        for h in doc.get("holders", []):
+            if h.get("run") == self._claim.run_id or "shard" not in h or claims.holder_is_dead(h):
+                continue
+            theirs = h.get("shard")
+            if mine and theirs and mine[1] == theirs[1] and mine[0] != theirs[0]:
+                continue  # disjoint shards of one split
+            shard_logger.warning(
+                "field %r of dataset %r: this run takes %s and the run of pid %s on %s, with the same settings, "
+                "takes %s: the samples of both overlap and are labelled twice at the same time; run the shards "
+                "i/N of one N", self.label_field, self.dataset.name, what(mine), h.get("pid"), h.get("host"),
+                what(theirs))
 
     def release(self) -> None:
         """Gives up this run's claim on the label field (done at the end of the run)."""
@@ -436,8 +517,8 @@ class AutoLabelRun:
             if foreign and not (self.overwrite or self.skip_existing):
                 raise InvalidInputError(
                     f"field {lf!r} of dataset {ds.name!r} already holds labels of other settings on "
-                    f"{foreign} of the {len(ids)} target samples; pass overwrite=True to replace them "
-                    "or skip_existing=True to label only the samples without labels "
+                    f"{foreign} of the {len(ids)} target samples; {use('overwrite', True)} to replace them "
+                    f"or {kw('skip_existing', True)} to label only the samples without labels "
                     "(a run with the same settings resumes by itself)"
                 )
             for sid, cfg, path, in_db in zip(lids, cfgs, paths, has_mask):
@@ -445,6 +526,7 @@ class AutoLabelRun:
                     continue
                 if (path and is_valid_png(path)) or (not path and in_db):
                     done.add(sid)
+            done -= self._stale(ds.select(sorted(done & set(lids))))
             skipped_old = {sid for sid, cfg in zip(lids, cfgs) if sid in done and cfg != self.config_id}
 
         if self.shard is not None:  # by file path, as every entry point (fiftyone_cass.fo.shards)
@@ -467,6 +549,7 @@ class AutoLabelRun:
         # schema, mask_targets, run record (idempotent: concurrent workers write the same)
         self._declare(lf, ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
         self._declare(f"{lf}.{CONFIG_ATTR}", ftype=fof.StringField)
+        self._declare(f"{lf}.{SOURCE_ATTR}", ftype=fof.StringField)
         if self.presence_field:
             self._declare(self.presence_field, ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Classifications)
         if self.error_field:
@@ -492,6 +575,35 @@ class AutoLabelRun:
             self._todo = []
         return len(self._todo)
 
+    def _stale(self, view) -> set:
+        """The samples of ``view`` (labelled with these settings, their mask present) whose label
+        does not fit what they are now: made from another file path (recorded in the label), or a
+        mask file that is a symbolic link, named for another sample, not of the image's size (as
+        displayed: EXIF orientation) or holding ids outside this vocabulary's ``mask_targets``."""
+        lf = self.label_field
+        fields = ["id", "filepath", f"{lf}.{CONFIG_ATTR}", f"{lf}.mask_path"]
+        has_source = self.dataset.get_field(f"{lf}.{SOURCE_ATTR}") is not None
+        values = view.values(fields + ([f"{lf}.{SOURCE_ATTR}"] if has_source else []))
+        sources = values[4] if has_source else [None] * len(values[0])
+        allowed = np.zeros(1 << 16, dtype=bool)
+        allowed[list(self.vocab.mask_targets)] = True
+        stale, check = set(), []
+        for sid, fp, cfg, mpath, src in zip(*values[:4], sources):
+            if cfg != self.config_id:
+                continue  # labels of other settings kept by skip_existing: kept as they are
+            if src is not None and src != fp:
+                stale.add(sid)
+            elif mpath:
+                check.append((sid, fp, mpath))
+        if check:
+            with ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="cass-check") as pool:
+                fits = pool.map(lambda x: mask_fits(x[2], x[0], x[1], allowed), check)
+                stale.update(x[0] for x, ok in zip(check, fits) if not ok)
+        if stale:
+            logger.info("%s: %d label(s) of these settings do not fit their sample any more and are redone",
+                        lf, len(stale))
+        return stale
+
     def _check_kept_labels(self, outside: int, skipped: int) -> None:
         """``dataset.mask_targets[label_field]`` names the ids of the whole field. Refuses (before
         anything is written) to change it while labels of other settings stay in the field: the
@@ -508,13 +620,13 @@ class AutoLabelRun:
         shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
         where = " and ".join(w for w in (
             f"{outside} outside this run's target" if outside else "",
-            f"{skipped} kept by skip_existing" if skipped else "") if w)
+            f"{skipped} kept by {kw('skip_existing')}" if skipped else "") if w)
         raise InvalidInputError(
             f"field {self.label_field!r} of dataset {self.dataset.name!r} holds labels of other classes on "
             f"{kept} sample(s) that this run would not relabel ({where}); their masks use the field's current "
             f"class ids, which this run's classes would rename for the whole field (id {shown}). To relabel "
-            "every sample of the field, run on the whole dataset and pass overwrite=True; or choose another "
-            "label_field"
+            f"every sample of the field, run on the whole dataset and {use('overwrite', True)}; or choose another "
+            f"{kw('label_field')}"
         )
 
     def _check_mask_dir(self) -> None:
@@ -528,8 +640,9 @@ class AutoLabelRun:
         except OSError as exc:
             raise InvalidInputError(
                 f"cannot write masks to {folder!r} ({type(exc).__name__}: {exc}); choose another mask "
-                "directory (mask_dir / --mask-dir) or keep masks in the database (masks='database')"
+                f"directory ({kw('mask_dir')}) or keep masks in the database ({kw('masks', 'database')})"
             ) from None
+        self._folder_id = _identity(folder)
         removed = remove_orphaned_temp_files(folder)
         if removed:
             logger.info("%s: removed %d temp file(s) left by killed runs", folder, len(removed))
@@ -612,6 +725,7 @@ class AutoLabelRun:
                     writing = writer.submit(self._write_batch, batch, outputs)
                     del outputs
                 done += writing.result()
+                self._check_still_there()
                 yield done, total
         self.summary.seconds = time.monotonic() - self.started
         level = logging.WARNING if self.summary.num_failed else logging.INFO
@@ -649,6 +763,15 @@ class AutoLabelRun:
         errors: Dict[str, Optional[str]] = {}
         ds = self.dataset
         ds_id = str(ds._doc.id)
+        # the dataset, the samples and the mask folder may have been deleted since the plan
+        self._check_still_there()
+        present = self._present(ids)
+        if len(present) < len(ids):
+            self.summary.num_vanished += len(ids) - len(present)
+            keep = [k for k, sid in enumerate(ids) if sid in present]
+            ids, paths, outputs = [ids[k] for k in keep], [paths[k] for k in keep], [outputs[k] for k in keep]
+            if not ids:
+                return len(batch)
         old_paths = dict(zip(*ds.select(ids).values(["id", f"{lf}.mask_path"]))) if self.mask_dir else {}
         # 1. masks (files first, atomically, each under a new name: nothing a label points at is rewritten)
         for sid, path, (res, err) in zip(ids, paths, outputs):
@@ -670,6 +793,7 @@ class AutoLabelRun:
                 self._record_failure(sid, path, err)
                 continue
             errors[sid] = None
+            labels[sid][SOURCE_ATTR] = path
             if self.model.regions_field and getattr(res, "regions_voted", None) is None:
                 self.summary.num_without_regions += 1
             presence[sid] = model.presence_label(res)
@@ -690,6 +814,7 @@ class AutoLabelRun:
             if self.tag_prefix:
                 replace_prefixed_tags(ds, ids, self.tag_prefix, new_tags)
         ds.set_values(lf, labels, key_field="id")
+        self._check_saved(labels)
         # 4. the files the labels pointed at before, if this dataset wrote them and no label of it points there now
         replaced = [p for sid, p in old_paths.items()
                     if p and labels.get(sid) is not None and labels[sid].mask_path != p and written_by_apply(p, sid, ds_id)]
@@ -697,12 +822,90 @@ class AutoLabelRun:
             self._remove_unreferenced(replaced)
         return len(batch)
 
-    def _remove_unreferenced(self, paths: List[str]) -> None:
+    def _remove_unreferenced(self, paths: List[str]) -> int:
+        removed = 0
         for p in set(paths) - referenced_mask_paths(paths):
             try:
                 os.remove(p)
+                removed += 1
+            except FileNotFoundError:
+                pass
             except OSError as exc:
-                logger.warning("could not remove the replaced mask file %s: %s", p, exc)
+                logger.warning("could not remove the mask file %s: %s", p, exc)
+        return removed
+
+    # -------------------------------------------------------------- what vanished under the run
+    def _dataset_exists(self) -> bool:
+        import fiftyone.core.odm as foo
+
+        return foo.get_db_conn().datasets.count_documents({"_id": self.dataset._doc.id}, limit=1) > 0
+
+    def _present(self, ids: Sequence[str], projection=None) -> Dict[str, dict]:
+        """``{id: document}`` of the samples of ``ids`` that are still in the dataset."""
+        from bson import ObjectId
+
+        coll = self.dataset._sample_collection
+        docs = coll.find({"_id": {"$in": [ObjectId(s) for s in ids]}}, projection or {"_id": 1})
+        return {str(d["_id"]): d for d in docs}
+
+    def _check_still_there(self) -> None:
+        """Stops the run (:class:`RunAbortedError`) when its dataset was deleted or its mask folder
+        removed (or replaced) since the plan."""
+        if not self._dataset_exists():
+            self._abort_dataset_deleted()
+        if self.mask_dir and self._folder_id is not None:
+            folder = os.path.join(self.mask_dir, self.label_field)
+            if _identity(folder) != self._folder_id:
+                self._abort_folder_removed(folder)
+
+    def _check_saved(self, labels: Dict[str, Any]) -> None:
+        """After the labels of a batch are saved: a sample deleted meanwhile got no label, so its new
+        mask file is removed (and the run stopped if the whole dataset is gone)."""
+        written = {sid: lab.mask_path for sid, lab in labels.items() if lab is not None}
+        if not written:
+            return
+        lf = self.label_field
+        docs = self._present(list(written), {f"{lf}.mask_path": 1})
+        if len(docs) == len(written):
+            return
+        if not self._dataset_exists():
+            self._abort_dataset_deleted()
+        gone = [sid for sid in written if sid not in docs]
+        self.summary.num_vanished += len(gone)
+        self.summary.num_labeled -= len(gone)
+        self._remove_unreferenced([written[sid] for sid in gone if written[sid]])
+
+    def _abort_dataset_deleted(self) -> None:
+        ds_id = str(self.dataset._doc.id)
+        removed = 0
+        if self.mask_dir:  # every mask this job wrote for the deleted dataset, unless another dataset uses it
+            folder = os.path.join(self.mask_dir, self.label_field)
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                names = []
+            mine = [os.path.join(folder, n) for n in names if n.endswith(f"-{ds_id}-{self.config_id}.png")]
+            removed = self._remove_unreferenced(mine)
+        raise RunAbortedError(
+            f"dataset {self.dataset.name!r} was deleted while it was being labelled: the run stopped"
+            + (f"; the {removed} mask file(s) written for its samples were removed" if self.mask_dir else "")
+        )
+
+    def _abort_folder_removed(self, folder: str) -> None:
+        """The mask folder vanished: the labels of these settings whose files went with it are
+        removed (no sample points at a missing file) and the run stops; a rerun relabels them."""
+        lf = self.label_field
+        ds = self.dataset
+        ids, cfgs, paths = ds.exists(lf).values(["id", f"{lf}.{CONFIG_ATTR}", f"{lf}.mask_path"])
+        lost = {sid: None for sid, c, p in zip(ids, cfgs, paths)
+                if c == self.config_id and p and os.path.dirname(p) == folder and not os.path.exists(p)}
+        if lost:
+            ds.set_values(lf, lost, key_field="id")
+        raise RunAbortedError(
+            f"the mask folder {folder!r} was removed during the run: the run stopped, and the {len(lost)} label(s) "
+            f"of field {lf!r} of dataset {ds.name!r} whose mask files were in it were removed (no sample points at "
+            "a missing file); run the same command again to label them"
+        )
 
     def _record_failure(self, sid: str, path: str, err: str):
         self.summary.num_failed += 1
@@ -772,8 +975,8 @@ def check_threshold(threshold, name: str = "threshold") -> float:
     0 to 1); the :class:`InvalidInputError` names ``name``."""
     try:
         return coerce_settings(LabelSettings, {"presence_threshold": threshold})["presence_threshold"]
-    except InvalidInputError as exc:
-        raise InvalidInputError(str(exc).replace("option presence_threshold=", f"option {name}=", 1)) from None
+    except SettingError as exc:  # the same check, under this caller's name
+        raise SettingError(name, exc.value, exc.allowed, exc.help, exc.what) from None
 
 
 def retag(
@@ -843,6 +1046,7 @@ __all__ = [
     "get_segmenter",
     "is_valid_png",
     "mask_file_path",
+    "mask_fits",
     "recorded_tag_prefix",
     "referenced_mask_paths",
     "retag",

@@ -39,8 +39,8 @@ def queue_auto_label(view, workers: int = 1, needed_for: str = "to queue delegat
     gt_field = params.pop("gt_field", None)
     queued = []
     for i in range(workers):
-        opts = dict(options, shard=[i, workers]) if workers > 1 else options
+        shard = dict(shard=[i, workers]) if workers > 1 else {}
         res = op(view, classes=classes, preset=preset, gt_field=gt_field, delegate=True,
-                 options=opts or None, **params)
+                 options=options or None, **shard, **params)
         queued.append(str(res.result["id"]) if isinstance(res.result, dict) and "id" in res.result else str(res.result))
     return queued

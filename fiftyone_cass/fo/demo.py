@@ -8,7 +8,7 @@ import shutil
 import uuid
 from typing import Dict, List, Optional
 
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.errors import InvalidInputError, kw
 from fiftyone_cass.config.settings import format_field
 
 DEMO_DATASET = "fiftyone-cass-demo"
@@ -34,7 +34,7 @@ def demo_images(dest: str) -> List[str]:
                                 "(or pip install scikit-image)") from None
 
     if os.path.exists(dest) and not os.path.isdir(dest):
-        raise InvalidInputError(f"images_dir {dest} is a file, not a directory: choose another images_dir "
+        raise InvalidInputError(f"{kw('images_dir')} {dest} is a file, not a directory: choose another {kw('images_dir')} "
                                 "(a directory, or a path that does not exist yet)")
     out = []
     try:
@@ -51,8 +51,8 @@ def demo_images(dest: str) -> List[str]:
             out.append(dst)
     except OSError as exc:  # e.g. a file on the way, no permission, a full disk
         where = exc.filename or dest
-        raise InvalidInputError(f"cannot copy the demo images into images_dir {dest} ({where}: "
-                                f"{exc.strerror or exc}): choose another images_dir") from None
+        raise InvalidInputError(f"cannot copy the demo images into {kw('images_dir')} {dest} ({where}: "
+                                f"{exc.strerror or exc}): choose another {kw('images_dir')}") from None
     return out
 
 

@@ -36,7 +36,7 @@ import fiftyone as fo
 import fiftyone.core.fields as fof
 import fiftyone.utils.eval.segmentation as fous
 
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.errors import InvalidInputError, kw, use
 from fiftyone_cass.fo.metrics import (
     IGNORE_INDEX,
     ClassMatch,
@@ -265,7 +265,7 @@ class IoUEvaluation(fous.SegmentationEvaluation):
                     continue
                 raise InvalidInputError(
                     f"sample {_sample_name(sample)} has a ground-truth mask but no prediction mask in "
-                    f"{pred_field!r}; predict every sample of the view, or pass skip_missing=True"
+                    f"{pred_field!r}; predict every sample of the view, or {use('skip_missing', True)}"
                 )
             try:
                 gt = gt_seg.get_mask()
@@ -431,7 +431,7 @@ def evaluate_iou(
     """
     if eval_key is not None and not (isinstance(eval_key, str) and eval_key.isidentifier()):
         # FiftyOne's rule for run keys (they also name the per-sample fields)
-        raise InvalidInputError(f"eval_key {eval_key!r} is not a valid evaluation key: use letters, digits and _, "
+        raise InvalidInputError(f"{kw('eval_key')} {eval_key!r} is not a valid evaluation key: use letters, digits and _, "
                                 "not starting with a digit")
     if not len(samples):  # a result of NaNs would replace whatever was stored under eval_key
         raise InvalidInputError(f"no samples to evaluate: the view selects none of dataset {samples._dataset.name!r}")

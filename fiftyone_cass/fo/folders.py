@@ -48,12 +48,14 @@ class ImportReport:
     added: int = 0
     found: int = 0
     skipped: List[SkippedPath] = field(default_factory=list)
+    #: folders left out on purpose (the run's mask folder): said, but not a failure
+    excluded: List[SkippedPath] = field(default_factory=list)
 
     def skipped_lines(self, max_listed: int = 20) -> List[str]:
         """The skipped paths with their reasons, the first ``max_listed`` of them, then a count."""
-        lines = [f"SKIPPED {x.path}: {x.reason}" for x in self.skipped[:max_listed]]
-        if len(self.skipped) > max_listed:
-            lines.append(f"... and {len(self.skipped) - max_listed} more paths skipped")
+        lines = [f"SKIPPED {x.path}: {x.reason}" for x in (self.excluded + self.skipped)[:max_listed]]
+        if len(self.excluded) + len(self.skipped) > max_listed:
+            lines.append(f"... and {len(self.excluded) + len(self.skipped) - max_listed} more paths skipped")
         return lines
 
 
@@ -82,14 +84,16 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def scan_images(directory: str, exclude: Iterable[str] = ()) -> Tuple[List[str], List[SkippedPath]]:
+def scan_images(directory: str, exclude: Iterable[str] = (), excluded: Optional[List[SkippedPath]] = None,
+                exclude_reason: str = "excluded, not imported") -> Tuple[List[str], List[SkippedPath]]:
     """``(image files, skipped paths)`` under ``directory`` (recursively), the files as sorted,
-    normalised absolute paths. Folders in ``exclude`` (and below them) are left out silently."""
+    normalised absolute paths. Folders in ``exclude`` (and below them) are left out; each one met
+    is appended to ``excluded`` (if given) with ``exclude_reason``."""
     import fiftyone.core.media as fom
     import fiftyone.core.storage as fos
 
     root = fos.normalize_path(directory)
-    excluded = [fos.normalize_path(e) for e in exclude if e]
+    excluded_dirs = [fos.normalize_path(e) for e in exclude if e]
     files: List[str] = []
     skipped: List[SkippedPath] = []
 
@@ -101,7 +105,11 @@ def scan_images(directory: str, exclude: Iterable[str] = ()) -> Tuple[List[str],
         keep = []
         for x in sorted(dirs):
             p = os.path.join(d, x)
-            if x.startswith(".") or any(p == e or p.startswith(e + os.sep) for e in excluded):
+            if x.startswith("."):
+                continue
+            if any(p == e or p.startswith(e + os.sep) for e in excluded_dirs):
+                if excluded is not None:
+                    excluded.append(SkippedPath(printable(p), exclude_reason))
                 continue
             if not _is_utf8(x):
                 skipped.append(SkippedPath(printable(p), "folder name is not valid UTF-8 (FiftyOne stores file "
@@ -212,6 +220,29 @@ def import_images(dataset, paths: Sequence[str], batch: int = IMPORT_BATCH) -> i
 # ------------------------------------------------------------------------------------------------
 # Datasets
 # ------------------------------------------------------------------------------------------------
+#: the longest dataset name accepted for a new dataset: the name also names the folder of its
+#: masks (``default_mask_dir``), and file systems allow 255 bytes per file name
+MAX_DATASET_NAME = 200
+
+
+def check_dataset_name(name: str, what: str = "dataset name") -> None:
+    """Refuses (:class:`InvalidInputError`, before anything is created) a name for a new dataset
+    that is blank, that FiftyOne cannot turn into its URL name (no letter or digit), or longer
+    than :data:`MAX_DATASET_NAME` characters."""
+    import fiftyone.core.utils as fou
+
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInputError(f"{what} {name!r} is blank: give a name with letters or digits")
+    if len(name) > MAX_DATASET_NAME:
+        raise InvalidInputError(f"{what} of {len(name)} characters is too long: at most {MAX_DATASET_NAME} "
+                                "(it also names the folder of its masks)")
+    try:
+        fou.to_slug(name)
+    except ValueError:
+        raise InvalidInputError(f"{what} {name!r} cannot name a FiftyOne dataset: it needs at least one letter or "
+                                "digit") from None
+
+
 def open_or_create_dataset(name: str):
     """Loads dataset ``name``, or creates it persistent (tolerating another process creating it
     at the same moment)."""
@@ -257,8 +288,22 @@ def directory_view(dataset, directory: str):
     return dataset.match(F("filepath").starts_with(prefix))
 
 
+def mask_folder_exclusion(directory: str, mask_dir: Optional[str], label_field: str) -> List[str]:
+    """The folders of an import of ``directory`` that hold the masks of a run writing to
+    ``<mask_dir>/<label_field>``: ``mask_dir`` itself when it lies inside ``directory``, only the
+    run's ``<mask_dir>/<label_field>`` when ``mask_dir`` is ``directory`` (or a folder above it),
+    so that the images of the other subfolders are imported."""
+    if not mask_dir:
+        return []
+    root = os.path.abspath(os.path.expanduser(directory)).rstrip(os.sep)
+    md = os.path.abspath(os.path.expanduser(mask_dir)).rstrip(os.sep)
+    if md == root or root.startswith(md + os.sep):
+        return [os.path.join(md, label_field)]
+    return [md]
+
+
 def import_directory(directory: str, dataset_name: str, shard: Optional[Tuple[int, int]] = None,
-                     exclude: Iterable[str] = ()) -> ImportReport:
+                     exclude: Iterable[str] = (), exclude_reason: str = "excluded, not imported") -> ImportReport:
     """Adds the images of ``directory`` that are not in the persistent dataset ``dataset_name``
     yet (created if needed; of shard ``(i, N)`` only, if given). Idempotent, safe to interrupt and
     to run in several processes at once; paths that cannot be imported are reported, not fatal.
@@ -270,7 +315,12 @@ def import_directory(directory: str, dataset_name: str, shard: Optional[Tuple[in
     if printable(root) != root:
         raise InvalidInputError(f"the folder name {printable(root)} is not valid UTF-8; FiftyOne stores file paths "
                                 "as UTF-8 text")
-    files, skipped = scan_images(root, exclude)
+    excluded: List[SkippedPath] = []
+    import fiftyone as fo
+
+    if not fo.dataset_exists(dataset_name):
+        check_dataset_name(dataset_name)
+    files, skipped = scan_images(root, exclude, excluded, exclude_reason)
     if not files:
         why = f" ({len(skipped)} path(s) skipped: {skipped[0].path}: {skipped[0].reason})" if skipped else ""
         raise InvalidInputError(f"no image files found under {directory}{why}")
@@ -280,7 +330,7 @@ def import_directory(directory: str, dataset_name: str, shard: Optional[Tuple[in
     if not ds.persistent:
         ds.persistent = True
     mine = [p for p in files if shard is None or shard_index(p, shard[1]) == shard[0]]
-    report = ImportReport(ds, found=len(files), skipped=skipped)
+    report = ImportReport(ds, found=len(files), skipped=skipped, excluded=excluded)
     report.added = import_images(ds, mine)
     return report
 
@@ -302,13 +352,15 @@ def select_view(collection, saved_view: Optional[str] = None, tags=None):
 
 def open_target(source: str, dataset: Optional[str] = None, saved_view: Optional[str] = None, tags=None,
                 shard: Optional[Tuple[int, int]] = None, exclude: Iterable[str] = (),
+                exclude_reason: str = "excluded, not imported",
                 missing: str = "{name!r} is neither a directory nor a FiftyOne dataset"):
     """What ``source`` denotes: a folder (its images imported into the persistent dataset
     ``dataset``, default the folder's name, of ``shard`` only if given; the target is its files
     with one of ``tags``) or the name of a dataset (its ``saved_view`` if given, with one of
     ``tags``). Returns ``(dataset, target view, ImportReport or None)``."""
     if os.path.isdir(source):
-        imported = import_directory(source, dataset or default_dataset_name(source), shard=shard, exclude=exclude)
+        imported = import_directory(source, dataset or default_dataset_name(source), shard=shard, exclude=exclude,
+                                    exclude_reason=exclude_reason)
         return imported.dataset, select_view(directory_view(imported.dataset, source), tags=tags), imported
     ds = load_dataset(source, missing)
     return ds, select_view(ds, saved_view, tags), None

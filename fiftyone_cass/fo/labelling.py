@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from fiftyone_cass.errors import InvalidInputError
-from fiftyone_cass.config.settings import resolve_masks
+from fiftyone_cass.errors import SOME_LIST, InvalidInputError, kw, use
+from fiftyone_cass.config.settings import LabelSettings, replace_settings, resolve_masks, settings_for
 
 #: failures and skipped paths listed one by one in :meth:`LabelReport.text`
 MAX_LISTED = 20
@@ -23,7 +23,8 @@ MAX_LISTED = 20
 
 def read_classes_file(path: str, what: str = "classes file") -> List[str]:
     """The classes listed in a text file, one per line (a line may list synonyms: ``person,
-    people``); blank lines and ``#`` comments are skipped. UTF-8 (a byte-order mark is skipped);
+    people``); blank lines and lines starting with ``#`` (after leading spaces) are comments,
+    skipped (the documented rule of ``--classes-file``). UTF-8 (a byte-order mark is skipped);
     ``what`` names the file in errors."""
     try:
         with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first class
@@ -49,6 +50,7 @@ class LabelReport:
     num_already_done: int = 0
     num_labeled: int = 0
     num_failed: int = 0
+    num_vanished: int = 0  # samples deleted from the dataset during the run
     failure_reasons: Dict[str, int] = field(default_factory=dict)
     failures: List[Tuple[str, str, str]] = field(default_factory=list)
     mask_dir: Optional[str] = None
@@ -65,18 +67,22 @@ class LabelReport:
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     regions_field: Optional[str] = None  # region voting's field (None: no voting)
     num_without_regions: int = 0  # labelled without voting: no regions in that field
+    #: (path, reason) of the folders left out of the import on purpose (the mask folder): not a failure
+    excluded: List[Tuple[str, str]] = field(default_factory=list)
 
     def add_import(self, imported) -> None:
         """Adds a :class:`~fiftyone_cass.fo.folders.ImportReport` (or None: no import)."""
         if imported is not None:
             self.imported, self.image_files = imported.added, imported.found
             self.skipped = [(x.path, x.reason) for x in imported.skipped]
+            self.excluded = [(x.path, x.reason) for x in getattr(imported, "excluded", ())]
 
     def add(self, s) -> None:
         """Adds a run's :class:`~fiftyone_cass.fo.apply.ApplySummary`."""
         self.num_already_done += s.num_already_done
         self.num_labeled += s.num_labeled
         self.num_failed += s.num_failed
+        self.num_vanished += s.num_vanished
         for k, v in s.failure_reasons.items():
             self.failure_reasons[k] = self.failure_reasons.get(k, 0) + v
         self.failures.extend(s.failures)
@@ -89,14 +95,14 @@ class LabelReport:
 
     @property
     def complete(self) -> bool:
-        """Every target sample labelled and every file of the folder imported."""
-        return not (self.num_failed or self.skipped)
+        """Every target sample labelled (none deleted under the run) and every file of the folder imported."""
+        return not (self.num_failed or self.skipped or self.num_vanished)
 
     def to_dict(self) -> Dict[str, Any]:
         return dict(
             dataset=self.dataset, label_field=self.label_field, num_target=self.num_target,
             num_in_shard=self.num_in_shard, num_already_done=self.num_already_done,
-            num_labeled=self.num_labeled, num_failed=self.num_failed,
+            num_labeled=self.num_labeled, num_failed=self.num_failed, num_vanished=self.num_vanished,
             failure_reasons=self.failure_reasons,
             failures=[dict(id=i, filepath=p, error=e) for i, p, e in self.failures],
             mask_dir=self.mask_dir, masks=self.masks, config_id=self.config_id,
@@ -106,6 +112,7 @@ class LabelReport:
             error_field=self.error_field,
             skipped=[dict(path=p, reason=r) for p, r in self.skipped],
             regions_field=self.regions_field, num_without_regions=self.num_without_regions,
+            excluded=[dict(path=p, reason=r) for p, r in self.excluded],
         )
 
     def text(self, max_listed: int = MAX_LISTED) -> str:
@@ -125,8 +132,12 @@ class LabelReport:
         if self.regions_field:
             lines.append(f"region voting in {self.regions_field!r}: {self.num_without_regions} labelled sample(s) "
                          "had no regions there and were labelled without voting")
+        if self.num_vanished:
+            lines.append(f"{self.num_vanished} sample(s) were deleted from the dataset during the run: not labelled, "
+                         "no mask file left for them")
         if self.tags:
             lines.append("presence tags: " + ", ".join(f"{t} ({n})" for t, n in self.tags.items()))
+        lines += [f"  SKIPPED {p}: {r}" for p, r in self.excluded[:max_listed]]
         if self.skipped:
             lines.append(f"{len(self.skipped)} path(s) of the folder could not be imported:")
             lines += [f"  SKIPPED {p}: {r}" for p, r in self.skipped[:max_listed]]
@@ -144,21 +155,25 @@ class LabelReport:
         return "\n".join(lines)
 
 
-def label_collection(view, shard=None, progress=None, **apply_kwargs) -> LabelReport:
+def label_collection(view, shard=None, progress=None, settings: Optional[LabelSettings] = None,
+                     **apply_kwargs) -> LabelReport:
     """Labels ``view`` (only the samples of ``shard=(i, N)`` by file path, if given) with
-    :class:`~fiftyone_cass.fo.apply.AutoLabelRun`, under one progress bar."""
+    :class:`~fiftyone_cass.fo.apply.AutoLabelRun`, under one progress bar. ``settings``: the
+    run's built :class:`~fiftyone_cass.config.settings.LabelSettings` (the command line builds
+    them once), or the :func:`~fiftyone_cass.fo.apply.apply` keywords."""
     import fiftyone.core.utils as fou
 
     from fiftyone_cass.fo.apply import AutoLabelRun
 
     t0 = time.monotonic()
     ds = view._root_dataset
-    kw = dict(apply_kwargs)
-    report = LabelReport(ds.name, kw.get("label_field", "cass"), shard=shard)
-    if kw.get("masks", "auto") == "auto":
+    s = settings_for(LabelSettings, settings, apply_kwargs)
+    report = LabelReport(ds.name, s.label_field, shard=shard)
+    if s.masks == "auto":
         report.num_target = len(view)
-    kw["masks"] = report.masks = resolve_masks(kw.get("masks", "auto"), report.num_target, kw.get("mask_dir"))
-    run = AutoLabelRun(view, shard=shard, **kw)
+    report.masks = resolve_masks(s.masks, report.num_target, s.mask_dir)
+    s = replace_settings(s, masks=report.masks, shard=shard if shard is not None else s.shard)
+    run = AutoLabelRun(view, settings=s)
     total = run.plan()
     report.num_target = run.summary.num_target
     report.num_in_shard = run.summary.num_in_shard
@@ -186,10 +201,10 @@ def check_gt_field(dataset, name: Optional[str]) -> None:
     if isinstance(field, fo.EmbeddedDocumentField) and kind is not None and issubclass(kind, fo.Segmentation):
         if not (dataset.mask_targets.get(name) or dataset.default_mask_targets):
             raise InvalidInputError(
-                f"gt_field {name!r} has no mask_targets (the classes and ids to label with): set "
-                f"dataset.mask_targets[{name!r}] = {{id: name, ...}} in Python, or pass classes=[...]")
+                f"{kw('gt_field')} {name!r} has no mask_targets (the classes and ids to label with): set "
+                f"dataset.mask_targets[{name!r}] = {{id: name, ...}} in Python, or {use('classes', SOME_LIST)}")
         return
     what = f"{kind.__name__} field" if isinstance(field, fo.EmbeddedDocumentField) and kind else type(field).__name__
     article = "an" if what[0].lower() in "aeiou" else "a"
-    raise InvalidInputError(f"gt_field {name!r} is {article} {what}, not a Segmentation field with mask_targets "
+    raise InvalidInputError(f"{kw('gt_field')} {name!r} is {article} {what}, not a Segmentation field with mask_targets "
                             "(the classes and ids to label with)")

@@ -38,7 +38,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.errors import InvalidInputError, kw, use
 # names that mark an id as "not evaluated" (e.g. ``{255: "ignore"}``), compared normalised; the
 # vocabulary never makes them classes either
 from fiftyone_cass.models.vocabulary import IGNORE_NAMES  # noqa: F401 - re-exported
@@ -107,7 +107,7 @@ def check_ignore_collision(targets: Optional[Mapping[int, str]], ignore_index: O
     if not _is_ignore_name(name, ignore_index):
         raise InvalidInputError(
             f"{what} class {name!r} has id {ignore_index}, the ignore value: its pixels would not be "
-            f"evaluated. Pass another ignore_index (or None), or give the class another id"
+            f"evaluated. Pass another {kw('ignore_index')} (or None), or give the class another id"
         )
 
 
@@ -199,7 +199,7 @@ def align_prediction(pred: np.ndarray, gt_shape: Sequence[int], resize: Optional
     if resize is None:
         raise InvalidInputError(
             f"{_name(sample)}: prediction mask is {pred.shape[0]}x{pred.shape[1]} (HxW) but the ground truth is "
-            f"{gt_shape[0]}x{gt_shape[1]}; predict at the original image size, or pass resize='nearest' to "
+            f"{gt_shape[0]}x{gt_shape[1]}; predict at the original image size, or {use('resize', 'nearest')} to "
             "resize the prediction to the ground-truth size (nearest neighbour)"
         )
     if resize != "nearest":
@@ -224,7 +224,7 @@ class LabelMapper:
         if len(set(self.values)) != len(self.values):
             raise InvalidInputError(f"class values must be unique, got {self.values}")
         if ignore_index is not None and int(ignore_index) in self.values:
-            raise InvalidInputError(f"ignore_index {ignore_index} is also a class value")
+            raise InvalidInputError(f"{kw('ignore_index')} {ignore_index} is also a class value")
         if any(v < 0 for v in self.values):
             raise InvalidInputError("class values must be non-negative integers")
         self.ignore_index = None if ignore_index is None else int(ignore_index)
@@ -297,7 +297,7 @@ def confusion_histogram(
         raise InvalidInputError(
             f"{_name(sample)}: ground truth holds values {bad} that are neither classes "
             f"({mapper.values[:5]}{'...' if C > 5 else ''}) nor the ignore index {mapper.ignore_index}; "
-            "check the mask_targets / protocol, or pass strict=False to ignore such pixels"
+            f"check the mask_targets / protocol, or {use('strict', False)} to ignore such pixels"
         )
     valid = g >= 0
     g = g[valid].astype(np.int64)

@@ -40,18 +40,20 @@ import fiftyone.core.models as fom
 from fiftyone import ViewField as F
 from fiftyone.utils.torch import GetItem
 
-from fiftyone_cass.errors import ImageLoadError, InvalidInputError
+from fiftyone_cass.errors import SOME_LIST, SOME_TEXT, ImageLoadError, InvalidInputError, kw
 from fiftyone_cass.images import describe, load_rgb
 from fiftyone_cass.models.segmenter import SegmentationResult, Segmenter
 from fiftyone_cass.models.vocabulary import Vocabulary
-from fiftyone_cass.config.schema import make_settings, setting_fields, split_settings
+from fiftyone_cass.config.schema import setting_fields
+from fiftyone_cass.config.settings import (DEFAULT_PRESENCE_THRESHOLD, EngineSettings, ModelSettings, engine_values,
+                                           replace_settings, settings_for, settings_hash_values)
 from fiftyone_cass.fo.regions import RegionsError, regions_of_label
-from fiftyone_cass.config.settings import DEFAULT_PRESENCE_THRESHOLD, ModelSettings
 from fiftyone_cass.fo.claims import FieldClaim
 
 logger = logging.getLogger(__name__)
 
-#: the model's name in the FiftyOne model zoo (``manifest.json`` at the repository root)
+#: the default model's name in the FiftyOne model zoo (``manifest.json`` at the repository root;
+#: one zoo name per backbone record: :func:`fiftyone_cass.models.backbones.zoo_names`)
 ZOO_MODEL_NAME = "cass-vit-b16-torch"
 #: attribute of each written Segmentation that identifies the settings that made it
 CONFIG_ATTR = "config_id"
@@ -65,17 +67,21 @@ _SEGMENTERS_LOCK = threading.Lock()
 _MAX_SEGMENTERS = 4
 
 
-def get_segmenter(**kwargs) -> Segmenter:
-    """A :class:`Segmenter` for these arguments, reused across calls in this process (an LRU of
-    the last few configurations). ``batch_size`` is not part of the key."""
-    batch_size = make_settings(ModelSettings, {"batch_size": kwargs.pop("batch_size", ModelSettings.batch_size)}).batch_size
-    key = json.dumps(kwargs, sort_keys=True, default=repr)
+def get_segmenter(classes=None, preset: Optional[str] = None, settings: Optional[EngineSettings] = None,
+                  **keywords) -> Segmenter:
+    """A :class:`Segmenter` of this vocabulary and these settings (a built settings object of any
+    layer, or keywords), reused across calls in this process (an LRU of the last few
+    configurations). ``batch_size`` is not part of the key."""
+    settings = settings_for(EngineSettings, settings, keywords)
+    batch_size = settings.batch_size
+    engine = {k: v for k, v in engine_values(settings).items() if k != "batch_size"}
+    key = json.dumps(dict(classes=classes, preset=preset, **engine), sort_keys=True, default=repr)
     with _SEGMENTERS_LOCK:
         seg = _SEGMENTERS.get(key)
         if seg is not None:
             _SEGMENTERS.move_to_end(key)
     if seg is None:
-        seg = Segmenter(batch_size=int(batch_size), **kwargs)
+        seg = Segmenter(classes, preset, settings=settings)
         with _SEGMENTERS_LOCK:
             _SEGMENTERS[key] = seg
             while len(_SEGMENTERS) > _MAX_SEGMENTERS:
@@ -226,7 +232,6 @@ class CassModelConfig(ModelSettings):
     preset: Optional[str] = None
     mask_targets: Optional[Dict[int, str]] = None
     presence: bool = True
-    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModelMixin,
@@ -261,22 +266,20 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         mask_targets_name: str = "mask_targets",
         presence: bool = True,
         segmenter: Optional[Segmenter] = None,
-        **settings,
+        settings: Optional[ModelSettings] = None,
+        **keywords,
     ):
         fom.SamplesMixin.__init__(self)
-        model_settings, options = split_settings(ModelSettings, settings)  # the rest: Segmenter options
-        self.presence_threshold = model_settings.presence_threshold
+        # one settings object (ModelSettings fields + Segmenter options), checked once: the
+        # caller's (apply, the operator, the CLI) or built here; handed to the Segmenter unchanged
+        s = settings_for(ModelSettings, settings, keywords)
+        self.presence_threshold = s.presence_threshold
         # region voting (SPEC K.5): apply_model hands the field's value with each sample (needs_fields)
-        self.regions_field = model_settings.regions_field
-        self.region_vote, self.region_min_area = model_settings.region_vote, model_settings.region_min_area
+        self.regions_field = s.regions_field
+        self.region_vote, self.region_min_area = s.region_vote, s.region_min_area
         self._fields = {"regions": self.regions_field} if self.regions_field else {}
         self.num_without_regions = 0
         self.presence = bool(presence)
-        method, backbone, device = model_settings.method, model_settings.backbone, model_settings.device
-        batch_size, precision, background = model_settings.batch_size, model_settings.precision, model_settings.background
-        clip_checkpoint, dino_checkpoint = model_settings.clip_checkpoint, model_settings.dino_checkpoint
-        if model_settings.window_batch != ModelSettings.window_batch:
-            options["window_batch"] = model_settings.window_batch
         self._preprocess = True
         self._lock = threading.Lock()
         self._dataset = None
@@ -284,40 +287,37 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         self._last_embeddings: Optional[np.ndarray] = None
 
         given = [n for n, v in (("classes", classes), ("preset", preset), ("mask_targets", mask_targets)) if v is not None]
-        kw = dict(method=method, backbone=backbone, device=device, precision=precision,
-                  clip_checkpoint=clip_checkpoint, dino_checkpoint=dino_checkpoint, batch_size=batch_size)
-        self._embed_kw = dict(kw, method="maskclip", classes=["object"], **options)
-        checkpoints = (clip_checkpoint, dino_checkpoint)
+        # the embedding model: the same settings, MaskCLIP's plain CLIP forward, no vocabulary
+        self._embed_settings = replace_settings(s, method="maskclip", background=None)
         if segmenter is not None:
             if given:
                 raise InvalidInputError("give either a segmenter or classes/preset/mask_targets, not both")
             self.segmenter: Optional[Segmenter] = segmenter
-            segmenter.batch_size = int(batch_size)
+            segmenter.batch_size = int(s.batch_size)
             self.vocab: Optional[Vocabulary] = Vocabulary.of_segmenter(segmenter)
-            checkpoints = (None, None)
         elif len(given) > 1:
-            raise InvalidInputError(f"give one of classes=[...], preset='...' or mask_targets={{...}}, not {' and '.join(given)}")
+            raise InvalidInputError(f"give one of {kw('classes', SOME_LIST)}, {kw('preset', SOME_TEXT)} or "
+                                    f"mask_targets={{...}}, not {' and '.join(given)}")
         elif given:
             gt: Optional[Vocabulary] = None
-            if preset is not None:
-                kw["preset"] = preset
-            elif classes is not None:
-                kw.update(classes=classes if isinstance(classes, str) else list(classes), background=background)
-            else:
+            seg_classes = None
+            if classes is not None:
+                seg_classes = classes if isinstance(classes, str) else list(classes)
+            elif mask_targets is not None:
                 # the ground truth's ids: the Segmenter predicts its classes, written under its ids
-                gt = Vocabulary.from_mask_targets(mask_targets, mask_targets_name, background)
-                kw.update(classes=gt.classes, background=background)
+                gt = Vocabulary.from_mask_targets(mask_targets, mask_targets_name, s.background)
+                seg_classes = gt.classes
                 if gt.background_id is None:  # id 0 is a class: every pixel gets a class
-                    if options.get("bg_rule", "none") != "none":
+                    if s.options.get("bg_rule", "none") != "none":
                         raise InvalidInputError(
                             f"{mask_targets_name}: its id 0 is a class, not background, so bg_rule must be 'none'"
                         )
-                    options = {**options, "bg_rule": "none"}
+                    s = replace_settings(s, options={**s.options, "bg_rule": "none"})
             try:
-                self.segmenter = get_segmenter(**kw, **options)
+                self.segmenter = get_segmenter(seg_classes, preset, s)
             except InvalidInputError as exc:
                 where = f"{mask_targets_name}" if gt is not None else "vocabulary"
-                raise InvalidInputError(f"{where}: {exc}") from exc
+                raise exc.prefixed(f"{where}: ") from exc
             self.vocab = gt if gt is not None else dataclasses.replace(self.segmenter.vocabulary, source=given[0])
             if self.vocab.class_lines != self.segmenter.class_lines:  # one vocabulary on both sides
                 raise RuntimeError(f"the segmenter's class lines differ from the vocabulary's: {self.segmenter.class_lines!r}")
@@ -325,26 +325,28 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
             self.segmenter = None
             self.vocab = None
             self._embedding_segmenter()  # loads CLIP now: missing weights fail here, not mid-run
+        model_fields = {n: getattr(s, n) for n in setting_fields(ModelSettings)}
         self.config = CassModelConfig(
-            **dataclasses.asdict(model_settings),
+            **model_fields,
             classes=None if self.vocab is None else list(self.vocab.mask_targets.values()),
             preset=preset, mask_targets=None if self.vocab is None else dict(self.vocab.mask_targets),
-            presence=self.presence, options=dict(options),
+            presence=self.presence,
         )
         self.settings: Optional[Dict[str, Any]] = None
         self.config_id: Optional[str] = None
         if self.segmenter is not None:
             seg = self.segmenter
+            # the settings that change outputs (declared output=True), from the segmenter's own
+            # settings (a stand-in without them: its method, backbone and precision): memory,
+            # placement, batching and device settings are not part of it
+            seg_settings = getattr(seg, "settings", None) or replace_settings(
+                s, method=seg.method, backbone=seg.backbone, precision=seg.precision, clip_checkpoint=None,
+                dino_checkpoint=None)
             self.settings = {
-                "version": 1,
+                "version": 2,
                 "class_lines": list(seg.class_lines),
                 "lut": None if self.vocab.lut is None else [int(x) for x in self.vocab.lut],
-                "method": seg.method,
-                "backbone": seg.backbone,
-                "precision": seg.precision,
-                "clip_checkpoint": checkpoints[0],
-                "dino_checkpoint": checkpoints[1],
-                "options": json.loads(json.dumps(dataclasses.asdict(seg.options), default=list)),
+                **settings_hash_values(seg_settings, seg.options),
             }
             if self.regions_field:  # voted labels are other labels (absent when off: the same hashes as before)
                 self.settings["regions"] = {"field": self.regions_field, "vote": self.region_vote,
@@ -488,7 +490,7 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         return self.segmenter
 
     def _embedding_segmenter(self) -> Segmenter:
-        return self.segmenter if self.segmenter is not None else get_segmenter(**self._embed_kw)
+        return self.segmenter if self.segmenter is not None else get_segmenter(["object"], None, self._embed_settings)
 
     def segment(self, loaded: Sequence[Union[np.ndarray, LoadFailure]], names: Sequence[str],
                 embeddings: Optional[bool] = None, regions: Optional[Sequence[Any]] = None,
@@ -667,17 +669,26 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         return done
 
 
-def load_cass_model(**kwargs) -> CassModel:
-    """The zoo entry point: ``CassModel(**kwargs)``; unknown arguments are a clear error naming
-    what it accepts (:class:`~fiftyone_cass.config.settings.ModelSettings` fields, Segmenter options)."""
+def load_cass_model(model_name: str = ZOO_MODEL_NAME, **kwargs) -> CassModel:
+    """The zoo entry point: ``CassModel(backbone=<the record of model_name>, **kwargs)``; unknown
+    arguments are a clear error naming what it accepts (:class:`~fiftyone_cass.config.settings.ModelSettings`
+    fields, Segmenter options), and so is a ``backbone=`` that is another published record's
+    (its zoo name is named; the random-weight test records are accepted)."""
+    from fiftyone_cass.models.backbones import BACKBONES, backbone_for_zoo_name
     from fiftyone_cass.models.segmenter import SegmenterOptions
+
+    record = backbone_for_zoo_name(model_name)
+    given = kwargs.setdefault("backbone", record)
+    if given != record and given in BACKBONES and not BACKBONES[given].test:
+        raise InvalidInputError(f"{model_name}: is backbone {record!r}, not {given!r}; load the zoo model "
+                                f"{BACKBONES[given].zoo_name!r} for that one")
 
     known = {"classes", "preset", "mask_targets", "presence"} | set(setting_fields(ModelSettings))
     known |= set(setting_fields(SegmenterOptions))
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise InvalidInputError(
-            f"{ZOO_MODEL_NAME}: unknown argument(s) {', '.join(map(repr, unknown))}; accepted: classes, preset, "
+            f"{model_name}: unknown argument(s) {', '.join(map(repr, unknown))}; accepted: classes, preset, "
             f"mask_targets, presence, {', '.join(setting_fields(ModelSettings))} and any fiftyone_cass.SegmenterOptions field"
         )
     return CassModel(**kwargs)

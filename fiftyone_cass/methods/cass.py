@@ -36,7 +36,7 @@ class CASS(AttentionFamily):
             return super().cdam_similarity(seg, feats, g, vglob, text)
         b = feats.shape[0]
         t_all = torch.cat([text, seg.text_aug.unsqueeze(0).expand(b, -1, -1)], 1)
-        g_all = torch.cat([g, vglob @ seg.text_aug.T], 1)
+        g_all = torch.cat([g, vglob @ seg.prior_text_aug.T], 1)  # g's space: the prior CLIP's (L.1)
         return blend_logits(feats, t_all, g_all, o.gamma)  # (B, N, Q+A)
 
     def relogits(self, seg, feats, g, text):

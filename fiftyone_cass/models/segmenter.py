@@ -3,6 +3,7 @@ class merging -> background. Batched over windows of several images (SPEC A, E, 
 
 from __future__ import annotations
 
+import os
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -14,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from fiftyone_cass.core import cdam as cdam_ops
-from fiftyone_cass.core.eigensolver import PLACEMENTS
 from fiftyone_cass.core.entropy import entropy_range, threshold_from_entropy
 from fiftyone_cass.core.cass import CassOptions
 from fiftyone_cass.core.confidence import ConfidenceSums, band_sums, pixel_confidence
@@ -36,105 +36,20 @@ from fiftyone_cass.core.windows import (
 from fiftyone_cass.errors import ImageLoadError, InvalidInputError
 from fiftyone_cass.images import describe, load_rgb
 from fiftyone_cass.methods import get_family, method_names, split_method
-from fiftyone_cass.config.schema import check_dataclass, setting, setting_fields, settings_doc, split_settings
-from fiftyone_cass.config.settings import DEFAULT_METHOD, EngineSettings, resolve_device
+from fiftyone_cass.config.options import SegmenterOptions, options_from_json  # noqa: F401 - re-exported
+from fiftyone_cass.config.schema import settings_doc
+from fiftyone_cass.config.settings import EngineSettings, settings_for
 from fiftyone_cass.models import clip_visual as cv
-from fiftyone_cass.models.backbones import cached_models
+from fiftyone_cass.models.backbones import cached_models, cached_prior, get_backbone_spec
 from fiftyone_cass.models.dino import dino_keys, dino_pixels_from_clip
 from fiftyone_cass.models.profiling import NO_STAGE, StageTimer
 from fiftyone_cass.models.presets import FREE_VOCAB, Preset, cdam_aug_words
 from fiftyone_cass.models.text import text_embedder
-from fiftyone_cass.models.vocabulary import Vocabulary
+from fiftyone_cass.models.vocabulary import Vocabulary, vocabulary_of
 
 #: the built-in methods (every registered family, alone and with +cdam): see :mod:`fiftyone_cass.methods`
 METHODS = tuple(method_names())
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # EngineSettings.precision
-
-
-@dataclass
-class SegmenterOptions:
-    """Every constant and switch of the pipeline. Presets fill the dataset-specific ones; any
-    field can be overridden with a keyword of :class:`Segmenter`."""
-
-    # protocol (SPEC A)
-    short_side: int = setting(336, "shorter image side after resizing, in pixels", min=1, max=4096)
-    long_side: int = setting(2048, "cap of the longer image side after resizing, in pixels", min=1, max=8192)
-    mode: str = setting("slide", "slide: sliding windows; whole: the whole resized image at once",
-                        choices=("slide", "whole"))
-    crop: int = setting(224, "sliding-window size, in pixels", min=16, max=4096)
-    stride: int = setting(112, "sliding-window step, in pixels", min=1, max=4096)
-    global_prior: str = setting("image", "image: whole resized image, once per image; crop: per window",
-                                choices=("image", "crop"))
-    pad_to_patch: bool = setting(False, "whole mode: pad to a multiple of 16 instead of flooring (J.5)")
-    dino_clean_input: bool = setting(False, "A.6: correct ImageNet normalisation for DINO")
-    # CASS (SPEC C, D, E)
-    gaussian_std: float = setting(5.0, "std of the Gaussian window of the attention graphs", gt=0)
-    k_eigen: int = setting(20, "eigenvalues compared between the DINO and CLIP graphs", min=1, max=4096)
-    rank: int = setting(10, "rank of the low-rank DINO graph", min=1, max=4096)
-    eigenscale: bool = setting(True, "scale the eigenvectors by their eigenvalues")
-    beta: float = setting(10.0, "fusion strength of the graphs", min=0)
-    paper_matching: bool = setting(False, "head matching as written in the paper")
-    energy_rank: Optional[float] = setting(None, "energy share that picks the rank per head (none: fixed rank)",
-                                           gt=0, max=1)
-    spectral_dtype: str = setting("float64", "float64 (reference) or float32 (faster on GPUs)",
-                                  choices=("float64", "float32"))
-    eigh_placement: str = setting("auto", "where the 64x64 eigh runs (core.eigensolver)", choices=PLACEMENTS)
-    gamma: float = setting(0.25, "weight of the global image prior in the text adjustment", min=0, max=1)
-    alpha: float = setting(0.03, "weight of the patch features in the text adjustment", min=0, max=1)
-    h_threshold: float = setting(0.10, "distance threshold of the text clustering", min=0, max=2)
-    top_k: int = setting(2, "patches per class in the text adjustment", min=1, max=4096)
-    logit_scale: float = setting(40.0, "scale of the patch-text similarities", gt=0)
-    prob_thd: float = setting(0.0, "probability below which a pixel is background (0: none)", min=0, max=1)
-    # CDAM (SPEC G, H)
-    cdam_temperature: float = setting(0.1, "CDAM similarity temperature", gt=0)
-    cdam_attn_temperature: float = setting(0.1, "CDAM attention temperature", gt=0)
-    cdam_scales: Tuple[float, ...] = setting((0.25, 0.37, 0.5, 0.63, 0.75, 0.87), "CDAM scales",
-                                             item_gt=0, item_max=1)
-    cdam_similarity: str = setting("cass", "cass: (1-g) F[T';Taug] + g[g;gaug]; raw: F[T;Taug]",
-                                   choices=("cass", "raw"))
-    cdam_row_normalize: bool = setting(False, "row-normalise the CDAM map")
-    cdam_mix: float = setting(1.0, "share of the CDAM map in the attention", min=0, max=1)
-    # dtype of the CDAM map; its sharp temperatures (T = P = 0.1) amplify fp32 round-off ~1e4x,
-    # enough to make results depend on batch composition
-    cdam_dtype: str = setting("float64", "dtype of the CDAM map", choices=("float64", "float32"))
-    cdam_readjust_text: bool = setting(True, "H.5: redo the E.3 adjustment on the re-predicted features")
-    bg_rule: str = setting("entropy", "with +cdam: entropy (G.7 once per image), cass_fixed (prob_thd) or none",
-                           choices=("entropy", "cass_fixed", "none"))
-    entropy_source: str = setting("image", "image, or last_crop (reference parity)", choices=("image", "last_crop"))
-    entropy_logit_scale: float = setting(50.0, "logit scale of the entropy rule", gt=0)
-    entropy_thr_default: float = setting(0.5, "threshold of the entropy rule when it is undecided", min=0, max=1)
-    entropy_alpha: float = setting(2.5, "slope of the entropy rule", min=0)
-    # PAMR (SPEC K.1-K.4): on the raw query logits at the original size, before logit_scale,
-    # softmax, synonym merge and background
-    pamr_steps: int = setting(0, "PAMR refinement steps on the full-resolution logits (0: off, the published "
-                              "protocol; 10: the seeds' --pamr on)", min=0, max=1000)
-    pamr_dilations: Tuple[int, ...] = setting((8, 16), "PAMR neighbour dilations, in pixels", item_min=1, item_max=512)
-    pamr_guide: str = setting("processed", "image guiding PAMR: processed (the reference's up-sampled resized, "
-                              "CLIP-normalised image) or original", choices=("processed", "original"))
-    # memory (not results): bytes allowed for the full-resolution logits of one image and the
-    # up-sampled windows being stitched; larger images are labelled in row bands (the same label
-    # maps). None = no bound (the whole image at once: Q x H x W floats, ~0.7 GB per megapixel
-    # with 171 names)
-    full_res_budget: Optional[int] = setting(256 * 2**20, "bytes for one image's full-resolution logits "
-                                             "(larger images go in row bands; none: no bound)", min=2**20)
-
-
-def options_from_json(value) -> Dict[str, Any]:
-    """Segmenter options given as a JSON object string (CLI ``--options``, operator input) or a
-    dict. Raises :class:`InvalidInputError` unless it is a JSON object."""
-    if not value:
-        return {}
-    if isinstance(value, dict):
-        return dict(value)
-    import json
-
-    try:
-        out = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"options must be a JSON object, e.g. '{{\"mode\": \"whole\"}}': {exc}") from None
-    if not isinstance(out, dict):
-        raise InvalidInputError("options must be a JSON object")
-    return out
 
 
 @dataclass
@@ -195,6 +110,16 @@ class _Prepared:
     min_area: int = 0
 
 
+def device_memory_bytes(device) -> Optional[int]:
+    """The memory of ``device``: a GPU's total memory, else the machine's RAM (None if unknown)."""
+    try:
+        if torch.device(device).type == "cuda":
+            return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        return None
+
+
 class Segmenter:
     """Open-vocabulary semantic segmentation with CASS (+ CDAM) on CLIP ViT-B/16 + DINO ViT-B/8.
 
@@ -204,8 +129,13 @@ class Segmenter:
             0 is background; classes get ids 1..C in order.
         preset: one of the published protocols (voc21, voc20, context60, context59, coco_object,
             coco_stuff, ade20k, cityscapes): its class file, ids and constants.
-        models: ready ``(clip, dino, tokenizer)`` instead of loading the backbone's weights.
-        **settings: :class:`~fiftyone_cass.config.settings.EngineSettings` fields (below) and any
+        models: ready ``(clip, dino, tokenizer)`` instead of loading the backbone's weights; a
+            fourth item ``(prior_clip, prior_tokenizer)`` gives the prior CLIP of a record with one
+            (SPEC L.1; otherwise it is loaded as the record says).
+        settings: a built :class:`~fiftyone_cass.config.settings.EngineSettings` (or a subclass:
+            :func:`~fiftyone_cass.config.settings.build_settings`), handed down by the layer above;
+            or instead
+        **keywords: :class:`~fiftyone_cass.config.settings.EngineSettings` fields (below) and any
             :class:`SegmenterOptions` field; each value is checked against its declaration.
 
     Engine settings:
@@ -239,10 +169,12 @@ class Segmenter:
         preset: Optional[str] = None,
         *,
         models: Optional[Tuple[Any, Any, Any]] = None,
-        **settings,
+        settings: Optional[EngineSettings] = None,
+        **keywords,
     ):
-        # EngineSettings (method, backbone, device, ...) and SegmenterOptions, each checked once
-        engine, overrides = split_settings(EngineSettings, settings)
+        # one settings object (EngineSettings fields + the Segmenter options), checked once: the
+        # caller's (CassModel, apply, the operator, the CLI) or built here from the keywords
+        engine = self.settings = settings_for(EngineSettings, settings, keywords)
         method, backbone, background = engine.method, engine.backbone, engine.background
         self.base, self.use_cdam = split_method(method)
         self.family = get_family(self.base)
@@ -250,13 +182,13 @@ class Segmenter:
         self.batch_size = engine.batch_size
         self.window_batch = engine.window_batch
         self.precision = engine.precision
-        self.device = torch.device(resolve_device(engine.device))  # a CUDA device without CUDA: a clear error
+        self.device = torch.device(engine.device)  # resolved with the settings
         self.backbone = backbone
 
         # the vocabulary (one object shared with the FiftyOne side: models/vocabulary.py)
         self.vocabulary = self._vocabulary(classes, preset, background)
         self.preset: Preset = self.vocabulary.preset or FREE_VOCAB
-        self.options = self._options(overrides)
+        self.options = self._options(engine.options)
         v = self.vocabulary
         self.class_lines = list(v.class_lines)
         self.queries, owner = v.queries, v.query_owner
@@ -267,12 +199,22 @@ class Segmenter:
         self.background_id = v.background_label
         self.mask_targets = dict(v.mask_targets)
 
-        # models
+        # models: the backbone record (models/backbones.py) says which, and the VFM's input rule
+        self.record = get_backbone_spec(backbone)
         if models is None:
             models = cached_models(backbone, engine.clip_checkpoint, engine.dino_checkpoint, self.device,
                                    self.family.needs_dino)
-        self.clip, self.dino, self.tokenizer = models
+        if not isinstance(models, (tuple, list)) or len(models) not in (3, 4):
+            raise InvalidInputError(f"models must be a (clip, dino, tokenizer) tuple of loaded models (dino None "
+                                    f"for methods without DINO), or (clip, dino, tokenizer, (prior, tokenizer)), "
+                                    f"not {type(models).__name__} {models!r:.80}")
+        models = tuple(models)
+        self.clip, self.dino, self.tokenizer = models[:3]
         self.visual = self.clip.visual
+        # the object-presence prior's CLIP (SPEC L.1): its own image forward and text embeddings
+        prior = models[3] if len(models) == 4 else (cached_prior(backbone, self.device) if self.record.prior else None)
+        self.prior, self.prior_tokenizer = prior if prior is not None else (None, None)
+        self.prior_visual = self.visual if self.prior is None else self.prior.visual
         if self.family.needs_dino and self.dino is None:
             raise InvalidInputError(f"method {self.base!r} needs a DINO model")
         self.heads = cv.num_heads(self.visual)
@@ -286,19 +228,13 @@ class Segmenter:
                 )
         # one text cache per CLIP model, shared by every Segmenter using it
         self.embedder = text_embedder(self.clip, self.tokenizer, self.device)
+        self.prior_embedder = None if self.prior is None else text_embedder(self.prior, self.prior_tokenizer, self.device)
         self._prepare_text()
 
     # ------------------------------------------------------------------ configuration
     @staticmethod
     def _vocabulary(classes, preset, background) -> Vocabulary:
-        if preset is not None and classes is not None:
-            raise InvalidInputError("give either classes or preset, not both")
-        if preset is not None:
-            if background is not None:  # the protocol decides what background is
-                raise InvalidInputError(f"background words apply to a free vocabulary of classes; preset {preset!r} "
-                                        "has its own (leave background unset)")
-            return Vocabulary.from_preset(preset)
-        return Vocabulary.from_classes(classes, background)
+        return vocabulary_of(classes, preset, background)
 
     def _options(self, overrides) -> SegmenterOptions:
         p = self.preset
@@ -309,15 +245,8 @@ class Segmenter:
         )
         if self.family.logit_scale is not None:
             base["logit_scale"] = self.family.logit_scale  # the family's protocol (CDAM/MaskCLIP: 50)
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(SegmenterOptions)})
-        if unknown:
-            raise InvalidInputError(
-                f"unknown option(s): {', '.join(unknown)} (settings: {', '.join(setting_fields(EngineSettings))}; "
-                f"Segmenter options: {', '.join(f.name for f in dataclasses.fields(SegmenterOptions))})"
-            )
-        base.update(overrides)
-        opts = check_dataclass(SegmenterOptions(**base))  # types and ranges of the fields' metadata
-        return opts
+        base.update(overrides)  # (checked with the settings)
+        return SegmenterOptions(**base)
 
     def _prepare_text(self) -> None:
         self.text = self.embedder(self.queries)  # (Q, E)
@@ -325,6 +254,14 @@ class Segmenter:
         if self.use_cdam:
             self.aug_words = cdam_aug_words()
             self.text_aug = self.embedder(self.aug_words)
+        # the global similarity g = cos(v_glob, T) of E.1 in the prior CLIP's space (L.1): its own
+        # text embeddings of the queries (and of CDAM's words); the patch path keeps self.text
+        if self.prior_embedder is None:
+            self.prior_text = self.text
+            self.prior_text_aug = self.text_aug if self.use_cdam else None
+        else:
+            self.prior_text = self.prior_embedder(self.queries)
+            self.prior_text_aug = self.prior_embedder(self.aug_words) if self.use_cdam else None
         o = self.options
         self.cass_options = CassOptions(
             gaussian_std=o.gaussian_std, k_eigen=o.k_eigen, rank=o.rank, eigenscale=o.eigenscale,
@@ -466,12 +403,20 @@ class Segmenter:
                 if p.regions is not None and mode == "mean":
                     p.votes = RegionSums(p.regions, self.num_labels)
         o = self.options
-        # global prior v_glob once per image (SPEC E.1 [rec]); whole mode / crop prior: per window
-        vglob = None
-        if (o.mode == "slide" and o.global_prior == "image") or return_embeddings:
+        # global prior v_glob once per image (SPEC E.1 [rec]), by the prior CLIP (L.1; the CLIP
+        # itself by default); whole mode / crop prior: per window. The image embeddings returned
+        # are always the CLIP's (the space of embedder's text embeddings).
+        image_prior = o.mode == "slide" and o.global_prior == "image"
+        per_image_prior = emb = None
+        if image_prior:
             with self._stage("clip_global"):
-                vglob = self._global_embeddings(prepared)
-        per_image_prior = vglob if (o.mode == "slide" and o.global_prior == "image") else None
+                per_image_prior = self._global_embeddings(prepared, self.prior_visual)
+        if return_embeddings:
+            if per_image_prior is not None and self.prior is None:
+                emb = per_image_prior
+            else:
+                with self._stage("clip_global"):
+                    emb = self._global_embeddings(prepared)
         # gather windows
         crops, owners = [], []
         for p in prepared:
@@ -509,8 +454,8 @@ class Segmenter:
             cursor += n
             with self._stage("stitch"):
                 res = self._finish(p, wl, hr, g)
-            if vglob is not None:
-                res.embedding = vglob[p.index].to("cpu", torch.float32).numpy().copy()
+            if emb is not None:
+                res.embedding = emb[p.index].to("cpu", torch.float32).numpy().copy()
             results.append(res)
         return results
 
@@ -542,6 +487,7 @@ class Segmenter:
             raise ImageLoadError(f"{name}: image has zero size {w0}x{h0}")
         o = self.options
         h, w = keep_ratio_size(h0, w0, o.long_side, o.short_side)
+        self._check_memory(name, h, w)
         resized = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR) if (h, w) != (h0, w0) else rgb
         img = clip_normalize(torch.as_tensor(np.array(resized, copy=not resized.flags.writeable)).to(self.device).permute(2, 0, 1))
         if o.mode == "slide":
@@ -559,38 +505,59 @@ class Segmenter:
         keep = rgb if (o.pamr_steps > 0 and o.pamr_guide == "original") else None
         return _Prepared(index, name, (h0, w0), img, (h, w), windows, keep)
 
+    def _check_memory(self, name: str, h: int, w: int) -> None:
+        """Refuses (per image, before anything is allocated) a processing size whose whole-image
+        pass cannot fit the device: CLIP's attention over every patch of the resized image (heads x
+        tokens^2 floats, in whole mode and for the image-level prior) and the logits canvases."""
+        o = self.options
+        ph, pw = cv.patch_size(self.visual)
+        tokens = max(h // ph, 1) * max(w // pw, 1)
+        whole_pass = o.mode != "slide" or o.global_prior == "image"
+        need = (cv.num_heads(self.visual) * tokens * tokens * 4 if whole_pass else 0) + 3 * len(self.queries) * h * w * 4
+        have = device_memory_bytes(self.device)
+        if have is not None and need > have:
+            raise InvalidInputError(
+                f"{name}: with short_side={o.short_side} and long_side={o.long_side} it is processed at {w}x{h} "
+                f"({tokens} CLIP tokens), which needs about {need / 2**30:.0f} GiB, more than the "
+                f"{have / 2**30:.0f} GiB of memory of {self.device}; lower short_side/long_side (e.g. the "
+                "defaults)")
+
     def _autocast(self):
         if self.precision == "fp32":
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
 
-    def _trunk(self, images: torch.Tensor):
+    def _trunk(self, images: torch.Tensor, visual=None):
         with self._autocast():
-            x, grid = cv.trunk(self.visual, images)
+            x, grid = cv.trunk(self.visual if visual is None else visual, images)
         return x.float(), grid
 
-    def _global_embeddings(self, prepared: List[_Prepared]) -> torch.Tensor:
+    def _global_embeddings(self, prepared: List[_Prepared], visual=None) -> torch.Tensor:
         """One unmodified CLIP forward per image on the whole resized image (E.1), batched over
-        images of the same size."""
+        images of the same size; ``visual``: the prior CLIP's image tower (default: the CLIP's)."""
+        visual = self.visual if visual is None else visual
         out: List[Optional[torch.Tensor]] = [None] * len(prepared)
         groups: Dict[Tuple[int, int], List[int]] = {}
-        ph, pw = cv.patch_size(self.visual)
+        ph, pw = cv.patch_size(visual)
         for p in prepared:
             # a side shorter than one patch uses the zero padding added by _prepare
             groups.setdefault((max(p.size[0], ph), max(p.size[1], pw)), []).append(p.index)
         for size, idx in groups.items():
             imgs = torch.stack([prepared[i].image[:, : size[0], : size[1]] for i in idx])
-            x, _ = self._trunk(imgs)
+            x, _ = self._trunk(imgs, visual)
             with self._autocast():
-                g = cv.global_embedding(self.visual, x)
+                g = cv.global_embedding(visual, x)
             for k, i in enumerate(idx):
                 out[i] = g[k].float()
         return torch.stack(out)
 
     def _dino_keys_on_grid(self, crops: torch.Tensor, grid) -> torch.Tensor:
-        pixels = dino_pixels_from_clip(crops, clean=self.options.dino_clean_input)
+        """The VFM's keys by the record's input rule (B.6, L.2), resampled to CLIP's grid."""
+        v = self.record.vfm
+        pixels = dino_pixels_from_clip(crops, clean=self.options.dino_clean_input, size=v.input_size,
+                                       norm_mean=v.mean, norm_std=v.std)
         with self._autocast():
-            keys, dgrid = dino_keys(self.dino, pixels)
+            keys, dgrid = dino_keys(self.dino, pixels, v.registers, v.keys == "rope")
         return resample_dino_keys(keys.float(), dgrid, grid)
 
     def _forward_windows(self, crops: torch.Tensor, vglob: Optional[torch.Tensor]):
@@ -601,9 +568,15 @@ class Segmenter:
         with self._stage("clip"):
             x, grid = self._trunk(crops)
         if vglob is None:
-            with self._autocast():
-                vglob = cv.global_embedding(self.visual, x).float()
-        g = vglob @ self.text.T  # (B, Q) raw cosine, unadjusted text (E.1)
+            if self.prior is None:
+                with self._autocast():
+                    vglob = cv.global_embedding(self.visual, x).float()
+            else:  # the prior CLIP's own forward on the windows (L.1)
+                with self._stage("clip_global"):
+                    px, _ = self._trunk(crops, self.prior_visual)
+                    with self._autocast():
+                        vglob = cv.global_embedding(self.prior_visual, px).float()
+        g = vglob @ self.prior_text.T  # (B, Q) raw cosine, unadjusted text (E.1; L.1: the prior's)
         b = x.shape[0]
         family = self.family
         out = family.features(self, x, crops, grid)

@@ -21,14 +21,19 @@ Pure Python + numpy: no model is loaded (the over-long-name check reads open_cli
 from __future__ import annotations
 
 import dataclasses
+import logging
 import unicodedata
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.errors import SOME_LIST, SOME_TEXT, InvalidInputError, kw, use
 from fiftyone_cass.models.presets import Preset, default_background_words, get_preset, preset_class_lines
 
+logger = logging.getLogger(__name__)
+
+#: the value evaluation ignores by default (``ignore_index`` / ``--ignore-index``)
+IGNORE_VALUE = 255
 #: names of a ground-truth id 0 that mean "background"
 BACKGROUND_NAMES = {"background", "bg", "_background_", "__background__", "unlabeled", "unlabelled", "none"}
 #: names of ground-truth ids that are never predicted (e.g. 255): not classes of a vocabulary
@@ -67,33 +72,56 @@ def queries_from_class_lines(lines: Sequence[str]) -> Tuple[List[str], List[int]
     return queries, owner
 
 
-def name_key(name: str) -> str:
-    """A name as the tokenizer sees it: Unicode NFC (ftfy), lower case, runs of white space as one
-    ("café" typed in NFC and in NFD is one name)."""
-    return " ".join(unicodedata.normalize("NFC", name).lower().split())
+def _tokenizer():
+    from fiftyone_cass.models.text import default_tokenizer  # open_clip's CLIP tokenizer, read on first use
+
+    return default_tokenizer()
+
+
+def name_key(name: str) -> Tuple[int, ...]:
+    """A name as the text encoder sees it: the token ids of open_clip's CLIP tokenizer, which
+    cleans the text first (ftfy's ``fix_text``: Unicode NFC, ligatures, full-width letters,
+    mojibake; HTML entities unescaped twice; lower case; runs of white space as one). Two names
+    with the same key get the same embedding: "fish"/"\ufb01sh", "cat"/"\uff43\uff41\uff54",
+    "caf\u00e9"/"caf\u00c3\u00a9", "dog"/"&#100;og", NFC/NFD forms."""
+    return tuple(_tokenizer().encode(name))
+
+
+def check_name_characters(name: str, where: str = "class name") -> None:
+    """Refuses a name holding a control character (NUL, ESC, DEL, tab, ...): the tokenizer drops
+    or changes them silently, so the name would not be what the user sees."""
+    for ch in name:
+        if unicodedata.category(ch) == "Cc":
+            raise InvalidInputError(f"{where} {name!r} holds the control character U+{ord(ch):04X}; remove it")
 
 
 def _same_text(a: str, b: str) -> str:
-    if a != b and unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b):
+    if a == b or " ".join(a.lower().split()) == " ".join(b.lower().split()):
+        return ""
+    if unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b):
         return " (the same text in two Unicode forms, NFC and NFD)"
-    return ""
+    seen = _tokenizer().decode(list(name_key(a))).strip()
+    return f" (the text encoder reads both as {seen!r})"
 
 
 def _norm_name(name: str) -> str:
     return str(name).strip().lower()
 
 
-def check_class_lines(lines: Sequence[str]) -> Dict[str, Tuple[int, str]]:
-    """Refuses an empty vocabulary, empty names, duplicates (compared with :func:`name_key`, so
-    NFC/NFD and case or spacing variants are duplicates) and 'background' as a class. Returns
+def check_class_lines(lines: Sequence[str]) -> Dict[Tuple[int, ...], Tuple[int, str]]:
+    """Refuses an empty vocabulary, empty names, names with control characters, duplicates
+    (compared with :func:`name_key`, the tokens the text encoder sees: NFC/NFD, case, spacing,
+    ligature, full-width, mojibake and HTML-entity variants are duplicates) and 'background' as a
+    class. Returns
     ``{key: (line index, name)}`` of every synonym."""
     if not lines or all(not line for line in lines):
         raise InvalidInputError("the vocabulary is empty: give at least one class name")
     if any(not line for line in lines):
         raise InvalidInputError(f"empty class name in {list(lines)!r}")
-    seen: Dict[str, Tuple[int, str]] = {}
+    seen: Dict[Tuple[int, ...], Tuple[int, str]] = {}
     for i, line in enumerate(lines):
         for raw in (p.strip() for p in line.split(",")):
+            check_name_characters(raw)
             name = name_key(raw)
             if not name:
                 raise InvalidInputError(f"empty synonym in class {line!r}")
@@ -106,8 +134,8 @@ def check_class_lines(lines: Sequence[str]) -> Dict[str, Tuple[int, str]]:
             if name in seen:
                 raise InvalidInputError(f"duplicate synonym {raw!r} in class {line!r}" + _same_text(seen[name][1], raw))
             seen[name] = (i, raw)
-    if any(name_key(line.split(",")[0]) == "background" for line in lines):
-        raise InvalidInputError("'background' is label 0 and cannot be a class; use background=[...] for words")
+    if any(name_key(line.split(",")[0]) == name_key("background") for line in lines):
+        raise InvalidInputError(f"'background' is label 0 and cannot be a class; use {kw('background', SOME_LIST)} for words")
     return seen
 
 
@@ -176,11 +204,12 @@ class Vocabulary:
         empty names, duplicates (NFC/NFD, case and spacing variants too), 'background' as a
         class, a background word that is a class and names too long for CLIP's context."""
         if classes is None:
-            raise InvalidInputError("no classes given: pass classes=[...] or preset=...")
+            raise InvalidInputError(f"no classes given: {use('classes', SOME_LIST)} or {kw('preset', SOME_TEXT)}")
         lines = parse_classes(classes)
         seen = check_class_lines(lines)
         bg = background_line(background)
         for w in (p.strip() for p in bg.split(",") if p.strip()):
+            check_name_characters(w, "background word")
             if name_key(w) in seen:
                 raise InvalidInputError(f"background word {w!r} is also a class name" + _same_text(seen[name_key(w)][1], w))
         # every name must fit CLIP's context in each of the 80 template sentences
@@ -213,7 +242,7 @@ class Vocabulary:
         if not mask_targets:
             raise InvalidInputError(
                 f"{field_name}: no mask_targets to take the classes from; give them ({{id: name}}, e.g. the "
-                "ground-truth field's dataset.mask_targets[field]) or pass classes=[...]"
+                f"ground-truth field's dataset.mask_targets[field]) or {use('classes', SOME_LIST)}"
             )
         targets: Dict[int, str] = {}
         for k, v in mask_targets.items():
@@ -227,21 +256,31 @@ class Vocabulary:
                 raise InvalidInputError(f"{field_name}: mask_targets id {k} is outside 0..{MAX_ID}")
             targets[int(k)] = str(v)
         background_id = 0 if (0 in targets and _norm_name(targets[0]) in BACKGROUND_NAMES) else None
-        classes, gt_ids = [], []
+        classes, gt_ids, dropped = [], [], []
         for k in sorted(targets):
             if k == background_id:
                 continue
             name = targets[k].strip()
-            if not name or _norm_name(name) in IGNORE_NAMES or _norm_name(name) == "background":
-                continue
-            classes.append(name)
-            gt_ids.append(k)
+            if not name:
+                dropped.append(f"id {k} (empty name)")
+            elif _norm_name(name) == "background":
+                dropped.append(f"id {k} ({name!r}: only id 0 can be background)")
+            elif _norm_name(name) not in IGNORE_NAMES:
+                classes.append(name)
+                gt_ids.append(k)
+        if dropped:
+            logger.warning("%s: %s never predicted: name them as classes in the mask_targets to predict them",
+                           field_name, ", ".join(dropped) + (" is" if len(dropped) == 1 else " are"))
+        if IGNORE_VALUE in gt_ids:
+            logger.warning("%s: id %d (%r) is a class, so labels hold the value %d, which evaluation ignores by "
+                           "default (ignore_index / --ignore-index %d): evaluate with another ignore index",
+                           field_name, IGNORE_VALUE, targets[IGNORE_VALUE], IGNORE_VALUE, IGNORE_VALUE)
         if not classes:
             raise InvalidInputError(f"{field_name}: mask_targets {targets!r} name no class to predict")
         try:
             labels = cls.from_classes(classes, background)
         except InvalidInputError as exc:
-            raise InvalidInputError(f"{field_name}: {exc}") from exc
+            raise exc.prefixed(f"{field_name}: ") from exc
         top = max(gt_ids + [background_id or 0])
         lut = np.zeros(len(classes) + 1, dtype=np.uint8 if top <= 255 else np.uint16)
         lut[0] = background_id if background_id is not None else 0  # never produced without background
@@ -324,8 +363,22 @@ __all__ = [
     "Vocabulary",
     "background_line",
     "check_class_lines",
+    "check_name_characters",
     "name_key",
     "parse_classes",
     "queries_from_class_lines",
     "vocabulary_from_mask_targets",
 ]
+
+
+def vocabulary_of(classes, preset: Optional[str], background) -> "Vocabulary":
+    """The vocabulary of a request: ``classes`` (with ``background`` words) or a ``preset`` (which
+    has its own background: ``background`` words with a preset are refused), not both."""
+    if preset is not None and classes is not None:
+        raise InvalidInputError(f"give either {kw('classes')} or {kw('preset')}, not both")
+    if preset is not None:
+        if background is not None:  # the protocol decides what background is
+            raise InvalidInputError(f"{kw('background')} words apply to a free vocabulary of classes; "
+                                    f"{kw('preset')} {preset!r} has its own (leave {kw('background')} unset)")
+        return Vocabulary.from_preset(preset)
+    return Vocabulary.from_classes(classes, background)

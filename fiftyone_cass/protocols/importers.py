@@ -45,7 +45,7 @@ from PIL import Image
 import fiftyone as fo
 import fiftyone.core.utils as fou
 
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.errors import InvalidInputError, use
 from fiftyone_cass.models.presets import get_preset
 from fiftyone_cass.models.vocabulary import Vocabulary
 from fiftyone_cass.fo.metrics import IGNORE_INDEX
@@ -213,7 +213,7 @@ def _default_masks_dir(name: str, gt_field: str) -> str:
 def _new_dataset(name: str, persistent: bool, overwrite: bool) -> fo.Dataset:
     if fo.dataset_exists(name):
         if not overwrite:
-            raise InvalidInputError(f"a FiftyOne dataset named {name!r} exists; pass overwrite=True or another name")
+            raise InvalidInputError(f"a FiftyOne dataset named {name!r} exists; {use('overwrite', True)} or another name")
         fo.delete_dataset(name)
     return fo.Dataset(name, persistent=persistent)
 

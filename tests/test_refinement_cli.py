@@ -130,4 +130,4 @@ def test_bad_instance_mask_is_that_samples_failure_with_its_reason(tmp_path, cap
     assert ds[bad.id].voted is None and "does not fit" in ds[bad.id].voted_error
     assert len(np.unique(read_mask(ds[good.id].voted))) == 1
     rc, out = run_cli(*base, "--label-field", "x", "--regions-field", "nope", capsys=capsys)
-    assert rc == 2 and "regions-field 'nope' is not a field" in out.err
+    assert rc == 2 and "'nope' is not a field of dataset" in out.err and "regions" in out.err

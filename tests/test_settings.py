@@ -49,7 +49,7 @@ def _flag(name: str) -> str:
 
 def test_each_layer_adds_its_own_settings_once():
     engine, model, label = (set(setting_fields(c)) for c in (EngineSettings, ModelSettings, LabelSettings))
-    assert engine < model < label and model - engine == {"presence_threshold"}
+    assert engine < model < label and model - engine == {"presence_threshold", "regions_field", "region_vote", "region_min_area"}
     assert set(label_setting_names()) == label
     # every declaration carries what the three entry points show: a help text and a form label
     assert all(f.metadata.get("help") and f.metadata.get("label") for f in FIELDS.values())

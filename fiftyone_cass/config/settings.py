@@ -228,6 +228,17 @@ class ModelSettings(EngineSettings):
 
     presence_threshold: float = setting(DEFAULT_PRESENCE_THRESHOLD, "presence score from which a class is shown "
                                         "and tagged", min=0, max=1, label="Presence threshold", group="output", output=False)
+    # region voting (SPEC K.5): part of the settings hash when regions_field is set
+    regions_field: Optional[str] = setting(None, "vote labels inside the regions of this field: fo.Detections with "
+                                           "instance masks (SAM / SAM2 from FiftyOne's zoo) or an fo.Segmentation "
+                                           "of region ids (0: no region)", parse=_field_name,
+                                           allowed="a plain field name", label="Regions field", group="model",
+                                           metavar="FIELD", form=False)
+    region_vote: str = setting("majority", "how a region picks its label: majority (most frequent label of its "
+                               "pixels) or mean (argmax of their mean class probabilities)",
+                               choices=("majority", "mean"), label="Region vote", group="model", form=False)
+    region_min_area: int = setting(0, "regions smaller than this many pixels are ignored", min=0, max=2**40,
+                                   label="Smallest region (pixels)", group="model", form=False)
 
 
 @dataclass

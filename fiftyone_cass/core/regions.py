@@ -156,9 +156,10 @@ class RegionSums:
             m = r.mask[s - y0 : e - y0]
             if not m.any():
                 continue
-            if isinstance(probs, torch.Tensor):
-                mt = torch.as_tensor(m, device=probs.device)
-                part = probs[:, s - a : e - a, x0:x1][:, mt]  # (L, n)
-                self.sums[i] += part.to(torch.float64).sum(1).cpu().numpy()
+            part = probs[:, s - a : e - a, x0:x1]
+            if isinstance(part, torch.Tensor):  # one matrix-vector product: the masked sum of every label
+                mt = torch.as_tensor(m, device=part.device).to(part.dtype).reshape(-1)
+                self.sums[i] += (part.reshape(part.shape[0], -1) @ mt).to("cpu", torch.float64).numpy()
             else:
-                self.sums[i] += np.asarray(probs[:, s - a : e - a, x0:x1][:, m], np.float64).sum(1)
+                part = np.asarray(part)
+                self.sums[i] += part.reshape(part.shape[0], -1).astype(np.float64) @ m.reshape(-1).astype(np.float64)

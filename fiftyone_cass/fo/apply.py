@@ -235,6 +235,8 @@ class ApplySummary:
     error_field: Optional[str] = None
     shard: Optional[Tuple[int, int]] = None
     seconds: float = 0.0
+    regions_field: Optional[str] = None  # region voting's field (None: no voting)
+    num_without_regions: int = 0  # labelled without voting: the sample had no regions there
 
     @property
     def num_processed(self) -> int:
@@ -260,6 +262,9 @@ class ApplySummary:
             f"{self.label_field}: labeled {self.num_labeled} of {self.num_target} target samples{shard} "
             f"in {self.seconds:.1f}s, masks in {where}; {self.num_already_done} already done",
         ]
+        if self.regions_field:
+            lines.append(f"regions from {self.regions_field!r}: {self.num_without_regions} labelled sample(s) had "
+                         "none and were labelled without voting")
         if self.num_failed:
             lines.append(f"{self.num_failed} failed (see the '{self.error_field}' field):")
             for _, path, err in self.failures[:MAX_LISTED_FILES]:
@@ -411,12 +416,26 @@ class AutoLabelRun:
         self.config_id = self.model.config_id
         self.summary = ApplySummary(label_field, self.config_id, mask_targets=dict(self.vocab.mask_targets),
                                     presence_field=self.presence_field, error_field=self.error_field,
-                                    shard=self.shard)
+                                    shard=self.shard, regions_field=self.model.regions_field)
+        if self.model.regions_field:
+            self._check_regions_field(self.model.regions_field)
         self._todo: Optional[List[Tuple[str, str]]] = None
         self._claim: Optional[FieldClaim] = None
         self._folder_id: Optional[Tuple[int, int]] = None  # (device, inode) of the mask folder at the start
 
     # -------------------------------------------------------------- planning
+    def _check_regions_field(self, name: str) -> None:
+        """The regions field exists and holds Detections or a Segmentation (SPEC K.5)."""
+        f = self.dataset.get_field(name)
+        if f is None:
+            raise InvalidInputError(f"regions_field {name!r} is not a field of dataset {self.dataset.name!r} (compute "
+                                    "SAM / SAM2 masks into it first, see the README)")
+        if not (isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, (fo.Detections, fo.Segmentation))):
+            raise InvalidInputError(f"regions_field {name!r} of dataset {self.dataset.name!r} is not a Detections or "
+                                    "Segmentation field")
+        if name == self.label_field:
+            raise InvalidInputError(f"regions_field {name!r} is the label_field: choose another label_field")
+
     def _check_field_type(self, name: str, embedded=None, ftype=None):
         f = self.dataset.get_field(name)
         if f is None:
@@ -717,11 +736,11 @@ class AutoLabelRun:
                 loading = loader.submit(self._load_batch, batches[0])
                 writing = None
                 for i, batch in enumerate(batches):
-                    loaded = loading.result()
+                    loaded, regions = loading.result()
                     if i + 1 < len(batches):
                         loading = loader.submit(self._load_batch, batches[i + 1])
                     paths = [p for _, p in batch]
-                    outputs = self.model.segment(loaded, paths, **self._engine)
+                    outputs = self.model.segment(loaded, paths, regions=regions, **self._engine)
                     del loaded
                     if writing is not None:
                         done += writing.result()
@@ -745,7 +764,14 @@ class AutoLabelRun:
         return self.summary
 
     def _load_batch(self, batch: List[Tuple[str, str]]):
-        return [load_item(p, p) for _, p in batch]
+        """The decoded images, and the regions field's values (None when not voting)."""
+        loaded = [load_item(p, p) for _, p in batch]
+        field = self.model.regions_field
+        if not field:
+            return loaded, None
+        ids = [s for s, _ in batch]
+        got = dict(zip(*self.dataset.select(ids).values(["id", field])))
+        return loaded, [got.get(s) for s in ids]
 
     def _output_context(self) -> OutputContext:
         ds_id = str(self.dataset._doc.id)
@@ -797,6 +823,8 @@ class AutoLabelRun:
                 self._record_failure(sid, path, err)
                 continue
             values[sid]["segmentation"][""][SOURCE_ATTR] = path
+            if self.model.regions_field and getattr(res, "regions_voted", None) is None:
+                self.summary.num_without_regions += 1
             self.summary.num_labeled += 1
         write_outputs(ds, ctx, self.fields, values)
         labels = {sid: v["segmentation"][""] for sid, v in values.items()}

@@ -99,6 +99,8 @@ class LabelReport:
     error_field: Optional[str] = None
     #: (path, reason) of the paths of an imported folder that could not be imported
     skipped: List[Tuple[str, str]] = field(default_factory=list)
+    regions_field: Optional[str] = None  # region voting's field (None: no voting)
+    num_without_regions: int = 0  # labelled without voting: no regions in that field
     #: (path, reason) of the folders left out of the import on purpose (the mask folder): not a failure
     excluded: List[Tuple[str, str]] = field(default_factory=list)
 
@@ -122,6 +124,8 @@ class LabelReport:
         self.config_id = s.config_id
         self.mask_targets = dict(s.mask_targets)
         self.error_field = s.error_field
+        self.regions_field = s.regions_field
+        self.num_without_regions += s.num_without_regions
 
     @property
     def complete(self) -> bool:
@@ -141,6 +145,7 @@ class LabelReport:
             image_files=self.image_files, tags=self.tags, seconds=round(self.seconds, 3),
             error_field=self.error_field,
             skipped=[dict(path=p, reason=r) for p, r in self.skipped],
+            regions_field=self.regions_field, num_without_regions=self.num_without_regions,
             excluded=[dict(path=p, reason=r) for p, r in self.excluded],
         )
 
@@ -158,6 +163,9 @@ class LabelReport:
             f"{f'new masks in {where}' if self.num_labeled else 'no mask written'}; "
             f"{self.seconds:.1f}s"
         )
+        if self.regions_field:
+            lines.append(f"region voting in {self.regions_field!r}: {self.num_without_regions} labelled sample(s) "
+                         "had no regions there and were labelled without voting")
         if self.num_vanished:
             lines.append(f"{self.num_vanished} sample(s) were deleted from the dataset during the run: not labelled, "
                          "no mask file left for them")

@@ -49,6 +49,7 @@ from fiftyone_cass.models.vocabulary import Vocabulary
 from fiftyone_cass.config.schema import setting_fields
 from fiftyone_cass.config.settings import (DEFAULT_PRESENCE_THRESHOLD, EngineSettings, ModelSettings, engine_values,
                                            replace_settings, settings_for, settings_hash_values)
+from fiftyone_cass.fo.regions import RegionsError, regions_of_label
 from fiftyone_cass.fo.claims import FieldClaim
 from fiftyone_cass.fo.outputs import (  # noqa: F401 - re-exported (they lived here)
     OutputContext,
@@ -261,6 +262,11 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         # caller's (apply, the operator, the CLI) or built here; handed to the Segmenter unchanged
         s = settings_for(ModelSettings, settings, keywords)
         self.presence_threshold = s.presence_threshold
+        # region voting (SPEC K.5): apply_model hands the field's value with each sample (needs_fields)
+        self.regions_field = s.regions_field
+        self.region_vote, self.region_min_area = s.region_vote, s.region_min_area
+        self._fields = {"regions": self.regions_field} if self.regions_field else {}
+        self.num_without_regions = 0
         self.presence = bool(presence)
         self.confidence = bool(confidence)
         self._preprocess = True
@@ -331,6 +337,9 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
                 "lut": None if self.vocab.lut is None else [int(x) for x in self.vocab.lut],
                 **settings_hash_values(seg_settings, seg.options),
             }
+            if self.regions_field:  # voted labels are other labels (absent when off: the same hashes as before)
+                self.settings["regions"] = {"field": self.regions_field, "vote": self.region_vote,
+                                            "min_area": int(self.region_min_area)}
             self.config_id = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
 
     # -------------------------------------------------------------- FiftyOne's model interface
@@ -400,6 +409,9 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         # model without a vocabulary fails there once, instead of once per batch
         if self.segmenter is None:
             self._require_vocabulary()
+        fields = dict(fields or {})
+        if self.regions_field:  # the regions this model votes in come with every sample
+            fields["regions"] = self.regions_field
         self._fields = fields
 
     def __enter__(self):
@@ -471,17 +483,34 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
 
     def segment(self, loaded: Sequence[Union[np.ndarray, LoadFailure]], names: Sequence[str],
                 embeddings: Optional[bool] = None, confidence: bool = False, uncertainty: Optional[str] = None,
-                probability_maps: Sequence[int] = ()) -> List[Tuple[Optional[SegmentationResult], Optional[str]]]:
+                probability_maps: Sequence[int] = (), regions: Optional[Sequence[Any]] = None,
+                ) -> List[Tuple[Optional[SegmentationResult], Optional[str]]]:
         """THE inference step of the project: decoded images (or :class:`LoadFailure`) in,
         ``(result | None, error | None)`` per image out; one bad image never fails the others.
         ``confidence`` / ``uncertainty`` (None, "margin" or "entropy") / ``probability_maps``
         (labels): the engine's confidence outputs on each result (``Segmenter.return_confidence`` /
         ``uncertainty`` / ``probability_maps`` for this call;
-        the shared Segmenter is held for the call, so concurrent runs never see each other's)."""
+        the shared Segmenter is held for the call, so concurrent runs never see each other's).
+        ``regions``: per image, the values of :attr:`regions_field` (labels; None: no regions),
+        turned into regions here; a sample whose regions are unusable fails with the reason."""
         seg = self._require_vocabulary()
         pairs = [(None, x.message) if isinstance(x, LoadFailure) else (x, None) for x in loaded]
+        per_image = None
+        if self.regions_field and regions is not None:
+            per_image = []
+            for k, ((arr, err), label) in enumerate(zip(pairs, regions)):
+                if arr is None:
+                    per_image.append(None)
+                    continue
+                try:
+                    per_image.append(regions_of_label(label, arr.shape[:2], self.regions_field))
+                except RegionsError as exc:
+                    pairs[k] = (None, f"{names[k]}: {exc}")
+                    per_image.append(None)
         with _engine_outputs(seg, bool(confidence), uncertainty, probability_maps):
-            return seg.segment_loaded(pairs, list(names), embeddings)
+            if per_image is None:
+                return seg.segment_loaded(pairs, list(names), embeddings)
+            return seg.segment_loaded(pairs, list(names), embeddings, per_image, self.region_vote, self.region_min_area)
 
     def segmentation_label(self, result: SegmentationResult, mask_path: Optional[str] = None) -> fo.Segmentation:
         """The ``fo.Segmentation`` of a result, in the written ids, tagged with :attr:`config_id`;
@@ -510,10 +539,13 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
         self._require_vocabulary()
         loaded, names = self._decode(args)
         samples = list(samples) if samples is not None else None
+        regions = None
         if samples is not None:
             names = [s.filepath for s in samples]
+            if self.regions_field:
+                regions = [s[self.regions_field] if s.has_field(self.regions_field) else None for s in samples]
         kept = model_outputs(self.presence, self.confidence) if samples is not None else {}
-        outputs = self.segment(loaded, names, confidence="confidence" in kept)
+        outputs = self.segment(loaded, names, confidence="confidence" in kept, regions=regions)
         ctx = self._output_context()
         labels = []
         embeddings = []
@@ -526,6 +558,8 @@ class CassModel(fom.Model, fom.SamplesMixin, fom.SupportsGetItem, fom.TorchModel
                 continue
             labels.append(self.segmentation_label(res))
             embeddings.append(res.embedding)
+            if self.regions_field and res.regions_voted is None:
+                self.num_without_regions += 1
             if kept:  # the outputs finalize() writes, computed now (small: no per-pixel data kept)
                 with self._lock:
                     self._dataset = samples[k]._dataset

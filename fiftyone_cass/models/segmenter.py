@@ -22,6 +22,7 @@ from fiftyone_cass.core.graphs import resample_dino_keys
 from fiftyone_cass.core.pamr import pamr_halo, refine_rows
 from fiftyone_cass.core.preprocess import clip_normalize
 from fiftyone_cass.core.presence import cluster_text, merge_synonyms
+from fiftyone_cass.core.regions import VOTES, Region, RegionSums, vote
 from fiftyone_cass.core.windows import (
     SMALL_OUTPUT,
     bilinear_variant,
@@ -76,6 +77,8 @@ class SegmentationResult:
     #: per-pixel class probability ``(H, W)`` float32 in [0, 1] of each label in
     #: ``Segmenter.probability_maps`` (None unless set)
     probabilities: Optional[Dict[int, np.ndarray]] = None
+    #: regions given for region voting (SPEC K.5; None: no regions given, not voted)
+    regions_voted: Optional[int] = None
 
     def presence_dict(self, class_names: Sequence[str]) -> Dict[str, float]:
         return {n: float(p) for n, p in zip(class_names, self.presence) if np.isfinite(p)}
@@ -107,6 +110,10 @@ class _Prepared:
     size: Tuple[int, int]  # resized size before padding
     windows: List[Tuple[int, int, int, int]] = field(default_factory=list)
     rgb: Optional[np.ndarray] = None  # the original pixels, kept only to guide PAMR (pamr_guide="original")
+    regions: Optional[List[Region]] = None  # regions to vote in (SPEC K.5); None: no voting
+    votes: Optional[RegionSums] = None  # the mean vote's per-region class-probability sums
+    vote_mode: str = "majority"
+    min_area: int = 0
 
 
 def device_memory_bytes(device) -> Optional[int]:
@@ -156,6 +163,11 @@ class Segmenter:
     uncertainty: Optional[str] = None
     #: labels whose per-pixel class probability map comes with every result (concept heatmaps)
     probability_maps: Tuple[int, ...] = ()
+    #: region voting (SPEC K.5) for images given with regions (``segment_arrays(..., regions=)``):
+    #: "majority" (the most frequent label of a region's pixels) or "mean" (the argmax of their
+    #: mean class probabilities), and the smallest region kept, in pixels
+    region_vote: str = "majority"
+    region_min_area: int = 0
 
     def __init__(
         self,
@@ -333,7 +345,8 @@ class Segmenter:
         return out
 
     def segment_loaded(self, loaded: Sequence[Tuple[Optional[np.ndarray], Optional[str]]], names: Sequence[str],
-                       return_embeddings: Optional[bool] = None):
+                       return_embeddings: Optional[bool] = None, regions: Optional[Sequence[Any]] = None,
+                       region_vote: Optional[str] = None, region_min_area: Optional[int] = None):
         """Segments the output of :meth:`load_safe` in batches of ``batch_size``; a failed load
         stays an error, and a batch that raises a sample's error (an input error or out of memory,
         :func:`~fiftyone_cass.errors.is_sample_error`) is retried one image at a time so that only
@@ -351,7 +364,9 @@ class Segmenter:
         for start in range(0, len(good), self.batch_size):
             sl = slice(start, start + self.batch_size)
             try:
-                res = self.segment_arrays(good[sl], good_names[sl], return_embeddings)
+                res = self.segment_arrays(good[sl], good_names[sl], return_embeddings,
+                                          None if regions is None else [regions[i] for i in where[sl]],
+                                          region_vote, region_min_area)
                 for i, r in zip(where[sl], res):
                     out[i] = (r, None)
             except Exception as exc:  # a sample's error: isolate the failing image by retrying one at a time
@@ -360,7 +375,9 @@ class Segmenter:
                 del exc
                 for i, arr, n in zip(where[sl], good[sl], good_names[sl]):
                     try:
-                        out[i] = (self.segment_arrays([arr], [n], return_embeddings)[0], None)
+                        out[i] = (self.segment_arrays([arr], [n], return_embeddings,
+                                                      None if regions is None else [regions[i]],
+                                                      region_vote, region_min_area)[0], None)
                     except Exception as exc1:  # noqa: BLE001 - reported per image
                         if not is_sample_error(exc1):
                             raise
@@ -369,10 +386,15 @@ class Segmenter:
 
     @torch.no_grad()
     def segment_arrays(self, rgbs: Sequence[np.ndarray], names: Optional[Sequence[str]] = None,
-                       return_embeddings: Optional[bool] = None) -> List[SegmentationResult]:
+                       return_embeddings: Optional[bool] = None,
+                       regions: Optional[Sequence[Optional[List[Region]]]] = None, region_vote: Optional[str] = None,
+                       region_min_area: Optional[int] = None) -> List[SegmentationResult]:
         """Segment RGB uint8 arrays ``(H, W, 3)`` as one batch: all windows of all images go
         through the backbones together (in chunks of ``window_batch``). ``return_embeddings``
-        (None: :attr:`return_embeddings`) forces the global image embedding on every result."""
+        (None: :attr:`return_embeddings`) forces the global image embedding on every result.
+        ``regions``: per image, the :class:`~fiftyone_cass.core.regions.Region` list to vote in
+        (SPEC K.5) or None (not voted); ``region_vote`` / ``region_min_area`` (None: the
+        attributes of the same names)."""
         if return_embeddings is None:
             return_embeddings = self.return_embeddings
         names = list(names) if names is not None else [f"image {i}" for i in range(len(rgbs))]
@@ -380,6 +402,18 @@ class Segmenter:
             prepared = [self._prepare(i, a, n) for i, (a, n) in enumerate(zip(rgbs, names))]
         if not prepared:
             return []
+        if regions is not None:
+            if len(regions) != len(prepared):
+                raise InvalidInputError(f"{len(regions)} region lists for {len(prepared)} images")
+            mode = self.region_vote if region_vote is None else region_vote
+            min_area = self.region_min_area if region_min_area is None else int(region_min_area)
+            if mode not in VOTES:
+                raise InvalidInputError(f"region_vote={mode!r} is not allowed: one of {', '.join(VOTES)}")
+            for p, r in zip(prepared, regions):
+                p.regions = None if r is None else list(r)
+                p.vote_mode, p.min_area = mode, min_area
+                if p.regions is not None and mode == "mean":
+                    p.votes = RegionSums(p.regions, self.num_labels)
         o = self.options
         # global prior v_glob once per image (SPEC E.1 [rec]), by the prior CLIP (L.1; the CLIP
         # itself by default); whole mode / crop prior: per window. The image embeddings returned
@@ -625,7 +659,7 @@ class Segmenter:
             label_map = self._pamr_labels(p, canvas, thr, dtype, small, extras)
         elif whole_fits or small:
             labels = self._labels(upsample_logits(canvas, p.original_size), thr, inplace=True,
-                                  extras=extras, rows=(0, h0))  # (Q, H0, W0)
+                                  extras=extras, rows=(0, h0), votes=p.votes)  # (Q, H0, W0)
             label_map = labels.to("cpu", torch.int64).numpy().astype(dtype)
         else:
             variant = bilinear_variant(canvas.device)
@@ -640,9 +674,13 @@ class Segmenter:
             for a, b in row_bands(h0, w0, per_pixel, budget):
                 band = upsample_rows(canvas, p.original_size, a, b, variant)  # (Q, b - a, W0)
                 label_map[a:b] = self._labels(band, thr, inplace=True, extras=extras,
-                                              rows=(a, b)).to("cpu", torch.int64).numpy()
+                                              rows=(a, b), votes=p.votes).to("cpu", torch.int64).numpy()
                 del band
+        if p.regions is not None:  # SPEC K.5, on the final label map
+            label_map, _ = vote(label_map, p.regions, p.vote_mode, p.min_area,
+                                None if p.votes is None else p.votes.sums, thr, self.background_id)
         result = SegmentationResult(label_map, self.presence_scores(g), thr, p.name)
+        result.regions_voted = None if p.regions is None else len(p.regions)
         if extras is not None:
             extras.attach(result)
         return result
@@ -698,7 +736,8 @@ class Segmenter:
             ext = min(b + halo, h0) - max(a - halo, 0)
             chunk = q if whole else _pamr_chunk(q, ext, w0, item, budget)
             band = refine_rows(read_guide, read_mask, q, h0, a, b, steps, dil, chunk)[0]
-            label_map[a:b] = self._labels(band, thr, inplace=True, extras=extras, rows=(a, b)).to("cpu", torch.int64).numpy()
+            label_map[a:b] = self._labels(band, thr, inplace=True, extras=extras, rows=(a, b),
+                                          votes=p.votes).to("cpu", torch.int64).numpy()
             del band
         return label_map
 
@@ -709,7 +748,8 @@ class Segmenter:
         return _BandOutputs(self, size)
 
     def _labels(self, logits: torch.Tensor, thr: float, inplace: bool = False,
-                extras: Optional["_BandOutputs"] = None, rows: Tuple[int, int] = (0, 0)) -> torch.Tensor:
+                extras: Optional["_BandOutputs"] = None, rows: Tuple[int, int] = (0, 0),
+                votes: Optional[RegionSums] = None) -> torch.Tensor:
         """E.5 / G.8 on full-resolution query logits ``(Q, H, W)`` without materialising the
         query and class probabilities (two Q x H x W tensors and a scatter): the softmax is
         monotone, so the top class is the owner of the top query (queries are ordered by class,
@@ -719,6 +759,14 @@ class Segmenter:
         same values, as in-place and out-of-place operations share their kernels)."""
         scale = self.options.logit_scale
         x = logits.mul_(scale) if inplace else scale * logits
+        if votes is not None:  # the mean vote: class probabilities (E.5: softmax, max over synonyms) summed per region
+            probs = torch.softmax(x, 0)
+            cls = probs.new_zeros((self.num_labels, *probs.shape[1:]))  # a label without queries: 0
+            for c in torch.unique(self.query_to_class).tolist():
+                cls[c] = probs[self.query_to_class == c].amax(0)
+            del probs
+            votes.add(cls, rows)
+            del cls
         if extras is not None:  # the same labels, with the class probabilities' figures
             conf = pixel_confidence(x, self.query_to_class, inplace=inplace, classes=extras.classes)
             labels = self.query_to_class[conf.query]

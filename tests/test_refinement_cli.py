@@ -1,0 +1,133 @@
+"""The refinements from the command line (issue 20): ``-o pamr_steps=10`` changes the label map and
+is part of the settings (a rerun without it is refused as other settings); ``--regions-field``
+votes one label per region (above ``--region-min-area``), samples without regions are labelled
+without voting and counted, a bad instance mask is that sample's failure with its reason."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+
+import fiftyone as fo
+
+from _label_helpers import CLASSES, make_images, read_mask
+from fiftyone_cass import cli
+from fiftyone_cass.fo.apply import CONFIG_ATTR
+from test_cli import TINY
+
+
+def run_cli(*argv, capsys):
+    rc = cli.main([str(a) for a in argv])
+    return rc, capsys.readouterr()
+
+
+@pytest.fixture
+def dataset_name():
+    name = f"cli-refine-{uuid.uuid4().hex[:8]}"
+    yield name
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+
+
+def test_pamr_changes_the_labels_and_is_part_of_the_settings(tmp_path, capsys, dataset_name):
+    img_dir = tmp_path / "imgs"
+    make_images(img_dir, 4)
+    summary = tmp_path / "s.json"
+    base = ["label", img_dir, "--dataset", dataset_name, "--classes", ", ".join(CLASSES), *TINY]
+    rc, out = run_cli(*base, "--label-field", "plain", capsys=capsys)
+    assert rc == 0, out.err
+    rc, out = run_cli(*base, "-o", "pamr_steps=10", "--summary-json", summary, capsys=capsys)
+    assert rc == 0, out.err
+    pamr_id = json.loads(summary.read_text())["config_id"]
+    ds = fo.load_dataset(dataset_name)
+    plain = {s.filepath: read_mask(s.plain) for s in ds}
+    refined = {s.filepath: read_mask(s.cass) for s in ds}
+    assert any((plain[k] != refined[k]).any() for k in plain)  # PAMR changed a label map
+    assert ds.first().cass[CONFIG_ATTR] == pamr_id != ds.first().plain[CONFIG_ATTR]
+    rc, out = run_cli(*base, capsys=capsys)  # the same field without PAMR: other settings
+    assert rc == 2 and "overwrite" in out.err
+
+
+def _sam_like(h, w, boxes):
+    """fo.Detections with instance masks placed as FiftyOne's SAM models write them."""
+    dets = []
+    for (y0, x0, y1, x1) in boxes:
+        m = np.ones((y1 - y0, x1 - x0), bool)
+        dets.append(fo.Detection(label="region", bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h], mask=m))
+    return fo.Detections(detections=dets)
+
+
+def test_regions_field_votes_one_label_per_region(tmp_path, capsys, dataset_name):
+    img_dir = tmp_path / "imgs"
+    make_images(img_dir, 4)
+    summary = tmp_path / "s.json"
+    base = ["label", img_dir, "--dataset", dataset_name, "--classes", ", ".join(CLASSES), *TINY]
+    rc, out = run_cli(*base, "--label-field", "plain", capsys=capsys)
+    assert rc == 0, out.err
+    ds = fo.load_dataset(dataset_name)
+    samples = list(ds.sort_by("filepath"))
+    regions = {}
+    for i, s in enumerate(samples[:3]):  # the 4th sample has no regions
+        lm = read_mask(s.plain)
+        h, w = lm.shape
+        boxes = [(0, 0, h, w // 2 + 3), (h // 4, w // 4, h - 2, w - 1), (0, w - 3, 2, w)]  # the last: 6 px
+        s["sam"] = _sam_like(h, w, boxes)
+        s.save()
+        regions[s.filepath] = boxes
+    rc, out = run_cli(*base, "--label-field", "voted", "--regions-field", "sam", "--region-min-area", 7,
+                      "--summary-json", summary, capsys=capsys)
+    assert rc == 0, out.err
+    rep = json.loads(summary.read_text())
+    assert rep["regions_field"] == "sam" and rep["num_without_regions"] == 1 and rep["num_labeled"] == 4
+    assert "1 labelled sample(s) had no regions" in out.out
+    ds.reload()
+    changed = False
+    for s in ds:
+        plain, voted = read_mask(s.plain), read_mask(s.voted)
+        if s.filepath not in regions:
+            np.testing.assert_array_equal(voted, plain)  # no regions: labelled without voting
+            continue
+        big, small, tiny = regions[s.filepath]
+        y0, x0, y1, x1 = small
+        assert len(np.unique(voted[y0:y1, x0:x1])) == 1  # the smaller region wins its overlap
+        rest = np.zeros(voted.shape, bool)
+        rest[big[0]:big[2], big[1]:big[3]] = True
+        rest[y0:y1, x0:x1] = False
+        assert len(np.unique(voted[rest])) == 1  # every region one label
+        outside = np.ones(voted.shape, bool)
+        outside[big[0]:big[2], big[1]:big[3]] = False
+        outside[y0:y1, x0:x1] = False
+        np.testing.assert_array_equal(voted[outside], plain[outside])  # outside every region: kept
+        changed |= bool((voted != plain).any())
+    assert changed
+    # voted labels are other labels: the same field without --regions-field is refused
+    rc, out = run_cli(*base, "--label-field", "voted", capsys=capsys)
+    assert rc == 2 and "overwrite" in out.err
+
+
+def test_bad_instance_mask_is_that_samples_failure_with_its_reason(tmp_path, capsys, dataset_name):
+    img_dir = tmp_path / "imgs"
+    make_images(img_dir, 2)
+    summary = tmp_path / "s.json"
+    base = ["label", img_dir, "--dataset", dataset_name, "--classes", ", ".join(CLASSES), *TINY]
+    rc, out = run_cli(*base, "--label-field", "plain", capsys=capsys)
+    ds = fo.load_dataset(dataset_name)
+    bad, good = list(ds.sort_by("filepath"))
+    h, w = read_mask(bad.plain).shape
+    bad["sam"] = fo.Detections(detections=[fo.Detection(bounding_box=[0, 0, 0.5, 0.5], mask=np.ones((3, 3), bool))])
+    bad.save()
+    hg, wg = read_mask(good.plain).shape
+    good["sam"] = _sam_like(hg, wg, [(0, 0, hg, wg)])
+    good.save()
+    rc, out = run_cli(*base, "--label-field", "voted", "--regions-field", "sam", "--summary-json", summary, capsys=capsys)
+    rep = json.loads(summary.read_text())
+    assert rc == 1 and rep["num_failed"] == 1 and rep["num_labeled"] == 1
+    assert "detection 0" in out.out and "does not fit its" in out.out
+    ds.reload()
+    assert ds[bad.id].voted is None and "does not fit" in ds[bad.id].voted_error
+    assert len(np.unique(read_mask(ds[good.id].voted))) == 1
+    rc, out = run_cli(*base, "--label-field", "x", "--regions-field", "nope", capsys=capsys)
+    assert rc == 2 and "'nope' is not a field of dataset" in out.err and "regions" in out.err

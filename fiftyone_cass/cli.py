@@ -20,10 +20,11 @@ import traceback
 from typing import Any, Dict, Optional, Sequence
 
 from fiftyone_cass.bootstrap import DATABASE_HELP, configure_logging, interrupt_on_signals, is_database_error, prepare_environment
-from fiftyone_cass.errors import InvalidInputError, RunAbortedError, WeightsUnavailableError, Wording, is_placeholder, render
+from fiftyone_cass.errors import (InvalidInputError, RunAbortedError, WeightsUnavailableError, Wording, is_placeholder, render,
+                                  typed_value)
 from fiftyone_cass.fo.demo import DEMO_CLASSES, DEMO_DATASET
-from fiftyone_cass.config.settings import (LabelSettings, add_settings_arguments, build_settings, label_setting_names,
-                                           parse_segmenter_options, resolve_device)
+from fiftyone_cass.config.settings import (LabelSettings, add_settings_arguments, build_settings, flag_text, label_setting_names,
+                                           parse_segmenter_options, resolve_device, setting_flags)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -155,7 +156,7 @@ class LabelCommand(Command):
         _add_label_options(p)
 
     def execute(self, parser, args):
-        from fiftyone_cass.fo.delegation import queue_auto_label
+        from fiftyone_cass.fo.delegation import launch_hint, queue_auto_label
         from fiftyone_cass.fo.folders import mask_folder_exclusion, open_target
         from fiftyone_cass.fo.labelling import check_gt_field, label_collection
 
@@ -191,12 +192,7 @@ class LabelCommand(Command):
         if args.delegate:  # queue --workers delegated runs for `fiftyone delegated launch`
             for line in imported.skipped_lines() if imported else ():
                 print(f"fiftyone-cass: warning: {line}", file=sys.stderr)
-            queued = queue_auto_label(view, args.workers, needed_for="to use --delegate", **kw)
-            print(f"queued {args.workers} delegated operation(s) on dataset {ds.name!r}: {', '.join(queued)}")
-            print("run them with one worker per GPU, e.g.:")
-            for i in range(args.workers):
-                print(f"  CUDA_VISIBLE_DEVICES={i} fiftyone delegated launch &")
-            print("and watch them with: fiftyone delegated list --dataset " + shlex.quote(ds.name))
+            print(launch_hint(ds.name, queue_auto_label(view, args.workers, needed_for="to use --delegate", **kw)))
             return EXIT_OK
         if not len(view):
             print(f"fiftyone-cass: warning: no sample of dataset {ds.name!r} is selected (--saved-view / --tags): "
@@ -299,10 +295,8 @@ class EvalCommand(Command):
             args.device = args.device_resolved = resolve_device(args.device)
             _load_weights(args)
             run = protocol.run_args(args, args.target)
-            m = run.metrics
             _write_summary(args.summary_json, dict(protocol=run.protocol, dataset=run.dataset.name, eval_key=run.eval_key,
-                                                   **m.summary(), iou=dict(zip(map(str, m.class_names or range(len(m.iou))),
-                                                                               map(float, m.iou)))))
+                                                   **run.metrics.to_json()))
             return EXIT_OK
         from fiftyone_cass.fo.metrics import format_table
         from fiftyone_cass.fo.evaluation import check_segmentation_fields, evaluate_iou
@@ -329,14 +323,10 @@ class EvalCommand(Command):
         skipped = f" ({len(results.skipped)} skipped)" if results.skipped else ""
         title = f"{ds.name} | {args.pred_field} vs {args.gt_field} | {n} samples evaluated{skipped} | eval_key={eval_key}"
         if results.skipped:
-            print(f"fiftyone-cass: warning: {len(results.skipped)} sample(s) skipped:", file=sys.stderr)
-            for name, why in results.skipped[:20]:
-                print(f"  SKIPPED {name}: {why}", file=sys.stderr)
-            if len(results.skipped) > 20:
-                print(f"  ... and {len(results.skipped) - 20} more", file=sys.stderr)
+            print("\n  ".join([f"fiftyone-cass: warning: {len(results.skipped)} sample(s) skipped:",
+                               *results.skipped_lines()]), file=sys.stderr)
         print(format_table(m, title=title, per_class=not args.no_per_class))
-        _write_summary(args.summary_json, dict(dataset=ds.name, eval_key=eval_key, **m.summary(), iou={
-            str(n): float(v) for n, v in zip(m.class_names or range(len(m.iou)), m.iou)}))
+        _write_summary(args.summary_json, dict(dataset=ds.name, eval_key=eval_key, **m.to_json()))
         print(f"open it with: fiftyone-cass app {shlex.quote(ds.name)}  (Model Evaluation panel, key {eval_key})")
         return EXIT_OK
 
@@ -433,44 +423,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Flags(dict):
-    """``{dest: action}``: per setting the flag that takes its value (``--presence-field``, not
-    ``--no-presence``); ``off`` holds the flags that set a setting to None (``{dest: --no-...}``)."""
-
-    def __init__(self, actions):
-        super().__init__()
-        self.off: Dict[str, argparse.Action] = {}
-        for a in actions:
-            if isinstance(a, argparse._StoreConstAction) and not isinstance(
-                    a, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and a.const is None:
-                self.off.setdefault(a.dest, a)
-            if a.dest not in self or (self[a.dest].nargs == 0 and a.nargs != 0):  # prefer one taking a value
-                self[a.dest] = a
-
-
-def _flags_of(parser: argparse.ArgumentParser, command: Optional[str]) -> Dict[str, argparse.Action]:
-    """``{dest: action}`` of the options of ``command``'s sub-parser (with an option string): where
-    several flags share a setting, the one that takes a value (see :class:`_Flags`)."""
-    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-    p = sub.choices.get(command) if (sub is not None and command) else parser
-    return _Flags(a for a in (p._actions if p else ()) if a.option_strings)
-
-
-def _flag(a: argparse.Action) -> str:
-    return next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
-
-
-def _shown(value: str) -> str:
-    """A value as typed on the command line (``'database'`` -> ``database``)."""
-    import ast
-
-    try:
-        v = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value
-    return v if isinstance(v, str) else value
-
-
 class CliWording(Wording):
     """The library's setting references in the command line's words: ``pass overwrite=True`` ->
     ``pass --overwrite``, ``masks='database'`` -> ``--masks database``, ``tag_prefix=None`` ->
@@ -487,13 +439,13 @@ class CliWording(Wording):
         if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):  # the value the flag sets
             if value is not None and value != str(isinstance(a, argparse._StoreTrueAction)):
                 return super().name(name, value, verb)
-            text = _flag(a)
+            text = flag_text(a)
         elif value == "None" and name in getattr(self.flags, "off", {}):
-            text = _flag(self.flags.off[name])
+            text = flag_text(self.flags.off[name])
         elif value is None or value == "None" or is_placeholder(value):
-            text = _flag(a)
+            text = flag_text(a)
         else:
-            text = f"{_flag(a)} {_shown(value)}"
+            text = f"{flag_text(a)} {typed_value(value)}"
         return f"pass {text}" if verb == "use" else text
 
     def bad_value(self, err):
@@ -502,7 +454,7 @@ class CliWording(Wording):
 
         a = self.flags.get(err.setting)
         if err.what == "option" and a is not None:
-            return f"argument {_flag(a)}: {err.value!r} is not allowed: {err.allowed}"
+            return f"argument {flag_text(a)}: {err.value!r} is not allowed: {err.allowed}"
         if err.what == "option" and err.setting in setting_fields(SegmenterOptions):
             return f"-o {err.setting}={err.value!r} is not allowed: {err.allowed}" + (f" ({err.help})" if err.help else "")
         return super().bad_value(err)
@@ -512,6 +464,9 @@ def cli_message(exc: BaseException, flags: Dict[str, argparse.Action]) -> str:
     """A library error in the command line's words (:class:`CliWording`), from the settings the
     error references (:func:`fiftyone_cass.errors.kw`), never from its text."""
     return render(exc, CliWording(flags))
+
+
+_flags_of = setting_flags  # the name the tests and older callers use
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -530,7 +485,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{error} {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (InvalidInputError, WeightsUnavailableError) as exc:
-        print(f"{error} {cli_message(exc, _flags_of(parser, args.command))}", file=sys.stderr)
+        print(f"{error} {cli_message(exc, setting_flags(parser, args.command))}", file=sys.stderr)
         return EXIT_USAGE
     except RunAbortedError as exc:  # the dataset or the mask folder vanished under the run
         print(f"{error} {exc}", file=sys.stderr)

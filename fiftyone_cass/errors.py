@@ -176,3 +176,14 @@ def is_sample_error(exc: BaseException) -> bool:
     (``fiftyone-cass label`` exit 3, the operator's "unexpected error"), and is not retried
     image by image."""
     return isinstance(exc, (InvalidInputError, MemoryError)) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def typed_value(value: str) -> str:
+    """A value as typed on the command line (``'database'`` -> ``database``)."""
+    import ast
+
+    try:
+        v = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+    return v if isinstance(v, str) else value

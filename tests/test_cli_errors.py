@@ -55,9 +55,9 @@ def test_unusable_checkpoints_exit_2_with_one_line_naming_the_file(tmp_path, cap
     cases = [("--clip-checkpoint", garbage, "neither a safetensors file nor a torch checkpoint", "open_clip"),
              ("--clip-checkpoint", pickled, "pickled Python objects", "open_clip"),
              ("--clip-checkpoint", wrong, "do not match the model", "open_clip"),
-             ("--dino-checkpoint", pickled, "pickled Python objects", "timm vit_base_patch8_224.dino"),
+             ("--dino-checkpoint", pickled, "pickled Python objects", "timm vit_base_patch8_224"),
              ("--dino-checkpoint", garbage, "neither a safetensors file nor a torch checkpoint",
-              "timm vit_base_patch8_224.dino")]
+              "timm vit_base_patch8_224")]  # the tiny record: the architecture, no weights tag
     for opt, path, problem, expected in cases:
         rc, out = run_cli("label", img_dir, "--dataset", f"ckpt-{uuid.uuid4().hex[:8]}", "--classes", "cat",
                           *TINY, "--method", "cass", opt, path, capsys=capsys)

@@ -64,7 +64,7 @@ def test_every_setting_declares_whether_it_changes_outputs():
             assert isinstance(f.metadata.get("output"), bool), (cls.__name__, name)
     not_outputs = {"device", "batch_size", "window_batch", "presence_threshold", "label_field", "masks", "mask_dir",
                    "skip_existing", "overwrite", "presence_field", "tag_prefix", "error_field", "embeddings_field",
-                   "shard"}
+                   "shard", "confidence_field", "uncertainty_field", "uncertainty_kind"}
     assert set(setting_fields(LabelSettings)) - set(output_settings(LabelSettings)) == not_outputs
     assert set(setting_fields(SegmenterOptions)) - set(output_settings(SegmenterOptions)) == {
         "full_res_budget", "eigh_placement"}

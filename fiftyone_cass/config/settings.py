@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
+import argparse
 import dataclasses
 
 from fiftyone_cass.config import registry
@@ -434,3 +435,31 @@ def add_settings_arguments(p, names: Sequence[str], titles: Dict[str, str]):
             g.add_argument(meta["off_flag"], dest=name, action="store_const", const=None,
                            help=meta.get("off_help"))
     return groups
+
+
+# the reverse of add_settings_arguments: which flag of a parser sets a setting (the CLI's error wording)
+class SettingFlags(dict):
+    """``{dest: action}``: per setting the flag that takes its value (``--presence-field``, not
+    ``--no-presence``); ``off`` holds the flags that set a setting to None (``{dest: --no-...}``)."""
+
+    def __init__(self, actions):
+        super().__init__()
+        self.off: Dict[str, argparse.Action] = {}
+        for a in actions:
+            if isinstance(a, argparse._StoreConstAction) and not isinstance(
+                    a, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and a.const is None:
+                self.off.setdefault(a.dest, a)
+            if a.dest not in self or (self[a.dest].nargs == 0 and a.nargs != 0):  # prefer one taking a value
+                self[a.dest] = a
+
+
+def setting_flags(parser: argparse.ArgumentParser, command: Optional[str]) -> Dict[str, argparse.Action]:
+    """``{dest: action}`` of the options of ``command``'s sub-parser (with an option string): where
+    several flags share a setting, the one that takes a value (see :class:`SettingFlags`)."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    p = sub.choices.get(command) if (sub is not None and command) else parser
+    return SettingFlags(a for a in (p._actions if p else ()) if a.option_strings)
+
+
+def flag_text(a: argparse.Action) -> str:
+    return next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])

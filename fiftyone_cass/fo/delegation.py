@@ -46,3 +46,13 @@ def queue_auto_label(view, workers: int = 1, needed_for: str = "to queue delegat
                  options=options or None, **shard, **params)
         queued.append(str(res.result["id"]) if isinstance(res.result, dict) and "id" in res.result else str(res.result))
     return queued
+
+
+def launch_hint(dataset_name: str, queued: List[str]) -> str:
+    """What to run after :func:`queue_auto_label`: one ``fiftyone delegated launch`` per GPU."""
+    import shlex
+
+    lines = [f"queued {len(queued)} delegated operation(s) on dataset {dataset_name!r}: {', '.join(queued)}",
+             "run them with one worker per GPU, e.g.:"]
+    lines += [f"  CUDA_VISIBLE_DEVICES={i} fiftyone delegated launch &" for i in range(len(queued))]
+    return "\n".join(lines + ["and watch them with: fiftyone delegated list --dataset " + shlex.quote(dataset_name)])

@@ -172,7 +172,7 @@ class EvaluationFieldsExistError(InvalidInputError):
         super().__init__(
             f"field {field!r} of dataset {dataset_name!r} exists and was not written by an evaluation {eval_key!r}: "
             f"the evaluation would write {' and '.join(evaluation_fields(eval_key))} and delete them if it is deleted "
-            "or fails; choose another eval_key (nothing was changed)"
+            f"or fails; choose another {kw('eval_key')} (nothing was changed)"
         )
 
 
@@ -387,6 +387,12 @@ class IoUSegmentationResults(fous.SegmentationResults):
         self.class_match = class_match
         self.skipped = [list(x) for x in skipped or []]  # [sample name, reason] of skipped samples
         self.num_evaluated = None if num_evaluated is None else int(num_evaluated)
+
+    def skipped_lines(self, limit: int = 20) -> List[str]:
+        """``SKIPPED <sample>: <reason>`` per sample left out (at most ``limit``, then a count)."""
+        skipped = self.skipped or []
+        lines = [f"SKIPPED {name}: {why}" for name, why in skipped[:limit]]
+        return lines + ([f"... and {len(skipped) - limit} more"] if len(skipped) > limit else [])
 
     @classmethod
     def _from_dict(cls, d, samples, config, eval_key, **kwargs):

@@ -325,6 +325,11 @@ class IoUMetrics:
     def summary(self) -> Dict[str, float]:
         return {"mIoU": self.mIoU, "mAcc": self.mAcc, "aAcc": self.aAcc}
 
+    def to_json(self) -> Dict[str, object]:
+        """The summary figures and each class's IoU (``--summary-json`` of ``eval``)."""
+        names = self.class_names or [str(i) for i in range(len(self.iou))]
+        return dict(self.summary(), iou={str(n): float(v) for n, v in zip(names, self.iou)})
+
     def per_class(self) -> Dict[str, Dict[str, float]]:
         names = self.class_names or [str(i) for i in range(len(self.iou))]
         return {n: {"IoU": float(i), "Acc": float(a)} for n, i, a in zip(names, self.iou, self.acc)}

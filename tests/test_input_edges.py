@@ -194,3 +194,28 @@ def test_a_processing_size_that_cannot_fit_the_memory_is_refused_per_image(monke
                    long_side=128)
     (res, err), = ok.segment_loaded([(img, None)], ["small.png"])
     assert err is None and res.label_map.shape == (40, 80)
+
+
+def test_batches_are_cut_by_decoded_pixels_so_memory_does_not_grow_with_batch_size(tmp_path, fo_dataset,
+                                                                                     monkeypatch):
+    """Item 8: ``--batch-size 4096`` held every large image of the run decoded at once (three
+    batches in flight); a batch now also stops at BATCH_PIXEL_BUDGET decoded pixels."""
+    from fiftyone_cass.fo import apply as A
+
+    sizes = {"a": 6_000_000, "b": 6_000_000, "c": 30_000_000, "d": 100, "e": 100}
+    todo = [(k, k) for k in sizes]
+    cut = list(A.split_batches(todo, 4096, budget=12_000_000, pixels_of=sizes.get))
+    assert cut == [[("a", "a"), ("b", "b")], [("c", "c")], [("d", "d"), ("e", "e")]]  # the big one alone
+    assert list(A.split_batches(todo, 2, budget=10**12, pixels_of=sizes.get)) == [todo[:2], todo[2:4], todo[4:]]
+    # a real run: with a budget of the two largest images, --batch-size 4096 segments two at a time
+    paths = [str(p) for p in make_images(tmp_path / "in", 5)]  # sizes grow with the index
+    ds = fo_dataset("pixel_budget")
+    ds.add_samples([fo.Sample(filepath=p) for p in paths])
+    monkeypatch.setattr(A, "BATCH_PIXEL_BUDGET", A.image_pixels(paths[3]) + A.image_pixels(paths[4]))
+    seen = []
+    real = A.CassModel.segment
+    monkeypatch.setattr(A.CassModel, "segment", lambda self, loaded, names, **kw: seen.append(len(loaded))
+                        or real(self, loaded, names, **kw))
+    summary = A.apply(ds, classes=["cat", "dog"], backbone="tiny", device="cpu", batch_size=4096, masks="database",
+                      mode="whole", short_side=64, long_side=128, progress=False)
+    assert summary.num_labeled == 5 and seen == [2, 2, 1]

@@ -18,7 +18,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 from fiftyone.operators import types
 
-from fiftyone_cass.app.support import EVALUATE_FIELDS, FormError, form_message
+from fiftyone_cass.app.support import EVALUATE_FIELDS, FormError, add_target, form_message
 from fiftyone_cass.fo.metrics import IGNORE_INDEX, metrics_from_histogram
 from fiftyone_cass.fo.evaluation import (
     ACCURACY_NOTE,
@@ -56,15 +56,7 @@ class EvaluateIoU(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        inputs.view_target(
-            ctx,
-            name="target",
-            action_description="Evaluate",
-            dataset_description="Evaluate the entire dataset",
-            current_view_description="Evaluate the current view",
-            selected_samples_description="Evaluate the selected samples",
-            require_flat=True,
-        )
+        add_target(inputs, ctx, "Evaluate")
         fields = _segmentation_fields(ctx.dataset)
         if len(fields) < 2:
             inputs.view(

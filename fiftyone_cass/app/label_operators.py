@@ -39,6 +39,7 @@ from fiftyone_cass.config.settings import (DEFAULT_PRESENCE_THRESHOLD, GROUP_TIT
                                            format_field, label_setting_names)
 from fiftyone_cass.app.support import (
     AUTO_LABEL_FIELDS,
+    add_target,
     OPEN_APP_COLORS_HINT,
     FormError,
     active_fields_after_run,
@@ -384,15 +385,7 @@ class AutoLabel(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        inputs.view_target(
-            ctx,
-            name="target",
-            action_description="Label",
-            dataset_description="Label the entire dataset",
-            current_view_description="Label the current view",
-            selected_samples_description="Label the selected samples",
-            require_flat=True,
-        )
+        add_target(inputs, ctx, "Label")
         auto_label_form(ctx, inputs)
         return types.Property(inputs, view=types.View(label="Auto-label segmentations (CASS)"))
 
@@ -598,10 +591,7 @@ class RetagPresence(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        inputs.view_target(ctx, name="target", action_description="Re-tag",
-                           dataset_description="Re-tag the entire dataset",
-                           current_view_description="Re-tag the current view",
-                           selected_samples_description="Re-tag the selected samples", require_flat=True)
+        add_target(inputs, ctx, "Re-tag")
         fields = _fields_of(ctx.dataset, fo.Classifications)
         if not fields:
             inputs.view("none", types.Warning(label="No presence scores",

@@ -96,6 +96,14 @@ class FormError(CassError, ValueError):
     """An error whose message already uses the form's wording."""
 
 
+def add_target(inputs, ctx, verb: str) -> None:
+    """The operators' "target" input (whole dataset, current view or selected samples), worded
+    with ``verb`` ("Label", "Evaluate", ...)."""
+    inputs.view_target(ctx, name="target", action_description=verb, dataset_description=f"{verb} the entire dataset",
+                       current_view_description=f"{verb} the current view",
+                       selected_samples_description=f"{verb} the selected samples", require_flat=True)
+
+
 def _is_on(value: Optional[str]) -> bool:
     return (value or "").lower() in ("1", "true", "yes", "on")
 

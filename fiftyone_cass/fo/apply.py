@@ -282,6 +282,38 @@ class ApplySummary:
         return "\n".join(lines)
 
 
+#: decoded pixels of one batch at most: a batch holds ``batch_size`` samples or fewer, so that
+#: memory does not grow with ``batch_size`` on large images (at most three batches are in flight)
+BATCH_PIXEL_BUDGET = 24 * 2**20
+
+
+def image_pixels(path: str) -> int:
+    """Width x height from the image file's header (0 when it cannot be read: loading reports it)."""
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]) * int(im.size[1])
+    except Exception:  # noqa: BLE001 - the load of the batch names the problem
+        return 0
+
+
+def split_batches(todo: Sequence[Tuple[str, str]], batch_size: int, budget: Optional[int] = None,
+                  pixels_of=image_pixels) -> Iterator[List[Tuple[str, str]]]:
+    """``(id, filepath)`` pairs in batches of at most ``batch_size`` samples and at most ``budget``
+    decoded pixels (:data:`BATCH_PIXEL_BUDGET`); an image larger than the budget is a batch alone."""
+    budget = BATCH_PIXEL_BUDGET if budget is None else budget
+    batch: List[Tuple[str, str]] = []
+    pixels = 0
+    for item in todo:
+        n = pixels_of(item[1])
+        if batch and (len(batch) >= batch_size or pixels + n > budget):
+            yield batch
+            batch, pixels = [], 0
+        batch.append(item)
+        pixels += n
+    if batch:
+        yield batch
+
+
 def sample_error(error: str, filepath: str) -> str:
     """What ``<label_field>_error`` stores: the reason first, without the sample's own path in
     front (the App shows the field as a chip cut after a few words; the path is the sample's
@@ -727,18 +759,20 @@ class AutoLabelRun:
         todo = self._todo
         total = len(todo)
         yield 0, total
-        batches = [todo[start : start + self.batch_size] for start in range(0, total, self.batch_size)]
+        batches = split_batches(todo, self.batch_size)  # lazily: an image's header is read when its batch is made
+        batch = next(batches, None)
         done = 0
-        if batches:
+        if batch is not None:
             with ThreadPoolExecutor(1, thread_name_prefix="cass-load") as loader, ThreadPoolExecutor(
                 1, thread_name_prefix="cass-write"
             ) as writer:
-                loading = loader.submit(self._load_batch, batches[0])
+                loading = loader.submit(self._load_batch, batch)
                 writing = None
-                for i, batch in enumerate(batches):
+                while batch is not None:
                     loaded, regions = loading.result()
-                    if i + 1 < len(batches):
-                        loading = loader.submit(self._load_batch, batches[i + 1])
+                    following = next(batches, None)
+                    if following is not None:
+                        loading = loader.submit(self._load_batch, following)
                     paths = [p for _, p in batch]
                     outputs = self.model.segment(loaded, paths, regions=regions, **self._engine)
                     del loaded
@@ -747,6 +781,7 @@ class AutoLabelRun:
                         yield done, total
                     writing = writer.submit(self._write_batch, batch, outputs)
                     del outputs
+                    batch = following
                 done += writing.result()
                 self._check_still_there()
                 yield done, total
@@ -972,15 +1007,8 @@ def recorded_tag_prefix(dataset, presence_field: str) -> Optional[str]:
     info = (getattr(f, "info", None) or {}) if f is not None else {}
     if info.get(TAG_PREFIX_INFO) or info.get(LABEL_FIELD_INFO):
         return info.get(TAG_PREFIX_INFO) or info.get(LABEL_FIELD_INFO)
-    for key in dataset.list_runs():
-        if not key.startswith(RUN_KEY_PREFIX):
-            continue
-        try:
-            cfg = dataset.get_run_info(key).config
-        except Exception:  # noqa: BLE001 - a record of another tool or version
-            continue
-        if getattr(cfg, "presence_field", None) == presence_field:
-            return getattr(cfg, "tag_prefix", None) or getattr(cfg, "label_field", None)
+    for cfg in _run_configs(dataset, presence_field):
+        return getattr(cfg, "tag_prefix", None) or getattr(cfg, "label_field", None)
     return None
 
 
@@ -992,6 +1020,15 @@ def recorded_threshold(dataset, presence_field: str) -> Optional[float]:
     info = (getattr(f, "info", None) or {}) if f is not None else {}
     if info.get(THRESHOLD_INFO) is not None:
         return float(info[THRESHOLD_INFO])
+    for cfg in _run_configs(dataset, presence_field):
+        if getattr(cfg, "presence_threshold", None) is not None:
+            return float(cfg.presence_threshold)
+    return None
+
+
+def _run_configs(dataset, presence_field: str):
+    """The configs of this plugin's run records that wrote ``presence_field`` (records of other
+    tools or versions that cannot be read are passed over)."""
     for key in dataset.list_runs():
         if not key.startswith(RUN_KEY_PREFIX):
             continue
@@ -999,9 +1036,8 @@ def recorded_threshold(dataset, presence_field: str) -> Optional[float]:
             cfg = dataset.get_run_info(key).config
         except Exception:  # noqa: BLE001 - a record of another tool or version
             continue
-        if getattr(cfg, "presence_field", None) == presence_field and getattr(cfg, "presence_threshold", None) is not None:
-            return float(cfg.presence_threshold)
-    return None
+        if getattr(cfg, "presence_field", None) == presence_field:
+            yield cfg
 
 
 def _record_threshold(dataset, presence_field: str, threshold: float) -> None:

@@ -43,15 +43,26 @@ def test_two_long_names_would_get_the_same_tokens_and_are_refused():
     check_name_lengths([fits, sentence("x")], tok)  # fitting names pass
 
 
-def test_segmenter_refuses_an_over_long_class_name_before_loading_models():
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Loading a backbone fails the test: the vocabulary is refused before any weights are read."""
+    import fiftyone_cass.models.segmenter as segmenter_module
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the models were loaded before the vocabulary was checked")
+
+    monkeypatch.setattr(segmenter_module, "cached_models", boom)
+
+
+def test_segmenter_refuses_an_over_long_class_name_before_loading_models(no_model_loading):
     long_name = "a very " + "very " * 80 + "long dog"
     with pytest.raises(InvalidInputError, match="too long"):
-        Segmenter(classes=["cat", long_name], backbone="no-such-backbone", method="cass")
+        Segmenter(classes=["cat", long_name], backbone="tiny", method="cass")
     # in a synonym and a background word too
     with pytest.raises(InvalidInputError, match="too long"):
-        Segmenter(classes=["cat", f"dog, {long_name}"], backbone="no-such-backbone", method="cass")
+        Segmenter(classes=["cat", f"dog, {long_name}"], backbone="tiny", method="cass")
     with pytest.raises(InvalidInputError, match="too long"):
-        Segmenter(classes=["cat"], background=[long_name], backbone="no-such-backbone", method="cass")
+        Segmenter(classes=["cat"], background=[long_name], backbone="tiny", method="cass")
 
 
 def test_text_embedder_refuses_over_long_names():
@@ -71,9 +82,9 @@ def test_text_embedder_refuses_over_long_names():
         ([NFC, "dog"], [NFD], "background word.*two Unicode forms"),
     ],
 )
-def test_unicode_and_spacing_equivalent_names_are_duplicates(classes, background, match):
+def test_unicode_and_spacing_equivalent_names_are_duplicates(classes, background, match, no_model_loading):
     with pytest.raises(InvalidInputError, match=match) as e:
-        Segmenter(classes=classes, background=background, backbone="no-such-backbone", method="cass")
+        Segmenter(classes=classes, background=background, backbone="tiny", method="cass")
     assert NFD in str(e.value) or "dog" in str(e.value).lower()
 
 

@@ -22,22 +22,11 @@ from fiftyone_cass.models.dino import dino_keys, dino_pixels_from_clip
 
 from conftest import REPO_ROOT
 
+from test_backbones import _perturbed, _same  # noqa: E402 - the same helpers
+
 PUBLISHED = ("openai", "openai-l14-prior", "openai-dinov2", "openai-dinov3")
 IMAGE = np.random.RandomState(0).randint(0, 255, (150, 260, 3)).astype(np.uint8)
 SMALL = dict(device="cpu", short_side=112, long_side=256, crop=112, stride=56)
-
-
-def _perturbed(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
-
-
-def _same(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 # ------------------------------------------------------------------ one registry

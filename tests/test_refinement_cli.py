@@ -6,39 +6,30 @@ without voting and counted, a bad instance mask is that sample's failure with it
 from __future__ import annotations
 
 import json
-import uuid
 
 import numpy as np
-import pytest
 
 import fiftyone as fo
 
 from _label_helpers import CLASSES, make_images, read_mask
-from fiftyone_cass import cli
 from fiftyone_cass.fo.apply import CONFIG_ATTR
-from test_cli import TINY
+from test_cli import TINY, run_cli
+from test_reliability import dataset_name  # noqa: F401 - the fixture
 
 
-def run_cli(*argv, capsys):
-    rc = cli.main([str(a) for a in argv])
-    return rc, capsys.readouterr()
-
-
-@pytest.fixture
-def dataset_name():
-    name = f"cli-refine-{uuid.uuid4().hex[:8]}"
-    yield name
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-
-
-def test_pamr_changes_the_labels_and_is_part_of_the_settings(tmp_path, capsys, dataset_name):
+def _label_plain(tmp_path, capsys, dataset_name):
+    """Labels 4 images into field ``plain`` (no refinement); returns the command's base arguments."""
     img_dir = tmp_path / "imgs"
     make_images(img_dir, 4)
-    summary = tmp_path / "s.json"
     base = ["label", img_dir, "--dataset", dataset_name, "--classes", ", ".join(CLASSES), *TINY]
     rc, out = run_cli(*base, "--label-field", "plain", capsys=capsys)
     assert rc == 0, out.err
+    return base
+
+
+def test_pamr_changes_the_labels_and_is_part_of_the_settings(tmp_path, capsys, dataset_name):
+    summary = tmp_path / "s.json"
+    base = _label_plain(tmp_path, capsys, dataset_name)
     rc, out = run_cli(*base, "-o", "pamr_steps=10", "--summary-json", summary, capsys=capsys)
     assert rc == 0, out.err
     pamr_id = json.loads(summary.read_text())["config_id"]
@@ -61,12 +52,8 @@ def _sam_like(h, w, boxes):
 
 
 def test_regions_field_votes_one_label_per_region(tmp_path, capsys, dataset_name):
-    img_dir = tmp_path / "imgs"
-    make_images(img_dir, 4)
     summary = tmp_path / "s.json"
-    base = ["label", img_dir, "--dataset", dataset_name, "--classes", ", ".join(CLASSES), *TINY]
-    rc, out = run_cli(*base, "--label-field", "plain", capsys=capsys)
-    assert rc == 0, out.err
+    base = _label_plain(tmp_path, capsys, dataset_name)
     ds = fo.load_dataset(dataset_name)
     samples = list(ds.sort_by("filepath"))
     regions = {}

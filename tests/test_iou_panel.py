@@ -230,3 +230,44 @@ def test_panel_shows_unmatched_predicted_classes(fo_dataset, tmp_path):
     evaluate_iou(ds, "predictions", eval_key="ev", overwrite=True)
     _, calls = _panel(ds, "on_load")
     assert "class_mismatch_md" not in calls["show_panel_output"][0]["output"]["type"]["properties"]
+
+
+def test_panel_shows_per_class_confidence_and_opens_the_review_queue(evaluated):
+    """Issue 22: beside each class's IoU, the mean per-class confidence auto_label stored with the
+    evaluated predictions (``<pred>_confidence_per_class``); a button opens the review queue on
+    that confidence field (and the class last clicked)."""
+    ds = evaluated
+    a, b = ds.values("id")
+    per_class = {a: [("car", 0.9), ("road", 0.5)], b: [("car", 0.7)]}  # tree: no per-class confidence
+    ds.set_values("predictions_confidence_per_class", {
+        sid: fo.Classifications(classifications=[fo.Classification(label=c, confidence=v) for c, v in rows])
+        for sid, rows in per_class.items()}, key_field="id")
+    ds.set_values("predictions_confidence", {a: 0.7, b: 0.7}, key_field="id")
+    rows = {r["class"]: r for r in class_rows(ds, ds.load_evaluation_results("ev"))}
+    assert rows["car"]["confidence"] == pytest.approx(80.0) and rows["road"]["confidence"] == pytest.approx(50.0)
+    assert rows["tree"]["confidence"] is None
+    _, calls = _panel(ds, "on_load")
+    state, data = {}, {}
+    for p in calls.get("patch_panel_state", []):
+        state.update(p.get("state", p))
+    for p in calls.get("patch_panel_data", []):
+        data.update(p.get("data", p))
+    assert {r["class"]: r["confidence"] for r in data["class_table"]} == {"car": 80.0, "road": 50.0, "tree": "–"}
+    rendered = calls["show_panel_output"][0]["output"]["type"]["properties"]
+    assert "review_queue" in rendered and state["confidence_field"] == "predictions_confidence"
+    _, calls = _panel(ds, "on_click_bar", state=state, x="car")
+    for p in calls.get("patch_panel_state", []):
+        state.update(p.get("state", p))
+    _, calls = _panel(ds, "on_review_queue", state=state)
+    (prompt,) = calls["prompt_user_for_operation"]
+    assert prompt["operator_uri"] == "@fiftyone-cass/cass/review_queue"
+    assert prompt["params"] == {"confidence_field": "predictions_confidence", "class_name": "car"}
+
+
+def test_panel_without_confidence_shows_no_confidence_and_no_review_button(evaluated):
+    _, calls = _panel(evaluated, "on_load")
+    data = {}
+    for p in calls.get("patch_panel_data", []):
+        data.update(p.get("data", p))
+    assert all(r["confidence"] == "–" for r in data["class_table"])
+    assert "review_queue" not in calls["show_panel_output"][0]["output"]["type"]["properties"]

@@ -30,11 +30,14 @@ import fiftyone.operators as foo
 from fiftyone.operators import execution_cache, types
 
 from fiftyone_cass.fo.metrics import metrics_from_histogram
+from fiftyone_cass.fo.review import class_confidence, confidence_field_of, per_class_field
 from fiftyone_cass.fo.model import stored_scores
 from fiftyone_cass.fo.evaluation import IoUSegmentationResults, class_match_notice, histogram_from_results, per_sample_class_iou  # noqa: F401 - re-exported
 
 PANEL_NAME = "cass_iou"
-COLUMNS = [("class", "Class"), ("iou", "IoU (%)"), ("acc", "Accuracy (%)"), ("gt_pixels", "GT pixels")]
+COLUMNS = [("class", "Class"), ("iou", "IoU (%)"), ("acc", "Accuracy (%)"), ("confidence", "Confidence (%)"),
+           ("gt_pixels", "GT pixels")]
+REVIEW_QUEUE_URI = "@fiftyone-cass/cass/review_queue"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -70,12 +73,31 @@ def summary(dataset, results) -> Dict[str, Optional[float]]:
 
 def class_rows(dataset, results) -> List[Dict]:
     """One row per class: ``class``, ``iou`` and ``acc`` in percent (None where undefined: the
-    class is in neither the ground truth nor the predictions), ``gt_pixels``."""
+    class is in neither the ground truth nor the predictions), ``confidence`` (the mean over the
+    samples containing the class of its per-class confidence, in percent: what ``auto_label``
+    stored in ``<pred_field>_confidence_per_class``; None without it), ``gt_pixels``."""
     m = _metrics(dataset, results)
+    conf = prediction_confidence(dataset, results)
     return [
-        {"class": str(n), "iou": _pct(i), "acc": _pct(a), "gt_pixels": int(g)}
+        {"class": str(n), "iou": _pct(i), "acc": _pct(a),
+         "confidence": _pct(conf[str(n)]["confidence"]) if str(n) in conf else None, "gt_pixels": int(g)}
         for n, i, a, g in zip(m.class_names, m.iou, m.acc, m.area_label)
     ]
+
+
+def confidence_field_of_evaluation(dataset, results) -> Optional[str]:
+    """The confidence field ``auto_label`` wrote with the evaluated predictions (None if none)."""
+    pred = getattr(results.config, "pred_field", None)
+    if not pred:
+        return None
+    field = confidence_field_of(pred)
+    return field if dataset.has_sample_field(per_class_field(field)) else None
+
+
+def prediction_confidence(dataset, results) -> Dict[str, Dict[str, float]]:
+    """Per class name, the predictions' confidence (:func:`fiftyone_cass.fo.review.class_confidence`)."""
+    field = confidence_field_of_evaluation(dataset, results)
+    return class_confidence(dataset, field) if field else {}
 
 
 def sort_rows(rows: Sequence[Dict], key: str = "iou", descending: bool = False) -> List[Dict]:
@@ -112,6 +134,7 @@ def evaluation_numbers(ctx, eval_key: str, timestamp: str) -> Dict:
         "rows": class_rows(ctx.dataset, results),
         "per_sample": per_sample_class_iou(ctx.dataset, results),
         "unmatched_notice": class_match_notice(results),
+        "confidence_field": confidence_field_of_evaluation(ctx.dataset, results),
     }
 
 
@@ -196,6 +219,14 @@ class IoUPanel(foo.Panel):
         if int(row) < len(rows):
             self._show_worst(ctx, rows[int(row)])
 
+    def on_review_queue(self, ctx):
+        """Opens the review queue operator on the evaluated predictions' confidence field (and
+        the class last clicked, if any)."""
+        params = {"confidence_field": ctx.panel.state.confidence_field}
+        if ctx.panel.state.selected_class:
+            params["class_name"] = ctx.panel.state.selected_class
+        ctx.prompt(REVIEW_QUEUE_URI, params=params)
+
     def on_click_bar(self, ctx):
         name = ctx.params.get("x")
         if name is not None:
@@ -222,6 +253,7 @@ class IoUPanel(foo.Panel):
             rows = sort_rows(numbers["rows"], ctx.panel.state.sort_by or "iou", bool(ctx.panel.state.descending))
             ctx.panel.state.scores = s
             ctx.panel.state.unmatched_notice = numbers["unmatched_notice"]
+            ctx.panel.state.confidence_field = numbers["confidence_field"]
             ctx.panel.state.rows_shown = [r["class"] for r in rows]
             ctx.panel.set_data("class_table", [{k: ("–" if v is None else v) for k, v in r.items()} for r in rows])
             names = [r["class"] for r in rows]
@@ -232,6 +264,7 @@ class IoUPanel(foo.Panel):
         else:
             ctx.panel.state.scores = None
             ctx.panel.state.unmatched_notice = None
+            ctx.panel.state.confidence_field = None
             ctx.panel.state.rows_shown = []
         pf = ctx.panel.state.presence_field
         if pf and ds.has_sample_field(pf):
@@ -275,6 +308,9 @@ class IoUPanel(foo.Panel):
             panel.md(f"Per-class scores, sorted by {dict(COLUMNS)[sort_by]} ({arrow}). Click a header to sort, "
                      "a class to show the samples where it is the worst.", name="table_help")
             panel.list("class_table", types.Object(), view=table)
+            if ctx.panel.state.confidence_field:
+                panel.btn("review_queue", label="Review the least confident samples", icon="fact_check",
+                          on_click=self.on_review_queue)
             panel.plot(
                 "iou_chart",
                 layout={"title": {"text": "Per-class IoU and accuracy (%)"}, "barmode": "group", "showlegend": True,

@@ -158,3 +158,26 @@ def test_alias_modules_import_only_their_target():
     for mod in g:
         if _layer(mod) is None and mod != PKG and not mod.endswith("integrations"):
             assert len(g[mod]) <= 2, (mod, g[mod])  # the target (and its package)
+
+
+OLD_PATHS = {
+    "fiftyone_cass.settings": "fiftyone_cass.config.settings",
+    "fiftyone_cass.schema": "fiftyone_cass.config.schema",
+    "fiftyone_cass.shards": "fiftyone_cass.fo.shards",
+    "fiftyone_cass.integrations.fo_model": "fiftyone_cass.fo.model",
+    "fiftyone_cass.integrations.apply": "fiftyone_cass.fo.apply",
+    "fiftyone_cass.integrations.fo_evaluation": "fiftyone_cass.fo.evaluation",
+    "fiftyone_cass.integrations.evaluation": "fiftyone_cass.fo.metrics",
+    "fiftyone_cass.integrations.protocol": "fiftyone_cass.protocols.runner",
+    "fiftyone_cass.integrations.label_plugin": "fiftyone_cass.app.label_operators",
+    "fiftyone_cass.integrations.app_support": "fiftyone_cass.app.support",
+}
+
+
+@pytest.mark.parametrize("old, new", sorted(OLD_PATHS.items()))
+def test_old_import_paths_are_the_moved_modules_themselves(old, new):
+    """README "Old import paths": for one release an old path is the very module object of the new
+    one, so attributes and monkeypatches agree."""
+    import importlib
+
+    assert importlib.import_module(old) is importlib.import_module(new)

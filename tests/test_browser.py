@@ -315,6 +315,33 @@ def test_an_error_is_shown_with_its_message(app, page):
         np.testing.assert_array_equal(s.cass.mask, before[s.id])
 
 
+def test_class_lines_with_synonyms_and_a_vocabulary_error_in_the_form(app, page):
+    """Issue 21 items 1 and 3: "Class names" is a text area; a duplicate is marked at its input
+    before Execute with the typed text kept; lines with synonyms stay one class each (never merged)."""
+    ds = app["dataset"]
+    dialog = _open_operator(page, "Auto-label", "Auto-label segmentations (CASS)")
+    _fill_auto_label(page, dialog, "dog\nDog\ngrass", "browser_syn")
+    page.wait_for_timeout(2500)  # the form re-resolves with the typed classes
+    text = dialog.inner_text()
+    _shot(page, "4c_vocabulary_error")
+    assert "duplicate class name" in text and "Class names" in text, text
+    assert dialog.get_by_role("button", name="Execute").is_disabled()
+    assert _input(dialog, "Class names").input_value() == "dog\nDog\ngrass"  # the user's input kept
+    assert _input(dialog, "Label field").input_value() == "browser_syn"
+    _input(dialog, "Class names").fill("person\nanimal, cat, dog\nsky")
+    page.wait_for_timeout(2500)
+    assert not dialog.get_by_role("button", name="Execute").is_disabled()
+    dialog.get_by_role("button", name="Execute").click()
+    output = page.locator(".MuiDialog-root").filter(has_text="Labeled:").last
+    output.get_by_role("button", name="Done").wait_for(timeout=180_000)  # (the target: as the App's selection)
+    ds.reload()
+    assert len(ds.exists("browser_syn")) >= 1
+    assert ds.mask_targets["browser_syn"] == {0: "background", 1: "person", 2: "animal", 3: "sky"}
+    assert not [t for t in ds.distinct("tags") if "dog sky" in t or "person animal" in t]  # no merged lines
+    output.get_by_role("button", name="Done").click()
+    page.wait_for_timeout(800)
+
+
 def test_an_invalid_value_is_marked_in_the_form(app, page):
     """A value outside a setting's declaration (settings.py) is shown at its input, in the form's
     words, before anything runs."""

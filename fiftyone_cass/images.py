@@ -108,3 +108,13 @@ def load_rgb(item: Any, name: Optional[str] = None) -> np.ndarray:
         raise ImageLoadError(msg) from exc.__cause__
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+
+
+def displayed_size(path: str) -> tuple:
+    """``(width, height)`` of an image file as it is displayed (EXIF orientation applied, as
+    :func:`load_rgb` decodes it), from its header only (no pixels decoded)."""
+    with Image.open(path) as im:
+        w, h = im.size
+        if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees when displayed
+            w, h = h, w
+    return int(w), int(h)

@@ -76,6 +76,7 @@ from fiftyone import ViewField as F
 
 from fiftyone_cass.fo.app_config import show_labels_in_app
 from fiftyone_cass.errors import SOME_LIST, SOME_TEXT, InvalidInputError, RunAbortedError, SettingError, kw, use
+from fiftyone_cass.images import displayed_size
 from fiftyone_cass.fileio import atomic_write, is_valid_png, remove_orphaned_temp_files, write_mask_png  # noqa: F401 - re-exported
 from fiftyone_cass.fo.shards import shard_index, validate_shard  # noqa: F401 - re-exported
 from fiftyone_cass.models.segmenter import Segmenter
@@ -141,10 +142,7 @@ def mask_fits(mask_path: str, sample_id: str, image_path: str, allowed: np.ndarr
     try:
         if os.path.islink(mask_path) or not re.match(re.escape(sample_id) + r"[-.]", os.path.basename(mask_path)):
             return False
-        with Image.open(image_path) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees when displayed
-                w, h = h, w
+        w, h = displayed_size(image_path)
         with Image.open(mask_path) as m:
             if m.format != "PNG" or m.size != (w, h):
                 return False
@@ -290,8 +288,8 @@ BATCH_PIXEL_BUDGET = 24 * 2**20
 def image_pixels(path: str) -> int:
     """Width x height from the image file's header (0 when it cannot be read: loading reports it)."""
     try:
-        with Image.open(path) as im:
-            return int(im.size[0]) * int(im.size[1])
+        w, h = displayed_size(path)
+        return w * h
     except Exception:  # noqa: BLE001 - the load of the batch names the problem
         return 0
 

@@ -198,6 +198,49 @@ def test_uncertainty_heatmaps_are_pngs_at_the_image_size_that_round_trip_and_res
             assert m.shape == (im.size[1], im.size[0]) and m.dtype == np.uint8
 
 
+def test_a_rerun_with_another_uncertainty_kind_recomputes_the_maps_in_place(fo_dataset, images, tmp_path):
+    # uncertainty_kind is an output setting (not in the label hash): like a rerun that turns an output
+    # on, a rerun asking for another kind computes the maps again (the kind is recorded on each map)
+    ds = add_samples(fo_dataset("unckind"), images[:3])
+    kw = dict(KW, uncertainty_field="unc", masks="disk", mask_dir=str(tmp_path))
+    apply(ds, classes=CLASSES, **kw)
+    assert ds.distinct("unc.kind") == ["margin"]
+    paths = dict(zip(*ds.values(["id", "unc.map_path"])))
+    s = apply(ds, classes=CLASSES, uncertainty_kind="entropy", **kw)
+    assert s.num_labeled == 3 and ds.distinct("unc.kind") == ["entropy"]
+    ref = {p: r for p, r in zip(images, _reference(images[:3], uncertainty="entropy"))}
+    for smp in ds:
+        assert smp["unc"].map_path == paths[smp.id]  # same settings: the same file, rewritten atomically
+        with Image.open(smp["unc"].map_path) as im:
+            stored = np.asarray(im).astype(np.float32) / 255.0
+        assert np.abs(stored - ref[smp.filepath].uncertainty).max() <= 0.5 / 255 + 1e-6  # now the entropy map
+    assert apply(ds, classes=CLASSES, uncertainty_kind="entropy", **kw).num_labeled == 0
+    # a map without a recorded kind (an older version's) counts as missing
+    first = ds.first()
+    first["unc"].kind = None
+    first.save()
+    assert apply(ds, classes=CLASSES, uncertainty_kind="entropy", **kw).num_labeled == 1
+
+
+def test_overwrite_removes_the_replaced_mask_and_heatmap_files_unless_another_dataset_uses_them(
+        fo_dataset, images, tmp_path):
+    ds = add_samples(fo_dataset("uncover"), images[:3])
+    kw = dict(KW, uncertainty_field="unc", masks="disk", mask_dir=str(tmp_path))
+    apply(ds, classes=CLASSES, **kw)
+    old = {sid: (m, u) for sid, m, u in zip(*ds.values(["id", "cass.mask_path", "unc.map_path"]))}
+    keep = ds.first().id
+    clone = ds.select(keep).clone()  # shares the first sample's files
+    try:
+        s = apply(ds, classes=["dog", "cat"], overwrite=True, **kw)  # other settings: new files
+        assert s.num_labeled == 3
+        for sid, m, u in zip(*ds.values(["id", "cass.mask_path", "unc.map_path"])):
+            assert os.path.isfile(m) and os.path.isfile(u) and (m, u) != old[sid]
+            # the replaced files are gone once the new labels are stored, but those the clone points at
+            assert all(os.path.exists(p) == (sid == keep) for p in old[sid])
+    finally:
+        clone.delete()
+
+
 def test_a_bad_uncertainty_kind_is_refused_before_writing(fo_dataset, images):
     from fiftyone_cass.errors import InvalidInputError
 

@@ -362,6 +362,65 @@ def test_concept_heatmaps_for_the_target_only_at_the_image_size_and_they_resume(
     assert again.num_computed == 0 and again.num_already_done == 3
 
 
+def test_concept_heatmaps_claim_their_field_as_labelling_runs_do(fo_dataset, images, tmp_path):
+    from fiftyone_cass.fo.claims import FieldClaimedError, field_claim
+    from fiftyone_cass.fo.concepts import ConceptHeatmapRun
+
+    ds = add_samples(fo_dataset("conceptclaim"), images[:2])
+    kw = dict(KW, masks="database")
+    running = ConceptHeatmapRun(ds, "a red car", "car", **kw)
+    running.plan()  # holds the field from here to its end
+    with pytest.raises(FieldClaimedError, match="'car'"):  # another prompt: refused while it runs
+        ConceptHeatmapRun(ds, "a dog", "car", **kw).plan()
+    with pytest.raises(FieldClaimedError):  # a labelling run on that field too
+        apply(ds, classes=CLASSES, label_field="car", **KW)
+    joined = ConceptHeatmapRun(ds.limit(1), "a red car", "car", **kw)  # the same prompt and settings join
+    assert joined.plan() == 1 and len(field_claim(ds, "car")["holders"]) == 2
+    for _ in joined.iter_progress():
+        pass
+    for _ in running.iter_progress():
+        pass
+    assert field_claim(ds, "car") is None  # released at the end
+    assert ds.count("car") == 2 and running.summary.num_already_done == 0
+    # a refused start holds nothing either
+    from fiftyone_cass.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="overwrite"):
+        ConceptHeatmapRun(ds, "a dog", "car", **kw).plan()
+    assert field_claim(ds, "car") is None
+
+
+def test_concept_heatmaps_of_another_prompt_are_refused_or_replaced_with_their_files_removed(
+        fo_dataset, images, tmp_path):
+    import fiftyone_cass
+    from fiftyone_cass.errors import InvalidInputError
+
+    ds = add_samples(fo_dataset("conceptover"), images[:3])
+    kw = dict(KW, masks="disk", mask_dir=str(tmp_path))
+    fiftyone_cass.concept_heatmap(ds, "a red car", "map", **kw)
+    old = dict(zip(*ds.values(["id", "map.map_path"])))
+    with pytest.raises(InvalidInputError, match="overwrite"):
+        fiftyone_cass.concept_heatmap(ds, "a dog", "map", **kw)
+    assert dict(zip(*ds.values(["id", "map.map_path"]))) == old and all(map(os.path.isfile, old.values()))
+    s = fiftyone_cass.concept_heatmap(ds, "a dog", "map", overwrite=True, **kw)
+    assert s.num_computed == 3 and ds.distinct("map.prompt") == ["a dog"]
+    for sid, p in zip(*ds.values(["id", "map.map_path"])):
+        assert os.path.isfile(p) and p != old[sid] and not os.path.exists(old[sid])
+
+
+def test_concept_heatmaps_go_through_the_labelling_batch_loop(fo_dataset, images, monkeypatch):
+    import fiftyone_cass
+    from fiftyone_cass.fo import apply as A
+
+    ds = add_samples(fo_dataset("conceptbatch"), images[:4])
+    seen = []
+    monkeypatch.setattr(A, "BATCH_PIXEL_BUDGET", 1)  # every image over the budget: a batch alone
+    s = fiftyone_cass.concept_heatmap(ds, "a red car", "car", masks="database", progress=lambda pb: seen.append(
+        pb.iteration), **dict(KW, batch_size=4))
+    assert s.num_computed == 4 and ds.count("car") == 4
+    assert sorted(set(seen)) == [0, 1, 2, 3, 4]  # saved one image at a time, as labelling batches are cut
+
+
 def test_concept_heatmap_operator_writes_the_target_samples_only(fo_dataset, images):
     import fiftyone.operators as foo
 

@@ -136,6 +136,8 @@ class ConceptHeatmap(foo.Operator):
                 choice.add_choice(f, label=f)
             inputs.enum("label_field", choice.values(), default="", label="Vocabulary of field", view=choice,
                         description="The prompt competes with this field's classes")
+        inputs.bool("overwrite", default=False, label="Replace heatmaps of another prompt",
+                    description="The field may hold heatmaps of another prompt or settings: replace them")
         return types.Property(inputs, view=types.View(label="Concept heatmap"))
 
     def execute(self, ctx):
@@ -143,6 +145,8 @@ class ConceptHeatmap(foo.Operator):
 
         p = ctx.params
         kw = dict(p.get("settings") or {})
+        if p.get("overwrite"):
+            kw["overwrite"] = True
 
         def report(pb):
             ctx.set_progress(progress=pb.progress, label=f"{pb.iteration} of {pb.total} samples")

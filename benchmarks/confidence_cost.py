@@ -6,8 +6,12 @@ Two measurements, each printing its figures (and ``--json`` writes them):
   ViT-B/16 + DINO ViT-B/8; speed does not depend on weight values), a preset's vocabulary with
   fixed random text vectors (as ``bench.py``), synthetic images decoded once beforehand. The same
   images are segmented with the outputs off and on, interleaved (off, on, off, on, ...) so that a
-  shared machine's drift hits both alike; the figure is the median over rounds of the time per
-  image, and the added share ``(on - off) / off``. Variants: ``confidence`` (per-image figures
+  shared machine's drift hits both alike (the order turned each round). Time is the process's
+  CPU time with one torch thread (``--threads 1``, the default: other work on a shared machine
+  then slows the wall clock but hardly the CPU seconds), wall time beside it; the figures are the
+  median over rounds of the time per image, the added share ``(on - off) / off`` of the medians
+  and the paired one (median over rounds of each round's ``on / off - 1``). The 8-bit PNG write
+  of a map (quantisation + encoding, what the outputs do) is timed too. Variants: ``confidence`` (per-image figures
   only, what labelling stores by default), ``+uncertainty`` (a per-pixel margin map as well) and
   ``+heatmap`` (one class probability map, what a concept heatmap needs).
 * **memory** of one large image (``--big 4000x3000``, the ``coco_stuff`` preset's 171 names, the
@@ -19,7 +23,8 @@ Two measurements, each printing its figures (and ``--json`` writes them):
 Usage::
 
     python benchmarks/confidence_cost.py [--images 4] [--rounds 3] [--size 640x480] [--preset coco_object]
-                                         [--backbone random-base] [--big 4000x3000] [--no-big] [--json out.json]
+                                         [--backbone random-base] [--big 4000x3000] [--no-big] [--threads 1]
+                                         [--json out.json]
 """
 
 from __future__ import annotations
@@ -101,6 +106,10 @@ def time_variants(args) -> dict:
         "png_write_s_per_image": {k: statistics.median(v) for k, v in write.items() if v},
         "added_share": {v: med[v] / med["off"] - 1.0 for v in VARIANTS if v != "off"},
         "added_share_wall": {v: med_wall[v] / med_wall["off"] - 1.0 for v in VARIANTS if v != "off"},
+        # per round the variant against the round's "off" run, median over rounds (paired: a round's
+        # drift cancels)
+        "added_share_paired": {v: statistics.median(c / o - 1.0 for c, o in zip(cpu[v], cpu["off"]))
+                               for v in VARIANTS if v != "off"},
     }
 
 
@@ -128,11 +137,12 @@ def big_image_memory(args) -> dict:
         mem = bench.PeakMemory(torch.device("cpu"))
         before = bench.current_rss_mb()
         mem.start()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         r = seg.segment_arrays([img])[0]
-        took = time.perf_counter() - t0
+        took, cpu = time.perf_counter() - t0, time.process_time() - c0
         peak = mem.peak()
-        out[v] = {"rss_above_mb": peak["rss_peak_mb"] - before, "exact": peak["rss_peak_exact"], "seconds": took}
+        out[v] = {"rss_above_mb": peak["rss_peak_mb"] - before, "exact": peak["rss_peak_exact"], "seconds": took,
+                  "cpu_seconds": cpu}
         del r
     out["size"] = args.big
     return out
@@ -164,7 +174,8 @@ def main(argv=None) -> int:
     for v, s in t["cpu_s_per_image"].items():
         extra = "" if v == "off" else f"   {100 * t['added_share'][v]:+.1f}%"
         wextra = "" if v == "off" else f"   {100 * t['added_share_wall'][v]:+.1f}%"
-        print(f"  {v:<14} cpu {s:8.3f} s{extra:>9}   wall {t['wall_s_per_image'][v]:8.3f} s{wextra:>9}")
+        paired = "" if v == "off" else f"   paired {100 * t['added_share_paired'][v]:+.1f}%"
+        print(f"  {v:<14} cpu {s:8.3f} s{extra:>9}   wall {t['wall_s_per_image'][v]:8.3f} s{wextra:>9}{paired}")
     for k, s in t["png_write_s_per_image"].items():
         print(f"  {k:<16} {s:8.3f} s per image (8-bit quantisation + PNG write)")
     report["load_average_after_time"] = os.getloadavg()
@@ -174,8 +185,9 @@ def main(argv=None) -> int:
         report["memory"] = m
         print(f"peak RSS above the call's start, one {m['size']} image, coco_stuff (171 names), tiny backbone:")
         for v in ("off", "+uncertainty"):
-            print(f"  {v:<14} {m[v]['rss_above_mb']:8.0f} MB   {m[v]['seconds']:.1f} s"
+            print(f"  {v:<14} {m[v]['rss_above_mb']:8.0f} MB   cpu {m[v]['cpu_seconds']:.1f} s   wall {m[v]['seconds']:.1f} s"
                   + ("" if m[v]["exact"] else "  (upper bound: VmHWM could not be reset)"))
+        report["load_average_end"] = os.getloadavg()
     if args.json:
         bench.write_json(args.json, report)  # atomic, as bench.py's
     return 0

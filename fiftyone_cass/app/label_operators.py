@@ -378,6 +378,22 @@ def _output_inputs(ctx, inputs) -> None:
         _add_setting(ctx, inputs, name)
 
 
+def model_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
+    """The Model section's values of ``params`` as keywords of the engine (for the operators that
+    run the model without labelling, e.g. ``concept_heatmap``): each setting given, and the JSON
+    input's Segmenter options by name."""
+    out = {n: params[n] for n in _group_fields("model") if params.get(n) not in (None, "") and n != "options"}
+    out.update(options_from_json(params.get("options")))
+    return out
+
+
+def model_inputs(ctx, inputs) -> None:
+    """The form's Model section (method, backbone, device, ...; the options' JSON input), from the
+    declarations; also the ``concept_heatmap`` form's."""
+    inputs.view("section_model", types.HeaderView(label=GROUP_TITLES["model"], divider=True))
+    _model_inputs(ctx, inputs)
+
+
 def _model_inputs(ctx, inputs) -> None:
     chosen = ctx.params.get("backbone")
     if os.environ.get("FIFTYONE_CASS_FORM_TEST_BACKBONES", "").lower() in ("1", "true", "yes", "on"):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import fiftyone as fo
+import fiftyone.operators as foo
 from fiftyone.operators.executor import ExecutionError, execute_or_delegate_operator
 
 from _label_helpers import CLASSES, add_samples, make_images, read_mask
@@ -147,11 +148,16 @@ def test_a_run_from_the_form_with_pamr_and_regions_gives_the_command_lines_label
     assert result.error is None
     messages = [m.body.to_json() for m in result.result]
     assert [m for m in messages if m["operator_uri"] == "show_output"][0]["params"]["results"]["num_labeled"] == 4
+    # the operator from Python: a Segmenter option as a keyword (into the JSON), the regions field
+    py = foo.get_operator(AUTO)(ds, classes=CLASSES, label_field="py", backbone="tiny", device="cpu",
+                                masks="database", options=SEG_OPTIONS, pamr_steps=10, regions_field="sam").result
+    assert py["num_labeled"] == 4 and py["regions_field"] == "sam"
     ds.reload()
     changed = False
     for s in ds:
         form, cli_, plain = read_mask(s.form), read_mask(s.cli), read_mask(s.plain)
         np.testing.assert_array_equal(form, cli_)  # the form's run = the command line's
+        np.testing.assert_array_equal(read_mask(s.py), cli_)
         changed |= bool((form != plain).any())
         h, w = form.shape
         y0, x0, y1, x1 = h // 4, w // 4, h - 2, w - 1

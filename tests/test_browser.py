@@ -12,13 +12,14 @@ ground truth. The tests run in file order on that page, as a user would:
 4. an error (other settings on a labelled field) is shown with its message in the form's words;
 5. ``evaluate_iou`` runs from its form and shows mIoU in percent, and names the predicted class
    that the ground truth lacks;
-6. the plugin's panel shows per-class IoU of the newest evaluation (its own, made by a fixture),
-   the unmatched-class notice, and a click on a class filters the grid;
-7. ``auto_label`` runs with both refinements from its "Refinement" section (PAMR steps typed, the
+6. ``auto_label`` runs with both refinements from its "Refinement" section (PAMR steps typed, the
    SAM-like regions field 'sam' chosen): the stored labels are those of ``apply`` with the same
    settings, every region one label;
-8. ``concept_heatmap`` runs from its form (the tiny backbone chosen in its Model section) on a
-   saved view of two samples, and writes heatmaps for those two only.
+7. ``concept_heatmap`` runs from its form (the tiny backbone chosen in its Model section) on a
+   saved view of two samples, and writes heatmaps for those two only;
+8. the plugin's panel shows per-class IoU of the newest evaluation (its own, made by a fixture),
+   the unmatched-class notice, and a click on a class filters the grid (last: the panel narrows
+   the grid).
 
 Each test needs only the module's fixtures (``-k NAME`` runs it alone).
 
@@ -409,50 +410,6 @@ def test_evaluation_from_the_form_shows_percent(app, page):
     page.wait_for_timeout(800)
 
 
-@pytest.fixture
-def panel_eval(app):
-    """An evaluation of its own, the newest (the panel preselects it), whose ground truth lacks
-    the predicted class 'frisbee'."""
-    ds = app["dataset"]
-    evaluate_iou(ds, "cass", "gt_small", eval_key="eval_panel", overwrite=True)
-    return "eval_panel"
-
-
-def test_panel_shows_per_class_iou(app, page, panel_eval):
-    ds = app["dataset"]
-    results = ds.load_evaluation_results(panel_eval)  # the newest evaluation is preselected
-    rows = [r for r in class_rows(ds, results) if r["iou"] is not None]
-    assert rows
-    page.locator("[data-cy=new-panel-btn]").click()
-    page.wait_for_timeout(1000)
-    page.get_by_text("Segmentation IoU (CASS)", exact=True).first.click()
-    page.get_by_text("IoU (%)", exact=False).first.wait_for(timeout=120_000)
-    page.wait_for_timeout(2000)
-    _shot(page, "6a_iou_panel")
-    table = page.locator("table").last
-    header = table.locator("thead").inner_text()
-    assert "Class" in header and "IoU (%)" in header and "Accuracy (%)" in header
-    body = [[c.strip() for c in line.split("\t")] for line in table.locator("tbody").inner_text().splitlines()]
-    shown = {cells[0]: cells[1] for cells in body if len(cells) > 1}
-    for r in rows:
-        assert float(shown[r["class"]]) == pytest.approx(r["iou"], abs=0.05)
-    text = page.locator("body").inner_text()
-    assert "mIoU" in text and "%" in text
-    # the predicted class the ground truth lacks is named above the table (issue 21 item 4)
-    assert "Classes without a ground-truth match" in text and "'frisbee'" in text, text
-
-    worst = min(rows, key=lambda r: r["iou"])["class"]
-    expected = len(worst_class_samples(ds, results, worst))
-    table.get_by_role("cell", name=worst, exact=True).first.click()
-    page.wait_for_function(
-        "n => document.querySelector('[data-cy=entry-counts]').innerText.startsWith(n + ' ')",
-        arg=str(expected), timeout=60_000,
-    )
-    page.locator("[data-cy=looker]").first.wait_for()
-    page.wait_for_timeout(3000)
-    _shot(page, "6b_worst_samples")
-
-
 def test_both_refinements_from_the_forms_refinement_section(app, page):
     """Issue 20: PAMR steps typed and the regions field chosen in the "Refinement" section; the
     inputs shown with them appear; the stored labels are ``apply``'s with the same settings."""
@@ -537,3 +494,48 @@ def test_concept_heatmap_from_the_app_writes_the_target_samples_only(app, page):
         page.keyboard.press("Escape")
         page.goto(f"{app['url']}/datasets/{ds.name}", timeout=APP_TIMEOUT_S * 1000)
         page.locator("[data-cy=looker]").first.wait_for(timeout=APP_TIMEOUT_S * 1000)
+
+
+@pytest.fixture
+def panel_eval(app):
+    """An evaluation of its own, the newest (the panel preselects it), whose ground truth lacks
+    the predicted class 'frisbee'."""
+    ds = app["dataset"]
+    evaluate_iou(ds, "cass", "gt_small", eval_key="eval_panel", overwrite=True)
+    return "eval_panel"
+
+
+def test_panel_shows_per_class_iou(app, page, panel_eval):
+    ds = app["dataset"]
+    results = ds.load_evaluation_results(panel_eval)  # the newest evaluation is preselected
+    rows = [r for r in class_rows(ds, results) if r["iou"] is not None]
+    assert rows
+    page.locator("[data-cy=new-panel-btn]").click()
+    page.wait_for_timeout(1000)
+    page.get_by_text("Segmentation IoU (CASS)", exact=True).first.click()
+    page.get_by_text("IoU (%)", exact=False).first.wait_for(timeout=120_000)
+    page.wait_for_timeout(2000)
+    _shot(page, "6a_iou_panel")
+    table = page.locator("table").last
+    header = table.locator("thead").inner_text()
+    assert "Class" in header and "IoU (%)" in header and "Accuracy (%)" in header
+    body = [[c.strip() for c in line.split("\t")] for line in table.locator("tbody").inner_text().splitlines()]
+    shown = {cells[0]: cells[1] for cells in body if len(cells) > 1}
+    for r in rows:
+        assert float(shown[r["class"]]) == pytest.approx(r["iou"], abs=0.05)
+    text = page.locator("body").inner_text()
+    assert "mIoU" in text and "%" in text
+    # the predicted class the ground truth lacks is named above the table (issue 21 item 4)
+    assert "Classes without a ground-truth match" in text and "'frisbee'" in text, text
+
+    worst = min(rows, key=lambda r: r["iou"])["class"]
+    expected = len(worst_class_samples(ds, results, worst))
+    table.get_by_role("cell", name=worst, exact=True).first.click()
+    page.wait_for_function(
+        "n => document.querySelector('[data-cy=entry-counts]').innerText.startsWith(n + ' ')",
+        arg=str(expected), timeout=60_000,
+    )
+    page.locator("[data-cy=looker]").first.wait_for()
+    page.wait_for_timeout(3000)
+    _shot(page, "6b_worst_samples")
+

@@ -104,8 +104,16 @@ def test_refinement_inputs_are_checked_in_the_forms_words(fo_dataset, images):
     with pytest.raises(InvalidInputError, match="pamr_steps is given twice: 10 in its input and 5 in options"):
         form_options(twice)
     assert not _form(ds, AUTO, {"pamr_steps": 10, "options": json.dumps({"pamr_steps": 10})})["pamr_steps"].get("invalid")
-    dil = {"pamr_steps": 3, "pamr_dilations": "8, 16", "options": json.dumps({"pamr_dilations": [4]})}
-    assert "“PAMR dilations” is given twice: 8, 16 in its input and 4 in" in error(dil, "pamr_dilations")
+    # an input left at its default (the App sends it) leaves the JSON's value in force
+    at_default = {"pamr_steps": 0, "options": json.dumps({"pamr_steps": 10})}
+    assert not _form(ds, AUTO, at_default)["pamr_steps"].get("invalid")
+    assert form_options(at_default) == {}
+    assert build_settings(LabelSettings, auto_label_kwargs(dict(FORM, **at_default))).options["pamr_steps"] == 10
+    dil = {"pamr_steps": 3, "pamr_dilations": "8, 24", "options": json.dumps({"pamr_dilations": [4]})}
+    assert "“PAMR dilations” is given twice: 8, 24 in its input and 4 in" in error(dil, "pamr_dilations")
+    dil_default = dict(dil, pamr_dilations="8, 16")  # the input's default: the JSON's [4] is used
+    assert not _form(ds, AUTO, dil_default)["pamr_dilations"].get("invalid")
+    assert form_options(dil_default) == {"pamr_steps": 3}
     # ... and FiftyOne's validation stops such a run before it starts, with that message
     with pytest.raises(ExecutionError) as err:
         asyncio.run(execute_or_delegate_operator(AUTO, dict(dataset_name=ds.name, view=ds.view()._serialize(),

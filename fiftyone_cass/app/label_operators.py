@@ -158,8 +158,11 @@ def form_options(params: Dict[str, Any]) -> Dict[str, Any]:
     """The Segmenter options given in inputs of their own (:data:`FORM_OPTIONS`: PAMR's), those
     whose input is shown (``shown_with``). One path with the JSON input: they are merged into its
     options; an option given in both with different values is refused
-    (:class:`~fiftyone_cass.errors.InvalidInputError` naming both inputs), equal values are fine."""
-    given = {n: params[n] for n in FORM_OPTIONS if params.get(n) not in (None, "") and _shown(params, n)}
+    (:class:`~fiftyone_cass.errors.InvalidInputError` naming both inputs), equal values are fine.
+    An input left at its declared default (the App always sends one) leaves the JSON's value in
+    force: ``{"pamr_steps": 10}`` typed in the JSON still turns PAMR on."""
+    given = {n: params[n] for n in FORM_OPTIONS if params.get(n) not in (None, "") and _shown(params, n)
+             and not (_at_default(n, params[n]) and n in _json_options(params))}
     for name in given:
         twice = _given_twice(params, name)
         if twice is not None:
@@ -167,11 +170,29 @@ def form_options(params: Dict[str, Any]) -> Dict[str, Any]:
     return given
 
 
+def _json_options(params: Dict[str, Any]) -> Dict[str, Any]:
+    """The options typed in the JSON input ({} when there are none or the JSON is bad: that
+    input's own check marks it)."""
+    try:
+        return options_from_json(params.get("options"))
+    except InvalidInputError:
+        return {}
+
+
+def _at_default(name: str, value) -> bool:
+    """Whether ``value`` of Segmenter option ``name`` is its declared default."""
+    try:
+        return coerce_settings(SegmenterOptions, {name: value})[name] == _OPTIONS[name].default
+    except InvalidInputError:
+        return False
+
+
 def _given_twice(params: Dict[str, Any], name: str) -> Optional[InvalidInputError]:
-    """The error of option ``name`` given in its input and, with another value, in the JSON input."""
+    """The error of option ``name`` given in its input (not left at its default) and, with
+    another value, in the JSON input."""
     try:
         typed = options_from_json(params.get("options"))
-        if name not in typed or params.get(name) in (None, ""):
+        if name not in typed or params.get(name) in (None, "") or _at_default(name, params[name]):
             return None
         mine, theirs = (coerce_settings(SegmenterOptions, {name: v})[name] for v in (params[name], typed[name]))
     except InvalidInputError:

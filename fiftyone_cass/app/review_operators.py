@@ -138,20 +138,25 @@ class ConceptHeatmap(foo.Operator):
                         description="The prompt competes with this field's classes")
         inputs.bool("overwrite", default=False, label="Replace heatmaps of another prompt",
                     description="The field may hold heatmaps of another prompt or settings: replace them")
+        from fiftyone_cass.app.label_operators import model_inputs
+
+        model_inputs(ctx, inputs)  # the auto_label form's Model section, from the same declarations
         return types.Property(inputs, view=types.View(label="Concept heatmap"))
 
     def execute(self, ctx):
         from fiftyone_cass.fo.concepts import concept_heatmap
 
+        from fiftyone_cass.app.label_operators import model_kwargs
+
         p = ctx.params
-        kw = dict(p.get("settings") or {})
-        if p.get("overwrite"):
-            kw["overwrite"] = True
 
         def report(pb):
             ctx.set_progress(progress=pb.progress, label=f"{pb.iteration} of {pb.total} samples")
 
         try:
+            kw = dict(model_kwargs(p), **(p.get("settings") or {}))  # the Model inputs, then Python's keywords
+            if p.get("overwrite"):
+                kw["overwrite"] = True
             summary = concept_heatmap(ctx.target_view(param_name="target", require_flat=True), p["prompt"],
                                       p.get("heatmap_field") or "concept_heatmap",
                                       label_field=p.get("label_field") or None,

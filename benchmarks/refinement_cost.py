@@ -41,9 +41,12 @@ from cdam_memory import _mem_available, _peak_bytes, _reset_peak, _rss_bytes  # 
 MIB = 2**20
 
 
-def pamr_worker(width: int, height: int, preset: str, real_chunks: int) -> dict:
+def pamr_worker(width: int, height: int, preset: str, real_chunks: int, threads: int = 0) -> dict:
     import numpy as np
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     import fiftyone_cass.core.pamr as core_pamr
     from fiftyone_cass import Segmenter
@@ -87,7 +90,8 @@ def pamr_worker(width: int, height: int, preset: str, real_chunks: int) -> dict:
 
     core_pamr.pamr_propagate = propagate
     core_pamr.pamr_weights = weights
-    out = {"size": f"{width}x{height}", "preset": preset, "real_chunks": real_chunks}
+    out = {"size": f"{width}x{height}", "preset": preset, "real_chunks": real_chunks,
+           "torch_threads": torch.get_num_threads()}
     for steps in (0, 10):
         seg = Segmenter(preset=preset, backbone="tiny", device="cpu", pamr_steps=steps)
         seg([small])  # warm-up
@@ -99,8 +103,15 @@ def pamr_worker(width: int, height: int, preset: str, real_chunks: int) -> dict:
         seconds = time.perf_counter() - t
         peak = _peak_bytes(reset_ok)
         r = {"seconds": seconds, "peak_extra_mib": (peak - before) / MIB, "rss_before_mib": before / MIB,
+             "peak_rss_mib": peak / MIB, "peak_is_process_peak": not reset_ok,
              "queries": len(seg.queries), "budget": seg.options.full_res_budget}
         if steps:
+            from fiftyone_cass.models.segmenter import pamr_band_plan
+
+            o = seg.options
+            r["band_rows"], r["channel_chunk"], need = pamr_band_plan(
+                len(seg.queries), height, width, 4, o.full_res_budget, steps, tuple(o.pamr_dilations))
+            r["band_estimate_mib"] = need / MIB
             r.update(propagate_calls=calls["n"], computed_calls=calls["real"], skipped_calls=calls["skipped"],
                      weight_calls=calls["wn"], computed_weight_calls=calls["wreal"])
             if calls["skipped"] or calls["wskipped"]:
@@ -157,12 +168,15 @@ def main(argv=None) -> int:
     ap.add_argument("--regions", default="50,200")
     ap.add_argument("--json", default=None)
     ap.add_argument("--timeout", type=float, default=3000, help="seconds per PAMR subprocess")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads in the PAMR subprocesses (0: torch's default); on a CPU shared with other "
+                         "work, 1 avoids the threads waiting on each other")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         size, preset = args.worker.split(":")
         w, h = (int(x) for x in size.split("x"))
-        print(json.dumps(pamr_worker(w, h, preset, args.real_chunks)))
+        print(json.dumps(pamr_worker(w, h, preset, args.real_chunks, args.threads)))
         return 0
     import torch
 
@@ -172,7 +186,8 @@ def main(argv=None) -> int:
     print(json.dumps(header))
     results = {"machine": header, "pamr": [], "votes": []}
     for spec in [s for s in args.pamr.split(",") if s]:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", spec, "--real-chunks", str(args.real_chunks)]
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", spec, "--real-chunks", str(args.real_chunks),
+               "--threads", str(args.threads)]
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1")
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -184,13 +199,19 @@ def main(argv=None) -> int:
             print(f"PAMR {spec}: failed: {res.stderr.strip().splitlines()[-1:]}")
             continue
         r = json.loads(res.stdout.strip().splitlines()[-1])
+        r["load_after"] = os.getloadavg()
         results["pamr"].append(r)
         off, on = r["steps0"], r["steps10"]
         extra = f", extrapolated {on['seconds_extrapolated']:.1f} s ({on['computed_calls']} of {on['propagate_calls']} " \
                 "propagation calls computed)" if "seconds_extrapolated" in on else ""
-        print(f"PAMR {spec} ({on['queries']} queries): off {off['seconds']:.1f} s, +{off['peak_extra_mib']:.0f} MiB; "
-              f"10 steps {on['seconds']:.1f} s{extra}, +{on['peak_extra_mib']:.0f} MiB peak above "
-              f"{on['rss_before_mib']:.0f} MiB (models + image)")
+        print(f"PAMR {spec} ({on['queries']} queries, {r['torch_threads']} threads): off {off['seconds']:.1f} s, "
+              f"+{off['peak_extra_mib']:.0f} MiB; 10 steps {on['seconds']:.1f} s{extra}, +{on['peak_extra_mib']:.0f} MiB "
+              f"peak above {on['rss_before_mib']:.0f} MiB (models + image), peak RSS {on['peak_rss_mib']:.0f} MiB; "
+              f"bands of {on['band_rows']} rows (estimated {on['band_estimate_mib']:.0f} MiB each)")
+        if args.json:  # each case as soon as it is measured
+            with open(args.json + ".tmp", "w") as f:
+                json.dump(results, f, indent=1)
+            os.replace(args.json + ".tmp", args.json)
     for size in [s for s in args.votes.split(",") if s]:
         w, h = (int(x) for x in size.split("x"))
         for n in (int(x) for x in args.regions.split(",")):

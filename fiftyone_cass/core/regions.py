@@ -138,28 +138,78 @@ def vote(label_map: np.ndarray, regions: Sequence[Region], mode: str = "majority
 
 class RegionSums:
     """Per-region sums of class probabilities ``(R, L)`` (float64), collected one row band of
-    probabilities ``(L, b - a, W)`` (torch or numpy) at a time: the same sums (up to float64 rounding) whatever the bands."""
+    probabilities ``(L, b - a, W)`` (torch or numpy) at a time: the same sums (up to float64
+    rounding) whatever the bands.
+
+    One pass per band, whatever the number of regions: the regions cut the image into *cells*
+    (the sets of pixels covered by the same regions, built once from the masks, :meth:`_build`);
+    a band's probabilities are summed per cell with one scatter-add (``index_add_``, float64) over
+    the pixels inside some region, and a region's sum is the sum of its cells. Work: labels x
+    covered pixels per band (was: a copy of every region's box per band and region)."""
+
+    #: pixels scattered per ``index_add_`` (bounds the float64 copy of a band's probabilities)
+    CHUNK_ELEMENTS = 2**22
 
     def __init__(self, regions: Sequence[Region], num_labels: int):
         self.regions = list(regions)
-        self.sums = np.zeros((len(self.regions), int(num_labels)), np.float64)
+        self.num_labels = int(num_labels)
+        self._cells: Optional[np.ndarray] = None  # (rows, W) int32 cell id per pixel; 0: no region
+        self._incidence: Optional[np.ndarray] = None  # (R, cells) float64: 1 where a region holds a cell
+        self._cell_sums = None  # (L, cells) float64 torch tensor on the probabilities' device
+
+    def _build(self, width: int) -> None:
+        """The cell map of the regions over an image ``width`` pixels wide: cell 0 is outside
+        every region; each region in turn splits the cells it covers into new ones (a region's
+        cells: those its pixels are in after all regions)."""
+        rows = max((r.box[1] for r in self.regions), default=0)
+        cells = np.zeros((rows, width), np.int32)
+        members: List[Tuple[int, ...]] = [()]
+        for i, r in enumerate(self.regions):
+            y0, y1, x0, x1 = r.box
+            if x1 > width:
+                raise ValueError(f"region {i} ({x1 - x0}x{y1 - y0} at x={x0}) lies outside an image {width} pixels wide")
+            if not r.mask.any():
+                continue
+            sub = cells[y0:y1, x0:x1]
+            old = sub[r.mask]
+            present = np.flatnonzero(np.bincount(old, minlength=len(members)))
+            lut = np.zeros(len(members), np.int32)
+            lut[present] = np.arange(len(members), len(members) + len(present), dtype=np.int32)
+            sub[r.mask] = lut[old]
+            members.extend(members[c] + (i,) for c in present)
+        incidence = np.zeros((len(self.regions), len(members)), np.float64)
+        for c, regs in enumerate(members):
+            incidence[list(regs), c] = 1.0
+        self._cells, self._incidence = cells, incidence
 
     def add(self, probs, rows: Tuple[int, int]) -> None:
         import torch
 
         a, b = rows
-        for i, r in enumerate(self.regions):
-            y0, y1, x0, x1 = r.box
-            s, e = max(y0, a), min(y1, b)
-            if s >= e:
-                continue
-            m = r.mask[s - y0 : e - y0]
-            if not m.any():
-                continue
-            part = probs[:, s - a : e - a, x0:x1]
-            if isinstance(part, torch.Tensor):  # one matrix-vector product: the masked sum of every label
-                mt = torch.as_tensor(m, device=part.device).to(part.dtype).reshape(-1)
-                self.sums[i] += (part.reshape(part.shape[0], -1) @ mt).to("cpu", torch.float64).numpy()
-            else:
-                part = np.asarray(part)
-                self.sums[i] += part.reshape(part.shape[0], -1).astype(np.float64) @ m.reshape(-1).astype(np.float64)
+        if self._cells is None:
+            self._build(int(probs.shape[-1]))
+        stop = min(b, self._cells.shape[0])
+        if stop <= a:
+            return
+        band = self._cells[a:stop].reshape(-1)
+        where = np.flatnonzero(band)
+        if not len(where):
+            return
+        t = probs if isinstance(probs, torch.Tensor) else torch.from_numpy(np.asarray(probs))
+        flat = t[:, : stop - a].reshape(t.shape[0], -1)
+        if self._cell_sums is None:
+            self._cell_sums = torch.zeros((t.shape[0], self._incidence.shape[1]), dtype=torch.float64, device=t.device)
+        ids = torch.as_tensor(band[where].astype(np.int64), device=t.device)
+        where = torch.as_tensor(where, device=t.device)
+        step = max(1, self.CHUNK_ELEMENTS // max(1, t.shape[0]))
+        for s in range(0, len(where), step):
+            part = flat[:, where[s : s + step]].to(torch.float64)
+            self._cell_sums.index_add_(1, ids[s : s + step], part)
+            del part
+
+    @property
+    def sums(self) -> np.ndarray:
+        """``(R, L)`` float64: each region's sum of class probabilities over the bands added."""
+        if self._cell_sums is None:
+            return np.zeros((len(self.regions), self.num_labels), np.float64)
+        return self._incidence @ self._cell_sums.to("cpu").numpy().T

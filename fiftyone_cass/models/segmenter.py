@@ -764,8 +764,14 @@ class Segmenter:
         if votes is not None:  # the mean vote: class probabilities (E.5: softmax, max over synonyms) summed per region
             probs = torch.softmax(x, 0)
             cls = probs.new_zeros((self.num_labels, *probs.shape[1:]))  # a label without queries: 0
-            for c in torch.unique(self.query_to_class).tolist():
-                cls[c] = probs[self.query_to_class == c].amax(0)
+            q2c = self.query_to_class
+            single = torch.bincount(q2c, minlength=self.num_labels)[q2c] == 1
+            if bool(single.all()):  # no synonyms: one copy of every query's plane to its label's
+                cls.index_copy_(0, q2c, probs)
+            else:
+                cls.index_copy_(0, q2c[single], probs[single])
+                for c in torch.unique(q2c[~single]).tolist():  # a max over synonyms is exact in any order
+                    cls[c] = probs[q2c == c].amax(0)
             del probs
             votes.add(cls, rows)
             del cls

@@ -14,7 +14,9 @@ real one. ``--real-chunks 0`` (the default): everything computed.
 
 Region voting: random elliptical regions (overlapping) on a random label map; majority vote
 (``fiftyone_cass.core.regions.vote``), and the mean vote's per-region sums
-(:class:`~fiftyone_cass.core.regions.RegionSums`) over bands of random class probabilities.
+(:class:`~fiftyone_cass.core.regions.RegionSums`) over bands of random class probabilities,
+next to the previous region-by-region form of those sums (:func:`region_by_region_sums`; the
+same labels, sums equal up to float rounding).
 
 Usage::
 
@@ -150,13 +152,41 @@ def vote_figures(width: int, height: int, num_regions: int, num_labels: int = 17
     for a in range(0, height, band_rows):
         b = min(a + band_rows, height)
         sums.add(probs[:, : b - a], (a, b))
+    got = sums.sums
     sums_s = time.perf_counter() - t
     t = time.perf_counter()
-    vote(lm, regions, "mean", class_sums=sums.sums)
+    ref = region_by_region_sums(regions, probs, height, band_rows)
+    ref_s = time.perf_counter() - t
+    t = time.perf_counter()
+    fast = vote(lm, regions, "mean", class_sums=got)[0]
     mean_s = time.perf_counter() - t
+    same = bool(np.array_equal(fast, vote(lm, regions, "mean", class_sums=ref)[0]))
+    rel = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-300))
     return {"size": f"{width}x{height}", "regions": num_regions, "painted": n, "majority_s": majority_s,
             "majority_peak_extra_mib": majority_peak, "mean_sums_s": sums_s, "mean_vote_s": mean_s,
-            "labels": num_labels}
+            "labels": num_labels, "region_by_region_sums_s": ref_s, "same_labels_as_region_by_region": same,
+            "max_rel_diff_of_sums": rel, "torch_threads": torch.get_num_threads()}
+
+
+def region_by_region_sums(regions, probs, height: int, band_rows: int):
+    """The previous form of ``RegionSums`` (before the cell map), for comparison: per band and
+    region, the region's box of the band copied and multiplied by its mask (float32), added up in
+    float64."""
+    import numpy as np
+    import torch
+
+    out = np.zeros((len(regions), probs.shape[0]), np.float64)
+    for a in range(0, height, band_rows):
+        b = min(a + band_rows, height)
+        for i, r in enumerate(regions):
+            y0, y1, x0, x1 = r.box
+            s, e = max(y0, a), min(y1, b)
+            if s >= e or not r.mask[s - y0 : e - y0].any():
+                continue
+            part = probs[:, s - a : e - a, x0:x1]
+            mt = torch.as_tensor(r.mask[s - y0 : e - y0]).to(part.dtype).reshape(-1)
+            out[i] += (part.reshape(part.shape[0], -1) @ mt).to("cpu", torch.float64).numpy()
+    return out
 
 
 def main(argv=None) -> int:
@@ -180,6 +210,8 @@ def main(argv=None) -> int:
         return 0
     import torch
 
+    if args.threads:  # the votes run in this process
+        torch.set_num_threads(args.threads)
     header = {"date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "host": platform.node(),
               "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
               "mem_available_gib": _mem_available() / 2**30, "load": os.getloadavg()}
@@ -217,8 +249,11 @@ def main(argv=None) -> int:
         for n in (int(x) for x in args.regions.split(",")):
             v = vote_figures(w, h, n)
             results["votes"].append(v)
-            print(f"vote {size}, {n} regions: majority {v['majority_s'] * 1000:.0f} ms (+{v['majority_peak_extra_mib']:.0f} MiB), "
-                  f"mean: sums over bands {v['mean_sums_s'] * 1000:.0f} ms + vote {v['mean_vote_s'] * 1000:.0f} ms")
+            print(f"vote {size}, {n} regions ({v['torch_threads']} threads): majority {v['majority_s'] * 1000:.0f} ms "
+                  f"(+{v['majority_peak_extra_mib']:.0f} MiB), mean: sums over bands {v['mean_sums_s'] * 1000:.0f} ms "
+                  f"(region by region: {v['region_by_region_sums_s'] * 1000:.0f} ms; same labels: "
+                  f"{v['same_labels_as_region_by_region']}, sums within {v['max_rel_diff_of_sums']:.1e}) "
+                  f"+ vote {v['mean_vote_s'] * 1000:.0f} ms")
     if args.json:
         with open(args.json + ".tmp", "w") as f:
             json.dump(results, f, indent=1)

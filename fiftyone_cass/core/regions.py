@@ -143,11 +143,13 @@ class RegionSums:
 
     One pass per band, whatever the number of regions: the regions cut the image into *cells*
     (the sets of pixels covered by the same regions, built once from the masks, :meth:`_build`);
-    a band's probabilities are summed per cell with one scatter-add (``index_add_``, float64) over
-    the pixels inside some region, and a region's sum is the sum of its cells. Work: labels x
-    covered pixels per band (was: a copy of every region's box per band and region)."""
+    a band's probabilities are summed per cell with a few scatter-adds (float64, a group of labels
+    at a time; pixels outside every region go to cell 0, or are left out when they are most of
+    the band), and a region's sum is the sum of its cells. Work: labels x band pixels, whatever
+    the number of regions and their overlaps (region by region it was labels x the regions'
+    boxes, one small product per region and band)."""
 
-    #: pixels scattered per ``index_add_`` (bounds the float64 copy of a band's probabilities)
+    #: values scattered per ``scatter_add_`` (bounds the float64 copy of a band's probabilities)
     CHUNK_ELEMENTS = 2**22
 
     def __init__(self, regions: Sequence[Region], num_labels: int):
@@ -192,19 +194,24 @@ class RegionSums:
         if stop <= a:
             return
         band = self._cells[a:stop].reshape(-1)
-        where = np.flatnonzero(band)
-        if not len(where):
-            return
         t = probs if isinstance(probs, torch.Tensor) else torch.from_numpy(np.asarray(probs))
         flat = t[:, : stop - a].reshape(t.shape[0], -1)
+        where = None
+        if np.count_nonzero(band) * 2 < len(band):  # mostly outside the regions: only the pixels inside
+            where = np.flatnonzero(band)
+            if not len(where):
+                return
+            band = band[where]
+        ids = torch.as_tensor(band.astype(np.int64), device=t.device)
+        if where is not None:
+            where = torch.as_tensor(where, device=t.device)
         if self._cell_sums is None:
             self._cell_sums = torch.zeros((t.shape[0], self._incidence.shape[1]), dtype=torch.float64, device=t.device)
-        ids = torch.as_tensor(band[where].astype(np.int64), device=t.device)
-        where = torch.as_tensor(where, device=t.device)
-        step = max(1, self.CHUNK_ELEMENTS // max(1, t.shape[0]))
-        for s in range(0, len(where), step):
-            part = flat[:, where[s : s + step]].to(torch.float64)
-            self._cell_sums.index_add_(1, ids[s : s + step], part)
+        step = max(1, self.CHUNK_ELEMENTS // max(1, len(ids)))  # labels per scatter
+        for l0 in range(0, t.shape[0], step):
+            part = flat[l0 : l0 + step] if where is None else flat[l0 : l0 + step, where]
+            part = part.to(torch.float64)
+            self._cell_sums[l0 : l0 + step].scatter_add_(1, ids.expand(part.shape[0], -1), part)
             del part
 
     @property

@@ -35,6 +35,11 @@ import subprocess
 import sys
 import time
 
+# OpenMP threads that spin while their sibling is descheduled make every small torch operation
+# stall on a shared CPU (RESULTS.md, "Machine and date"): passive waiting, as bench.py, set
+# before torch starts its thread pool (the PAMR subprocesses inherit it). Set it to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
@@ -214,7 +219,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     header = {"date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "host": platform.node(),
               "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "mem_available_gib": _mem_available() / 2**30, "load": os.getloadavg()}
+              "mem_available_gib": _mem_available() / 2**30, "load": os.getloadavg(),
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
     print(json.dumps(header))
     results = {"machine": header, "pamr": [], "votes": []}
     for spec in [s for s in args.pamr.split(",") if s]:

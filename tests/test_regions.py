@@ -173,7 +173,7 @@ def _slow_region_sums(probs: np.ndarray, regions) -> np.ndarray:
     return out
 
 
-def test_region_sums_by_cells_equal_the_region_by_region_definition():
+def test_region_sums_equal_the_definition_over_any_bands_with_overlaps():
     rng = np.random.default_rng(5)
     H, W, L = 57, 83, 7
     probs = rng.random((L, H, W)).astype(np.float32)
@@ -188,7 +188,7 @@ def test_region_sums_by_cells_equal_the_region_by_region_definition():
         got = RegionSums(regs, L)
         for a, b in zip(cuts[:-1], cuts[1:]):
             got.add(torch.from_numpy(probs[:, a:b]) if as_torch else probs[:, a:b], (a, b))
-        np.testing.assert_allclose(got.sums, ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got.sums, ref, rtol=1e-5, atol=1e-9)  # float32 products, float64 sums
         lm = rng.integers(0, L, (H, W)).astype(np.uint8)
         for thr in (0.0, 0.6):
             fast = vote(lm, regs, "mean", class_sums=got.sums, threshold=thr, background=0)

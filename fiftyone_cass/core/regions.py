@@ -141,82 +141,45 @@ class RegionSums:
     probabilities ``(L, b - a, W)`` (torch or numpy) at a time: the same sums (up to float64
     rounding) whatever the bands.
 
-    One pass per band, whatever the number of regions: the regions cut the image into *cells*
-    (the sets of pixels covered by the same regions, built once from the masks, :meth:`_build`);
-    a band's probabilities are summed per cell with a few scatter-adds (float64, a group of labels
-    at a time; pixels outside every region go to cell 0, or are left out when they are most of
-    the band), and a region's sum is the sum of its cells. Work: labels x band pixels, whatever
-    the number of regions and their overlaps (region by region it was labels x the regions'
-    boxes, one small product per region and band)."""
-
-    #: values scattered per ``scatter_add_`` (bounds the float64 copy of a band's probabilities)
-    CHUNK_ELEMENTS = 2**22
+    Per band and region, one matrix-vector product of the region's box in the band ``(L, pixels)``
+    with its mask (float32, made once per region), accumulated in float64 on the probabilities'
+    device: labels x the regions' boxes of work, in BLAS. (A one-pass form, summing every band
+    once per cell of pixels covered by the same regions, was measured slower on the CPU for 50 to
+    200 regions: benchmarks/RESULTS.md, "Region voting".)"""
 
     def __init__(self, regions: Sequence[Region], num_labels: int):
         self.regions = list(regions)
         self.num_labels = int(num_labels)
-        self._cells: Optional[np.ndarray] = None  # (rows, W) int32 cell id per pixel; 0: no region
-        self._incidence: Optional[np.ndarray] = None  # (R, cells) float64: 1 where a region holds a cell
-        self._cell_sums = None  # (L, cells) float64 torch tensor on the probabilities' device
+        self._sums = None  # (R, L) float64 torch tensor on the probabilities' device
+        self._masks = {}  # (region, dtype, device) -> its mask as (h, w) floats
 
-    def _build(self, width: int) -> None:
-        """The cell map of the regions over an image ``width`` pixels wide: cell 0 is outside
-        every region; each region in turn splits the cells it covers into new ones (a region's
-        cells: those its pixels are in after all regions)."""
-        rows = max((r.box[1] for r in self.regions), default=0)
-        cells = np.zeros((rows, width), np.int32)
-        members: List[Tuple[int, ...]] = [()]
-        for i, r in enumerate(self.regions):
-            y0, y1, x0, x1 = r.box
-            if x1 > width:
-                raise ValueError(f"region {i} ({x1 - x0}x{y1 - y0} at x={x0}) lies outside an image {width} pixels wide")
-            if not r.mask.any():
-                continue
-            sub = cells[y0:y1, x0:x1]
-            old = sub[r.mask]
-            present = np.flatnonzero(np.bincount(old, minlength=len(members)))
-            lut = np.zeros(len(members), np.int32)
-            lut[present] = np.arange(len(members), len(members) + len(present), dtype=np.int32)
-            sub[r.mask] = lut[old]
-            members.extend(members[c] + (i,) for c in present)
-        incidence = np.zeros((len(self.regions), len(members)), np.float64)
-        for c, regs in enumerate(members):
-            incidence[list(regs), c] = 1.0
-        self._cells, self._incidence = cells, incidence
+    def _mask(self, i: int, like):
+        key = (i, like.dtype, like.device)
+        m = self._masks.get(key)
+        if m is None:
+            import torch
+
+            m = self._masks[key] = torch.as_tensor(self.regions[i].mask, device=like.device).to(like.dtype)
+        return m
 
     def add(self, probs, rows: Tuple[int, int]) -> None:
         import torch
 
         a, b = rows
-        if self._cells is None:
-            self._build(int(probs.shape[-1]))
-        stop = min(b, self._cells.shape[0])
-        if stop <= a:
-            return
-        band = self._cells[a:stop].reshape(-1)
         t = probs if isinstance(probs, torch.Tensor) else torch.from_numpy(np.asarray(probs))
-        flat = t[:, : stop - a].reshape(t.shape[0], -1)
-        where = None
-        if np.count_nonzero(band) * 2 < len(band):  # mostly outside the regions: only the pixels inside
-            where = np.flatnonzero(band)
-            if not len(where):
-                return
-            band = band[where]
-        ids = torch.as_tensor(band.astype(np.int64), device=t.device)
-        if where is not None:
-            where = torch.as_tensor(where, device=t.device)
-        if self._cell_sums is None:
-            self._cell_sums = torch.zeros((t.shape[0], self._incidence.shape[1]), dtype=torch.float64, device=t.device)
-        step = max(1, self.CHUNK_ELEMENTS // max(1, len(ids)))  # labels per scatter
-        for l0 in range(0, t.shape[0], step):
-            part = flat[l0 : l0 + step] if where is None else flat[l0 : l0 + step, where]
-            part = part.to(torch.float64)
-            self._cell_sums[l0 : l0 + step].scatter_add_(1, ids.expand(part.shape[0], -1), part)
-            del part
+        if self._sums is None:
+            self._sums = torch.zeros((len(self.regions), t.shape[0]), dtype=torch.float64, device=t.device)
+        for i, r in enumerate(self.regions):
+            y0, y1, x0, x1 = r.box
+            s, e = max(y0, a), min(y1, b)
+            if s >= e or not r.mask[s - y0 : e - y0].any():
+                continue
+            part = t[:, s - a : e - a, x0:x1].reshape(t.shape[0], -1)  # a copy of the box's rows
+            self._sums[i] += part @ self._mask(i, part)[s - y0 : e - y0].reshape(-1)
 
     @property
     def sums(self) -> np.ndarray:
         """``(R, L)`` float64: each region's sum of class probabilities over the bands added."""
-        if self._cell_sums is None:
+        if self._sums is None:
             return np.zeros((len(self.regions), self.num_labels), np.float64)
-        return self._incidence @ self._cell_sums.to("cpu").numpy().T
+        return self._sums.to("cpu").numpy()

@@ -252,8 +252,10 @@ class EvalCommand(Command):
     name, help = "eval", "mIoU of predictions against ground truth (or a whole benchmark protocol)"
     description = ("Evaluates a Segmentation field against ground truth with mmseg IoU semantics and prints the "
                    "table; the run is stored (Model Evaluation panel). With --protocol, TARGET is a benchmark "
-                   "directory: import -> predict with the preset -> evaluate.")
+                   "directory: import -> predict with the preset -> evaluate; or the dataset a --persistent "
+                   "--protocol run imported (e.g. with SAM regions added for --regions-field).")
     #: settings that --protocol passes to the benchmark runner (their flags derived from the declarations)
+    #: (and the runner's labelling settings, protocols.runner.LABEL_SETTINGS: region voting)
     PROTOCOL_SETTINGS = ("method", "backbone", "device", "batch_size", "clip_checkpoint", "dino_checkpoint")
 
     def setup(self, p):
@@ -280,7 +282,8 @@ class EvalCommand(Command):
         g.add_argument("--protocol", default=None, choices=[*PRESETS, *PRESETS.aliases], metavar="NAME",  # read now
                        help=f"run a published benchmark on the directory TARGET: one of {', '.join(PRESETS)}")
         protocol.add_arguments(g, model=False)
-        add_settings_arguments(p, self.PROTOCOL_SETTINGS, {"model": "benchmark protocol (--protocol): model"})
+        add_settings_arguments(p, self.PROTOCOL_SETTINGS + protocol.LABEL_SETTINGS,
+                               {g: f"benchmark protocol (--protocol): {g}" for g in ("model", "refinement")})
 
     def execute(self, parser, args):
         if args.protocol:  # the benchmark runner, with these flags
@@ -295,13 +298,14 @@ class EvalCommand(Command):
             args.device = args.device_resolved = resolve_device(args.device)
             _load_weights(args)
             run = protocol.run_args(args, args.target)
-            _write_summary(args.summary_json, dict(protocol=run.protocol, dataset=run.dataset.name, eval_key=run.eval_key,
-                                                   **run.metrics.to_json()))
+            _write_summary(args.summary_json, run.to_json())
             return EXIT_OK
         from fiftyone_cass.fo.metrics import format_table
         from fiftyone_cass.fo.evaluation import check_segmentation_fields, evaluate_iou
         from fiftyone_cass.fo.folders import select_view
 
+        if args.regions_field:
+            raise UsageError("--regions-field is for --protocol runs (fiftyone-cass label ... --regions-field labels with it)")
         eval_key = args.eval_key or f"eval_{args.pred_field}"
         ds = _load_dataset(args.target)
         view = select_view(ds, args.saved_view, args.tags)

@@ -12,8 +12,14 @@ ground truth. The tests run in file order on that page, as a user would:
 4. an error (other settings on a labelled field) is shown with its message in the form's words;
 5. ``evaluate_iou`` runs from its form and shows mIoU in percent, and names the predicted class
    that the ground truth lacks;
-6. the plugin's panel shows per-class IoU of the newest evaluation (its own, made by a fixture),
-   the unmatched-class notice, and a click on a class filters the grid.
+6. ``auto_label`` runs with both refinements from its "Refinement" section (PAMR steps typed, the
+   SAM-like regions field 'sam' chosen): the stored labels are those of ``apply`` with the same
+   settings, every region one label;
+7. ``concept_heatmap`` runs from its form (the tiny backbone chosen in its Model section) on a
+   saved view of two samples, and writes heatmaps for those two only;
+8. the plugin's panel shows per-class IoU of the newest evaluation (its own, made by a fixture),
+   the unmatched-class notice, and a click on a class filters the grid (last: the panel narrows
+   the grid).
 
 Each test needs only the module's fixtures (``-k NAME`` runs it alone).
 
@@ -41,7 +47,7 @@ from playwright.sync_api import sync_playwright
 import fiftyone as fo
 
 from _label_helpers import CLASSES, OPTS, make_images
-from fiftyone_cass.fo.apply import apply
+from fiftyone_cass.fo.apply import CONFIG_ATTR, apply
 from fiftyone_cass.fo.evaluation import evaluate_iou
 from fiftyone_cass.app.iou_panel import class_rows, worst_class_samples
 
@@ -52,6 +58,18 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 SEG_OPTIONS = json.dumps({k: v for k, v in OPTS.items() if k not in ("backbone", "device")})
 # the App's first load compiles and caches a lot: minutes on a 2-core machine
 APP_TIMEOUT_S = 420
+TWO_SAMPLES = "two-samples"  # a saved view of the module's dataset
+
+
+def _regions_boxes(h, w):
+    """Two overlapping boxes ``(y0, x0, y1, x1)``: the left half and an inner rectangle."""
+    return [(0, 0, h, w // 2 + 3), (h // 4, w // 4, h - 2, w - 1)]
+
+
+def _regions(h, w):
+    dets = [fo.Detection(label="region", bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h],
+                         mask=np.ones((y1 - y0, x1 - x0), bool)) for y0, x0, y1, x1 in _regions_boxes(h, w)]
+    return fo.Detections(detections=dets)
 
 
 def _free_port():
@@ -87,6 +105,10 @@ def app(tmp_path_factory, fiftyone_database):
     ds.app_config.color_scheme.opacity = 1.0
     ds.save()
     evaluate_iou(ds, "cass", "ground_truth", eval_key="eval_cass")
+    for s in ds:  # regions as FiftyOne's SAM models write them (not ticked in the App: drawn by nobody)
+        s["sam"] = _regions(s.metadata.height, s.metadata.width)
+        s.save()
+    ds.save_view(TWO_SAMPLES, ds.skip(1).limit(2))  # the concept heatmap's target
 
     port = _free_port()
     env = dict(os.environ, FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS="true", FIFTYONE_CASS_FORM_TEST_BACKBONES="1")
@@ -388,6 +410,92 @@ def test_evaluation_from_the_form_shows_percent(app, page):
     page.wait_for_timeout(800)
 
 
+def test_both_refinements_from_the_forms_refinement_section(app, page):
+    """Issue 20: PAMR steps typed and the regions field chosen in the "Refinement" section; the
+    inputs shown with them appear; the stored labels are ``apply``'s with the same settings."""
+    ds = app["dataset"]
+    dialog = _open_operator(page, "Auto-label", "Auto-label segmentations (CASS)")
+    entire = dialog.get_by_text("Label the entire dataset", exact=True)
+    if entire.count():  # (a selection left by an earlier test)
+        entire.first.click()
+        page.wait_for_timeout(800)
+    _fill_auto_label(page, dialog, ", ".join(CLASSES), "browser_refined")
+    text = dialog.inner_text()
+    assert "Refinement" in text and "PAMR steps" in text and "Regions field" in text, text
+    assert "PAMR dilations" not in text and "Region vote" not in text  # shown only with PAMR / regions on
+    _input(dialog, "PAMR steps").fill("10")
+    page.wait_for_timeout(2500)
+    _choose(page, dialog, "Regions field", "sam (instance masks)")
+    page.wait_for_timeout(2000)
+    text = dialog.inner_text()
+    _shot(page, "7a_refinement_inputs")
+    assert "PAMR dilations" in text and "PAMR guide image" in text and "Region vote" in text, text
+    assert "Smallest region (pixels)" in text
+    dialog.get_by_role("button", name="Execute").click()
+    output = page.locator(".MuiDialog-root").filter(has_text="Labeled:").last
+    output.get_by_role("button", name="Done").wait_for(timeout=300_000)
+    summary = output.inner_text()
+    _shot(page, "7b_refinement_summary")
+    assert "Labeled:\n\n4" in summary, summary
+    output.get_by_role("button", name="Done").click()
+    page.wait_for_timeout(1500)
+
+    ds.reload()
+    ref = ds.clone()  # the same settings through apply (not in the App's dataset)
+    try:
+        apply(ref, CLASSES, label_field="expected", masks="database", batch_size=2, pamr_steps=10,
+              regions_field="sam", **OPTS)
+        expected = {s.filepath: s.expected for s in ref}
+    finally:
+        ref.delete()
+    for s in ds:
+        got = s.browser_refined.mask
+        np.testing.assert_array_equal(got, expected[s.filepath].mask)
+        assert s.browser_refined[CONFIG_ATTR] == expected[s.filepath][CONFIG_ATTR] != s.cass[CONFIG_ATTR]
+        y0, x0, y1, x1 = _regions_boxes(*got.shape)[1]
+        assert len(np.unique(got[y0:y1, x0:x1])) == 1  # the smaller region wins its overlap: one label
+
+
+def test_concept_heatmap_from_the_app_writes_the_target_samples_only(app, page):
+    """Issue 22: concept_heatmap from its form (the model chosen in its Model section) on a saved
+    view of two samples writes heatmaps for those two, at their image sizes."""
+    ds = app["dataset"]
+    page.goto(f"{app['url']}/datasets/{ds.name}?view={TWO_SAMPLES}", timeout=APP_TIMEOUT_S * 1000)
+    try:
+        page.locator("[data-cy=looker]").first.wait_for(timeout=APP_TIMEOUT_S * 1000)
+        page.wait_for_timeout(3000)
+        dialog = _open_operator(page, "Concept heatmap", "Concept heatmap for any text (CASS)")
+        current = dialog.get_by_text("The current view", exact=True)
+        if current.count():
+            current.first.click()
+            page.wait_for_timeout(800)
+        _input(dialog, "Text").fill("a dog")
+        _input(dialog, "Heatmap field").fill("browser_heat")
+        page.wait_for_timeout(1000)
+        _choose(page, dialog, "Backbone", "tiny")
+        _input(dialog, "Advanced options (JSON)").fill(SEG_OPTIONS)
+        page.wait_for_timeout(1500)
+        _shot(page, "8a_concept_heatmap_form")
+        dialog.get_by_role("button", name="Execute").click()
+        output = page.locator(".MuiDialog-root").filter(has_text="Heatmaps computed").last
+        output.wait_for(timeout=300_000)
+        text = output.inner_text()
+        _shot(page, "8b_concept_heatmap_result")
+        assert "Heatmaps computed:\n\n2" in text and "Failed:\n\n0" in text, text
+        output.get_by_role("button", name="Close").click()
+        ds.reload()
+        target = set(ds.load_saved_view(TWO_SAMPLES).values("id"))
+        assert len(target) == 2
+        assert set(ds.exists("browser_heat").values("id")) == target  # the target samples only
+        for s in ds.select(list(target)):
+            assert s.browser_heat.map.shape == (s.metadata.height, s.metadata.width)
+            assert s.browser_heat["prompt"] == "a dog"
+    finally:
+        page.keyboard.press("Escape")
+        page.goto(f"{app['url']}/datasets/{ds.name}", timeout=APP_TIMEOUT_S * 1000)
+        page.locator("[data-cy=looker]").first.wait_for(timeout=APP_TIMEOUT_S * 1000)
+
+
 @pytest.fixture
 def panel_eval(app):
     """An evaluation of its own, the newest (the panel preselects it), whose ground truth lacks
@@ -430,3 +538,4 @@ def test_panel_shows_per_class_iou(app, page, panel_eval):
     page.locator("[data-cy=looker]").first.wait_for()
     page.wait_for_timeout(3000)
     _shot(page, "6b_worst_samples")
+

@@ -337,3 +337,30 @@ def test_forms_the_app_renders(fo_dataset, images):
     opts = asyncio.run(resolve_execution_options(OperatorRegistry(), AUTO, request))
     assert opts.allow_immediate_execution and opts.allow_delegated_execution
     assert opts.default_choice_to_delegated is False  # small target: immediate by default
+
+
+def test_concept_heatmap_form_has_the_model_inputs_and_runs_from_them(fo_dataset, images):
+    """The concept_heatmap form takes the model from the auto_label form's Model section (the same
+    declarations): a run from the App's params (the tiny backbone, the JSON options) writes the
+    selected samples' heatmaps only."""
+    from fiftyone_cass.app.review_operators import CONCEPT_URI
+
+    ds = add_samples(fo_dataset("conceptform"), images[:3])
+    form = _form(ds, CONCEPT_URI, {})
+    assert {"prompt", "heatmap_field", "section_model", "backbone", "device", "batch_size", "options"} <= set(form)
+    assert form["backbone"]["default"] == "openai"
+    bad = _form(ds, CONCEPT_URI, {"options": "{not json"})["options"]
+    assert bad["invalid"] is True and "options must be a JSON object" in bad["error_message"]
+    chosen = ds.values("id")[1:]
+    params = dict(prompt="a dog", heatmap_field="dog_map", backbone="tiny", device="cpu", batch_size=2,
+                  options=__import__("json").dumps(SEG_OPTIONS), target="SELECTED_SAMPLES")
+    request = dict(dataset_name=ds.name, view=ds.view()._serialize(), params=params, selected=chosen)
+    result = asyncio.run(execute_or_delegate_operator(f"{PLUGIN}/concept_heatmap", request))
+    assert result.error is None, result.error
+    assert result.result["num_computed"] == 2
+    assert set(ds.exists("dog_map").values("id")) == set(chosen)
+    from PIL import Image
+
+    s = ds[chosen[0]]
+    with Image.open(s.filepath) as im:
+        assert s.dog_map.map.shape == (im.size[1], im.size[0])

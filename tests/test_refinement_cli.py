@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 import fiftyone as fo
 
@@ -117,4 +118,69 @@ def test_bad_instance_mask_is_that_samples_failure_with_its_reason(tmp_path, cap
     assert ds[bad.id].voted is None and "does not fit" in ds[bad.id].voted_error
     assert len(np.unique(read_mask(ds[good.id].voted))) == 1
     rc, out = run_cli(*base, "--label-field", "x", "--regions-field", "nope", capsys=capsys)
-    assert rc == 2 and "'nope' is not a field of dataset" in out.err and "regions" in out.err
+    assert rc == 2 and "--regions-field 'nope' is not a field of dataset" in out.err
+
+
+def _voc_layout(root, sizes):
+    """A tiny VOC2012 layout (random images, a 'dog' square in each ground truth)."""
+    from PIL import Image
+
+    base = root / "VOCdevkit" / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / d).mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    ids = []
+    for i, (h, w) in enumerate(sizes):
+        ids.append(f"2007_00000{i}")
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(base / "JPEGImages" / f"{ids[-1]}.jpg")
+        lab = np.zeros((h, w), np.uint8)
+        lab[4:20, 4:20] = 12
+        Image.fromarray(lab).save(base / "SegmentationClass" / f"{ids[-1]}.png")
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+
+
+def test_eval_protocol_votes_in_the_regions_of_the_dataset_it_imported(tmp_path, capsys, dataset_name):
+    """``eval --protocol`` takes ``--regions-field`` (and vote / min area) as ``label`` does: on
+    the dataset an earlier protocol run imported (TARGET is its name), with regions added to it."""
+    _voc_layout(tmp_path, [(40, 56), (44, 36)])
+    model = ["--backbone", "tiny", "--device", "cpu", "--method", "cass", "--masks-dir", tmp_path / "m"]
+    rc, out = run_cli("eval", "--protocol", "voc21", tmp_path, "--name", dataset_name, *model, capsys=capsys)
+    assert rc == 0, out.err
+    ds = fo.load_dataset(dataset_name)
+    first, second = list(ds.sort_by("filepath"))
+    plain = {s.id: read_mask(s.predictions) for s in ds}
+    plain_config = first.predictions[CONFIG_ATTR]
+    h, w = plain[first.id].shape
+    box = (2, 2, h - 2, w - 2)
+    assert len(np.unique(plain[first.id][2:h - 2, 2:w - 2])) > 1  # voting has something to change
+    first["sam"] = _sam_like(h, w, [box, (0, 0, 2, 3)])  # the second region: 6 px, under the minimum
+    first.save()
+    summary = tmp_path / "s.json"
+    rc, out = run_cli("eval", "--protocol", "voc21", dataset_name, "--regions-field", "sam", "--region-min-area", 7,
+                      "--summary-json", summary, *model, capsys=capsys)
+    assert rc == 0, out.err
+    assert "region voting in 'sam': 1 sample(s) had no regions there" in out.out
+    rep = json.loads(summary.read_text())
+    assert rep["regions_field"] == "sam" and rep["num_without_regions"] == 1 and rep["dataset"] == dataset_name
+    ds.reload()
+    voted = read_mask(ds[first.id].predictions)
+    assert len(np.unique(voted[2:h - 2, 2:w - 2])) == 1  # the region: one label
+    np.testing.assert_array_equal(voted[:2, 3:], plain[first.id][:2, 3:])  # outside every region: kept
+    np.testing.assert_array_equal(read_mask(ds[second.id].predictions), plain[second.id])  # no regions: no voting
+    assert ds.load_evaluation_results("eval_voc21").mean_iou() == pytest.approx(rep["mIoU"])  # evaluated anew
+    # the runner's own command line takes the same flags (the same settings: the same labels)
+    from fiftyone_cass.protocols.runner import main as runner_main
+
+    args = ["voc21", dataset_name, "--backbone", "tiny", "--device", "cpu", "--method", "cass",
+            "--masks-dir", str(tmp_path / "m"), "--regions-field", "sam", "--region-min-area", "7"]
+    before = ds[first.id].predictions.mask_path
+    assert runner_main(args) == 0
+    ds.reload()
+    assert ds[first.id].predictions.mask_path == before
+    np.testing.assert_array_equal(read_mask(ds[first.id].predictions), voted)
+    assert ds[second.id].predictions[CONFIG_ATTR] != plain_config  # voted labels are other labels
+    # a dataset of another protocol, and --regions-field without --protocol: usage errors
+    rc, out = run_cli("eval", "--protocol", "voc20", dataset_name, "--regions-field", "sam", *model, capsys=capsys)
+    assert rc == 2 and f"dataset {dataset_name!r} was not imported for protocol 'voc20'" in out.err, out.err
+    rc, out = run_cli("eval", dataset_name, "--pred-field", "predictions", "--regions-field", "sam", capsys=capsys)
+    assert rc == 2 and "--regions-field is for --protocol runs" in out.err, out.err

@@ -218,9 +218,12 @@ def test_one_settings_object_is_handed_down_unchanged(fo_dataset, images, monkey
 # ------------------------------------------------------------------------------------------------
 def test_the_form_inputs_come_from_the_declarations(fo_dataset, images):
     ds = add_samples(fo_dataset("formdecl"), images[:1])
-    form = _form(ds)
+    ds.add_sample_field("sam", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    form = _form(ds, pamr_steps=10, regions_field="sam")  # the inputs shown_with these too
     overridden = {"classes", "backbone"}  # the class box's help says how lines work; test backbones
-    for name, f in setting_fields(LabelSettings).items():
+    with_input = {n: f for n, f in setting_fields(SegmenterOptions).items() if f.metadata.get("group")}
+    assert set(with_input) == {"pamr_steps", "pamr_dilations", "pamr_guide"}
+    for name, f in {**setting_fields(LabelSettings), **with_input}.items():
         meta = f.metadata
         if meta.get("form") is False or name in ("preset", "gt_field", "skip_existing", "overwrite"):
             continue
@@ -234,7 +237,8 @@ def test_the_form_inputs_come_from_the_declarations(fo_dataset, images):
     assert form["classes"]["view"].get("multiline") is True  # a list of lines: a text area
     assert [c["value"] for c in form["masks"]["view"]["choices"]] == ["auto", "disk", "database"]
     assert [c["value"] for c in form["precision"]["view"]["choices"]] == ["fp32", "fp16", "bf16"]
-    assert [form[k]["view"]["label"] for k in form if k.startswith("section_")] == ["Vocabulary", "Output", "Model"]
+    assert [form[k]["view"]["label"] for k in form if k.startswith("section_")] == ["Vocabulary", "Output", "Model",
+                                                                                   "Refinement"]
     # the other sources' inputs, from their declarations too
     assert form_gt_label(ds) == LabelSettings.__dataclass_fields__["gt_field"].metadata["label"]
     preset = _form(ds, class_source="preset")["preset"]

@@ -34,11 +34,13 @@ from fiftyone_cass.models.backbones import BACKBONES as BACKBONE_RECORDS, backbo
 from fiftyone_cass.errors import InvalidInputError, WeightsUnavailableError, kw
 from fiftyone_cass.models.vocabulary import vocabulary_of
 from fiftyone_cass.models.weights import ensure_weights
+from fiftyone_cass.config.options import SegmenterOptions, options_from_json
 from fiftyone_cass.config.schema import choices_of, coerce_settings, setting_fields, setting_is_optional, setting_type
 from fiftyone_cass.config.settings import (DEFAULT_PRESENCE_THRESHOLD, GROUP_TITLES, LabelSettings, build_settings,
                                            format_field, label_setting_names)
 from fiftyone_cass.app.support import (
     AUTO_LABEL_FIELDS,
+    OPTIONS_JSON_FIELDS,
     add_target,
     OPEN_APP_COLORS_HINT,
     FormError,
@@ -136,18 +138,73 @@ def auto_label_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
     """Operator params -> :func:`~.apply.apply` keyword arguments: every
     :class:`~fiftyone_cass.config.settings.LabelSettings` field the form (or a Python caller) gave,
     the vocabulary of the chosen source (:func:`form_classes`) and the Segmenter options (the
-    JSON input, a dict from Python). Values are checked once, when the run's settings are built."""
+    JSON input, a dict from Python, and the options with inputs of their own: :func:`form_options`,
+    merged into the JSON's). Values are checked once, when the run's settings are built."""
     p = params
     kw: Dict[str, Any] = {}
     for name in label_setting_names():
-        if name in _VOCABULARY or name not in p:
+        if name in _VOCABULARY or name not in p or not _shown(p, name):
             continue
         if p[name] is None and not _optional(name):
             continue  # a cleared input: the default
         kw[name] = p[name]
     source = _source(p)
     kw[source] = _classes_param(p) if source == "classes" else p.get(source)
+    kw.update(form_options(p))  # Segmenter options by name: build_settings merges them into "options"
     return kw
+
+
+def form_options(params: Dict[str, Any]) -> Dict[str, Any]:
+    """The Segmenter options given in inputs of their own (:data:`FORM_OPTIONS`: PAMR's), those
+    whose input is shown (``shown_with``). One path with the JSON input: they are merged into its
+    options; an option given in both with different values is refused
+    (:class:`~fiftyone_cass.errors.InvalidInputError` naming both inputs), equal values are fine.
+    An input left at its declared default (the App always sends one) leaves the JSON's value in
+    force: ``{"pamr_steps": 10}`` typed in the JSON still turns PAMR on."""
+    given = {n: params[n] for n in FORM_OPTIONS if params.get(n) not in (None, "") and _shown(params, n)
+             and not (_at_default(n, params[n]) and n in _json_options(params))}
+    for name in given:
+        twice = _given_twice(params, name)
+        if twice is not None:
+            raise twice
+    return given
+
+
+def _json_options(params: Dict[str, Any]) -> Dict[str, Any]:
+    """The options typed in the JSON input ({} when there are none or the JSON is bad: that
+    input's own check marks it)."""
+    try:
+        return options_from_json(params.get("options"))
+    except InvalidInputError:
+        return {}
+
+
+def _at_default(name: str, value) -> bool:
+    """Whether ``value`` of Segmenter option ``name`` is its declared default."""
+    try:
+        return coerce_settings(SegmenterOptions, {name: value})[name] == _OPTIONS[name].default
+    except InvalidInputError:
+        return False
+
+
+def _given_twice(params: Dict[str, Any], name: str) -> Optional[InvalidInputError]:
+    """The error of option ``name`` given in its input (not left at its default) and, with
+    another value, in the JSON input."""
+    try:
+        typed = options_from_json(params.get("options"))
+        if name not in typed or params.get(name) in (None, "") or _at_default(name, params[name]):
+            return None
+        mine, theirs = (coerce_settings(SegmenterOptions, {name: v})[name] for v in (params[name], typed[name]))
+    except InvalidInputError:
+        return None  # a bad value or bad JSON: marked by that input's own check
+    if mine == theirs:
+        return None
+    return InvalidInputError(f"{kw(name)} is given twice: {_shown_value(mine)} in its input and "
+                             f"{_shown_value(theirs)} in {kw('options')}; give it in one place")
+
+
+def _shown_value(value) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, tuple) else repr(value)
 
 
 def _classes_param(params):
@@ -159,9 +216,32 @@ def _classes_param(params):
 
 
 _SETTINGS = setting_fields(LabelSettings)
+_OPTIONS = setting_fields(SegmenterOptions)
+#: the Segmenter options with an input of their own in the form (declared with a ``group``: PAMR's)
+FORM_OPTIONS = tuple(n for n, f in _OPTIONS.items() if f.metadata.get("group"))
 _VOCABULARY = ("classes", "preset", "gt_field")
 #: the form's sections, in order (the settings' ``group``)
-_GROUPS = ("vocabulary", "output", "model")
+_GROUPS = ("vocabulary", "output", "model", "refinement")
+
+
+def _declaration(name: str):
+    """``(settings class, field)`` of a form input: a LabelSettings field or a Segmenter option."""
+    return (LabelSettings, _SETTINGS[name]) if name in _SETTINGS else (SegmenterOptions, _OPTIONS[name])
+
+
+def _is_on(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "none", "null", "0", "false", "off", "no")
+    return value not in (None, 0, False)
+
+
+def _shown(params: Dict[str, Any], name: str) -> bool:
+    """Whether the input of ``name`` is in the form (and its value used): always, unless it is
+    declared ``shown_with`` another setting that is off (PAMR's guide without PAMR steps)."""
+    parent = _declaration(name)[1].metadata.get("shown_with")
+    if parent is None:
+        return True
+    return _is_on(params[parent] if params.get(parent) is not None else _declaration(parent)[1].default)
 
 
 def _source(params) -> str:
@@ -179,14 +259,15 @@ def _add_setting(ctx, inputs, name: str, default: Any = _MISSING, choices=None, 
     buttons where it declares ``form_choices``), ranges (``min``/``max``), a text area where the
     value is a list of lines (``multiline``). A value outside the declaration marks the input
     invalid with the checker's message in the form's words."""
-    f = _SETTINGS[name]
+    cls, f = _declaration(name)
     meta = f.metadata
     kw = dict(label=meta.get("label", name), description=meta.get("help"))
     kw.update(overrides)
     value = f.default if default is _MISSING else default
     value = format_field(value, ctx.params.get("label_field") or LabelSettings.label_field) if isinstance(value, str) else value
+    value = ", ".join(map(str, value)) if isinstance(value, tuple) else value  # a list: typed comma separated
     choices = choices if choices is not None else choices_of(meta)
-    base = setting_type(LabelSettings, name)
+    base = setting_type(cls, name)
     if meta.get("form_choices"):
         radio = types.RadioGroup()
         for v, label, description in meta["form_choices"]:
@@ -207,20 +288,21 @@ def _add_setting(ctx, inputs, name: str, default: Any = _MISSING, choices=None, 
     return _check_given(ctx, prop, name)
 
 
-def _mark(prop, exc: BaseException) -> None:
+def _mark(prop, exc: BaseException, fields=AUTO_LABEL_FIELDS) -> None:
     prop.invalid = True
-    prop.error_message = form_message(exc, AUTO_LABEL_FIELDS)
+    prop.error_message = form_message(exc, fields)
 
 
 def _check_given(ctx, prop, name: str):
     """Marks ``prop`` invalid, with the checker's message in the form's words, when the value
-    given for setting ``name`` is outside its declaration."""
+    given for setting ``name`` is outside its declaration (the JSON input's options are named as
+    typed there, also those with an input of their own)."""
     given = ctx.params.get(name)
     if given not in (None, ""):
         try:
-            coerce_settings(LabelSettings, {name: given})
+            coerce_settings(_declaration(name)[0], {name: given})
         except InvalidInputError as exc:
-            _mark(prop, exc)
+            _mark(prop, exc, OPTIONS_JSON_FIELDS if name == "options" else AUTO_LABEL_FIELDS)
     return prop
 
 
@@ -317,6 +399,22 @@ def _output_inputs(ctx, inputs) -> None:
         _add_setting(ctx, inputs, name)
 
 
+def model_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
+    """The Model section's values of ``params`` as keywords of the engine (for the operators that
+    run the model without labelling, e.g. ``concept_heatmap``): each setting given, and the JSON
+    input's Segmenter options by name."""
+    out = {n: params[n] for n in _group_fields("model") if params.get(n) not in (None, "") and n != "options"}
+    out.update(options_from_json(params.get("options")))
+    return out
+
+
+def model_inputs(ctx, inputs) -> None:
+    """The form's Model section (method, backbone, device, ...; the options' JSON input), from the
+    declarations; also the ``concept_heatmap`` form's."""
+    inputs.view("section_model", types.HeaderView(label=GROUP_TITLES["model"], divider=True))
+    _model_inputs(ctx, inputs)
+
+
 def _model_inputs(ctx, inputs) -> None:
     chosen = ctx.params.get("backbone")
     if os.environ.get("FIFTYONE_CASS_FORM_TEST_BACKBONES", "").lower() in ("1", "true", "yes", "on"):
@@ -336,15 +434,73 @@ def _model_inputs(ctx, inputs) -> None:
 
 
 def _group_fields(group: str):
-    """The form's settings of ``group``, in declaration order."""
-    return [n for n, f in _SETTINGS.items()
-            if f.metadata.get("group") == group and f.metadata.get("form") is not False and n not in _VOCABULARY]
+    """The form's inputs of ``group``, in declaration order: the Segmenter options of the group
+    (:data:`FORM_OPTIONS`), then its settings."""
+    return [n for n in FORM_OPTIONS if _OPTIONS[n].metadata.get("group") == group] + [
+        n for n, f in _SETTINGS.items()
+        if f.metadata.get("group") == group and f.metadata.get("form") is not False and n not in _VOCABULARY]
+
+
+def regions_fields(dataset, label_field: Optional[str] = None):
+    """``{field: kind}``: the dataset's fields a run can vote in (``fo.Detections``: instance
+    masks; ``fo.Segmentation``: region ids), except ``label_field`` (the field being written)."""
+    out = {f: "instance masks" for f in _fields_of(dataset, fo.Detections)}
+    out.update({f: "region ids" for f in _fields_of(dataset, fo.Segmentation)})
+    return {f: out[f] for f in sorted(out) if f != label_field}
+
+
+def _regions_input(ctx, inputs, label_field: str) -> None:
+    """``regions_field`` as a choice among :func:`regions_fields` (or none: no voting); a given
+    field that is not one of them is kept and marked invalid with the reason."""
+    ds = ctx.dataset
+    candidates = regions_fields(ds, label_field)
+    given = ctx.params.get("regions_field") or ""
+    meta = _SETTINGS["regions_field"].metadata
+    view = types.DropdownView()
+    view.add_choice("", label="(none: no region voting)")
+    for f, kind in candidates.items():
+        view.add_choice(f, label=f"{f} ({kind})")
+    if given and given not in candidates:
+        view.add_choice(given, label=given)
+    prop = inputs.enum("regions_field", view.values(), default="", label=meta["label"], view=view,
+                       description=meta["help"])
+    if given and given not in candidates:
+        f = ds.get_field(given) if ds.has_sample_field(given) else None
+        held = (f.document_type.__name__ if isinstance(f, fo.EmbeddedDocumentField) and f.document_type
+                else type(f).__name__)
+        why = ("is the label field this run writes" if given == label_field else
+               f"is not a field of dataset {ds.name!r}" if f is None else
+               f"holds {held}, not Detections with instance masks or a Segmentation of region ids")
+        _mark(prop, InvalidInputError(f"{kw('regions_field')} {given!r} {why}"))
+    else:
+        _check_given(ctx, prop, "regions_field")
+    if not candidates:
+        inputs.view("no_regions", types.Notice(
+            label="No field to vote in: compute SAM / SAM2 instance masks (fo.Detections) or region ids "
+                  "(fo.Segmentation) into a field first (README, \"Refinement\")"))
+
+
+def _refinement_inputs(ctx, inputs) -> None:
+    """PAMR (its Segmenter options) and region voting; the inputs declared ``shown_with`` another
+    setting only while that one is on."""
+    label_field = ctx.params.get("label_field") or LabelSettings.label_field
+    for name in _group_fields("refinement"):
+        if not _shown(ctx.params, name):
+            continue
+        if name == "regions_field":  # choices known only on the server
+            _regions_input(ctx, inputs, label_field)
+            continue
+        prop = _add_setting(ctx, inputs, name)
+        twice = _given_twice(ctx.params, name) if name in FORM_OPTIONS and not prop.invalid else None
+        if twice is not None:
+            _mark(prop, twice)
 
 
 def auto_label_form(ctx, inputs) -> None:
     """The auto_label form's settings, generated from their declarations, in sections (the
-    settings' groups): vocabulary, output, model."""
-    for group, add in zip(_GROUPS, (_vocabulary_inputs, _output_inputs, _model_inputs)):
+    settings' groups): vocabulary, output, model, refinement."""
+    adders = (_vocabulary_inputs, _output_inputs, _model_inputs, _refinement_inputs)
+    for group, add in zip(_GROUPS, adders):
         inputs.view(f"section_{group}", types.HeaderView(label=GROUP_TITLES[group], divider=True))
         add(ctx, inputs)
 

@@ -136,18 +136,23 @@ class ConceptHeatmap(foo.Operator):
                 choice.add_choice(f, label=f)
             inputs.enum("label_field", choice.values(), default="", label="Vocabulary of field", view=choice,
                         description="The prompt competes with this field's classes")
+        from fiftyone_cass.app.label_operators import model_inputs
+
+        model_inputs(ctx, inputs)  # the auto_label form's Model section, from the same declarations
         return types.Property(inputs, view=types.View(label="Concept heatmap"))
 
     def execute(self, ctx):
         from fiftyone_cass.fo.concepts import concept_heatmap
 
+        from fiftyone_cass.app.label_operators import model_kwargs
+
         p = ctx.params
-        kw = dict(p.get("settings") or {})
 
         def report(pb):
             ctx.set_progress(progress=pb.progress, label=f"{pb.iteration} of {pb.total} samples")
 
         try:
+            kw = dict(model_kwargs(p), **(p.get("settings") or {}))  # the Model inputs, then Python's keywords
             summary = concept_heatmap(ctx.target_view(param_name="target", require_flat=True), p["prompt"],
                                       p.get("heatmap_field") or "concept_heatmap",
                                       label_field=p.get("label_field") or None,

@@ -27,14 +27,19 @@ from fiftyone_cass.config.settings import LabelSettings
 
 logger = logging.getLogger(__name__)
 
+_JSON = "Advanced options (JSON)"
 #: Python keyword -> label of the auto_label form (the labels declared with the settings; the
-#: Segmenter options are typed in the JSON input)
+#: Segmenter options are typed in the JSON input, those declared with a form ``group`` (PAMR's)
+#: also have an input of their own)
 AUTO_LABEL_FIELDS: Dict[str, str] = {
     **{name: f.metadata.get("label", name) for name, f in setting_fields(LabelSettings).items()},
     "error_field": "Label field",  # derived from the label field in the form
-    "options": "Advanced options (JSON)",
-    **{name: "Advanced options (JSON)" for name in setting_fields(SegmenterOptions)},
+    "options": _JSON,
+    **{name: (f.metadata["label"] if f.metadata.get("group") else _JSON)
+       for name, f in setting_fields(SegmenterOptions).items()},
 }
+#: the words of the JSON input's own errors: every Segmenter option as typed there
+OPTIONS_JSON_FIELDS: Dict[str, str] = {**AUTO_LABEL_FIELDS, **{n: _JSON for n in setting_fields(SegmenterOptions)}}
 
 #: Python keyword -> label of the evaluate_iou form
 EVALUATE_FIELDS: Dict[str, str] = {
@@ -74,7 +79,7 @@ class FormWording(Wording):
     def bad_value(self, err):
         if err.setting not in self.fields:
             return super().bad_value(err)
-        if err.setting in setting_fields(SegmenterOptions):  # typed in the JSON input: name the option
+        if self.fields[err.setting] == _JSON:  # typed in the JSON input: name the option
             return f"“{self.fields[err.setting]}”: {err.setting}={err.value!r} is not allowed: {err.allowed}"
         return f"“{self.fields[err.setting]}” {err.value!r} is not allowed: {err.allowed}"
 

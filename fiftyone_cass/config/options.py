@@ -1,7 +1,9 @@
 """What the algorithm computes: :class:`SegmenterOptions`, every constant and switch of the
 segmenter pipeline (SPEC A-K), declared as settings (:mod:`fiftyone_cass.config.schema`). Presets
 fill the dataset-specific ones; any field can be overridden (``Segmenter(**kw)``, ``-o key=value``,
-``--options JSON``, the form's advanced options). A field declared ``output=False`` (memory,
+``--options JSON``, the form's advanced options; those declared with a ``group``, e.g. PAMR's,
+also have an input of their own in the ``auto_label`` form: ``label``, ``group``, ``shown_with``
+as in :mod:`fiftyone_cass.config.settings`). A field declared ``output=False`` (memory,
 placement) does not change the labels and is not part of the settings hash."""
 
 from __future__ import annotations
@@ -71,10 +73,13 @@ class SegmenterOptions:
     # PAMR (SPEC K.1-K.4): on the raw query logits at the original size, before logit_scale,
     # softmax, synonym merge and background
     pamr_steps: int = setting(0, "PAMR refinement steps on the full-resolution logits (0: off, the published "
-                              "protocol; 10: the seeds' --pamr on)", min=0, max=1000)
-    pamr_dilations: Tuple[int, ...] = setting((8, 16), "PAMR neighbour dilations, in pixels", item_min=1, item_max=512)
+                              "protocol; 10: the seeds' --pamr on)", min=0, max=1000, label="PAMR steps",
+                              group="refinement")
+    pamr_dilations: Tuple[int, ...] = setting((8, 16), "PAMR neighbour dilations, in pixels", item_min=1, item_max=512,
+                                              label="PAMR dilations", group="refinement", shown_with="pamr_steps")
     pamr_guide: str = setting("processed", "image guiding PAMR: processed (the reference's up-sampled resized, "
-                              "CLIP-normalised image) or original", choices=("processed", "original"))
+                              "CLIP-normalised image) or original", choices=("processed", "original"),
+                              label="PAMR guide image", group="refinement", shown_with="pamr_steps")
     # memory (not results): bytes allowed for the full-resolution logits of one image and the
     # up-sampled windows being stitched; larger images are labelled in row bands (the same label
     # maps). None = no bound (the whole image at once: Q x H x W floats, ~0.7 GB per megapixel

@@ -28,7 +28,10 @@ A new setting is one field here and the code that uses it. Every field declares 
 :data:`GROUP_TITLES`), ``flag`` (False: no command-line flag), ``off_flag`` (a flag that sets the
 value to None, e.g. ``--no-tags``; ``off_help`` its help), ``metavar``, ``hidden`` (a flag or input
 for tests only: not listed), ``form`` (False: not in the form), ``multiline`` (the value is a list
-of lines: a text area), ``form_choices`` (``(value, label, description)``: radio buttons).
+of lines: a text area), ``form_choices`` (``(value, label, description)``: radio buttons),
+``shown_with`` (the name of another setting: the input is in the form, and its value used, only
+while that setting is on: not None, empty, 0 or False). The Segmenter options declared with a
+``group`` (:mod:`fiftyone_cass.config.options`: PAMR's) are inputs of that form section too.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ from fiftyone_cass.errors import InvalidInputError
 
 DEFAULT_METHOD = "cass+cdam"
 #: the settings' groups (``group`` metadata), in order: the form's sections and the command line's help
-GROUP_TITLES = {"vocabulary": "Vocabulary", "output": "Output", "model": "Model", "run": "Run"}
+GROUP_TITLES = {"vocabulary": "Vocabulary", "output": "Output", "model": "Model", "refinement": "Refinement",
+                "run": "Run"}
 DEFAULT_PRESENCE_THRESHOLD = 0.1
 #: target samples from which ``masks="auto"`` writes PNG files instead of database masks
 DISK_THRESHOLD = 1000
@@ -233,13 +237,14 @@ class ModelSettings(EngineSettings):
     regions_field: Optional[str] = setting(None, "vote labels inside the regions of this field: fo.Detections with "
                                            "instance masks (SAM / SAM2 from FiftyOne's zoo) or an fo.Segmentation "
                                            "of region ids (0: no region)", parse=_field_name,
-                                           allowed="a plain field name", label="Regions field", group="model",
-                                           metavar="FIELD", form=False)
+                                           allowed="a plain field name", label="Regions field", group="refinement",
+                                           metavar="FIELD")
     region_vote: str = setting("majority", "how a region picks its label: majority (most frequent label of its "
                                "pixels) or mean (argmax of their mean class probabilities)",
-                               choices=("majority", "mean"), label="Region vote", group="model", form=False)
+                               choices=("majority", "mean"), label="Region vote", group="refinement",
+                               shown_with="regions_field")
     region_min_area: int = setting(0, "regions smaller than this many pixels are ignored", min=0, max=2**40,
-                                   label="Smallest region (pixels)", group="model", form=False)
+                                   label="Smallest region (pixels)", group="refinement", shown_with="regions_field")
 
 
 @dataclass
@@ -402,7 +407,7 @@ def add_settings_arguments(p, names: Sequence[str], titles: Dict[str, str]):
 
     fields = setting_fields(LabelSettings)
     groups: Dict[str, Any] = {}
-    for group in ("vocabulary", "model", "output", "run"):  # the help's order
+    for group in ("vocabulary", "model", "refinement", "output", "run"):  # the help's order
         if any(fields[n].metadata.get("group") == group and fields[n].metadata.get("flag") is not False for n in names):
             groups[group] = p.add_argument_group(titles.get(group, group))
     for name in names:

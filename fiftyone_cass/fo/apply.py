@@ -458,13 +458,14 @@ class AutoLabelRun:
         """The regions field exists and holds Detections or a Segmentation (SPEC K.5)."""
         f = self.dataset.get_field(name)
         if f is None:
-            raise InvalidInputError(f"regions_field {name!r} is not a field of dataset {self.dataset.name!r} (compute "
-                                    "SAM / SAM2 masks into it first, see the README)")
+            raise InvalidInputError(f"{kw('regions_field')} {name!r} is not a field of dataset {self.dataset.name!r} "
+                                    "(compute SAM / SAM2 masks into it first, see the README)")
         if not (isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, (fo.Detections, fo.Segmentation))):
-            raise InvalidInputError(f"regions_field {name!r} of dataset {self.dataset.name!r} is not a Detections or "
-                                    "Segmentation field")
+            raise InvalidInputError(f"{kw('regions_field')} {name!r} of dataset {self.dataset.name!r} is not a "
+                                    "Detections or Segmentation field")
         if name == self.label_field:
-            raise InvalidInputError(f"regions_field {name!r} is the label_field: choose another label_field")
+            raise InvalidInputError(f"{kw('regions_field')} {name!r} is the {kw('label_field')}: choose another "
+                                    f"{kw('label_field')}")
 
     def _check_field_type(self, name: str, embedded=None, ftype=None):
         f = self.dataset.get_field(name)

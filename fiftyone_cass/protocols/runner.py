@@ -34,6 +34,11 @@ if TYPE_CHECKING:  # FiftyOne is imported by the functions, so that add_argument
 
     from fiftyone_cass.fo.evaluation import IoUSegmentationResults
 
+#: the labelling settings a protocol run hands to its prediction run (region voting; their flags are
+#: generated from the declarations: ``fiftyone-cass eval --protocol ... --regions-field sam``)
+LABEL_SETTINGS = ("regions_field", "region_vote", "region_min_area")
+
+
 @dataclass
 class ProtocolRun:
     protocol: str
@@ -43,6 +48,16 @@ class ProtocolRun:
     results: IoUSegmentationResults
     metrics: IoUMetrics
     table: str
+    labelling: Any = None  # the prediction run's summary (fiftyone_cass.fo.apply.ApplySummary)
+
+    def to_json(self) -> Dict[str, Any]:
+        """What ``--summary-json`` writes: the protocol, the dataset, the key, the metrics, and
+        with region voting the regions field and the samples labelled without regions."""
+        out: Dict[str, Any] = dict(protocol=self.protocol, dataset=self.dataset.name, eval_key=self.eval_key)
+        if self.labelling is not None and self.labelling.regions_field:
+            out.update(regions_field=self.labelling.regions_field,
+                       num_without_regions=self.labelling.num_without_regions)
+        return dict(out, **self.metrics.to_json())
 
 
 def predict_dataset(
@@ -52,11 +67,13 @@ def predict_dataset(
     masks_dir: Optional[str] = None,
     chunk_size: Optional[int] = None,
     progress=None,
+    **settings,
 ):
     """Predicts every sample of ``dataset`` with ``segmenter`` (a :class:`fiftyone_cass.Segmenter`)
     through the labelling run of :func:`fiftyone_cass.apply` (the one labelling path): masks as PNG
     files under ``<masks_dir>/<pred_field>/``, written atomically, resumable (a rerun with the same
-    model predicts only what is missing; other settings are replaced). Raises
+    model predicts only what is missing; other settings are replaced). ``settings``: labelling
+    settings of that run (:data:`LABEL_SETTINGS`: region voting). Raises
     :class:`InvalidInputError` naming the images that could not be predicted, since an
     evaluation without them would not be the protocol's. Returns the run's summary."""
     from fiftyone_cass.fo.apply import AutoLabelRun
@@ -64,6 +81,7 @@ def predict_dataset(
     run = AutoLabelRun(
         dataset, segmenter=segmenter, label_field=pred_field, masks="disk", mask_dir=masks_dir, overwrite=True,
         presence_field=None, embeddings_field=None, confidence_field=None, batch_size=int(chunk_size or getattr(segmenter, "batch_size", 4) or 4),
+        **settings,
     )
     summary = run.run(progress=progress)
     if summary.num_failed:
@@ -99,8 +117,13 @@ def run_protocol(
     importer_kwargs: Optional[Dict[str, Any]] = None,
     print_table: bool = True,
     progress=None,
+    settings: Optional[Dict[str, Any]] = None,
 ) -> ProtocolRun:
     """Import (unless ``dataset`` is given) -> predict -> evaluate -> table.
+
+    ``settings``: labelling settings of the prediction run (:data:`LABEL_SETTINGS`), e.g.
+    ``{"regions_field": "sam"}`` on a ``dataset`` imported before, to which SAM / SAM2 regions
+    were added.
 
     The model is ``segmenter`` (an object called on a list of image paths), else
     ``segmenter_factory()``, else ``fiftyone_cass.Segmenter(preset=protocol, method=method,
@@ -150,7 +173,11 @@ def run_protocol(
             f"use Segmenter(preset={key!r})"
         )
 
-    predict_dataset(dataset, segmenter, pred_field=pred_field, masks_dir=masks_dir, progress=progress)
+    unknown = sorted(set(settings or ()) - set(LABEL_SETTINGS))
+    if unknown:
+        raise InvalidInputError(f"settings {', '.join(unknown)}: a protocol run takes {', '.join(LABEL_SETTINGS)}")
+    labelling = predict_dataset(dataset, segmenter, pred_field=pred_field, masks_dir=masks_dir, progress=progress,
+                                **(settings or {}))
     targets = dict(dataset.mask_targets)
     targets[pred_field] = targets.get(gt_field) or protocol_mask_targets(key)
     dataset.mask_targets = targets
@@ -168,9 +195,12 @@ def run_protocol(
         ref = {f"paper ({method_name}, full val set)": paper}
     title = f"{key} | {method_name} | {len(dataset)} images | eval_key={eval_key}"
     table = format_table(metrics, title=title, reference=ref)
+    if labelling.regions_field:
+        table += (f"\nregion voting in {labelling.regions_field!r}: {labelling.num_without_regions} sample(s) had no "
+                  "regions there and were predicted without voting")
     if print_table:
         print(table)
-    return ProtocolRun(key, method_name, dataset, eval_key, results, metrics, table)
+    return ProtocolRun(key, method_name, dataset, eval_key, results, metrics, table, labelling)
 
 
 def add_arguments(p, model: bool = True) -> None:
@@ -197,13 +227,35 @@ def add_arguments(p, model: bool = True) -> None:
     p.add_argument("--crowd", default=None, choices=["skip", "paint", "ignore"], help="COCO-Object JSON: iscrowd rule")
 
 
+def imported_dataset(target, protocol: str):
+    """The FiftyOne dataset named ``target`` that a protocol run imported for ``protocol`` (kept
+    with ``--persistent``, e.g. to add SAM / SAM2 regions to it), or None when ``target`` is a path
+    or no dataset of that name exists. :class:`InvalidInputError` for a dataset of another protocol."""
+    import fiftyone as fo
+
+    if os.path.exists(str(target)) or not fo.dataset_exists(str(target)):
+        return None
+    dataset = fo.load_dataset(str(target))
+    made_for = (dataset.info.get("fiftyone_cass") or {}).get("protocol")
+    want = get_protocol(protocol).preset.name
+    if made_for != want:
+        raise InvalidInputError(f"dataset {dataset.name!r} was not imported for protocol {want!r} "
+                                f"({'its protocol: ' + repr(made_for) if made_for else 'no protocol import'})")
+    return dataset
+
+
 def run_args(a, data_dir: str) -> "ProtocolRun":
     """Runs the protocol of the parsed flags ``a`` (:func:`add_arguments`, plus ``protocol`` and,
-    when present, ``eval_key``) on ``data_dir``. Input errors raise :class:`InvalidInputError`."""
+    when present, ``eval_key`` and the :data:`LABEL_SETTINGS`) on ``data_dir``: the benchmark's
+    directory, or the dataset an earlier run imported (:func:`imported_dataset`). Input errors
+    raise :class:`InvalidInputError`."""
     seg_kwargs = {k: v for k, v in (("clip_checkpoint", a.clip_checkpoint), ("dino_checkpoint", a.dino_checkpoint)) if v}
     imp_kwargs = {"crowd": a.crowd} if a.crowd else None
+    dataset = imported_dataset(data_dir, a.protocol)
     return run_protocol(
-        a.protocol, data_dir, method=a.method, backbone=a.backbone, device=a.device,
+        a.protocol, None if dataset is not None else data_dir, dataset=dataset,
+        settings={n: getattr(a, n) for n in LABEL_SETTINGS if hasattr(a, n)},
+        method=a.method, backbone=a.backbone, device=a.device,
         batch_size=a.batch_size, segmenter_kwargs=seg_kwargs, split=a.split, max_samples=a.max_samples,
         name=a.name, masks_dir=a.masks_dir, overwrite=a.overwrite, persistent=a.persistent,
         eval_key=getattr(a, "eval_key", None),
@@ -217,8 +269,12 @@ def main(argv=None) -> int:
         description="Reproduce a paper protocol: import the benchmark, predict with the preset, print mIoU.",
     )
     p.add_argument("protocol", help=", ".join(protocol_names()))
-    p.add_argument("data_dir", help="the benchmark's directory (mmseg layout; see fiftyone_cass.protocols.importers)")
+    p.add_argument("data_dir", help="the benchmark's directory (mmseg layout; see fiftyone_cass.protocols.importers), "
+                                    "or the dataset an earlier --persistent run imported")
     add_arguments(p)
+    from fiftyone_cass.config.settings import add_settings_arguments
+
+    add_settings_arguments(p, LABEL_SETTINGS, {"refinement": "refinement"})
     a = p.parse_args(argv)
     try:
         run_args(a, a.data_dir)

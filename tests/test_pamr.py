@@ -46,10 +46,11 @@ def test_banded_pamr_equals_the_whole_image(steps, dilations, rows):
     assert not torch.equal(ref, mask)  # PAMR changed something
 
 
-@pytest.mark.parametrize("tile", [47, 3 * 47 + 5, 10**9])
+@pytest.mark.parametrize("tile", [47, 3 * 47 + 5, 10**9, "untiled"])
 def test_tiled_propagation_equals_the_plain_sum(tile, monkeypatch):
-    """pamr_propagate's row tiles (one channel at a time) give the plain definition's values bit
-    for bit: m <- sum_n w_n * shift_n(m), every product then sum in neighbour order."""
+    """pamr_propagate's row tiles (one channel at a time, as on a CPU) and its all-channels form
+    (as on a GPU) give the plain definition's values bit for bit: m <- sum_n w_n * shift_n(m),
+    every product then sum in neighbour order."""
     import torch.nn.functional as F
 
     import fiftyone_cass.core.pamr as core_pamr
@@ -66,7 +67,11 @@ def test_tiled_propagation_equals_the_plain_sum(tile, monkeypatch):
         for n, (dy, dx) in enumerate(core_pamr.neighbour_offsets(dil)):
             out += mp[:, :, 5 + dy : 5 + dy + 61, 5 + dx : 5 + dx + 47] * w[:, n : n + 1]
         m = out
-    monkeypatch.setattr(core_pamr, "TILE_ELEMENTS", tile)  # 1 row, 3 rows, the whole band per tile
+    if tile == "untiled":
+        assert core_pamr.tiled("cpu") and not core_pamr.tiled("cuda")
+        monkeypatch.setattr(core_pamr, "tiled", lambda device: False)
+    else:
+        monkeypatch.setattr(core_pamr, "TILE_ELEMENTS", tile)  # 1 row, 3 rows, the whole band per tile
     assert torch.equal(core_pamr.pamr_propagate(mask, w, steps, dil), m)
 
 

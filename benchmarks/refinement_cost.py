@@ -174,9 +174,9 @@ def vote_figures(width: int, height: int, num_regions: int, num_labels: int = 17
 
 
 def region_by_region_sums(regions, probs, height: int, band_rows: int):
-    """The previous form of ``RegionSums`` (before the cell map), for comparison: per band and
-    region, the region's box of the band copied and multiplied by its mask (float32), added up in
-    float64."""
+    """The form ``RegionSums`` had before 2026-12-06, for comparison: per band and region, the
+    region's box of the band copied and multiplied by its mask (made again each time, float32),
+    the product moved to numpy and added up in float64."""
     import numpy as np
     import torch
 

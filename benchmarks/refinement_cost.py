@@ -14,7 +14,9 @@ real one. ``--real-chunks 0`` (the default): everything computed.
 
 Region voting: random elliptical regions (overlapping) on a random label map; majority vote
 (``fiftyone_cass.core.regions.vote``), and the mean vote's per-region sums
-(:class:`~fiftyone_cass.core.regions.RegionSums`) over bands of random class probabilities.
+(:class:`~fiftyone_cass.core.regions.RegionSums`) over bands of random class probabilities,
+next to the previous region-by-region form of those sums (:func:`region_by_region_sums`; the
+same labels, sums equal up to float rounding).
 
 Usage::
 
@@ -33,6 +35,11 @@ import subprocess
 import sys
 import time
 
+# OpenMP threads that spin while their sibling is descheduled make every small torch operation
+# stall on a shared CPU (RESULTS.md, "Machine and date"): passive waiting, as bench.py, set
+# before torch starts its thread pool (the PAMR subprocesses inherit it). Set it to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
@@ -41,9 +48,12 @@ from cdam_memory import _mem_available, _peak_bytes, _reset_peak, _rss_bytes  # 
 MIB = 2**20
 
 
-def pamr_worker(width: int, height: int, preset: str, real_chunks: int) -> dict:
+def pamr_worker(width: int, height: int, preset: str, real_chunks: int, threads: int = 0) -> dict:
     import numpy as np
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     import fiftyone_cass.core.pamr as core_pamr
     from fiftyone_cass import Segmenter
@@ -87,7 +97,8 @@ def pamr_worker(width: int, height: int, preset: str, real_chunks: int) -> dict:
 
     core_pamr.pamr_propagate = propagate
     core_pamr.pamr_weights = weights
-    out = {"size": f"{width}x{height}", "preset": preset, "real_chunks": real_chunks}
+    out = {"size": f"{width}x{height}", "preset": preset, "real_chunks": real_chunks,
+           "torch_threads": torch.get_num_threads()}
     for steps in (0, 10):
         seg = Segmenter(preset=preset, backbone="tiny", device="cpu", pamr_steps=steps)
         seg([small])  # warm-up
@@ -99,8 +110,15 @@ def pamr_worker(width: int, height: int, preset: str, real_chunks: int) -> dict:
         seconds = time.perf_counter() - t
         peak = _peak_bytes(reset_ok)
         r = {"seconds": seconds, "peak_extra_mib": (peak - before) / MIB, "rss_before_mib": before / MIB,
+             "peak_rss_mib": peak / MIB, "peak_is_process_peak": not reset_ok,
              "queries": len(seg.queries), "budget": seg.options.full_res_budget}
         if steps:
+            from fiftyone_cass.models.segmenter import pamr_band_plan
+
+            o = seg.options
+            r["band_rows"], r["channel_chunk"], need = pamr_band_plan(
+                len(seg.queries), height, width, 4, o.full_res_budget, steps, tuple(o.pamr_dilations))
+            r["band_estimate_mib"] = need / MIB
             r.update(propagate_calls=calls["n"], computed_calls=calls["real"], skipped_calls=calls["skipped"],
                      weight_calls=calls["wn"], computed_weight_calls=calls["wreal"])
             if calls["skipped"] or calls["wskipped"]:
@@ -139,13 +157,41 @@ def vote_figures(width: int, height: int, num_regions: int, num_labels: int = 17
     for a in range(0, height, band_rows):
         b = min(a + band_rows, height)
         sums.add(probs[:, : b - a], (a, b))
+    got = sums.sums
     sums_s = time.perf_counter() - t
     t = time.perf_counter()
-    vote(lm, regions, "mean", class_sums=sums.sums)
+    ref = region_by_region_sums(regions, probs, height, band_rows)
+    ref_s = time.perf_counter() - t
+    t = time.perf_counter()
+    fast = vote(lm, regions, "mean", class_sums=got)[0]
     mean_s = time.perf_counter() - t
+    same = bool(np.array_equal(fast, vote(lm, regions, "mean", class_sums=ref)[0]))
+    rel = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-300))
     return {"size": f"{width}x{height}", "regions": num_regions, "painted": n, "majority_s": majority_s,
             "majority_peak_extra_mib": majority_peak, "mean_sums_s": sums_s, "mean_vote_s": mean_s,
-            "labels": num_labels}
+            "labels": num_labels, "region_by_region_sums_s": ref_s, "same_labels_as_region_by_region": same,
+            "max_rel_diff_of_sums": rel, "torch_threads": torch.get_num_threads()}
+
+
+def region_by_region_sums(regions, probs, height: int, band_rows: int):
+    """The form ``RegionSums`` had before 2026-12-06, for comparison: per band and region, the
+    region's box of the band copied and multiplied by its mask (made again each time, float32),
+    the product moved to numpy and added up in float64."""
+    import numpy as np
+    import torch
+
+    out = np.zeros((len(regions), probs.shape[0]), np.float64)
+    for a in range(0, height, band_rows):
+        b = min(a + band_rows, height)
+        for i, r in enumerate(regions):
+            y0, y1, x0, x1 = r.box
+            s, e = max(y0, a), min(y1, b)
+            if s >= e or not r.mask[s - y0 : e - y0].any():
+                continue
+            part = probs[:, s - a : e - a, x0:x1]
+            mt = torch.as_tensor(r.mask[s - y0 : e - y0]).to(part.dtype).reshape(-1)
+            out[i] += (part.reshape(part.shape[0], -1) @ mt).to("cpu", torch.float64).numpy()
+    return out
 
 
 def main(argv=None) -> int:
@@ -157,22 +203,29 @@ def main(argv=None) -> int:
     ap.add_argument("--regions", default="50,200")
     ap.add_argument("--json", default=None)
     ap.add_argument("--timeout", type=float, default=3000, help="seconds per PAMR subprocess")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads in the PAMR subprocesses (0: torch's default); on a CPU shared with other "
+                         "work, 1 avoids the threads waiting on each other")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         size, preset = args.worker.split(":")
         w, h = (int(x) for x in size.split("x"))
-        print(json.dumps(pamr_worker(w, h, preset, args.real_chunks)))
+        print(json.dumps(pamr_worker(w, h, preset, args.real_chunks, args.threads)))
         return 0
     import torch
 
+    if args.threads:  # the votes run in this process
+        torch.set_num_threads(args.threads)
     header = {"date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "host": platform.node(),
               "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "mem_available_gib": _mem_available() / 2**30, "load": os.getloadavg()}
+              "mem_available_gib": _mem_available() / 2**30, "load": os.getloadavg(),
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
     print(json.dumps(header))
     results = {"machine": header, "pamr": [], "votes": []}
     for spec in [s for s in args.pamr.split(",") if s]:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", spec, "--real-chunks", str(args.real_chunks)]
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", spec, "--real-chunks", str(args.real_chunks),
+               "--threads", str(args.threads)]
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1")
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -184,20 +237,29 @@ def main(argv=None) -> int:
             print(f"PAMR {spec}: failed: {res.stderr.strip().splitlines()[-1:]}")
             continue
         r = json.loads(res.stdout.strip().splitlines()[-1])
+        r["load_after"] = os.getloadavg()
         results["pamr"].append(r)
         off, on = r["steps0"], r["steps10"]
         extra = f", extrapolated {on['seconds_extrapolated']:.1f} s ({on['computed_calls']} of {on['propagate_calls']} " \
                 "propagation calls computed)" if "seconds_extrapolated" in on else ""
-        print(f"PAMR {spec} ({on['queries']} queries): off {off['seconds']:.1f} s, +{off['peak_extra_mib']:.0f} MiB; "
-              f"10 steps {on['seconds']:.1f} s{extra}, +{on['peak_extra_mib']:.0f} MiB peak above "
-              f"{on['rss_before_mib']:.0f} MiB (models + image)")
+        print(f"PAMR {spec} ({on['queries']} queries, {r['torch_threads']} threads): off {off['seconds']:.1f} s, "
+              f"+{off['peak_extra_mib']:.0f} MiB; 10 steps {on['seconds']:.1f} s{extra}, +{on['peak_extra_mib']:.0f} MiB "
+              f"peak above {on['rss_before_mib']:.0f} MiB (models + image), peak RSS {on['peak_rss_mib']:.0f} MiB; "
+              f"bands of {on['band_rows']} rows (estimated {on['band_estimate_mib']:.0f} MiB each)")
+        if args.json:  # each case as soon as it is measured
+            with open(args.json + ".tmp", "w") as f:
+                json.dump(results, f, indent=1)
+            os.replace(args.json + ".tmp", args.json)
     for size in [s for s in args.votes.split(",") if s]:
         w, h = (int(x) for x in size.split("x"))
         for n in (int(x) for x in args.regions.split(",")):
             v = vote_figures(w, h, n)
             results["votes"].append(v)
-            print(f"vote {size}, {n} regions: majority {v['majority_s'] * 1000:.0f} ms (+{v['majority_peak_extra_mib']:.0f} MiB), "
-                  f"mean: sums over bands {v['mean_sums_s'] * 1000:.0f} ms + vote {v['mean_vote_s'] * 1000:.0f} ms")
+            print(f"vote {size}, {n} regions ({v['torch_threads']} threads): majority {v['majority_s'] * 1000:.0f} ms "
+                  f"(+{v['majority_peak_extra_mib']:.0f} MiB), mean: sums over bands {v['mean_sums_s'] * 1000:.0f} ms "
+                  f"(region by region: {v['region_by_region_sums_s'] * 1000:.0f} ms; same labels: "
+                  f"{v['same_labels_as_region_by_region']}, sums within {v['max_rel_diff_of_sums']:.1e}) "
+                  f"+ vote {v['mean_vote_s'] * 1000:.0f} ms")
     if args.json:
         with open(args.json + ".tmp", "w") as f:
             json.dump(results, f, indent=1)

@@ -46,6 +46,35 @@ def test_banded_pamr_equals_the_whole_image(steps, dilations, rows):
     assert not torch.equal(ref, mask)  # PAMR changed something
 
 
+@pytest.mark.parametrize("tile", [47, 3 * 47 + 5, 10**9, "untiled"])
+def test_tiled_propagation_equals_the_plain_sum(tile, monkeypatch):
+    """pamr_propagate's row tiles (one channel at a time, as on a CPU) and its all-channels form
+    (as on a GPU) give the plain definition's values bit for bit: m <- sum_n w_n * shift_n(m),
+    every product then sum in neighbour order."""
+    import torch.nn.functional as F
+
+    import fiftyone_cass.core.pamr as core_pamr
+
+    g = torch.Generator().manual_seed(11)
+    image = torch.randn(2, 3, 61, 47, generator=g)
+    mask = torch.randn(2, 5, 61, 47, generator=g)
+    steps, dil = 4, (1, 3, 5)
+    w = core_pamr.pamr_weights(image, dil)
+    m = mask
+    for _ in range(steps):
+        mp = F.pad(m, (5, 5, 5, 5), mode="replicate")
+        out = torch.zeros_like(m)
+        for n, (dy, dx) in enumerate(core_pamr.neighbour_offsets(dil)):
+            out += mp[:, :, 5 + dy : 5 + dy + 61, 5 + dx : 5 + dx + 47] * w[:, n : n + 1]
+        m = out
+    if tile == "untiled":
+        assert core_pamr.tiled("cpu") and not core_pamr.tiled("cuda")
+        monkeypatch.setattr(core_pamr, "tiled", lambda device: False)
+    else:
+        monkeypatch.setattr(core_pamr, "TILE_ELEMENTS", tile)  # 1 row, 3 rows, the whole band per tile
+    assert torch.equal(core_pamr.pamr_propagate(mask, w, steps, dil), m)
+
+
 import numpy as np  # noqa: E402
 
 from fiftyone_cass.errors import InvalidInputError  # noqa: E402
@@ -115,26 +144,39 @@ def test_pamr_end_to_end_every_method(method, monkeypatch):
 
 
 from fiftyone_cass.core.pamr import pamr_halo  # noqa: E402
-from fiftyone_cass.models.segmenter import pamr_band_plan  # noqa: E402
+from fiftyone_cass.models.segmenter import pamr_band_plan, pamr_min_band  # noqa: E402
 
 
 @pytest.mark.parametrize("q, height, width, budget", [(171, 3000, 4000, 256 * 2**20), (171, 3000, 4000, 2**30),
-                                                       (81, 480, 640, 2**26), (30, 301, 257, 2**24)])
-def test_pamr_band_plan_keeps_a_band_under_the_budget_and_is_the_tallest_that_does(q, height, width, budget):
+                                                       (81, 480, 640, 2**26), (30, 301, 257, 2**24),
+                                                       (171, 480, 640, 256 * 2**20)])
+def test_pamr_band_plan_is_the_tallest_band_under_the_budget_but_at_least_one_halo(q, height, width, budget):
     rows, chunk, need = pamr_band_plan(q, height, width, 4, budget, 10, (8, 16))
-    assert need <= budget and 1 <= chunk <= q and 1 <= rows <= height
+    floor = pamr_min_band(10, (8, 16), height, width)
+    halo = pamr_halo(10, (8, 16))
     unit = 32 // np.gcd(32, width)
+    assert floor == min(height, -(-halo // unit) * unit) and floor >= min(halo, height)
+    assert 1 <= chunk <= q and floor <= rows <= height
     assert rows % unit == 0 or rows == height
-    if rows + unit <= height:  # limited by the budget: a larger one gives taller bands, a smaller one thinner
-        assert pamr_band_plan(q, height, width, 4, 10**15, 10, (8, 16))[0] > rows
-        assert pamr_band_plan(q, height, width, 4, need - 1, 10, (8, 16))[0] < rows or rows == unit
-    if (q, height, width, budget) == (171, 3000, 4000, 256 * 2**20):
-        assert rows < pamr_halo(10, (8, 16))  # the 12-MP, 171-name case: bands thinner than one halo
+    if rows > floor:  # above the floor: under the budget and the tallest band that is
+        assert need <= budget
+        if rows + unit <= height:  # limited by the budget: a larger one gives taller bands, a smaller one thinner
+            assert pamr_band_plan(q, height, width, 4, 10**15, 10, (8, 16))[0] > rows
+            assert pamr_band_plan(q, height, width, 4, need - 1, 10, (8, 16))[0] < rows
+    else:  # at the floor: the budget would want thinner bands (or exactly this one)
+        assert need > budget or pamr_band_plan(q, height, width, 4, need - 1, 10, (8, 16))[0] == rows
+    # a band of the floor's height propagates at most 2x the rows of one pass over the image
+    bands = [(a, min(a + rows, height)) for a in range(0, height, rows)]
+    read = sum(min(b + halo, height) - max(a - halo, 0) for a, b in bands)
+    assert read <= 3 * height
+    if (q, height, width, budget) == (171, 3000, 4000, 256 * 2**20):  # the 12-MP, 171-name case
+        assert rows == floor == 176 and need > budget  # one halo: over the budget (about 0.8 GB)
 
 
-def test_pamr_band_plan_returns_the_thinnest_band_when_nothing_fits():
-    rows, chunk, need = pamr_band_plan(171, 3000, 4000, 4, 2**20, 10, (8, 16))
+def test_pamr_band_plan_without_the_floor_returns_the_thinnest_band_when_nothing_fits():
+    rows, chunk, need = pamr_band_plan(171, 3000, 4000, 4, 2**20, 10, (8, 16), min_rows=1)
     assert (rows, chunk) == (1, 1) and need > 2**20
+    assert pamr_band_plan(171, 3000, 4000, 4, 2**20, 10, (8, 16))[0] == pamr_min_band(10, (8, 16), 3000, 4000)
 
 
 def test_segmenter_pamr_bands_thinner_than_the_halo_equal_the_whole_image(seg, monkeypatch):
@@ -149,6 +191,7 @@ def test_segmenter_pamr_bands_thinner_than_the_halo_equal_the_whole_image(seg, m
     whole = seg._finish(p, logits, hr, gg).label_map
     halo = pamr_halo(seg.options.pamr_steps, seg.options.pamr_dilations)
     budget = 700_000  # below the option's floor: the test's way to get bands thinner than the halo here
+    monkeypatch.setattr("fiftyone_cass.models.segmenter.pamr_min_band", lambda *a, **k: 1)  # and no band floor
     rows, _, need = pamr_band_plan(q, 130, 96, 4, budget, seg.options.pamr_steps, seg.options.pamr_dilations)
     assert rows < halo and need <= budget
     monkeypatch.setattr(seg.options, "full_res_budget", budget)
@@ -159,3 +202,29 @@ def test_segmenter_pamr_bands_thinner_than_the_halo_equal_the_whole_image(seg, m
     banded = seg._finish(p, logits, hr, gg).label_map
     assert len(calls) == -(-130 // rows) and all(b - a <= rows for a, b in calls)
     np.testing.assert_array_equal(banded, whole)
+
+
+def test_segmenter_pamr_bands_are_at_least_one_halo_and_say_so_over_the_budget(seg, monkeypatch, caplog):
+    rng = np.random.default_rng(7)
+    rgb = (rng.random((301, 257, 3)) * 255).astype(np.uint8)
+    p = seg._prepare(0, rgb, "img")
+    g = torch.Generator().manual_seed(8)
+    q = len(seg.queries)
+    logits = [0.2 + 0.03 * torch.randn(q, (y2 - y1) // 16, (x2 - x1) // 16, generator=g) for (y1, y2, x1, x2) in p.windows]
+    hr, gg = torch.zeros(len(logits), 2), torch.zeros(q)
+    steps, dil = seg.options.pamr_steps, seg.options.pamr_dilations
+    floor = pamr_min_band(steps, dil, 301, 257)
+    rows, _, need = pamr_band_plan(q, 301, 257, 4, 2**20, steps, dil)
+    assert rows == floor and need > 2**20  # the budget alone would want thinner bands
+    monkeypatch.setattr(seg.options, "full_res_budget", 2**20)
+    monkeypatch.setattr(Segmenter, "_warned", set())
+    calls = []
+    import fiftyone_cass.core.pamr as core_pamr
+    real = core_pamr.refine_rows
+    monkeypatch.setattr("fiftyone_cass.models.segmenter.refine_rows", lambda *a, **k: calls.append(a[4:6]) or real(*a, **k))
+    with caplog.at_level("WARNING", logger="fiftyone_cass"):
+        seg._finish(p, logits, hr, gg)
+    assert len(calls) == -(-301 // floor) and all(b - a == floor for a, b in calls[:-1])
+    assert floor >= pamr_halo(steps, dil)
+    msg = [r.getMessage() for r in caplog.records if "PAMR" in r.getMessage()]
+    assert len(msg) == 1 and f"{need / 2**20:.0f} MiB" in msg[0] and "full_res_budget=1 MiB" in msg[0], msg

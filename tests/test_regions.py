@@ -162,3 +162,37 @@ def test_regions_of_fiftyone_labels_and_their_per_sample_reasons():
         regions_of_label(fo.Segmentation(mask=ids), (4, 5), "sam")
     with pytest.raises(RegionsError, match="holds Classification"):
         regions_of_label(fo.Classification(label="x"), (4, 6), "sam")
+
+
+def _slow_region_sums(probs: np.ndarray, regions) -> np.ndarray:
+    """The definition: each region's masked sum of every label's probabilities, region by region."""
+    out = np.zeros((len(regions), probs.shape[0]), np.float64)
+    for i, r in enumerate(regions):
+        y0, y1, x0, x1 = r.box
+        out[i] = probs[:, y0:y1, x0:x1][:, r.mask].astype(np.float64).sum(1)
+    return out
+
+
+def test_region_sums_equal_the_definition_over_any_bands_with_overlaps():
+    rng = np.random.default_rng(5)
+    H, W, L = 57, 83, 7
+    probs = rng.random((L, H, W)).astype(np.float32)
+    regs = []
+    for _ in range(40):  # overlapping, nested, identical and empty regions
+        h, w = int(rng.integers(1, 30)), int(rng.integers(1, 40))
+        y0, x0 = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        regs.append(Region(y0, x0, rng.random((h, w)) > 0.4))
+    regs += [regs[3], Region(0, 0, np.zeros((4, 4), bool)), Region(0, 0, np.ones((H, W), bool))]
+    ref = _slow_region_sums(probs, regs)
+    for cuts, as_torch in (([0, H], False), ([0, 5, 6, 31, 50, H], True), (list(range(0, H, 4)) + [H], False)):
+        got = RegionSums(regs, L)
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            got.add(torch.from_numpy(probs[:, a:b]) if as_torch else probs[:, a:b], (a, b))
+        np.testing.assert_allclose(got.sums, ref, rtol=1e-5, atol=1e-9)  # float32 products, float64 sums
+        lm = rng.integers(0, L, (H, W)).astype(np.uint8)
+        for thr in (0.0, 0.6):
+            fast = vote(lm, regs, "mean", class_sums=got.sums, threshold=thr, background=0)
+            slow = vote(lm, regs, "mean", class_sums=ref, threshold=thr, background=0)
+            np.testing.assert_array_equal(fast[0], slow[0])
+            assert fast[1] == slow[1]
+    assert not RegionSums(regs, L).sums.any()  # nothing added: zero sums

@@ -83,9 +83,12 @@ class SegmenterOptions:
     # memory (not results): bytes allowed for the full-resolution logits of one image and the
     # up-sampled windows being stitched; larger images are labelled in row bands (the same label
     # maps). None = no bound (the whole image at once: Q x H x W floats, ~0.7 GB per megapixel
-    # with 171 names)
+    # with 171 names). PAMR's bands are never thinner than its halo (models/segmenter.py
+    # pamr_min_band), so with PAMR on a wide image can go over the budget (warned with the figure)
     full_res_budget: Optional[int] = setting(256 * 2**20, "bytes for one image's full-resolution logits "
-                                             "(larger images go in row bands; none: no bound)", min=2**20,
+                                             "(larger images go in row bands; none: no bound; PAMR bands "
+                                             "are at least one halo tall and may go over it, with a warning)",
+                                             min=2**20,
                                              output=False)
 
 

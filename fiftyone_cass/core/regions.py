@@ -138,28 +138,48 @@ def vote(label_map: np.ndarray, regions: Sequence[Region], mode: str = "majority
 
 class RegionSums:
     """Per-region sums of class probabilities ``(R, L)`` (float64), collected one row band of
-    probabilities ``(L, b - a, W)`` (torch or numpy) at a time: the same sums (up to float64 rounding) whatever the bands."""
+    probabilities ``(L, b - a, W)`` (torch or numpy) at a time: the same sums (up to float64
+    rounding) whatever the bands.
+
+    Per band and region, one matrix-vector product of the region's box in the band ``(L, pixels)``
+    with its mask (float32, made once per region), accumulated in float64 on the probabilities'
+    device: labels x the regions' boxes of work, in BLAS. (A one-pass form, summing every band
+    once per cell of pixels covered by the same regions, was measured slower on the CPU for 50 to
+    200 regions: benchmarks/RESULTS.md, "Region voting".)"""
 
     def __init__(self, regions: Sequence[Region], num_labels: int):
         self.regions = list(regions)
-        self.sums = np.zeros((len(self.regions), int(num_labels)), np.float64)
+        self.num_labels = int(num_labels)
+        self._sums = None  # (R, L) float64 torch tensor on the probabilities' device
+        self._masks = {}  # (region, dtype, device) -> its mask as (h, w) floats
+
+    def _mask(self, i: int, like):
+        key = (i, like.dtype, like.device)
+        m = self._masks.get(key)
+        if m is None:
+            import torch
+
+            m = self._masks[key] = torch.as_tensor(self.regions[i].mask, device=like.device).to(like.dtype)
+        return m
 
     def add(self, probs, rows: Tuple[int, int]) -> None:
         import torch
 
         a, b = rows
+        t = probs if isinstance(probs, torch.Tensor) else torch.from_numpy(np.asarray(probs))
+        if self._sums is None:
+            self._sums = torch.zeros((len(self.regions), t.shape[0]), dtype=torch.float64, device=t.device)
         for i, r in enumerate(self.regions):
             y0, y1, x0, x1 = r.box
             s, e = max(y0, a), min(y1, b)
-            if s >= e:
+            if s >= e or not r.mask[s - y0 : e - y0].any():
                 continue
-            m = r.mask[s - y0 : e - y0]
-            if not m.any():
-                continue
-            part = probs[:, s - a : e - a, x0:x1]
-            if isinstance(part, torch.Tensor):  # one matrix-vector product: the masked sum of every label
-                mt = torch.as_tensor(m, device=part.device).to(part.dtype).reshape(-1)
-                self.sums[i] += (part.reshape(part.shape[0], -1) @ mt).to("cpu", torch.float64).numpy()
-            else:
-                part = np.asarray(part)
-                self.sums[i] += part.reshape(part.shape[0], -1).astype(np.float64) @ m.reshape(-1).astype(np.float64)
+            part = t[:, s - a : e - a, x0:x1].reshape(t.shape[0], -1)  # a copy of the box's rows
+            self._sums[i] += part @ self._mask(i, part)[s - y0 : e - y0].reshape(-1)
+
+    @property
+    def sums(self) -> np.ndarray:
+        """``(R, L)`` float64: each region's sum of class probabilities over the bands added."""
+        if self._sums is None:
+            return np.zeros((len(self.regions), self.num_labels), np.float64)
+        return self._sums.to("cpu").numpy()

@@ -690,9 +690,10 @@ class Segmenter:
         """The label map with PAMR (SPEC K) on the raw query logits at the original size, in row
         bands under ``full_res_budget`` with the exact halo (:func:`~fiftyone_cass.core.pamr.refine_rows`):
         the same label map as the whole image at once. Band heights and channel chunks come from
-        :func:`pamr_band_plan`: what one band holds stays under the budget, however thin that
-        makes the bands (each band recomputes its halo: thin bands cost time, not memory; a larger
-        ``full_res_budget`` buys speed)."""
+        :func:`pamr_band_plan`: what one band holds stays under the budget, except that a band is
+        never thinner than one halo (each band recomputes its halo: thinner bands would multiply
+        the work); then the band's memory is over the budget and that is warned once with its
+        figure."""
         o = self.options
         h0, w0 = p.original_size
         h, w = p.size
@@ -714,8 +715,9 @@ class Segmenter:
                                 "PAMR label maps of images over full_res_budget may differ from an unbounded run")
             rows, _, need = pamr_band_plan(q, h0, w0, item, budget, steps, dil, extra)
             if need > budget:
-                self._warn_once(f"PAMR on {w0}-pixel-wide images needs {need / 2**20:.0f} MiB per band at least "
-                                f"(full_res_budget={budget}): that band is used")
+                self._warn_once(f"PAMR on {w0}x{h0} images with {q} queries uses about {need / 2**20:.0f} MiB per "
+                                f"{rows}-row band, over full_res_budget={budget / 2**20:.0f} MiB: a band is at "
+                                f"least one halo ({halo} rows) tall so that the work stays within 2-3x one pass")
             bands = [(a, min(a + rows, h0)) for a in range(0, h0, rows)]
         image = p.image[:, :h, :w]
 
@@ -762,8 +764,14 @@ class Segmenter:
         if votes is not None:  # the mean vote: class probabilities (E.5: softmax, max over synonyms) summed per region
             probs = torch.softmax(x, 0)
             cls = probs.new_zeros((self.num_labels, *probs.shape[1:]))  # a label without queries: 0
-            for c in torch.unique(self.query_to_class).tolist():
-                cls[c] = probs[self.query_to_class == c].amax(0)
+            q2c = self.query_to_class
+            single = torch.bincount(q2c, minlength=self.num_labels)[q2c] == 1
+            if bool(single.all()):  # no synonyms: one copy of every query's plane to its label's
+                cls.index_copy_(0, q2c, probs)
+            else:
+                cls.index_copy_(0, q2c[single], probs[single])
+                for c in torch.unique(q2c[~single]).tolist():  # a max over synonyms is exact in any order
+                    cls[c] = probs[q2c == c].amax(0)
             del probs
             votes.add(cls, rows)
             del cls
@@ -800,49 +808,67 @@ class Segmenter:
 
 
 def _pamr_chunk(q: int, ext: int, width: int, item: int, budget: int) -> int:
-    """Mask channels refined at a time over ``ext`` rows: a quarter of the budget (the mask
-    rows, their padded copy, a product and the output: ~4 tensors of the chunk)."""
-    return max(1, min(q, (budget // 4) // (4 * ext * width * item)))
+    """Mask channels refined at a time over ``ext`` rows: a quarter of the budget (the chunk's
+    up-sampled rows and :func:`~fiftyone_cass.core.pamr.pamr_propagate`'s output: ~2 tensors of
+    the chunk; the propagation's own work is one channel at a time)."""
+    return max(1, min(q, (budget // 4) // (2 * ext * width * item)))
+
+
+def pamr_min_band(steps: int, dilations: Sequence[int], height: int, width: int, align: int = 32) -> int:
+    """The thinnest PAMR band :func:`pamr_band_plan` plans: one halo
+    (:func:`~fiftyone_cass.core.pamr.pamr_halo`) rounded up to the band unit, at most the image.
+    A band of ``h`` rows reads ``h + 2 halo`` rows and its ``steps`` propagations cover on
+    average ``h + halo``, so from this height on the work is at most 2x (propagation) and 3x
+    (weights) one pass over the image; thinner bands would cost ``(h + halo) / h``."""
+    unit = align // math.gcd(align, width)
+    halo = pamr_halo(steps, dilations)
+    return min(height, -(-max(halo, 1) // unit) * unit)
 
 
 def pamr_band_plan(q: int, height: int, width: int, item: int, budget: int, steps: int, dilations: Sequence[int],
-                   extra: float = 0.0, align: int = 32) -> Tuple[int, int, int]:
+                   extra: float = 0.0, align: int = 32, min_rows: Optional[int] = None) -> Tuple[int, int, int]:
     """``(band rows, channel chunk, bytes)`` of banded PAMR (SPEC K.3) on ``q`` query channels of
     ``item``-byte floats over a ``height`` x ``width`` image under ``budget`` bytes: the tallest
-    band whose estimated memory fits. A band of ``h`` rows reads ``E = h + 2 halo`` rows
-    (:func:`~fiftyone_cass.core.pamr.pamr_halo`; fewer at the image's borders) and holds:
+    band whose estimated memory fits, but never thinner than ``min_rows`` (default
+    :func:`pamr_min_band`: one halo, so that recomputing the halos costs at most 2-3x the work
+    of one pass; below it the time grows as ``(h + halo) / h`` and 12-MP runs never finish). A
+    band of ``h`` rows reads ``E = h + 2 halo`` rows (:func:`~fiftyone_cass.core.pamr.pamr_halo`;
+    fewer at the image's borders) and holds:
 
     * per read row: the neighbour weights (P = 8 x len(dilations) per pixel), the guide and
-      pamr_weights' temporaries (4 x 3 channels), a few rows of scratch: ``(P + 16) x W`` floats;
-    * per read row: the mask channels being refined, ``4 x chunk x W`` floats (chunk: a quarter
-      of the budget);
+      pamr_weights' temporaries (4 x 3 channels), a few rows of scratch and the one channel
+      being propagated (padded, output): ``(P + 19) x W`` floats;
+    * per read row: the mask channels being refined and their propagated rows, ``2 x chunk x W``
+      floats (chunk: a quarter of the budget);
     * per band row: the refined query logits and the label step's work, ``(Q x (1 + extra)) x W``
       floats and 32 bytes per pixel (``extra``: the confidence outputs' additions).
 
     The band height is a multiple of the rows holding a multiple of ``align`` pixels (as
     :func:`~fiftyone_cass.core.windows.row_bands`, for the same vectorised rounding as the whole
-    image). When even the thinnest band does not fit, it is returned with its (larger) bytes."""
+    image). When the floor (or even one unit of rows) does not fit, it is returned with its
+    (larger) bytes: the caller warns with that figure."""
     halo = pamr_halo(steps, dilations)
     neighbours = 8 * len(dilations)
     unit = align // math.gcd(align, width)
+    floor = pamr_min_band(steps, dilations, height, width, align) if min_rows is None else max(1, min(int(min_rows), height))
 
     def need(h: int) -> Tuple[int, int]:
         ext = min(h + 2 * halo, height)
         chunk = _pamr_chunk(q, ext, width, item, budget)
-        fixed = (neighbours + 16 + 4 * chunk) * ext * width * item
+        fixed = (neighbours + 19 + 2 * chunk) * ext * width * item
         return int(fixed + (q * (1.0 + extra) * item + 32) * h * width), chunk
 
     lo, hi = 1, max(1, -(-height // unit))  # band heights in units of `unit` rows
     if need(min(unit, height))[0] > budget:
-        rows = min(unit, height)
-        return rows, need(rows)[1], need(rows)[0]
-    while lo < hi:  # the largest multiple that fits
-        mid = (lo + hi + 1) // 2
-        if need(min(mid * unit, height))[0] <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    rows = min(lo * unit, height)
+        lo = 1
+    else:
+        while lo < hi:  # the largest multiple that fits
+            mid = (lo + hi + 1) // 2
+            if need(min(mid * unit, height))[0] <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+    rows = max(min(lo * unit, height), floor)
     b, chunk = need(rows)
     return rows, chunk, b
 

@@ -6,8 +6,12 @@ Two measurements, each printing its figures (and ``--json`` writes them):
   ViT-B/16 + DINO ViT-B/8; speed does not depend on weight values), a preset's vocabulary with
   fixed random text vectors (as ``bench.py``), synthetic images decoded once beforehand. The same
   images are segmented with the outputs off and on, interleaved (off, on, off, on, ...) so that a
-  shared machine's drift hits both alike; the figure is the median over rounds of the time per
-  image, and the added share ``(on - off) / off``. Variants: ``confidence`` (per-image figures
+  shared machine's drift hits both alike (the order turned each round). Time is the process's
+  CPU time with one torch thread (``--threads 1``, the default: other work on a shared machine
+  then slows the wall clock but hardly the CPU seconds), wall time beside it; the figures are the
+  median over rounds of the time per image, the added share ``(on - off) / off`` of the medians
+  and the paired one (median over rounds of each round's ``on / off - 1``). The 8-bit PNG write
+  of a map (quantisation + encoding, what the outputs do) is timed too. Variants: ``confidence`` (per-image figures
   only, what labelling stores by default), ``+uncertainty`` (a per-pixel margin map as well) and
   ``+heatmap`` (one class probability map, what a concept heatmap needs).
 * **memory** of one large image (``--big 4000x3000``, the ``coco_stuff`` preset's 171 names, the
@@ -19,7 +23,8 @@ Two measurements, each printing its figures (and ``--json`` writes them):
 Usage::
 
     python benchmarks/confidence_cost.py [--images 4] [--rounds 3] [--size 640x480] [--preset coco_object]
-                                         [--backbone random-base] [--big 4000x3000] [--no-big] [--json out.json]
+                                         [--backbone random-base] [--big 4000x3000] [--no-big] [--threads 1]
+                                         [--json out.json]
 """
 
 from __future__ import annotations
@@ -74,22 +79,50 @@ def time_variants(args) -> dict:
         arrays = [cv2.imread(p)[:, :, ::-1].copy() for p in paths]
     seg = _segmenter(args.preset, args.backbone, batch_size=args.images)
     seg.segment_arrays(arrays[:1])  # warm-up
-    per_image = {v: [] for v in VARIANTS}
-    for _ in range(args.rounds):
-        for v in VARIANTS:
+    cpu = {v: [] for v in VARIANTS}  # process CPU seconds per image (all threads of this process)
+    wall = {v: [] for v in VARIANTS}
+    write = {"uncertainty_png": [], "heatmap_png": []}  # writing the 8-bit PNG of a map, per image
+    order = list(VARIANTS)
+    for r in range(args.rounds):
+        # interleaved, and the order turned each round (A B C D, B C D A, ...): drift hits all alike
+        for v in order[r % len(order):] + order[:r % len(order)]:
             _set(seg, v)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             out = seg.segment_arrays(arrays)
-            per_image[v].append((time.perf_counter() - t0) / len(arrays))
+            cpu[v].append((time.process_time() - c0) / len(arrays))
+            wall[v].append((time.perf_counter() - t0) / len(arrays))
             if v != "off":
                 assert out[0].confidence is not None
-    med = {v: statistics.median(ts) for v, ts in per_image.items()}
+            if v in ("+uncertainty", "+heatmap"):
+                maps = [o.uncertainty if v == "+uncertainty" else o.probabilities[1] for o in out]
+                write["uncertainty_png" if v == "+uncertainty" else "heatmap_png"].append(_png_seconds(maps))
+    med = {v: statistics.median(ts) for v, ts in cpu.items()}
+    med_wall = {v: statistics.median(ts) for v, ts in wall.items()}
     return {
         "size": args.size, "images": args.images, "rounds": args.rounds, "preset": args.preset,
-        "backbone": args.backbone, "queries": len(seg.queries),
-        "s_per_image": med, "all_s_per_image": per_image,
+        "backbone": args.backbone, "queries": len(seg.queries), "torch_threads": torch.get_num_threads(),
+        "cpu_s_per_image": med, "wall_s_per_image": med_wall, "all_cpu_s_per_image": cpu,
+        "all_wall_s_per_image": wall,
+        "png_write_s_per_image": {k: statistics.median(v) for k, v in write.items() if v},
         "added_share": {v: med[v] / med["off"] - 1.0 for v in VARIANTS if v != "off"},
+        "added_share_wall": {v: med_wall[v] / med_wall["off"] - 1.0 for v in VARIANTS if v != "off"},
+        # per round the variant against the round's "off" run, median over rounds (paired: a round's
+        # drift cancels)
+        "added_share_paired": {v: statistics.median(c / o - 1.0 for c, o in zip(cpu[v], cpu["off"]))
+                               for v in VARIANTS if v != "off"},
     }
+
+
+def _png_seconds(maps) -> float:
+    """CPU seconds per map to quantise it to 8 bits and write it as a PNG (what the outputs do)."""
+    from fiftyone_cass.fileio import write_mask_png
+
+    with tempfile.TemporaryDirectory() as tmp:
+        c0 = time.process_time()
+        for k, m in enumerate(maps):
+            q = np.rint(np.clip(np.nan_to_num(m, nan=1.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+            write_mask_png(os.path.join(tmp, f"{k}.png"), q)
+        return (time.process_time() - c0) / len(maps)
 
 
 def big_image_memory(args) -> dict:
@@ -104,11 +137,12 @@ def big_image_memory(args) -> dict:
         mem = bench.PeakMemory(torch.device("cpu"))
         before = bench.current_rss_mb()
         mem.start()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         r = seg.segment_arrays([img])[0]
-        took = time.perf_counter() - t0
+        took, cpu = time.perf_counter() - t0, time.process_time() - c0
         peak = mem.peak()
-        out[v] = {"rss_above_mb": peak["rss_peak_mb"] - before, "exact": peak["rss_peak_exact"], "seconds": took}
+        out[v] = {"rss_above_mb": peak["rss_peak_mb"] - before, "exact": peak["rss_peak_exact"], "seconds": took,
+                  "cpu_seconds": cpu}
         del r
     out["size"] = args.big
     return out
@@ -124,24 +158,36 @@ def main(argv=None) -> int:
     ap.add_argument("--big", default="4000x3000")
     ap.add_argument("--no-big", action="store_true")
     ap.add_argument("--json")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: process CPU time is then a robust figure on a shared machine)")
     args = ap.parse_args(argv)
-    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = {"load_average_start": os.getloadavg(),"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
               "torch_threads": torch.get_num_threads()}
     t = time_variants(args)
     report["time"] = t
     print(f"time per image, {t['size']}, {t['preset']} ({t['queries']} queries), {t['backbone']}, "
-          f"median of {t['rounds']} interleaved rounds x {t['images']} images:")
-    for v, s in t["s_per_image"].items():
+          f"{t['torch_threads']} torch thread(s), median of {t['rounds']} interleaved rounds x {t['images']} images "
+          "(process CPU time; wall time beside it):")
+    for v, s in t["cpu_s_per_image"].items():
         extra = "" if v == "off" else f"   {100 * t['added_share'][v]:+.1f}%"
-        print(f"  {v:<14} {s:8.3f} s{extra}")
+        wextra = "" if v == "off" else f"   {100 * t['added_share_wall'][v]:+.1f}%"
+        paired = "" if v == "off" else f"   paired {100 * t['added_share_paired'][v]:+.1f}%"
+        print(f"  {v:<14} cpu {s:8.3f} s{extra:>9}   wall {t['wall_s_per_image'][v]:8.3f} s{wextra:>9}{paired}")
+    for k, s in t["png_write_s_per_image"].items():
+        print(f"  {k:<16} {s:8.3f} s per image (8-bit quantisation + PNG write)")
+    report["load_average_after_time"] = os.getloadavg()
+    print(f"load average: {report['load_average_start']} at start, {report['load_average_after_time']} after")
     if not args.no_big:
         m = big_image_memory(args)
         report["memory"] = m
         print(f"peak RSS above the call's start, one {m['size']} image, coco_stuff (171 names), tiny backbone:")
         for v in ("off", "+uncertainty"):
-            print(f"  {v:<14} {m[v]['rss_above_mb']:8.0f} MB   {m[v]['seconds']:.1f} s"
+            print(f"  {v:<14} {m[v]['rss_above_mb']:8.0f} MB   cpu {m[v]['cpu_seconds']:.1f} s   wall {m[v]['seconds']:.1f} s"
                   + ("" if m[v]["exact"] else "  (upper bound: VmHWM could not be reset)"))
+        report["load_average_end"] = os.getloadavg()
     if args.json:
         bench.write_json(args.json, report)  # atomic, as bench.py's
     return 0

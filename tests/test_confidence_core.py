@@ -18,11 +18,19 @@ def _brute(scaled, q2c, num_classes):
 
 
 @pytest.mark.parametrize("inplace", [False, True])
-def test_pixel_confidence_matches_materialised_class_probabilities(inplace):
+@pytest.mark.parametrize("q2c", [[0, 0, 1, 2, 2, 2, 3],  # synonyms: class 0 has 2 queries, class 2 has 3
+                                 [0, 1, 2, 3, 4, 5, 6]],  # one query per class (the path without a mask)
+                         ids=["synonyms", "one-query-per-class"])
+def test_pixel_confidence_matches_materialised_class_probabilities(inplace, q2c):
     g = torch.Generator().manual_seed(0)
-    q2c = torch.tensor([0, 0, 1, 2, 2, 2, 3])  # synonyms: class 0 has 2 queries, class 2 has 3
+    q2c = torch.tensor(q2c)
     scaled = 40 * torch.rand(7, 9, 11, generator=g, dtype=torch.float64) - 20
-    label, p1, p2, ent = _brute(scaled, q2c, 4)
+    label, p1, p2, ent = _brute(scaled, q2c, int(q2c.max()) + 1)
+    lean = pixel_confidence(scaled.clone(), q2c, inplace=inplace, entropy=False)
+    assert lean.entropy is None and torch.equal(lean.p1, pixel_confidence(scaled.clone(), q2c).p1)
+    assert torch.allclose(lean.p2, p2, atol=1e-12)
+    with pytest.raises(ValueError, match="entropy"):
+        lean.normalized_entropy(7)
     conf = pixel_confidence(scaled.clone(), q2c, inplace=inplace)
     assert torch.equal(q2c[conf.query], label)
     assert torch.allclose(conf.p1, p1, atol=1e-12)

@@ -70,13 +70,36 @@ def test_scheduled_run_is_executed_by_fiftyone_delegated_launch(fo_dataset, tmp_
     request = dict(dataset_name=ds.name, view=ds.view()._serialize(), params=params, request_delegation=True)
     queued = asyncio.run(execute_or_delegate_operator(AUTO, request))
     assert queued.delegated and queued.error is None
-    op_id = queued.result["id"]
+    doc = _launch_until_done(queued.result["id"], tmp_path / "launch.log")
+    assert doc.result.result["num_labeled"] == 3
+    ds.reload()
+    assert len(ds.exists("cass")) == 3 and ds.mask_targets["cass"] == {0: "background", 1: "dog", 2: "cat"}
+
+
+def test_a_scheduled_concept_heatmap_is_executed_by_fiftyone_delegated_launch(fo_dataset, tmp_path):
+    from fiftyone_cass.fo.claims import field_claim
+
+    ds = add_samples(fo_dataset("conceptlaunch"), make_images(tmp_path / "imgs", 3))
+    view = ds.limit(2)
+    params = dict(prompt="a red car", heatmap_field="car", label_field="", target="CURRENT_VIEW",
+                  settings=dict(SEG_OPTIONS, backbone="tiny", device="cpu", batch_size=1, masks="database"))
+    request = dict(dataset_name=ds.name, view=view._serialize(), params=params, request_delegation=True)
+    queued = asyncio.run(execute_or_delegate_operator("@fiftyone-cass/cass/concept_heatmap", request))
+    assert queued.delegated and queued.error is None
+    doc = _launch_until_done(queued.result["id"], tmp_path / "launch.log")
+    assert doc.result.result["num_computed"] == 2 and doc.result.result["num_failed"] == 0
+    ds.reload()
+    assert ds.count("car") == 2 and ds.last()["car"] is None  # the view's samples only
+    assert field_claim(ds, "car") is None  # the launcher's run released its claim
+
+
+def _launch_until_done(op_id, log):
+    """Runs ``fiftyone delegated launch`` until the queued operation ``op_id`` ends; its document."""
     svc = DelegatedOperationService()
     assert svc.get(op_id).run_state == ExecutionRunState.QUEUED
 
     exe = shutil.which("fiftyone", path=os.path.dirname(sys.executable))
     cmd = [exe] if exe else [sys.executable, "-m", "fiftyone.core.cli"]
-    log = tmp_path / "launch.log"
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd + ["delegated", "launch"], stdout=f, stderr=subprocess.STDOUT,
                                 env=os.environ.copy(), start_new_session=True)
@@ -97,6 +120,4 @@ def test_scheduled_run_is_executed_by_fiftyone_delegated_launch(fo_dataset, tmp_
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert doc.result.result["num_labeled"] == 3
-    ds.reload()
-    assert len(ds.exists("cass")) == 3 and ds.mask_targets["cass"] == {0: "background", 1: "dog", 2: "cat"}
+    return doc

@@ -198,6 +198,49 @@ def test_uncertainty_heatmaps_are_pngs_at_the_image_size_that_round_trip_and_res
             assert m.shape == (im.size[1], im.size[0]) and m.dtype == np.uint8
 
 
+def test_a_rerun_with_another_uncertainty_kind_recomputes_the_maps_in_place(fo_dataset, images, tmp_path):
+    # uncertainty_kind is an output setting (not in the label hash): like a rerun that turns an output
+    # on, a rerun asking for another kind computes the maps again (the kind is recorded on each map)
+    ds = add_samples(fo_dataset("unckind"), images[:3])
+    kw = dict(KW, uncertainty_field="unc", masks="disk", mask_dir=str(tmp_path))
+    apply(ds, classes=CLASSES, **kw)
+    assert ds.distinct("unc.kind") == ["margin"]
+    paths = dict(zip(*ds.values(["id", "unc.map_path"])))
+    s = apply(ds, classes=CLASSES, uncertainty_kind="entropy", **kw)
+    assert s.num_labeled == 3 and ds.distinct("unc.kind") == ["entropy"]
+    ref = {p: r for p, r in zip(images, _reference(images[:3], uncertainty="entropy"))}
+    for smp in ds:
+        assert smp["unc"].map_path == paths[smp.id]  # same settings: the same file, rewritten atomically
+        with Image.open(smp["unc"].map_path) as im:
+            stored = np.asarray(im).astype(np.float32) / 255.0
+        assert np.abs(stored - ref[smp.filepath].uncertainty).max() <= 0.5 / 255 + 1e-6  # now the entropy map
+    assert apply(ds, classes=CLASSES, uncertainty_kind="entropy", **kw).num_labeled == 0
+    # a map without a recorded kind (an older version's) counts as missing
+    first = ds.first()
+    first["unc"].kind = None
+    first.save()
+    assert apply(ds, classes=CLASSES, uncertainty_kind="entropy", **kw).num_labeled == 1
+
+
+def test_overwrite_removes_the_replaced_mask_and_heatmap_files_unless_another_dataset_uses_them(
+        fo_dataset, images, tmp_path):
+    ds = add_samples(fo_dataset("uncover"), images[:3])
+    kw = dict(KW, uncertainty_field="unc", masks="disk", mask_dir=str(tmp_path))
+    apply(ds, classes=CLASSES, **kw)
+    old = {sid: (m, u) for sid, m, u in zip(*ds.values(["id", "cass.mask_path", "unc.map_path"]))}
+    keep = ds.first().id
+    clone = ds.select(keep).clone()  # shares the first sample's files
+    try:
+        s = apply(ds, classes=["dog", "cat"], overwrite=True, **kw)  # other settings: new files
+        assert s.num_labeled == 3
+        for sid, m, u in zip(*ds.values(["id", "cass.mask_path", "unc.map_path"])):
+            assert os.path.isfile(m) and os.path.isfile(u) and (m, u) != old[sid]
+            # the replaced files are gone once the new labels are stored, but those the clone points at
+            assert all(os.path.exists(p) == (sid == keep) for p in old[sid])
+    finally:
+        clone.delete()
+
+
 def test_a_bad_uncertainty_kind_is_refused_before_writing(fo_dataset, images):
     from fiftyone_cass.errors import InvalidInputError
 
@@ -317,6 +360,65 @@ def test_concept_heatmaps_for_the_target_only_at_the_image_size_and_they_resume(
     # a finished run adds nothing
     again = fiftyone_cass.concept_heatmap(target, "a red car", "car", **kw)
     assert again.num_computed == 0 and again.num_already_done == 3
+
+
+def test_concept_heatmaps_claim_their_field_as_labelling_runs_do(fo_dataset, images, tmp_path):
+    from fiftyone_cass.fo.claims import FieldClaimedError, field_claim
+    from fiftyone_cass.fo.concepts import ConceptHeatmapRun
+
+    ds = add_samples(fo_dataset("conceptclaim"), images[:2])
+    kw = dict(KW, masks="database")
+    running = ConceptHeatmapRun(ds, "a red car", "car", **kw)
+    running.plan()  # holds the field from here to its end
+    with pytest.raises(FieldClaimedError, match="'car'"):  # another prompt: refused while it runs
+        ConceptHeatmapRun(ds, "a dog", "car", **kw).plan()
+    with pytest.raises(FieldClaimedError):  # a labelling run on that field too
+        apply(ds, classes=CLASSES, label_field="car", **KW)
+    joined = ConceptHeatmapRun(ds.limit(1), "a red car", "car", **kw)  # the same prompt and settings join
+    assert joined.plan() == 1 and len(field_claim(ds, "car")["holders"]) == 2
+    for _ in joined.iter_progress():
+        pass
+    for _ in running.iter_progress():
+        pass
+    assert field_claim(ds, "car") is None  # released at the end
+    assert ds.count("car") == 2 and running.summary.num_already_done == 0
+    # a refused start holds nothing either
+    from fiftyone_cass.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="overwrite"):
+        ConceptHeatmapRun(ds, "a dog", "car", **kw).plan()
+    assert field_claim(ds, "car") is None
+
+
+def test_concept_heatmaps_of_another_prompt_are_refused_or_replaced_with_their_files_removed(
+        fo_dataset, images, tmp_path):
+    import fiftyone_cass
+    from fiftyone_cass.errors import InvalidInputError
+
+    ds = add_samples(fo_dataset("conceptover"), images[:3])
+    kw = dict(KW, masks="disk", mask_dir=str(tmp_path))
+    fiftyone_cass.concept_heatmap(ds, "a red car", "map", **kw)
+    old = dict(zip(*ds.values(["id", "map.map_path"])))
+    with pytest.raises(InvalidInputError, match="overwrite"):
+        fiftyone_cass.concept_heatmap(ds, "a dog", "map", **kw)
+    assert dict(zip(*ds.values(["id", "map.map_path"]))) == old and all(map(os.path.isfile, old.values()))
+    s = fiftyone_cass.concept_heatmap(ds, "a dog", "map", overwrite=True, **kw)
+    assert s.num_computed == 3 and ds.distinct("map.prompt") == ["a dog"]
+    for sid, p in zip(*ds.values(["id", "map.map_path"])):
+        assert os.path.isfile(p) and p != old[sid] and not os.path.exists(old[sid])
+
+
+def test_concept_heatmaps_go_through_the_labelling_batch_loop(fo_dataset, images, monkeypatch):
+    import fiftyone_cass
+    from fiftyone_cass.fo import apply as A
+
+    ds = add_samples(fo_dataset("conceptbatch"), images[:4])
+    seen = []
+    monkeypatch.setattr(A, "BATCH_PIXEL_BUDGET", 1)  # every image over the budget: a batch alone
+    s = fiftyone_cass.concept_heatmap(ds, "a red car", "car", masks="database", progress=lambda pb: seen.append(
+        pb.iteration), **dict(KW, batch_size=4))
+    assert s.num_computed == 4 and ds.count("car") == 4
+    assert sorted(set(seen)) == [0, 1, 2, 3, 4]  # saved one image at a time, as labelling batches are cut
 
 
 def test_concept_heatmap_operator_writes_the_target_samples_only(fo_dataset, images):

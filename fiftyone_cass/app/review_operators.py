@@ -136,6 +136,8 @@ class ConceptHeatmap(foo.Operator):
                 choice.add_choice(f, label=f)
             inputs.enum("label_field", choice.values(), default="", label="Vocabulary of field", view=choice,
                         description="The prompt competes with this field's classes")
+        inputs.bool("overwrite", default=False, label="Replace heatmaps of another prompt",
+                    description="The field may hold heatmaps of another prompt or settings: replace them")
         from fiftyone_cass.app.label_operators import model_inputs
 
         model_inputs(ctx, inputs)  # the auto_label form's Model section, from the same declarations
@@ -153,6 +155,8 @@ class ConceptHeatmap(foo.Operator):
 
         try:
             kw = dict(model_kwargs(p), **(p.get("settings") or {}))  # the Model inputs, then Python's keywords
+            if p.get("overwrite"):
+                kw["overwrite"] = True
             summary = concept_heatmap(ctx.target_view(param_name="target", require_flat=True), p["prompt"],
                                       p.get("heatmap_field") or "concept_heatmap",
                                       label_field=p.get("label_field") or None,

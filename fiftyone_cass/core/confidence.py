@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -24,7 +24,7 @@ class PixelConfidence:
     query: torch.Tensor  # the top query (its class is the label before the background rule)
     p1: torch.Tensor  # top-1 class probability
     p2: torch.Tensor  # top-2 class probability (0 when every query belongs to the top class)
-    entropy: torch.Tensor  # Shannon entropy (nats) of the softmax over queries
+    entropy: Optional[torch.Tensor]  # Shannon entropy (nats) of the softmax over queries (None: not asked for)
     class_maps: Dict[int, torch.Tensor] = field(default_factory=dict)  # label -> class probability
 
     @property
@@ -33,33 +33,43 @@ class PixelConfidence:
 
     def normalized_entropy(self, num_queries: int) -> torch.Tensor:
         """Entropy divided by its maximum ``log Q`` (0 for a single query): in [0, 1]."""
+        if self.entropy is None:
+            raise ValueError("the entropy was not computed (pixel_confidence(..., entropy=True))")
         if num_queries <= 1:
             return torch.zeros_like(self.entropy)
         return (self.entropy / math.log(num_queries)).clamp_(0.0, 1.0)
 
 
 def pixel_confidence(scaled: torch.Tensor, query_to_class: torch.Tensor, inplace: bool = False,
-                     classes: Sequence[int] = ()) -> PixelConfidence:
+                     classes: Sequence[int] = (), entropy: bool = True) -> PixelConfidence:
     """Top-1 / top-2 class probabilities and query entropy of scaled logits ``(Q, h, w)``
     (already multiplied by the logit scale); ``query_to_class`` ``(Q,)`` maps queries to classes.
     ``classes``: labels whose class probability map is also returned (``PixelConfidence.class_maps``).
-    ``inplace``: ``scaled`` may be overwritten. Besides it, one ``Q x h x w`` tensor of the same
-    dtype and one boolean ``Q x h x w`` mask are held at a time."""
+    ``entropy``: compute the entropy (False: ``PixelConfidence.entropy`` is None; two passes over
+    the Q x h x w values fewer). ``inplace``: ``scaled`` may be overwritten. Besides it, one
+    ``Q x h x w`` tensor of the same dtype and (with synonyms) one boolean ``Q x h x w`` mask are
+    held at a time."""
     top, query = scaled.max(0)
     shifted = scaled.sub_(top) if inplace else scaled - top  # <= 0, 0 at the top query
     ex = torch.exp(shifted)
     z = ex.sum(0)  # >= 1
-    # H = -sum_q p_q log p_q = log Z - sum_q p_q (x_q - top)
-    entropy = (torch.log(z) - shifted.mul_(ex).sum(0) / z).clamp_(min=0.0)
+    ent = None
+    if entropy:  # H = -sum_q p_q log p_q = log Z - sum_q p_q (x_q - top)
+        ent = (torch.log(z) - shifted.mul_(ex).sum(0) / z).clamp_(min=0.0)
     del shifted
     maps = {}
     for c in classes:
         own = (query_to_class == int(c)).nonzero().flatten()
         maps[int(c)] = ex[own].amax(0) / z if own.numel() else torch.zeros_like(z)
-    top_class = query_to_class[query]
-    same = query_to_class.view(-1, *([1] * top_class.dim())) == top_class.unsqueeze(0)
-    p2 = ex.masked_fill_(same, 0.0).amax(0) / z
-    return PixelConfidence(query, 1.0 / z, p2, entropy, maps)
+    if torch.unique(query_to_class).numel() == query_to_class.numel():
+        # one query per class: the top class's only query is the top query (the same values as the
+        # mask below, without the Q x h x w comparison and fill)
+        p2 = ex.scatter_(0, query.unsqueeze(0), 0.0).amax(0) / z
+    else:  # synonyms: every query of the top class is left out
+        top_class = query_to_class[query]
+        same = query_to_class.view(-1, *([1] * top_class.dim())) == top_class.unsqueeze(0)
+        p2 = ex.masked_fill_(same, 0.0).amax(0) / z
+    return PixelConfidence(query, 1.0 / z, p2, ent, maps)
 
 
 @dataclass

@@ -161,22 +161,27 @@ def mask_file_path(mask_dir: str, label_field: str, sample_id: str, dataset_id: 
     return os.path.join(mask_dir, label_field, f"{sample_id}-{dataset_id}-{config_id}.png")
 
 
-def _segmentation_paths(fields, prefix: str = "") -> Iterator[str]:
-    """The paths of the Segmentation fields (also inside embedded documents) of a dataset
-    document's ``sample_fields``."""
+#: the label types whose files this plugin writes, and the attribute naming the file
+_FILE_ATTRS = {"fiftyone.core.labels.Segmentation": "mask_path", "fiftyone.core.labels.Heatmap": "map_path"}
+
+
+def _file_label_paths(fields, prefix: str = "") -> Iterator[Tuple[str, str]]:
+    """``(field path, file attribute)`` of the Segmentation (``mask_path``) and Heatmap
+    (``map_path``) fields (also inside embedded documents) of a dataset document's ``sample_fields``."""
     for f in fields or []:
         path = prefix + f.get("name", "")
         doc_type = f.get("embedded_doc_type") or ""
-        if doc_type == "fiftyone.core.labels.Segmentation":
-            yield path
+        if doc_type in _FILE_ATTRS:
+            yield path, _FILE_ATTRS[doc_type]
         elif f.get("fields"):
-            yield from _segmentation_paths(f["fields"], path + ".")
+            yield from _file_label_paths(f["fields"], path + ".")
 
 
 def referenced_mask_paths(paths: Sequence[str]) -> set:
-    """The ``paths`` that a Segmentation of *any* dataset in the database points at: clones,
-    merged or copied samples share their mask files with the dataset that wrote them, so a file
-    is unreferenced only when no dataset refers to it."""
+    """The ``paths`` that a Segmentation (``mask_path``) or Heatmap (``map_path``) of *any*
+    dataset in the database points at: clones, merged or copied samples share their mask and
+    heatmap files with the dataset that wrote them, so a file is unreferenced only when no dataset
+    refers to it."""
     import fiftyone.core.odm as foo
 
     paths = list(set(p for p in paths if p))
@@ -185,18 +190,18 @@ def referenced_mask_paths(paths: Sequence[str]) -> set:
         return found
     conn = foo.get_db_conn()
     for doc in conn.datasets.find({}, {"sample_collection_name": 1, "sample_fields": 1}):
-        fields = list(_segmentation_paths(doc.get("sample_fields")))
+        fields = list(_file_label_paths(doc.get("sample_fields")))
         coll = doc.get("sample_collection_name")
         if not fields or not coll:
             continue
-        query = {"$or": [{f"{f}.mask_path": {"$in": paths}} for f in fields]}
-        for d in conn[coll].find(query, {f: 1 for f in fields}):
-            for f in fields:
+        query = {"$or": [{f"{f}.{attr}": {"$in": paths}} for f, attr in fields]}
+        for d in conn[coll].find(query, {f: 1 for f, _ in fields}):
+            for f, attr in fields:
                 v = d
                 for part in f.split("."):
                     v = v.get(part) if isinstance(v, dict) else None
-                if isinstance(v, dict) and v.get("mask_path") in paths:
-                    found.add(v["mask_path"])
+                if isinstance(v, dict) and v.get(attr) in paths:
+                    found.add(v[attr])
     return found
 
 
@@ -310,6 +315,49 @@ def split_batches(todo: Sequence[Tuple[str, str]], batch_size: int, budget: Opti
         pixels += n
     if batch:
         yield batch
+
+
+def run_batches(todo: Sequence[Tuple[str, str]], batch_size: int, load, segment, write,
+                finish=None) -> Iterator[Tuple[int, int]]:
+    """THE batch loop of every run over samples (labelling, concept heatmaps): ``todo``'s
+    ``(id, filepath)`` pairs in :func:`split_batches` batches, yielding ``(done, total)`` first and
+    after each saved batch. ``load(batch)`` -> what ``segment(batch, loaded)`` takes; it returns
+    the batch's outputs, which ``write(batch, outputs)`` saves, returning the samples processed.
+    ``finish()`` runs after the last batch is saved, before the last yield.
+
+    Three stages overlap: while the engine segments batch i, a loader thread decodes batch i + 1
+    and a writer thread saves batch i - 1. Batches are saved in order, one at a time, so an
+    interrupted run still leaves whole batches only (a consumer that stops at a yield leaves the
+    batches after the yielded one unsaved). At most three batches are in memory."""
+    total = len(todo)
+    yield 0, total
+    batches = split_batches(todo, batch_size)  # lazily: an image's header is read when its batch is made
+    batch = next(batches, None)
+    if batch is None:
+        return
+    done = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="cass-load") as loader, ThreadPoolExecutor(
+        1, thread_name_prefix="cass-write"
+    ) as writer:
+        loading = loader.submit(load, batch)
+        writing = None
+        while batch is not None:
+            loaded = loading.result()
+            following = next(batches, None)
+            if following is not None:
+                loading = loader.submit(load, following)
+            outputs = segment(batch, loaded)
+            del loaded
+            if writing is not None:
+                done += writing.result()
+                yield done, total
+            writing = writer.submit(write, batch, outputs)
+            del outputs
+            batch = following
+        done += writing.result()
+        if finish is not None:
+            finish()
+        yield done, total
 
 
 def sample_error(error: str, filepath: str) -> str:
@@ -581,7 +629,7 @@ class AutoLabelRun:
             for name, f in self.fields.items():
                 check = get_output(name).present
                 if check is not None and mine and ds.has_sample_field(f):
-                    have = check(ds, f, mine)
+                    have = check(ds, f, mine, self.run_settings)
                     done -= set(mine) - have
                 elif check is not None and mine:
                     done -= set(mine)
@@ -755,35 +803,12 @@ class AutoLabelRun:
             self.release()
 
     def _iter_batches(self) -> Iterator[Tuple[int, int]]:
-        todo = self._todo
-        total = len(todo)
-        yield 0, total
-        batches = split_batches(todo, self.batch_size)  # lazily: an image's header is read when its batch is made
-        batch = next(batches, None)
-        done = 0
-        if batch is not None:
-            with ThreadPoolExecutor(1, thread_name_prefix="cass-load") as loader, ThreadPoolExecutor(
-                1, thread_name_prefix="cass-write"
-            ) as writer:
-                loading = loader.submit(self._load_batch, batch)
-                writing = None
-                while batch is not None:
-                    loaded, regions = loading.result()
-                    following = next(batches, None)
-                    if following is not None:
-                        loading = loader.submit(self._load_batch, following)
-                    paths = [p for _, p in batch]
-                    outputs = self.model.segment(loaded, paths, regions=regions, **self._engine)
-                    del loaded
-                    if writing is not None:
-                        done += writing.result()
-                        yield done, total
-                    writing = writer.submit(self._write_batch, batch, outputs)
-                    del outputs
-                    batch = following
-                done += writing.result()
-                self._check_still_there()
-                yield done, total
+        def segment(batch, loaded):
+            images, regions = loaded
+            return self.model.segment(images, [p for _, p in batch], regions=regions, **self._engine)
+
+        yield from run_batches(self._todo, self.batch_size, self._load_batch, segment, self._write_batch,
+                               finish=self._check_still_there)
         self.summary.seconds = time.monotonic() - self.started
         level = logging.WARNING if self.summary.num_failed else logging.INFO
         logger.log(level, "%s", self.summary)
@@ -814,7 +839,7 @@ class AutoLabelRun:
             def file_path(f, sid):
                 return mask_file_path(self.mask_dir, f, sid, ds_id, self.config_id)
         return OutputContext(self.vocab, self.presence_threshold, self.config_id, self.label_field, dict(self.fields),
-                             file_path, self.model.segmentation_label)
+                             file_path, self.model.segmentation_label, self.uncertainty_kind)
 
     @property
     def _engine(self) -> Dict[str, Any]:
@@ -843,7 +868,7 @@ class AutoLabelRun:
             ids, paths, outputs = [ids[k] for k in keep], [paths[k] for k in keep], [outputs[k] for k in keep]
             if not ids:
                 return len(batch)
-        old_paths = dict(zip(*ds.select(ids).values(["id", f"{lf}.mask_path"]))) if self.mask_dir else {}
+        old_files = self._stored_files(ids)
         values: Dict[str, Dict[str, Dict[str, Any]]] = {}
         for sid, path, (res, err) in zip(ids, paths, outputs):
             if res is not None:
@@ -862,13 +887,33 @@ class AutoLabelRun:
             self.summary.num_labeled += 1
         write_outputs(ds, ctx, self.fields, values)
         labels = {sid: v["segmentation"][""] for sid, v in values.items()}
-        self._check_saved(labels)
-        # the files the labels pointed at before, if this dataset wrote them and no label of it points there now
-        replaced = [p for sid, p in old_paths.items()
-                    if p and labels.get(sid) is not None and labels[sid].mask_path != p and written_by_apply(p, sid, ds_id)]
+        self._check_saved(labels, values)
+        # the files (masks, heatmaps) the labels pointed at before, now replaced by new ones, if
+        # this dataset wrote them and no label of any dataset points there now
+        replaced = []
+        for (name, sid), p in old_files.items():
+            new = values.get(sid, {}).get(name, {}).get("")
+            if labels.get(sid) is not None and new is not None and getattr(new, get_output(name).files) != p \
+                    and written_by_apply(p, sid, ds_id):
+                replaced.append(p)
         if replaced:
             self._remove_unreferenced(replaced)
         return len(batch)
+
+    def _file_outputs(self) -> Dict[str, str]:
+        """``{output name: field}`` of this run's outputs that are written as files."""
+        return {n: f for n, f in self.fields.items() if get_output(n).files}
+
+    def _stored_files(self, ids: Sequence[str]) -> Dict[Tuple[str, str], str]:
+        """``{(output name, sample id): file path}`` that the samples' file outputs point at now."""
+        out: Dict[Tuple[str, str], str] = {}
+        for name, f in self._file_outputs().items():
+            if not self.dataset.has_sample_field(f):
+                continue
+            for sid, p in zip(*self.dataset.select(list(ids)).values(["id", f"{f}.{get_output(name).files}"])):
+                if p:
+                    out[(name, sid)] = p
+        return out
 
     def _remove_unreferenced(self, paths: List[str]) -> int:
         removed = 0
@@ -906,9 +951,9 @@ class AutoLabelRun:
             if _identity(folder) != self._folder_id:
                 self._abort_folder_removed(folder)
 
-    def _check_saved(self, labels: Dict[str, Any]) -> None:
+    def _check_saved(self, labels: Dict[str, Any], values: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
         """After the labels of a batch are saved: a sample deleted meanwhile got no label, so its new
-        mask file is removed (and the run stopped if the whole dataset is gone)."""
+        mask file (and heatmap files) are removed (and the run stopped if the whole dataset is gone)."""
         written = {sid: lab.mask_path for sid, lab in labels.items() if lab is not None}
         if not written:
             return
@@ -921,7 +966,12 @@ class AutoLabelRun:
         gone = [sid for sid in written if sid not in docs]
         self.summary.num_vanished += len(gone)
         self.summary.num_labeled -= len(gone)
-        self._remove_unreferenced([written[sid] for sid in gone if written[sid]])
+        files = [written[sid] for sid in gone if written[sid]]
+        for name in self._file_outputs():
+            if name != "segmentation":
+                files += [getattr(v, get_output(name).files, None) for sid in gone
+                          for v in [(values or {}).get(sid, {}).get(name, {}).get("")] if v is not None]
+        self._remove_unreferenced([p for p in files if p])
 
     def _abort_dataset_deleted(self) -> None:
         ds_id = str(self.dataset._doc.id)

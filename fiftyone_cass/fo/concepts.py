@@ -16,10 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
-
-import numpy as np
 
 import fiftyone as fo
 import fiftyone.core.fields as fof
@@ -28,13 +27,17 @@ from fiftyone import ViewField as F
 
 from fiftyone_cass.config.settings import ModelSettings, format_field, resolve_masks
 from fiftyone_cass.config.schema import split_settings
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.errors import InvalidInputError, use
 from fiftyone_cass.fileio import is_valid_png, write_mask_png
+from fiftyone_cass.fo.claims import FieldClaim
+from fiftyone_cass.fo.outputs import HEATMAP_RANGE, heatmap_bytes
 from fiftyone_cass.fo.model import CONFIG_ATTR, CassModel, load_item
 from fiftyone_cass.fo.shards import shard_index, validate_shard
 from fiftyone_cass.models.vocabulary import BACKGROUND_NAMES, IGNORE_NAMES, name_key
 
 logger = logging.getLogger(__name__)
+#: prefix of a concept-heatmap run's settings in its field claim: a labelling run never shares it
+CLAIM_PREFIX = "heatmap:"
 
 
 @dataclass
@@ -77,11 +80,13 @@ class ConceptHeatmapRun:
     def __init__(self, sample_collection, prompt: str, heatmap_field: str = "concept_heatmap", *,
                  classes=None, label_field: Optional[str] = None, background=None, masks: str = "auto",
                  mask_dir: Optional[str] = None, error_field: Optional[str] = "{label_field}_error",
-                 shard=None, **settings):
+                 shard=None, overwrite: bool = False, **settings):
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidInputError(f"prompt {prompt!r} is not a non-empty text")
         if not isinstance(heatmap_field, str) or not heatmap_field.isidentifier() or heatmap_field.startswith("_"):
             raise InvalidInputError(f"heatmap_field {heatmap_field!r} is not a plain field name")
+        if not isinstance(overwrite, bool):
+            raise InvalidInputError(f"overwrite must be True or False, got {overwrite!r}")
         self.view = sample_collection
         self.dataset = sample_collection._root_dataset
         if self.dataset.media_type != "image":
@@ -90,6 +95,7 @@ class ConceptHeatmapRun:
         self.field = heatmap_field
         self.error_field = format_field(error_field, heatmap_field) if error_field else None
         self.shard = validate_shard(shard) if shard is not None else None
+        self.overwrite = overwrite
         model_settings, options = split_settings(ModelSettings, dict(settings))
         vocab, has_vocab = _vocabulary(self.dataset, self.prompt, classes, label_field)
         keys = [name_key(c.split(",")[0]) for c in vocab]
@@ -108,9 +114,32 @@ class ConceptHeatmapRun:
         self.masks, self._mask_dir_arg = masks, mask_dir
         self.summary = ConceptSummary(heatmap_field, self.prompt, self.config_id)
         self._todo: Optional[List[Tuple[str, str]]] = None
+        self._claim: Optional[FieldClaim] = None
         self.started = time.monotonic()
 
+    # -------------------------------------------------------------- planning
     def plan(self) -> int:
+        """Claims the heatmap field (as a labelling run claims its label field,
+        :mod:`fiftyone_cass.fo.claims`: a run of the same prompt and settings joins, one of others
+        is refused while this one runs), checks the fields and decides which samples to compute.
+        Refuses (before writing anything) heatmaps of another prompt, vocabulary or settings on
+        target samples unless ``overwrite``. Returns how many samples to compute."""
+        if self._claim is None or not self._claim.held:  # before looking at the field: check and claim are atomic
+            self._claim = FieldClaim(self.dataset, self.field, CLAIM_PREFIX + self.config_id)
+            self._claim.acquire()
+            self._release = weakref.finalize(self, self._claim.release)  # also if never run
+        try:
+            return self._plan()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Gives up this run's claim on the heatmap field (done at the end of the run)."""
+        if self._claim is not None:
+            self._claim.release()
+
+    def _plan(self) -> int:
         from fiftyone_cass.fo.apply import default_mask_dir
 
         ds = self.dataset
@@ -126,66 +155,105 @@ class ConceptHeatmapRun:
                                         f"{kind.__name__ if kind else 'StringField'} field")
         ids, paths = self.view.values(["id", "filepath"])
         self.summary.num_target = len(ids)
-        if self.shard is not None:
-            i, n = self.shard
-            keep = [k for k, p in enumerate(paths) if shard_index(p, n) == i]
-            ids, paths = [ids[k] for k in keep], [paths[k] for k in keep]
         done = set()
         if ds.has_sample_field(self.field):
             sids, cfgs, mpaths, in_db = ds.select(ids).exists(self.field).values(
                 ["id", f"{self.field}.{CONFIG_ATTR}", f"{self.field}.map_path", F(f"{self.field}.map").exists()])
+            foreign = sum(1 for c in cfgs if c != self.config_id)
+            if foreign and not self.overwrite:
+                raise InvalidInputError(
+                    f"field {self.field!r} of dataset {ds.name!r} already holds heatmaps of another prompt, vocabulary "
+                    f"or settings on {foreign} of the {len(ids)} target samples; {use('overwrite', True)} to replace "
+                    "them, or choose another heatmap field (a run of the same prompt and settings resumes by itself)")
             done = {s for s, c, p, d in zip(sids, cfgs, mpaths, in_db)
                     if c == self.config_id and ((p and is_valid_png(p)) or (not p and d))}
-        self.summary.num_already_done = len(done)
-        use_disk = resolve_masks(self.masks, len(ids), self._mask_dir_arg) == "disk"
+        if self.shard is not None:  # by file path, as every entry point (fiftyone_cass.fo.shards)
+            i, n = self.shard
+            keep = [k for k, p in enumerate(paths) if shard_index(p, n) == i]
+            ids, paths = [ids[k] for k in keep], [paths[k] for k in keep]
+        self.summary.num_already_done = sum(1 for s in ids if s in done)
+        use_disk = resolve_masks(self.masks, self.summary.num_target, self._mask_dir_arg) == "disk"
         self.mask_dir = os.path.abspath(os.path.expanduser(self._mask_dir_arg or default_mask_dir(ds))) if use_disk else None
-        if not ds.has_sample_field(self.field):
-            ds.add_sample_field(self.field, fof.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap)
-        if self.error_field and not ds.has_sample_field(self.error_field):
-            ds.add_sample_field(self.error_field, fof.StringField)
+        for name, decl in ((self.field, dict(ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap)),
+                           (self.error_field, dict(ftype=fof.StringField))):
+            if name and not ds.has_sample_field(name):
+                try:
+                    ds.add_sample_field(name, **decl)
+                except ValueError:  # another process declared it meanwhile
+                    ds.reload()
+                    if not ds.has_sample_field(name):
+                        raise
         self._todo = [(s, p) for s, p in zip(ids, paths) if s not in done]
         return len(self._todo)
 
+    # -------------------------------------------------------------- computing
     def iter_progress(self) -> Iterator[Tuple[int, int]]:
-        """Computes the planned samples batch by batch, yielding ``(done, total)`` after each
-        saved batch (the heatmaps of a batch: files first, then the field)."""
+        """Computes the planned samples batch by batch through the labelling's batch loop
+        (:func:`~fiftyone_cass.fo.apply.run_batches`: the same batches, pixel budget and
+        overlapped load / segment / save), yielding ``(done, total)`` after each saved batch (the
+        heatmaps of a batch: files first, then the field). Releases the claim at the end."""
+        from fiftyone_cass.fo.apply import run_batches
+
         if self._todo is None:
             self.plan()
-        todo, total = self._todo, len(self._todo)
-        yield 0, total
-        ds_id = str(self.dataset._doc.id)
-        for start in range(0, total, self.batch_size):
-            batch = todo[start:start + self.batch_size]
-            paths = [p for _, p in batch]
-            loaded = [load_item(p, p) for p in paths]
-            outputs = self.model.segment(loaded, paths, probability_maps=(self.label,))
-            maps, errors = {}, {}
-            for (sid, path), (res, err) in zip(batch, outputs):
-                if res is not None:
-                    try:
-                        q = np.rint(np.clip(res.probabilities[self.label], 0.0, 1.0) * 255.0).astype(np.uint8)
-                        meta = {CONFIG_ATTR: self.config_id, "prompt": self.prompt}
-                        if self.mask_dir:
-                            mpath = os.path.join(self.mask_dir, self.field, f"{sid}-{ds_id}-{self.config_id}.png")
-                            write_mask_png(mpath, q)
-                            maps[sid] = fo.Heatmap(map_path=mpath, range=[0, 255], **meta)
-                        else:
-                            maps[sid] = fo.Heatmap(map=q, range=[0, 255], **meta)
-                        errors[sid] = None
-                        self.summary.num_computed += 1
-                        continue
-                    except Exception as exc:  # noqa: BLE001 - e.g. disk full: reported per sample
-                        err = f"{path}: cannot write the heatmap ({type(exc).__name__}: {exc})"
-                errors[sid] = err or f"{path}: unknown error"
-                self.summary.num_failed += 1
-                self.summary.failures.append((sid, path, errors[sid]))
-                logger.warning("sample %s skipped: %s", sid, errors[sid])
-            if self.error_field:
-                self.dataset.set_values(self.error_field, errors, key_field="id")
-            if maps:
-                self.dataset.set_values(self.field, maps, key_field="id")
-            yield min(start + len(batch), total), total
+        try:
+            yield from run_batches(self._todo, self.batch_size, self._load_batch, self._segment, self._write_batch)
+        finally:
+            self.release()
         self.summary.seconds = time.monotonic() - self.started
+
+    @staticmethod
+    def _load_batch(batch: Sequence[Tuple[str, str]]):
+        return [load_item(p, p) for _, p in batch]
+
+    def _segment(self, batch: Sequence[Tuple[str, str]], loaded):
+        return self.model.segment(loaded, [p for _, p in batch], probability_maps=(self.label,))
+
+    def _write_batch(self, batch: Sequence[Tuple[str, str]], outputs) -> int:
+        """Saves one batch: the heatmap files (each written atomically), then the error and
+        heatmap fields; then removes the files the new heatmaps replaced (written by this plugin
+        for the sample, and pointed at by no label of any dataset). Returns the samples processed."""
+        from fiftyone_cass.fo.apply import mask_file_path, referenced_mask_paths, written_by_apply
+
+        ds = self.dataset
+        ds_id = str(ds._doc.id)
+        ids = [s for s, _ in batch]
+        old = dict(zip(*ds.select(ids).values(["id", f"{self.field}.map_path"]))) if ds.has_sample_field(self.field) else {}
+        maps, errors = {}, {}
+        for (sid, path), (res, err) in zip(batch, outputs):
+            if res is not None:
+                try:
+                    q = heatmap_bytes(res.probabilities[self.label])
+                    meta = {CONFIG_ATTR: self.config_id, "prompt": self.prompt}
+                    if self.mask_dir:
+                        mpath = mask_file_path(self.mask_dir, self.field, sid, ds_id, self.config_id)
+                        write_mask_png(mpath, q)
+                        maps[sid] = fo.Heatmap(map_path=mpath, range=list(HEATMAP_RANGE), **meta)
+                    else:
+                        maps[sid] = fo.Heatmap(map=q, range=list(HEATMAP_RANGE), **meta)
+                    errors[sid] = None
+                    self.summary.num_computed += 1
+                    continue
+                except OSError as exc:  # e.g. disk full: reported per sample (anything else is a bug: raised)
+                    err = f"{path}: cannot write the heatmap ({type(exc).__name__}: {exc})"
+            errors[sid] = err or f"{path}: unknown error"
+            self.summary.num_failed += 1
+            self.summary.failures.append((sid, path, errors[sid]))
+            logger.warning("sample %s skipped: %s", sid, errors[sid])
+        if self.error_field:
+            ds.set_values(self.error_field, errors, key_field="id")
+        if maps:
+            ds.set_values(self.field, maps, key_field="id")
+        replaced = [p for sid, p in old.items()
+                    if p and sid in maps and maps[sid].map_path != p and written_by_apply(p, sid, ds_id)]
+        for p in set(replaced) - referenced_mask_paths(replaced):
+            try:
+                os.remove(p)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                logger.warning("could not remove the heatmap file %s: %s", p, exc)
+        return len(batch)
 
     def run(self, progress=None) -> ConceptSummary:
         total = self.plan() if self._todo is None else len(self._todo)

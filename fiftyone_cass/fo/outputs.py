@@ -155,6 +155,8 @@ class OutputContext:
     file_path: Optional[Callable[[str, str], str]] = None
     #: ``(sample_id, label_map) -> fo.Segmentation``: the label entry's computation, from the model
     segmentation_label: Optional[Callable[..., Any]] = None
+    #: what the uncertainty maps show (``uncertainty_kind``: margin or entropy), recorded on each map
+    uncertainty_kind: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -168,8 +170,12 @@ class Output:
     field). ``failed`` the values of a sample that failed. ``engine``: the Segmenter outputs it
     needs (``embeddings``, ``confidence``, ``uncertainty``). ``model``: written by
     ``CassModel.finalize`` after ``apply_model``. ``form``: the form's inputs (settings) for it.
-    ``present(dataset, field, ids)``: the ids whose output is there (a sample missing it is
-    labelled again on a rerun); None: not part of "done"."""
+    ``files``: the attribute of the output's label that names its file (``mask_path``,
+    ``map_path``; None: no file): files are written before any field, and a file that a rerun
+    replaces (``overwrite``) is removed once the new label is stored.
+    ``present(dataset, field, ids, settings)``: the ids whose output is there as the run's
+    settings ask for it (a sample missing it is labelled again on a rerun); None: not part of
+    "done"."""
 
     name: str
     setting: str
@@ -180,8 +186,8 @@ class Output:
     engine: Tuple[str, ...] = ()
     model: bool = False
     form: Tuple[str, ...] = ()
-    files: bool = False
-    present: Optional[Callable[[Any, str, Sequence[str]], set]] = None
+    files: Optional[str] = None
+    present: Optional[Callable[[Any, str, Sequence[str], Any], set]] = None
     write: Optional[Callable[[Any, OutputContext, str, Dict[str, Dict[str, Any]]], None]] = None
 
     def field_names(self, base: str) -> List[str]:
@@ -201,25 +207,46 @@ def _tags_write(dataset, ctx: OutputContext, prefix: str, values: Dict[str, Dict
     replace_prefixed_tags(dataset, list(values), prefix, new)
 
 
+#: attribute of an uncertainty ``fo.Heatmap`` recording what it shows (``margin`` / ``entropy``)
+UNCERTAINTY_KIND_ATTR = "kind"
+#: how a heatmap of values in [0, 1] is stored, in the database and in files alike: 8-bit,
+#: ``stored = round(value * 255)``, with ``range`` [0, 255] (so ``value = stored / 255``, to
+#: 1/510). FiftyOne's own export writes every heatmap file as 8-bit PNG, and a float32 map in the
+#: database would take 4 bytes a pixel (48 MB at 12 MP: over MongoDB's 16 MB document limit)
+HEATMAP_RANGE = (0, 255)
+
+
+def heatmap_bytes(values: np.ndarray) -> np.ndarray:
+    """A map of values in [0, 1] as stored (:data:`HEATMAP_RANGE`): uint8 ``round(value * 255)``."""
+    return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def _uncertainty_compute(ctx: OutputContext, sid: str, res) -> Dict[str, Any]:
     u = res.uncertainty
     if u is None:  # a segmenter without confidence outputs
         return {"": None}
-    q = np.rint(np.clip(np.nan_to_num(u, nan=1.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    q = heatmap_bytes(np.nan_to_num(u, nan=1.0))
+    meta = {UNCERTAINTY_KIND_ATTR: ctx.uncertainty_kind}
     if ctx.file_path is not None:
         path = ctx.file_path(ctx.fields["uncertainty"], sid)
         write_mask_png(path, q)
-        return {"": fo.Heatmap(map_path=path, range=[0, 255])}
-    return {"": fo.Heatmap(map=q, range=[0, 255])}
+        return {"": fo.Heatmap(map_path=path, range=list(HEATMAP_RANGE), **meta)}
+    return {"": fo.Heatmap(map=q, range=list(HEATMAP_RANGE), **meta)}
 
 
-def _uncertainty_present(dataset, name: str, ids: Sequence[str]) -> set:
+def _uncertainty_present(dataset, name: str, ids: Sequence[str], settings=None) -> set:
+    """The samples whose uncertainty map is there (a valid PNG file, or a map in the database)
+    and shows what the run asks for: a map of another ``uncertainty_kind`` (recorded on it as
+    ``kind``; none recorded: an older map, kind unknown) is computed again, as a missing one."""
     view = dataset.select(list(ids)).exists(name)
-    sids, paths, in_db = view.values(["id", f"{name}.map_path", F(f"{name}.map").exists()])
-    return {s for s, p, d in zip(sids, paths, in_db) if (p and is_valid_png(p)) or (not p and d)}
+    sids, paths, in_db, kinds = view.values(["id", f"{name}.map_path", F(f"{name}.map").exists(),
+                                             F(f"{name}.{UNCERTAINTY_KIND_ATTR}")])
+    want = getattr(settings, "uncertainty_kind", None)
+    return {s for s, p, d, k in zip(sids, paths, in_db, kinds)
+            if ((p and is_valid_png(p)) or (not p and d)) and (want is None or k == want)}
 
 
-def _confidence_present(dataset, name: str, ids: Sequence[str]) -> set:
+def _confidence_present(dataset, name: str, ids: Sequence[str], settings=None) -> set:
     return set(dataset.select(list(ids)).exists(name).values("id"))
 
 
@@ -243,10 +270,11 @@ OUTPUTS: Tuple[Output, ...] = (
            lambda ctx, sid, res: confidence_values(ctx.vocab.names, res),
            engine=("confidence",), model=True, form=("confidence_field",), present=_confidence_present),
     Output("uncertainty", "uncertainty_field",
-           "per-pixel uncertainty `fo.Heatmap` at the original size (1 - margin or normalised entropy, "
-           "stored as 0-255: `range` [0, 255]); a PNG file (`map_path`) when masks go to disk",
+           "per-pixel uncertainty `fo.Heatmap` at the original size (1 - margin or normalised entropy, in "
+           "[0, 1], stored 8-bit as round(255 x value): `range` [0, 255]; `kind`: margin or entropy); a PNG "
+           "file (`map_path`) when masks go to disk",
            (("", dict(ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap)),), _uncertainty_compute,
-           engine=("uncertainty",), form=("uncertainty_field", "uncertainty_kind"), files=True,
+           engine=("uncertainty",), form=("uncertainty_field", "uncertainty_kind"), files="map_path",
            present=_uncertainty_present),
     Output("presence", "presence_field",
            "Classifications of the classes scoring at least the presence threshold; every score in "
@@ -261,7 +289,7 @@ OUTPUTS: Tuple[Output, ...] = (
            failed=lambda err: {"": []}, model=True, form=("tag_prefix", "presence_threshold"), write=_tags_write),
     Output("segmentation", "label_field", "`fo.Segmentation` at the original size (`mask_path` or `mask`)",
            (("", dict(ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)),), _seg_compute,
-           files=True),
+           files="mask_path"),
 )
 
 OUTPUTS_BY_NAME: Dict[str, Output] = {o.name: o for o in OUTPUTS}
@@ -306,7 +334,7 @@ def model_outputs(presence: bool = True, confidence: bool = True) -> Dict[str, s
 
 def compute_outputs(ctx: OutputContext, fields: Dict[str, str], sid: str, res) -> Dict[str, Dict[str, Any]]:
     """``{output name: {suffix: value}}`` of one result for the outputs ``fields`` (files written)."""
-    ordered = sorted(fields, key=lambda n: (not OUTPUTS_BY_NAME[n].files, _ORDER[n]))
+    ordered = sorted(fields, key=lambda n: (OUTPUTS_BY_NAME[n].files is None, _ORDER[n]))
     return {n: OUTPUTS_BY_NAME[n].compute(ctx, sid, res) for n in ordered}
 
 

@@ -776,7 +776,8 @@ class Segmenter:
             votes.add(cls, rows)
             del cls
         if extras is not None:  # the same labels, with the class probabilities' figures
-            conf = pixel_confidence(x, self.query_to_class, inplace=inplace, classes=extras.classes)
+            conf = pixel_confidence(x, self.query_to_class, inplace=inplace, classes=extras.classes,
+                                    entropy=extras.kind == "entropy")
             labels = self.query_to_class[conf.query]
             if thr > 0:
                 drop = conf.p1 < thr

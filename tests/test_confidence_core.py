@@ -19,8 +19,9 @@ def _brute(scaled, q2c, num_classes):
 
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("q2c", [[0, 0, 1, 2, 2, 2, 3],  # synonyms: class 0 has 2 queries, class 2 has 3
-                                 [0, 1, 2, 3, 4, 5, 6]],  # one query per class (the path without a mask)
-                         ids=["synonyms", "one-query-per-class"])
+                                 [0, 1, 2, 3, 4, 5, 6],  # one query per class (the path without a mask)
+                                 [2, 0, 3, 2, 0, 1, 2]],  # synonyms in any order (the masked path)
+                         ids=["synonyms", "one-query-per-class", "unordered-synonyms"])
 def test_pixel_confidence_matches_materialised_class_probabilities(inplace, q2c):
     g = torch.Generator().manual_seed(0)
     q2c = torch.tensor(q2c)
@@ -99,3 +100,17 @@ def test_class_maps_are_the_reference_class_probabilities():
     assert torch.allclose(conf.class_maps[1], cls[1], atol=1e-12)
     assert torch.allclose(conf.class_maps[2], cls[2], atol=1e-12)
     assert torch.equal(conf.class_maps[3], torch.zeros(6, 7, dtype=torch.float64))
+
+
+def test_ordered_synonyms_leave_out_the_top_class_exactly_as_the_mask():
+    """The scatter per synonym over each class's run of queries gives the masked fill's values
+    bit for bit (runs of 1 to 4 queries, the top class's run anywhere)."""
+    g = torch.Generator().manual_seed(3)
+    q2c = torch.tensor([0, 1, 1, 1, 1, 2, 3, 3, 4])
+    scaled = 30 * torch.rand(9, 13, 17, generator=g) - 15
+    conf = pixel_confidence(scaled.clone(), q2c, entropy=False)
+    ex = torch.exp(scaled - scaled.max(0).values)
+    top_class = q2c[scaled.argmax(0)]
+    same = q2c.view(-1, 1, 1) == top_class.unsqueeze(0)
+    assert len(torch.unique(top_class)) == 5  # every run is the top one somewhere
+    assert torch.equal(conf.p2, ex.masked_fill(same, 0.0).amax(0) / ex.sum(0))

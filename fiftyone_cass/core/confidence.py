@@ -51,7 +51,7 @@ def pixel_confidence(scaled: torch.Tensor, query_to_class: torch.Tensor, inplace
     held at a time."""
     top, query = scaled.max(0)
     shifted = scaled.sub_(top) if inplace else scaled - top  # <= 0, 0 at the top query
-    ex = torch.exp(shifted)
+    ex = torch.exp(shifted) if entropy else shifted.exp_()  # without the entropy: no second Q x h x w tensor
     z = ex.sum(0)  # >= 1
     ent = None
     if entropy:  # H = -sum_q p_q log p_q = log Z - sum_q p_q (x_q - top)
@@ -65,7 +65,18 @@ def pixel_confidence(scaled: torch.Tensor, query_to_class: torch.Tensor, inplace
         # one query per class: the top class's only query is the top query (the same values as the
         # mask below, without the Q x h x w comparison and fill)
         p2 = ex.scatter_(0, query.unsqueeze(0), 0.0).amax(0) / z
-    else:  # synonyms: every query of the top class is left out
+    elif bool((query_to_class[1:] >= query_to_class[:-1]).all()):
+        # synonyms, queries ordered by class (as the engine orders them): each class's queries are
+        # one run of rows; the top class's run is zeroed with one scatter per synonym (the same
+        # zeros as the mask below, without the Q x h x w comparison and fill)
+        classes_, counts = torch.unique_consecutive(query_to_class, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        run = torch.searchsorted(classes_, query_to_class[query])  # the top class's run
+        first, n = starts[run], counts[run]
+        for j in range(int(counts.max())):
+            ex.scatter_(0, (first + torch.minimum(n - 1, torch.full_like(n, j))).unsqueeze(0), 0.0)
+        p2 = ex.amax(0) / z
+    else:  # synonyms in any order: every query of the top class is left out
         top_class = query_to_class[query]
         same = query_to_class.view(-1, *([1] * top_class.dim())) == top_class.unsqueeze(0)
         p2 = ex.masked_fill_(same, 0.0).amax(0) / z

@@ -370,9 +370,9 @@ def test_concept_heatmaps_claim_their_field_as_labelling_runs_do(fo_dataset, ima
     kw = dict(KW, masks="database")
     running = ConceptHeatmapRun(ds, "a red car", "car", **kw)
     running.plan()  # holds the field from here to its end
-    with pytest.raises(FieldClaimedError, match="'car'"):  # another prompt: refused while it runs
+    with pytest.raises(FieldClaimedError, match="'car'.*being written by a concept heatmap run"):  # another prompt: refused while it runs
         ConceptHeatmapRun(ds, "a dog", "car", **kw).plan()
-    with pytest.raises(FieldClaimedError):  # a labelling run on that field too
+    with pytest.raises(FieldClaimedError, match="concept heatmap run"):  # a labelling run on that field too
         apply(ds, classes=CLASSES, label_field="car", **KW)
     joined = ConceptHeatmapRun(ds.limit(1), "a red car", "car", **kw)  # the same prompt and settings join
     assert joined.plan() == 1 and len(field_claim(ds, "car")["holders"]) == 2

@@ -110,9 +110,11 @@ class FieldClaim:
                     else:
                         coll.delete_one({"_id": key, "holders": holders})
                     continue
+                what = ("being written by a concept heatmap run" if str(other.get("config_id", "")).startswith("heatmap:")
+                        else "being labelled by another run")
                 raise FieldClaimedError(
-                    f"field {self.field!r} of dataset {self.dataset.name!r} is being labelled by another run with "
-                    f"other settings: {_describe(other)}. Wait for it to finish, or label another field. If that "
+                    f"field {self.field!r} of dataset {self.dataset.name!r} is {what} with "
+                    f"other settings: {_describe(other)}. Wait for it to finish, or write another field. If that "
                     f"run is no longer running, release the field with: fiftyone-cass release "
                     f"{self.dataset.name} --label-field {self.field}"
                 ) from None

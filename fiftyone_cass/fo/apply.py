@@ -61,7 +61,6 @@ import logging
 import os
 import re
 import time
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -96,7 +95,7 @@ from fiftyone_cass.fo.outputs import (
     tag_classes,
     write_outputs,
 )
-from fiftyone_cass.fo.claims import FieldClaim, FieldClaimedError, release_field  # noqa: F401 - re-exported
+from fiftyone_cass.fo.claims import ClaimedRun, FieldClaim, FieldClaimedError, release_field  # noqa: F401 - re-exported
 from fiftyone_cass.fo.model import (  # noqa: F401 - re-exported: the vocabulary and model cache live with the model
     CONFIG_ATTR,
     DEFAULT_PRESENCE_THRESHOLD,
@@ -390,7 +389,7 @@ def _reason(error: str, filepath: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------
-class AutoLabelRun:
+class AutoLabelRun(ClaimedRun):
     """One labelling run. ``apply()`` is ``AutoLabelRun(...).run(progress)``; the operators drive
     :meth:`iter_progress` to report progress between batches. Arguments: see :func:`apply`."""
 
@@ -547,17 +546,7 @@ class AutoLabelRun:
         target, or kept by ``skip_existing``)."""
         ds = self.dataset
         ds.reload()  # fields/runs/mask_targets another process may have written
-        lf = self.label_field
-        if self._claim is None or not self._claim.held:  # before looking at the field: check and claim are atomic
-            self._claim = FieldClaim(ds, lf, self.config_id)
-            self._claim.acquire()
-            self._release = weakref.finalize(self, self._claim.release)  # also if never run
-            self._warn_overlapping_shards()
-        try:
-            return self._plan()
-        except BaseException:
-            self.release()
-            raise
+        return self.claimed_plan(ds, self.label_field, self.config_id, self._plan, self._warn_overlapping_shards)
 
     def _warn_overlapping_shards(self) -> None:
         """Records this run's shard on its claim and warns when a live run of the same settings on
@@ -585,11 +574,6 @@ class AutoLabelRun:
                 "takes %s: the samples of both overlap and are labelled twice at the same time; run the shards "
                 "i/N of one N", self.label_field, self.dataset.name, what(mine), h.get("pid"), h.get("host"),
                 what(theirs))
-
-    def release(self) -> None:
-        """Gives up this run's claim on the label field (done at the end of the run)."""
-        if self._claim is not None:
-            self._claim.release()
 
     def _plan(self) -> int:
         ds, lf = self.dataset, self.label_field

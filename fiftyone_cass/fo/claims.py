@@ -21,6 +21,7 @@ import datetime
 import os
 import socket
 import uuid
+import weakref
 from typing import Any, Dict, List, Optional
 
 from fiftyone_cass.errors import InvalidInputError
@@ -133,6 +134,35 @@ class FieldClaim:
             pass
 
 
+class ClaimedRun:
+    """A run over samples that holds a :class:`FieldClaim` on the field it writes from its plan to
+    its end (labelling runs, concept heatmap runs): :meth:`claimed_plan` claims the field before
+    looking at it (check and claim are atomic), plans, and gives the claim up when planning fails;
+    :meth:`release` gives it up at the end (and a finalizer when the run is never run)."""
+
+    _claim: Optional[FieldClaim] = None
+
+    def claimed_plan(self, dataset, field: str, config_id: str, plan, on_claim=None):
+        """``plan()`` under this run's claim of ``dataset``'s ``field`` for ``config_id``;
+        ``on_claim()`` runs once, just after the claim is acquired."""
+        if self._claim is None or not self._claim.held:
+            self._claim = FieldClaim(dataset, field, config_id)
+            self._claim.acquire()
+            self._release = weakref.finalize(self, self._claim.release)  # also if never run
+            if on_claim is not None:
+                on_claim()
+        try:
+            return plan()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Gives up this run's claim on its field (done at the end of the run)."""
+        if self._claim is not None:
+            self._claim.release()
+
+
 def field_claim(dataset, field: str) -> Optional[Dict[str, Any]]:
     """The claim document of ``dataset``'s ``field`` (None: free)."""
     return _collection().find_one({"_id": _key(dataset, field)})
@@ -166,5 +196,5 @@ def release_field(dataset, field: str, force: bool = False) -> bool:
     return _collection().delete_one({"_id": _key(dataset, field)}).deleted_count > 0
 
 
-__all__ = ["FieldClaim", "FieldClaimedError", "FieldInUseError", "field_claim", "holder_is_dead", "live_local_holders",
+__all__ = ["ClaimedRun", "FieldClaim", "FieldClaimedError", "FieldInUseError", "field_claim", "holder_is_dead", "live_local_holders",
            "release_field"]

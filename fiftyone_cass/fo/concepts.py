@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -29,7 +28,7 @@ from fiftyone_cass.config.settings import ModelSettings, format_field, resolve_m
 from fiftyone_cass.config.schema import split_settings
 from fiftyone_cass.errors import InvalidInputError, use
 from fiftyone_cass.fileio import is_valid_png, write_mask_png
-from fiftyone_cass.fo.claims import FieldClaim
+from fiftyone_cass.fo.claims import ClaimedRun, FieldClaim
 from fiftyone_cass.fo.outputs import HEATMAP_RANGE, heatmap_bytes
 from fiftyone_cass.fo.model import CONFIG_ATTR, CassModel, load_item
 from fiftyone_cass.fo.shards import shard_index, validate_shard
@@ -74,7 +73,7 @@ def _vocabulary(dataset, prompt: str, classes, label_field) -> Tuple[List[str], 
     return [], False
 
 
-class ConceptHeatmapRun:
+class ConceptHeatmapRun(ClaimedRun):
     """One concept-heatmap run; :func:`concept_heatmap` is ``ConceptHeatmapRun(...).run()``."""
 
     def __init__(self, sample_collection, prompt: str, heatmap_field: str = "concept_heatmap", *,
@@ -124,20 +123,7 @@ class ConceptHeatmapRun:
         is refused while this one runs), checks the fields and decides which samples to compute.
         Refuses (before writing anything) heatmaps of another prompt, vocabulary or settings on
         target samples unless ``overwrite``. Returns how many samples to compute."""
-        if self._claim is None or not self._claim.held:  # before looking at the field: check and claim are atomic
-            self._claim = FieldClaim(self.dataset, self.field, CLAIM_PREFIX + self.config_id)
-            self._claim.acquire()
-            self._release = weakref.finalize(self, self._claim.release)  # also if never run
-        try:
-            return self._plan()
-        except BaseException:
-            self.release()
-            raise
-
-    def release(self) -> None:
-        """Gives up this run's claim on the heatmap field (done at the end of the run)."""
-        if self._claim is not None:
-            self._claim.release()
+        return self.claimed_plan(self.dataset, self.field, CLAIM_PREFIX + self.config_id, self._plan)
 
     def _plan(self) -> int:
         from fiftyone_cass.fo.apply import default_mask_dir

@@ -179,14 +179,20 @@ def test_pamr_band_plan_without_the_floor_returns_the_thinnest_band_when_nothing
     assert pamr_band_plan(171, 3000, 4000, 4, 2**20, 10, (8, 16))[0] == pamr_min_band(10, (8, 16), 3000, 4000)
 
 
-def test_segmenter_pamr_bands_thinner_than_the_halo_equal_the_whole_image(seg, monkeypatch):
-    rng = np.random.default_rng(4)
-    rgb = (rng.random((130, 96, 3)) * 255).astype(np.uint8)
+def _random_window_logits(seg, height, width, image_seed, logit_seed):
+    """A random image prepared by ``seg`` and random window logits for it: ``(prepared, logits,
+    entropy ranges, global scores)``, the inputs of ``Segmenter._finish``."""
+    rgb = (np.random.default_rng(image_seed).random((height, width, 3)) * 255).astype(np.uint8)
     p = seg._prepare(0, rgb, "img")
-    g = torch.Generator().manual_seed(6)
+    g = torch.Generator().manual_seed(logit_seed)
     q = len(seg.queries)
     logits = [0.2 + 0.03 * torch.randn(q, (y2 - y1) // 16, (x2 - x1) // 16, generator=g) for (y1, y2, x1, x2) in p.windows]
-    hr, gg = torch.zeros(len(logits), 2), torch.zeros(q)
+    return p, logits, torch.zeros(len(logits), 2), torch.zeros(q)
+
+
+def test_segmenter_pamr_bands_thinner_than_the_halo_equal_the_whole_image(seg, monkeypatch):
+    p, logits, hr, gg = _random_window_logits(seg, 130, 96, 4, 6)
+    q = len(seg.queries)
     monkeypatch.setattr(seg.options, "full_res_budget", None)
     whole = seg._finish(p, logits, hr, gg).label_map
     halo = pamr_halo(seg.options.pamr_steps, seg.options.pamr_dilations)
@@ -205,13 +211,8 @@ def test_segmenter_pamr_bands_thinner_than_the_halo_equal_the_whole_image(seg, m
 
 
 def test_segmenter_pamr_bands_are_at_least_one_halo_and_say_so_over_the_budget(seg, monkeypatch, caplog):
-    rng = np.random.default_rng(7)
-    rgb = (rng.random((301, 257, 3)) * 255).astype(np.uint8)
-    p = seg._prepare(0, rgb, "img")
-    g = torch.Generator().manual_seed(8)
+    p, logits, hr, gg = _random_window_logits(seg, 301, 257, 7, 8)
     q = len(seg.queries)
-    logits = [0.2 + 0.03 * torch.randn(q, (y2 - y1) // 16, (x2 - x1) // 16, generator=g) for (y1, y2, x1, x2) in p.windows]
-    hr, gg = torch.zeros(len(logits), 2), torch.zeros(q)
     steps, dil = seg.options.pamr_steps, seg.options.pamr_dilations
     floor = pamr_min_band(steps, dil, 301, 257)
     rows, _, need = pamr_band_plan(q, 301, 257, 4, 2**20, steps, dil)

@@ -364,3 +364,8 @@ def test_concept_heatmap_form_has_the_model_inputs_and_runs_from_them(fo_dataset
     s = ds[chosen[0]]
     with Image.open(s.filepath) as im:
         assert s.dog_map.map.shape == (im.size[1], im.size[0])
+    # another prompt into the same field: refused in the form's words, nothing replaced
+    again = dict(request, params=dict(params, prompt="a cat"))
+    refused = asyncio.run(execute_or_delegate_operator(f"{PLUGIN}/concept_heatmap", again))
+    assert "tick “Replace heatmaps of another prompt” to replace them" in str(refused.error), refused.error
+    assert result.result["num_computed"] == 2 and ds.count("dog_map") == 2

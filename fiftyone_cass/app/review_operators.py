@@ -14,7 +14,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 from fiftyone.operators import types
 
-from fiftyone_cass.app.support import FormError
+from fiftyone_cass.app.support import AUTO_LABEL_FIELDS, FormError, form_message
 from fiftyone_cass.errors import InvalidInputError
 from fiftyone_cass.fo.review import REVIEW_TAG, per_class_field, review_queue
 
@@ -76,7 +76,7 @@ class ReviewQueue(foo.Operator):
                                 class_name=p.get("class_name") or None, tag=REVIEW_TAG if p.get("tag") else None,
                                 saved_view=p.get("saved_view") or None)
         except InvalidInputError as exc:
-            raise FormError(str(exc)) from exc
+            raise FormError(form_message(exc, REVIEW_FIELDS)) from exc
         ids = view.values("id")
         if not ctx.delegated:
             if p.get("saved_view"):
@@ -101,6 +101,9 @@ class ReviewQueue(foo.Operator):
 
 
 CONCEPT_URI = f"{PLUGIN_NAME}/concept_heatmap"
+#: concept_heatmap's Python keyword -> label of its form (the Model section's as auto_label's)
+CONCEPT_FIELDS = {**AUTO_LABEL_FIELDS, "prompt": "Text", "heatmap_field": "Heatmap field",
+                  "label_field": "Vocabulary of field", "overwrite": "Replace heatmaps of another prompt"}
 
 
 class ConceptHeatmap(foo.Operator):
@@ -125,8 +128,8 @@ class ConceptHeatmap(foo.Operator):
         inputs.view_target(ctx, name="target", action_description="Compute",
                            dataset_description="The entire dataset", current_view_description="The current view",
                            selected_samples_description="The selected samples", require_flat=True)
-        inputs.str("prompt", required=True, label="Text", description="e.g. a red car")
-        inputs.str("heatmap_field", default="concept_heatmap", required=True, label="Heatmap field")
+        inputs.str("prompt", required=True, label=CONCEPT_FIELDS["prompt"], description="e.g. a red car")
+        inputs.str("heatmap_field", default="concept_heatmap", required=True, label=CONCEPT_FIELDS["heatmap_field"])
         segs = sorted(f for f in ctx.dataset.get_field_schema(embedded_doc_type=fo.Segmentation)
                       if ctx.dataset.mask_targets.get(f))
         if segs:
@@ -134,9 +137,9 @@ class ConceptHeatmap(foo.Operator):
             choice.add_choice("", label="(none: against background words)")
             for f in segs:
                 choice.add_choice(f, label=f)
-            inputs.enum("label_field", choice.values(), default="", label="Vocabulary of field", view=choice,
+            inputs.enum("label_field", choice.values(), default="", label=CONCEPT_FIELDS["label_field"], view=choice,
                         description="The prompt competes with this field's classes")
-        inputs.bool("overwrite", default=False, label="Replace heatmaps of another prompt",
+        inputs.bool("overwrite", default=False, label=CONCEPT_FIELDS["overwrite"],
                     description="The field may hold heatmaps of another prompt or settings: replace them")
         from fiftyone_cass.app.label_operators import model_inputs
 
@@ -162,7 +165,7 @@ class ConceptHeatmap(foo.Operator):
                                       label_field=p.get("label_field") or None,
                                       progress=fo.report_progress(report, dt=2.0), **kw)
         except InvalidInputError as exc:
-            raise FormError(str(exc)) from exc
+            raise FormError(form_message(exc, CONCEPT_FIELDS)) from exc
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
         return summary.to_dict()

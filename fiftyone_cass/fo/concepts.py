@@ -26,7 +26,7 @@ from fiftyone import ViewField as F
 
 from fiftyone_cass.config.settings import ModelSettings, format_field, resolve_masks
 from fiftyone_cass.config.schema import split_settings
-from fiftyone_cass.errors import InvalidInputError, use
+from fiftyone_cass.errors import InvalidInputError, kw, use
 from fiftyone_cass.fileio import is_valid_png, write_mask_png
 from fiftyone_cass.fo.claims import ClaimedRun, FieldClaim
 from fiftyone_cass.fo.outputs import HEATMAP_RANGE, heatmap_bytes
@@ -67,7 +67,7 @@ def _vocabulary(dataset, prompt: str, classes, label_field) -> Tuple[List[str], 
     if label_field:
         targets = dataset.mask_targets.get(label_field) or {}
         if not targets:
-            raise InvalidInputError(f"label_field {label_field!r} has no mask_targets to take the vocabulary from")
+            raise InvalidInputError(f"{kw('label_field')} {label_field!r} has no mask_targets to take the vocabulary from")
         names = [str(v) for k, v in sorted(targets.items(), key=lambda kv: int(kv[0]))]
         return [n for n in names if name_key(n) not in BACKGROUND_NAMES | IGNORE_NAMES], True
     return [], False
@@ -81,11 +81,11 @@ class ConceptHeatmapRun(ClaimedRun):
                  mask_dir: Optional[str] = None, error_field: Optional[str] = "{label_field}_error",
                  shard=None, overwrite: bool = False, **settings):
         if not isinstance(prompt, str) or not prompt.strip():
-            raise InvalidInputError(f"prompt {prompt!r} is not a non-empty text")
+            raise InvalidInputError(f"{kw('prompt')} {prompt!r} is not a non-empty text")
         if not isinstance(heatmap_field, str) or not heatmap_field.isidentifier() or heatmap_field.startswith("_"):
-            raise InvalidInputError(f"heatmap_field {heatmap_field!r} is not a plain field name")
+            raise InvalidInputError(f"{kw('heatmap_field')} {heatmap_field!r} is not a plain field name")
         if not isinstance(overwrite, bool):
-            raise InvalidInputError(f"overwrite must be True or False, got {overwrite!r}")
+            raise InvalidInputError(f"{kw('overwrite')} must be True or False, got {overwrite!r}")
         self.view = sample_collection
         self.dataset = sample_collection._root_dataset
         if self.dataset.media_type != "image":

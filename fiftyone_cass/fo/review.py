@@ -16,7 +16,7 @@ from typing import Dict, Optional
 import numpy as np
 from fiftyone import ViewField as F
 
-from fiftyone_cass.errors import InvalidInputError
+from fiftyone_cass.errors import InvalidInputError, SettingError
 
 REVIEW_TAG = "needs_review"
 
@@ -50,7 +50,7 @@ def review_queue(collection, n: int = 50, confidence_field: str = "cass_confiden
     ``"needs_review"``): tags those samples. ``saved_view``: saves the view on the dataset under
     that name (replacing one of the same name). Samples without confidence are left out."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InvalidInputError(f"n={n!r} is not allowed: a whole number of samples, at least 1")
+        raise SettingError("n", n, "a whole number of samples, at least 1")
     _check(collection, confidence_field, class_name)
     if class_name:
         view = class_view(collection, class_name, confidence_field).limit(int(n))

@@ -510,3 +510,33 @@ def test_a_sample_whose_filepath_changed_is_not_done(fo_dataset, images, tmp_pat
     again = apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
     assert (again.num_labeled, again.num_already_done) == (0, 2)
     shutil.rmtree(masks)
+
+
+def test_a_sample_failing_in_an_overwrite_run_keeps_its_old_label_and_files(fo_dataset, images, tmp_path):
+    """Overwrite replaces labels of other settings only with new ones: a sample whose image became
+    unreadable keeps its label, presence and mask file (its error field says why); the others get
+    the new labels and their old files go."""
+    import shutil
+
+    masks = tmp_path / "masks"
+    own = tmp_path / "own"
+    own.mkdir()
+    paths = [shutil.copy(p, own / os.path.basename(p)) for p in images[:3]]
+    ds = add_samples(fo_dataset("owfail"), paths)
+    apply(ds, CLASSES, masks="disk", mask_dir=str(masks), **KW)
+    before = {s.id: (s.cass.mask_path, s.cass[CONFIG_ATTR], s.cass_presence) for s in ds}
+    bad = ds.first()
+    Path(bad.filepath).write_bytes(b"not an image any more")
+    summary = apply(ds, ["dog"], masks="disk", mask_dir=str(masks), overwrite=True, **KW)
+    assert summary.num_failed == 1 and summary.num_labeled == 2
+    for s in ds:
+        path, cfg, presence = before[s.id]
+        if s.id == bad.id:
+            assert (s.cass.mask_path, s.cass[CONFIG_ATTR], s.cass_presence) == (path, cfg, presence)
+            assert is_valid_png(path) and s.cass_error
+        else:
+            assert s.cass[CONFIG_ATTR] != cfg and s.cass.mask_path != path and not os.path.exists(path)
+            assert s.cass_error is None
+    # a run of the new settings without overwrite still sees the kept label as other settings
+    with pytest.raises(InvalidInputError, match="other settings"):
+        apply(ds, ["dog"], masks="disk", mask_dir=str(masks), **KW)

@@ -854,6 +854,7 @@ class AutoLabelRun(ClaimedRun):
                 return len(batch)
         old_files = self._stored_files(ids)
         values: Dict[str, Dict[str, Dict[str, Any]]] = {}
+        failed: List[str] = []
         for sid, path, (res, err) in zip(ids, paths, outputs):
             if res is not None:
                 try:
@@ -863,14 +864,17 @@ class AutoLabelRun(ClaimedRun):
             if res is None:
                 err = sample_error(err or "unknown error", path)
                 values[sid] = failed_outputs(self.fields, err)
+                failed.append(sid)
                 self._record_failure(sid, path, err)
                 continue
             values[sid]["segmentation"][""][SOURCE_ATTR] = path
             if self.model.regions_field and getattr(res, "regions_voted", None) is None:
                 self.summary.num_without_regions += 1
             self.summary.num_labeled += 1
+        for sid in self._labels_of_other_settings(failed):  # an overwrite that failed keeps what was there
+            values[sid] = {n: v for n, v in values[sid].items() if n == "error"}
         write_outputs(ds, ctx, self.fields, values)
-        labels = {sid: v["segmentation"][""] for sid, v in values.items()}
+        labels = {sid: v["segmentation"][""] for sid, v in values.items() if "segmentation" in v}
         self._check_saved(labels, values)
         # the files (masks, heatmaps) the labels pointed at before, now replaced by new ones, if
         # this dataset wrote them and no label of any dataset points there now
@@ -883,6 +887,15 @@ class AutoLabelRun(ClaimedRun):
         if replaced:
             self._remove_unreferenced(replaced)
         return len(batch)
+
+    def _labels_of_other_settings(self, ids: Sequence[str]) -> List[str]:
+        """Those of ``ids`` whose label field holds a label of other settings (an ``overwrite``
+        run replaces it): a sample that fails keeps that label and its outputs (and their files),
+        only its error field says why the new labels are missing."""
+        if not ids or not self.overwrite or not self.dataset.has_sample_field(self.label_field):
+            return []
+        sids, cfgs = self.dataset.select(list(ids)).values(["id", f"{self.label_field}.{CONFIG_ATTR}"])
+        return [sid for sid, c in zip(sids, cfgs) if c is not None and c != self.config_id]
 
     def _file_outputs(self) -> Dict[str, str]:
         """``{output name: field}`` of this run's outputs that are written as files."""

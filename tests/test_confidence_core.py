@@ -101,16 +101,3 @@ def test_class_maps_are_the_reference_class_probabilities():
     assert torch.allclose(conf.class_maps[2], cls[2], atol=1e-12)
     assert torch.equal(conf.class_maps[3], torch.zeros(6, 7, dtype=torch.float64))
 
-
-def test_ordered_synonyms_leave_out_the_top_class_exactly_as_the_mask():
-    """The scatter per synonym over each class's run of queries gives the masked fill's values
-    bit for bit (runs of 1 to 4 queries, the top class's run anywhere)."""
-    g = torch.Generator().manual_seed(3)
-    q2c = torch.tensor([0, 1, 1, 1, 1, 2, 3, 3, 4])
-    scaled = 30 * torch.rand(9, 13, 17, generator=g) - 15
-    conf = pixel_confidence(scaled.clone(), q2c, entropy=False)
-    ex = torch.exp(scaled - scaled.max(0).values)
-    top_class = q2c[scaled.argmax(0)]
-    same = q2c.view(-1, 1, 1) == top_class.unsqueeze(0)
-    assert len(torch.unique(top_class)) == 5  # every run is the top one somewhere
-    assert torch.equal(conf.p2, ex.masked_fill(same, 0.0).amax(0) / ex.sum(0))

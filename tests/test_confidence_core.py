@@ -101,3 +101,21 @@ def test_class_maps_are_the_reference_class_probabilities():
     assert torch.allclose(conf.class_maps[2], cls[2], atol=1e-12)
     assert torch.equal(conf.class_maps[3], torch.zeros(6, 7, dtype=torch.float64))
 
+
+
+@pytest.mark.parametrize("q2c", [[0, 1, 1, 1, 1, 2, 3, 3, 4],  # runs of 1 to 4 queries, singletons between
+                                 [0, 0, 0, 1, 2, 3, 4, 4],  # a synonym run first and last
+                                 [0, 0, 1, 1, 1, 2, 2]],  # no one-query class
+                         ids=["mixed", "runs-at-the-ends", "all-synonyms"])
+def test_class_runs_leave_out_the_top_class_exactly_as_the_mask(q2c):
+    """With each class's queries one run (the engine's order), the second class probability comes
+    from run maxima without a Q x h x w mask: the mask's values bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    q2c = torch.tensor(q2c)
+    scaled = 30 * torch.rand(len(q2c), 13, 17, generator=g) - 15
+    conf = pixel_confidence(scaled.clone(), q2c, entropy=False)
+    ex = torch.exp(scaled - scaled.max(0).values)
+    top_class = q2c[scaled.argmax(0)]
+    same = q2c.view(-1, 1, 1) == top_class.unsqueeze(0)
+    assert len(torch.unique(top_class)) == int(q2c.max()) + 1  # every class is the top one somewhere
+    assert torch.equal(conf.p2, ex.masked_fill(same, 0.0).amax(0) / ex.sum(0))

@@ -106,11 +106,15 @@ def _add_label_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     groups["vocabulary"].add_argument("--classes-file", metavar="FILE",
                                       help="one class per line; a line may list synonyms: 'person, people'; blank lines and lines "
                                            "starting with '#' are comments (skipped)")
-    groups["model"].add_argument("--options", metavar="JSON", default=None,
-                                 help='Segmenter options as a JSON object, e.g. \'{"mode": "whole", "short_side": 448}\'')
-    groups["model"].add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                                 help="one Segmenter option (repeatable), e.g. -o mode=whole")
+    _add_options_flags(groups["model"])
     groups["output"].add_argument("--summary-json", metavar="FILE", default=None, help="also write the summary as JSON")
+
+
+def _add_options_flags(g) -> None:
+    g.add_argument("--options", metavar="JSON", default=None,
+                   help='Segmenter options as a JSON object, e.g. \'{"mode": "whole", "short_side": 448}\'')
+    g.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="one Segmenter option (repeatable), e.g. -o mode=whole, -o pamr_steps=10")
 
 
 def _add_common(p: argparse.ArgumentParser, progress: bool = True) -> None:
@@ -282,6 +286,7 @@ class EvalCommand(Command):
         g.add_argument("--protocol", default=None, choices=[*PRESETS, *PRESETS.aliases], metavar="NAME",  # read now
                        help=f"run a published benchmark on the directory TARGET: one of {', '.join(PRESETS)}")
         protocol.add_arguments(g, model=False)
+        _add_options_flags(g)  # on top of the preset's (e.g. -o pamr_steps=10)
         add_settings_arguments(p, self.PROTOCOL_SETTINGS + protocol.LABEL_SETTINGS,
                                {g: f"benchmark protocol (--protocol): {g}" for g in ("model", "refinement")})
 
@@ -296,6 +301,7 @@ class EvalCommand(Command):
             except InvalidInputError as exc:
                 raise UsageError(f"--protocol: {exc}") from None
             args.device = args.device_resolved = resolve_device(args.device)
+            args.segmenter_options = parse_segmenter_options(args.options, args.option)
             _load_weights(args)
             run = protocol.run_args(args, args.target)
             _write_summary(args.summary_json, run.to_json())
@@ -304,8 +310,8 @@ class EvalCommand(Command):
         from fiftyone_cass.fo.evaluation import check_segmentation_fields, evaluate_iou
         from fiftyone_cass.fo.folders import select_view
 
-        if args.regions_field:
-            raise UsageError("--regions-field is for --protocol runs (fiftyone-cass label ... --regions-field labels with it)")
+        if args.regions_field or args.options or args.option:
+            raise UsageError("--regions-field and -o/--options are for --protocol runs (label ... labels with them)")
         eval_key = args.eval_key or f"eval_{args.pred_field}"
         ds = _load_dataset(args.target)
         view = select_view(ds, args.saved_view, args.tags)

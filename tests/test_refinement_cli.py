@@ -183,4 +183,15 @@ def test_eval_protocol_votes_in_the_regions_of_the_dataset_it_imported(tmp_path,
     rc, out = run_cli("eval", "--protocol", "voc20", dataset_name, "--regions-field", "sam", *model, capsys=capsys)
     assert rc == 2 and f"dataset {dataset_name!r} was not imported for protocol 'voc20'" in out.err, out.err
     rc, out = run_cli("eval", dataset_name, "--pred-field", "predictions", "--regions-field", "sam", capsys=capsys)
-    assert rc == 2 and "--regions-field is for --protocol runs" in out.err, out.err
+    assert rc == 2 and "--regions-field and -o/--options are for --protocol runs" in out.err, out.err
+    rc, out = run_cli("eval", dataset_name, "--pred-field", "predictions", "-o", "pamr_steps=10", capsys=capsys)
+    assert rc == 2 and "-o/--options are for --protocol runs" in out.err, out.err
+    # Segmenter options on top of the preset's: PAMR on a protocol run gives other labels, recorded as such
+    rc, out = run_cli("eval", "--protocol", "voc21", dataset_name, "-o", "pamr_steps=10", "-o", "pamr_dilations=1,2",
+                      *model, capsys=capsys)
+    assert rc == 0, out.err
+    ds.reload()
+    assert all(s.predictions[CONFIG_ATTR] != plain_config for s in ds)  # refined labels are other labels
+    assert not np.array_equal(read_mask(ds[first.id].predictions), plain[first.id])
+    rc, out = run_cli("eval", "--protocol", "voc21", dataset_name, "-o", "pamr_steps=-1", *model, capsys=capsys)
+    assert rc == 2 and "-o pamr_steps='-1' is not allowed: an integer from 0 to 1000" in out.err, out.err

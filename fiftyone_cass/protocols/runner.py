@@ -246,10 +246,12 @@ def imported_dataset(target, protocol: str):
 
 def run_args(a, data_dir: str) -> "ProtocolRun":
     """Runs the protocol of the parsed flags ``a`` (:func:`add_arguments`, plus ``protocol`` and,
-    when present, ``eval_key`` and the :data:`LABEL_SETTINGS`) on ``data_dir``: the benchmark's
+    when present, ``eval_key``, the :data:`LABEL_SETTINGS` and ``segmenter_options``, a dict of
+    Segmenter options on top of the preset's, e.g. ``{"pamr_steps": 10}``) on ``data_dir``: the benchmark's
     directory, or the dataset an earlier run imported (:func:`imported_dataset`). Input errors
     raise :class:`InvalidInputError`."""
     seg_kwargs = {k: v for k, v in (("clip_checkpoint", a.clip_checkpoint), ("dino_checkpoint", a.dino_checkpoint)) if v}
+    seg_kwargs.update(getattr(a, "segmenter_options", None) or {})  # Segmenter options on top of the preset's
     imp_kwargs = {"crowd": a.crowd} if a.crowd else None
     dataset = imported_dataset(data_dir, a.protocol)
     return run_protocol(

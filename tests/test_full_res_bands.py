@@ -127,8 +127,20 @@ def test_small_images_and_budget_that_fits_use_the_whole_image(seg, monkeypatch)
     # a small output (height + width <= 128) goes through PyTorch's other kernel: never banded
     whole, banded, calls = _finish_both_ways(seg, (50, 60), 0.3, "slide", 2**20, monkeypatch)
     assert calls == [] and np.array_equal(whole, banded)
-    whole, banded, calls = _finish_both_ways(seg, (600, 800), 0.0, "slide", 2**30, monkeypatch)
+    whole, banded, calls = _finish_both_ways(seg, (150, 200), 0.0, "slide", 2**30, monkeypatch)
     assert calls == [] and np.array_equal(whole, banded)
+
+
+def test_cpu_bands_are_cache_sized_whatever_the_budget(seg, monkeypatch):
+    """On a CPU a budget far above the image's needs still gives bands of at most CPU_BAND_BYTES
+    (measured faster), with the whole image's label map."""
+    from fiftyone_cass.models.segmenter import CPU_BAND_BYTES
+
+    q = len(seg.queries)
+    assert 4 * q * 600 * 800 * 4 > CPU_BAND_BYTES  # the whole image would not be cache-sized
+    whole, banded, calls = _finish_both_ways(seg, (600, 800), 0.0, "slide", 2**30, monkeypatch)
+    assert len(calls) > 1 and np.array_equal(whole, banded)
+    assert all((b - a) * 800 * q * 4 * 3 <= CPU_BAND_BYTES for a, b in calls)
 
 
 def test_segmenter_end_to_end_same_labels_in_bands():

@@ -99,6 +99,12 @@ class LabelConfidence:
 
 #: per-pixel uncertainty kinds of ``Segmenter.uncertainty``
 UNCERTAINTY_KINDS = ("margin", "entropy")
+#: on a CPU, the full-resolution label step (no PAMR) cuts its row bands at most this big, however
+#: large ``full_res_budget`` is (a bound on memory, not a target): bands that stay in the caches
+#: were measured twice as fast at 12 MP as 256 MiB ones, with the same label maps
+#: (benchmarks/RESULTS.md, "Full-resolution bands on a CPU"). ``full_res_budget=None`` (unbounded)
+#: keeps the whole-image computation.
+CPU_BAND_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -648,6 +654,8 @@ class Segmenter:
         h0, w0 = p.original_size
         q = canvas.shape[0]
         item = canvas.element_size()
+        if budget is not None and canvas.device.type == "cpu":
+            budget = min(budget, CPU_BAND_BYTES)  # cache-sized bands (CPU_BAND_BYTES)
         # the whole-image computation holds up to four (Q, H0, W0) tensors (logits, scaled,
         # shifted, exponentiated); row bands hold about (2 + source rows per row) per band
         extras = self._band_outputs(p.original_size)

@@ -140,7 +140,7 @@ def test_cpu_bands_are_cache_sized_whatever_the_budget(seg, monkeypatch):
     assert 4 * q * 600 * 800 * 4 > CPU_BAND_BYTES  # the whole image would not be cache-sized
     whole, banded, calls = _finish_both_ways(seg, (600, 800), 0.0, "slide", 2**30, monkeypatch)
     assert len(calls) > 1 and np.array_equal(whole, banded)
-    assert all((b - a) * 800 * q * 4 * 3 <= CPU_BAND_BYTES for a, b in calls)
+    assert all((b - a) * 800 * q * 4 * 3 <= CPU_BAND_BYTES for a, b in calls)  # labels only: 3 floats a query
 
 
 def test_segmenter_end_to_end_same_labels_in_bands():

@@ -99,8 +99,9 @@ class LabelConfidence:
 
 #: per-pixel uncertainty kinds of ``Segmenter.uncertainty``
 UNCERTAINTY_KINDS = ("margin", "entropy")
-#: on a CPU, the full-resolution label step (no PAMR) cuts its row bands at most this big, however
-#: large ``full_res_budget`` is (a bound on memory, not a target): bands that stay in the caches
+#: on a CPU, the full-resolution label step (no PAMR) cuts its row bands at most this big for the
+#: labels alone (the confidence outputs' tensors ride along in the same rows), however large
+#: ``full_res_budget`` is (a bound on memory, not a target): bands that stay in the caches
 #: were measured twice as fast at 12 MP as 256 MiB ones, with the same label maps
 #: (benchmarks/RESULTS.md, "Full-resolution bands on a CPU"). ``full_res_budget=None`` (unbounded)
 #: keeps the whole-image computation.
@@ -654,14 +655,13 @@ class Segmenter:
         h0, w0 = p.original_size
         q = canvas.shape[0]
         item = canvas.element_size()
-        if budget is not None and canvas.device.type == "cpu":
-            budget = min(budget, CPU_BAND_BYTES)  # cache-sized bands (CPU_BAND_BYTES)
+        cap = CPU_BAND_BYTES if budget is not None and canvas.device.type == "cpu" else None  # cache-sized bands
         # the whole-image computation holds up to four (Q, H0, W0) tensors (logits, scaled,
         # shifted, exponentiated); row bands hold about (2 + source rows per row) per band
         extras = self._band_outputs(p.original_size)
         # the confidence outputs hold one more (Q, H, W) tensor and a boolean one
         extra = 0.0 if extras is None else 1.0 + 1.0 / item
-        whole_fits = budget is None or (4 + extra) * q * h0 * w0 * item <= budget
+        whole_fits = budget is None or (4 + extra) * q * h0 * w0 * item <= min(budget, cap or budget)
         small = h0 + w0 <= SMALL_OUTPUT or (w != w0 and h + w0 <= SMALL_OUTPUT)
         if o.pamr_steps > 0:
             label_map = self._pamr_labels(p, canvas, thr, dtype, small, extras)
@@ -678,6 +678,8 @@ class Segmenter:
                     "label maps of images over full_res_budget may differ from an unbounded run at a few pixels"
                 )
             per_pixel = int(q * item * (2 + extra + -(-h // h0))) + 32 + (0 if extras is None else 48)
+            if cap is not None:  # the rows of a cache-sized band of the labels alone, with or without the extras
+                budget = min(budget, cap * per_pixel // (int(q * item * (2 + -(-h // h0))) + 32))
             label_map = np.empty((h0, w0), dtype)
             for a, b in row_bands(h0, w0, per_pixel, budget):
                 band = upsample_rows(canvas, p.original_size, a, b, variant)  # (Q, b - a, W0)

@@ -51,6 +51,7 @@ from fiftyone_cass.app.support import (
 )
 from fiftyone_cass.fo.apply import (
     AutoLabelRun,
+    check_regions_field,
     check_threshold,
     default_tag_prefix,
     recorded_tag_prefix,
@@ -465,13 +466,10 @@ def _regions_input(ctx, inputs, label_field: str) -> None:
     prop = inputs.enum("regions_field", view.values(), default="", label=meta["label"], view=view,
                        description=meta["help"])
     if given and given not in candidates:
-        f = ds.get_field(given) if ds.has_sample_field(given) else None
-        held = (f.document_type.__name__ if isinstance(f, fo.EmbeddedDocumentField) and f.document_type
-                else type(f).__name__)
-        why = ("is the label field this run writes" if given == label_field else
-               f"is not a field of dataset {ds.name!r}" if f is None else
-               f"holds {held}, not Detections with instance masks or a Segmentation of region ids")
-        _mark(prop, InvalidInputError(f"{kw('regions_field')} {given!r} {why}"))
+        try:  # the run's own check, in the form's words
+            check_regions_field(ds, given, label_field)
+        except InvalidInputError as exc:
+            _mark(prop, exc)
     else:
         _check_given(ctx, prop, "regions_field")
     if not candidates:

@@ -359,6 +359,24 @@ def run_batches(todo: Sequence[Tuple[str, str]], batch_size: int, load, segment,
         yield done, total
 
 
+def check_regions_field(dataset, name: str, label_field: str) -> None:
+    """Region voting's field (SPEC K.5) exists on ``dataset``, holds ``fo.Detections`` (instance
+    masks) or an ``fo.Segmentation`` (region ids), and is not ``label_field`` (the field the run
+    writes); :class:`InvalidInputError` naming the setting otherwise (the run's check and the form's)."""
+    f = dataset.get_field(name) if name else None
+    if f is None:
+        raise InvalidInputError(f"{kw('regions_field')} {name!r} is not a field of dataset {dataset.name!r} "
+                                "(compute SAM / SAM2 masks into it first, see the README)")
+    if not (isinstance(f, fof.EmbeddedDocumentField) and f.document_type
+            and issubclass(f.document_type, (fo.Detections, fo.Segmentation))):
+        held = f.document_type.__name__ if isinstance(f, fof.EmbeddedDocumentField) and f.document_type else type(f).__name__
+        raise InvalidInputError(f"{kw('regions_field')} {name!r} holds {held}, not Detections with instance masks or "
+                                "a Segmentation of region ids")
+    if name == label_field:
+        raise InvalidInputError(f"{kw('regions_field')} {name!r} is the label field this run writes "
+                                f"({kw('label_field')}): choose another")
+
+
 def sample_error(error: str, filepath: str) -> str:
     """What ``<label_field>_error`` stores: the reason first, without the sample's own path in
     front (the App shows the field as a chip cut after a few words; the path is the sample's
@@ -502,17 +520,7 @@ class AutoLabelRun(ClaimedRun):
 
     # -------------------------------------------------------------- planning
     def _check_regions_field(self, name: str) -> None:
-        """The regions field exists and holds Detections or a Segmentation (SPEC K.5)."""
-        f = self.dataset.get_field(name)
-        if f is None:
-            raise InvalidInputError(f"{kw('regions_field')} {name!r} is not a field of dataset {self.dataset.name!r} "
-                                    "(compute SAM / SAM2 masks into it first, see the README)")
-        if not (isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, (fo.Detections, fo.Segmentation))):
-            raise InvalidInputError(f"{kw('regions_field')} {name!r} of dataset {self.dataset.name!r} is not a "
-                                    "Detections or Segmentation field")
-        if name == self.label_field:
-            raise InvalidInputError(f"{kw('regions_field')} {name!r} is the {kw('label_field')}: choose another "
-                                    f"{kw('label_field')}")
+        check_regions_field(self.dataset, name, self.label_field)
 
     def _check_field_type(self, name: str, embedded=None, ftype=None):
         f = self.dataset.get_field(name)

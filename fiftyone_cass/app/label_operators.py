@@ -191,13 +191,13 @@ def _at_default(name: str, value) -> bool:
 def _given_twice(params: Dict[str, Any], name: str) -> Optional[InvalidInputError]:
     """The error of option ``name`` given in its input (not left at its default) and, with
     another value, in the JSON input."""
+    typed = _json_options(params)
+    if name not in typed or params.get(name) in (None, "") or _at_default(name, params[name]):
+        return None
     try:
-        typed = options_from_json(params.get("options"))
-        if name not in typed or params.get(name) in (None, "") or _at_default(name, params[name]):
-            return None
         mine, theirs = (coerce_settings(SegmenterOptions, {name: v})[name] for v in (params[name], typed[name]))
     except InvalidInputError:
-        return None  # a bad value or bad JSON: marked by that input's own check
+        return None  # a bad value: marked by that input's own check
     if mine == theirs:
         return None
     return InvalidInputError(f"{kw(name)} is given twice: {_shown_value(mine)} in its input and "

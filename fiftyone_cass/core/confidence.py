@@ -47,8 +47,8 @@ def pixel_confidence(scaled: torch.Tensor, query_to_class: torch.Tensor, inplace
     ``classes``: labels whose class probability map is also returned (``PixelConfidence.class_maps``).
     ``entropy``: compute the entropy (False: ``PixelConfidence.entropy`` is None; two passes over
     the Q x h x w values fewer). ``inplace``: ``scaled`` may be overwritten. Besides it, one
-    ``Q x h x w`` tensor of the same dtype and (with synonyms) one boolean ``Q x h x w`` mask are
-    held at a time."""
+    ``Q x h x w`` tensor of the same dtype and (when a class's queries are not one run) one
+    boolean ``Q x h x w`` mask are held at a time."""
     top, query = scaled.max(0)
     shifted = scaled.sub_(top) if inplace else scaled - top  # <= 0, 0 at the top query
     ex = torch.exp(shifted) if entropy else shifted.exp_()  # without the entropy: no second Q x h x w tensor
@@ -61,12 +61,9 @@ def pixel_confidence(scaled: torch.Tensor, query_to_class: torch.Tensor, inplace
     for c in classes:
         own = (query_to_class == int(c)).nonzero().flatten()
         maps[int(c)] = ex[own].amax(0) / z if own.numel() else torch.zeros_like(z)
-    if torch.unique(query_to_class).numel() == query_to_class.numel():
-        # one query per class: the top class's only query is the top query (the same values as the
-        # mask below, without the Q x h x w comparison and fill)
-        p2 = ex.scatter_(0, query.unsqueeze(0), 0.0).amax(0) / z
-    elif torch.unique_consecutive(query_to_class).numel() == torch.unique(query_to_class).numel():
-        p2 = _runs_second_class(ex, query, query_to_class) / z  # each class's queries one run (the engine's order)
+    if torch.unique_consecutive(query_to_class).numel() == torch.unique(query_to_class).numel():
+        # each class's queries one run (the engine's order; one query per class included)
+        p2 = _runs_second_class(ex, query, query_to_class) / z
     else:  # synonyms in any order: every query of the top class is left out by a Q x h x w mask
         top_class = query_to_class[query]
         same = query_to_class.view(-1, *([1] * top_class.dim())) == top_class.unsqueeze(0)
@@ -76,8 +73,9 @@ def pixel_confidence(scaled: torch.Tensor, query_to_class: torch.Tensor, inplace
 
 def _runs_second_class(ex: torch.Tensor, query: torch.Tensor, query_to_class: torch.Tensor) -> torch.Tensor:
     """The largest of ``ex`` ``(Q, h, w)`` over the queries of every class but the top query's,
-    when each class's queries are one run of rows: the top query is zeroed (one scatter), the
-    maxima of the runs of one-query classes are taken over contiguous slices (views), and each
+    when each class's queries are one run of rows: the top query is zeroed (one scatter; with one
+    query per class that is all), the maxima of the runs of one-query classes are taken over
+    contiguous slices (views), and each
     synonym run's maximum is zeroed where its class is the top one. The same values as masking
     the top class's queries (maxima are exact), with one pass over ``ex`` instead of a Q x h x w
     comparison, fill and max. ``ex`` is modified."""

@@ -776,12 +776,9 @@ class Segmenter:
             cls = probs.new_zeros((self.num_labels, *probs.shape[1:]))  # a label without queries: 0
             q2c = self.query_to_class
             single = torch.bincount(q2c, minlength=self.num_labels)[q2c] == 1
-            if bool(single.all()):  # no synonyms: one copy of every query's plane to its label's
-                cls.index_copy_(0, q2c, probs)
-            else:
-                cls.index_copy_(0, q2c[single], probs[single])
-                for c in torch.unique(q2c[~single]).tolist():  # a max over synonyms is exact in any order
-                    cls[c] = probs[q2c == c].amax(0)
+            cls.index_copy_(0, q2c[single], probs[single])  # one-query labels: their query's plane
+            for c in torch.unique(q2c[~single]).tolist():  # a max over synonyms is exact in any order
+                cls[c] = probs[q2c == c].amax(0)
             del probs
             votes.add(cls, rows)
             del cls
@@ -869,15 +866,12 @@ def pamr_band_plan(q: int, height: int, width: int, item: int, budget: int, step
         return int(fixed + (q * (1.0 + extra) * item + 32) * h * width), chunk
 
     lo, hi = 1, max(1, -(-height // unit))  # band heights in units of `unit` rows
-    if need(min(unit, height))[0] > budget:
-        lo = 1
-    else:
-        while lo < hi:  # the largest multiple that fits
-            mid = (lo + hi + 1) // 2
-            if need(min(mid * unit, height))[0] <= budget:
-                lo = mid
-            else:
-                hi = mid - 1
+    while lo < hi:  # the largest multiple that fits (need grows with the height; 1 when none fits)
+        mid = (lo + hi + 1) // 2
+        if need(min(mid * unit, height))[0] <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
     rows = max(min(lo * unit, height), floor)
     b, chunk = need(rows)
     return rows, chunk, b

@@ -204,6 +204,22 @@ def referenced_mask_paths(paths: Sequence[str]) -> set:
     return found
 
 
+def remove_unreferenced(paths: Sequence[str]) -> int:
+    """Removes those of ``paths`` (mask and heatmap files) that no label of any dataset points at
+    (:func:`referenced_mask_paths`); returns how many were removed. A file that cannot be removed
+    is logged and left."""
+    removed = 0
+    for p in set(paths) - referenced_mask_paths(paths):
+        try:
+            os.remove(p)
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.warning("could not remove the file %s: %s", p, exc)
+    return removed
+
+
 def default_mask_dir(dataset) -> str:
     """``<fo.config.default_dataset_dir>/fiftyone_cass_masks/<dataset name>``."""
     safe = re.sub(r"[^\w.-]+", "_", dataset.name).strip("._") or "dataset"
@@ -357,6 +373,36 @@ def run_batches(todo: Sequence[Tuple[str, str]], batch_size: int, load, segment,
         if finish is not None:
             finish()
         yield done, total
+
+
+def check_field_type(dataset, name: str, embedded=None, ftype=None) -> bool:
+    """Whether ``dataset`` has field ``name``; :class:`InvalidInputError` when it exists with
+    another type than the one a run writes there (``embedded``: a label class, else ``ftype``)."""
+    f = dataset.get_field(name)
+    if f is None:
+        return False
+    if embedded is not None:
+        ok = isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, embedded)
+        what = embedded.__name__
+    else:
+        ok = isinstance(f, ftype)
+        what = ftype.__name__
+    if not ok:
+        raise InvalidInputError(f"field {name!r} of dataset {dataset.name!r} exists and is not a {what} field")
+    return True
+
+
+def declare_field(dataset, name: str, **kwargs) -> None:
+    """Adds sample field ``name`` (``add_sample_field``'s keywords) unless it is there, also when
+    another process declares it at the same time."""
+    if dataset.has_sample_field(name):
+        return
+    try:
+        dataset.add_sample_field(name, **kwargs)
+    except ValueError:  # another process declared it meanwhile
+        dataset.reload()
+        if not dataset.has_sample_field(name):
+            raise
 
 
 def check_regions_field(dataset, name: str, label_field: str) -> None:
@@ -523,28 +569,10 @@ class AutoLabelRun(ClaimedRun):
         check_regions_field(self.dataset, name, self.label_field)
 
     def _check_field_type(self, name: str, embedded=None, ftype=None):
-        f = self.dataset.get_field(name)
-        if f is None:
-            return False
-        if embedded is not None:
-            ok = isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, embedded)
-            what = embedded.__name__
-        else:
-            ok = isinstance(f, ftype)
-            what = ftype.__name__
-        if not ok:
-            raise InvalidInputError(f"field {name!r} of dataset {self.dataset.name!r} exists and is not a {what} field")
-        return True
+        return check_field_type(self.dataset, name, embedded, ftype)
 
     def _declare(self, name, **kwargs):
-        if self.dataset.has_sample_field(name):
-            return
-        try:
-            self.dataset.add_sample_field(name, **kwargs)
-        except ValueError:  # another process declared it meanwhile
-            self.dataset.reload()
-            if not self.dataset.has_sample_field(name):
-                raise
+        declare_field(self.dataset, name, **kwargs)
 
     def plan(self) -> int:
         """Decides which samples to label and prepares the dataset. Returns how many to label.
@@ -893,7 +921,7 @@ class AutoLabelRun(ClaimedRun):
                     and written_by_apply(p, sid, ds_id):
                 replaced.append(p)
         if replaced:
-            self._remove_unreferenced(replaced)
+            remove_unreferenced(replaced)
         return len(batch)
 
     def _labels_of_other_settings(self, ids: Sequence[str]) -> List[str]:
@@ -919,18 +947,6 @@ class AutoLabelRun(ClaimedRun):
                 if p:
                     out[(name, sid)] = p
         return out
-
-    def _remove_unreferenced(self, paths: List[str]) -> int:
-        removed = 0
-        for p in set(paths) - referenced_mask_paths(paths):
-            try:
-                os.remove(p)
-                removed += 1
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                logger.warning("could not remove the mask file %s: %s", p, exc)
-        return removed
 
     # -------------------------------------------------------------- what vanished under the run
     def _dataset_exists(self) -> bool:
@@ -976,7 +992,7 @@ class AutoLabelRun(ClaimedRun):
             if name != "segmentation":
                 files += [getattr(v, get_output(name).files, None) for sid in gone
                           for v in [(values or {}).get(sid, {}).get(name, {}).get("")] if v is not None]
-        self._remove_unreferenced([p for p in files if p])
+        remove_unreferenced([p for p in files if p])
 
     def _abort_dataset_deleted(self) -> None:
         ds_id = str(self.dataset._doc.id)
@@ -988,7 +1004,7 @@ class AutoLabelRun(ClaimedRun):
             except OSError:
                 names = []
             mine = [os.path.join(folder, n) for n in names if n.endswith(f"-{ds_id}-{self.config_id}.png")]
-            removed = self._remove_unreferenced(mine)
+            removed = remove_unreferenced(mine)
         raise RunAbortedError(
             f"dataset {self.dataset.name!r} was deleted while it was being labelled: the run stopped"
             + (f"; the {removed} mask file(s) written for its samples were removed" if self.mask_dir else "")

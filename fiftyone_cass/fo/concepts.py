@@ -28,7 +28,7 @@ from fiftyone_cass.config.settings import ModelSettings, format_field, resolve_m
 from fiftyone_cass.config.schema import split_settings
 from fiftyone_cass.errors import InvalidInputError, kw, use
 from fiftyone_cass.fileio import is_valid_png, write_mask_png
-from fiftyone_cass.fo.claims import ClaimedRun, FieldClaim
+from fiftyone_cass.fo.claims import ClaimedRun
 from fiftyone_cass.fo.outputs import HEATMAP_RANGE, heatmap_bytes
 from fiftyone_cass.fo.model import CONFIG_ATTR, CassModel, load_item
 from fiftyone_cass.fo.shards import shard_index, validate_shard
@@ -113,7 +113,6 @@ class ConceptHeatmapRun(ClaimedRun):
         self.masks, self._mask_dir_arg = masks, mask_dir
         self.summary = ConceptSummary(heatmap_field, self.prompt, self.config_id)
         self._todo: Optional[List[Tuple[str, str]]] = None
-        self._claim: Optional[FieldClaim] = None
         self.started = time.monotonic()
 
     # -------------------------------------------------------------- planning
@@ -126,19 +125,13 @@ class ConceptHeatmapRun(ClaimedRun):
         return self.claimed_plan(self.dataset, self.field, CLAIM_PREFIX + self.config_id, self._plan)
 
     def _plan(self) -> int:
-        from fiftyone_cass.fo.apply import default_mask_dir
+        from fiftyone_cass.fo.apply import check_field_type, declare_field, default_mask_dir
 
         ds = self.dataset
         ds.reload()
-        for name, kind in ((self.field, fo.Heatmap), (self.error_field, None)):
-            f = ds.get_field(name) if name else None
-            if f is None:
-                continue
-            ok = (isinstance(f, fof.EmbeddedDocumentField) and issubclass(f.document_type, kind)) if kind \
-                else isinstance(f, fof.StringField)
-            if not ok:
-                raise InvalidInputError(f"field {name!r} of dataset {ds.name!r} exists and is not a "
-                                        f"{kind.__name__ if kind else 'StringField'} field")
+        check_field_type(ds, self.field, embedded=fo.Heatmap)
+        if self.error_field:
+            check_field_type(ds, self.error_field, ftype=fof.StringField)
         ids, paths = self.view.values(["id", "filepath"])
         self.summary.num_target = len(ids)
         done = set()
@@ -160,15 +153,9 @@ class ConceptHeatmapRun(ClaimedRun):
         self.summary.num_already_done = sum(1 for s in ids if s in done)
         use_disk = resolve_masks(self.masks, self.summary.num_target, self._mask_dir_arg) == "disk"
         self.mask_dir = os.path.abspath(os.path.expanduser(self._mask_dir_arg or default_mask_dir(ds))) if use_disk else None
-        for name, decl in ((self.field, dict(ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap)),
-                           (self.error_field, dict(ftype=fof.StringField))):
-            if name and not ds.has_sample_field(name):
-                try:
-                    ds.add_sample_field(name, **decl)
-                except ValueError:  # another process declared it meanwhile
-                    ds.reload()
-                    if not ds.has_sample_field(name):
-                        raise
+        declare_field(ds, self.field, ftype=fof.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap)
+        if self.error_field:
+            declare_field(ds, self.error_field, ftype=fof.StringField)
         self._todo = [(s, p) for s, p in zip(ids, paths) if s not in done]
         return len(self._todo)
 
@@ -199,7 +186,7 @@ class ConceptHeatmapRun(ClaimedRun):
         """Saves one batch: the heatmap files (each written atomically), then the error and
         heatmap fields; then removes the files the new heatmaps replaced (written by this plugin
         for the sample, and pointed at by no label of any dataset). Returns the samples processed."""
-        from fiftyone_cass.fo.apply import mask_file_path, referenced_mask_paths, written_by_apply
+        from fiftyone_cass.fo.apply import mask_file_path, remove_unreferenced, written_by_apply
 
         ds = self.dataset
         ds_id = str(ds._doc.id)
@@ -232,13 +219,7 @@ class ConceptHeatmapRun(ClaimedRun):
             ds.set_values(self.field, maps, key_field="id")
         replaced = [p for sid, p in old.items()
                     if p and sid in maps and maps[sid].map_path != p and written_by_apply(p, sid, ds_id)]
-        for p in set(replaced) - referenced_mask_paths(replaced):
-            try:
-                os.remove(p)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                logger.warning("could not remove the heatmap file %s: %s", p, exc)
+        remove_unreferenced(replaced)
         return len(batch)
 
     def run(self, progress=None) -> ConceptSummary:
